@@ -1,0 +1,452 @@
+//! The command line: argument parsing, the commands, and their output.
+//! Exit codes: 0 success, 1 a rotation or check failed, 2 bad usage or policy.
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::policy::{Policy, config_path};
+use crate::rotation::decide::relative;
+use crate::rotation::{Engine, PassOptions, Report};
+use crate::simulator::Seed;
+
+/// Exit status of a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything succeeded.
+    Ok = 0,
+    /// A rotation or a check failed.
+    Failed = 1,
+    /// Bad usage or an invalid policy.
+    Usage = 2,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Rotates Mixpanel service-account credentials: creates a fresh expiring
+/// account with the same project memberships, proves it works, publishes it
+/// to a sink, and deletes the old account after a grace period.
+#[derive(Debug, Parser)]
+#[command(name = "mixpanel-rotator", version, max_term_width = 100)]
+pub struct Cli {
+    /// Policy file [default: $MIXPANEL_ROTATOR_CONFIG, else /etc/mixpanel-rotator/policy.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Log format (logs go to stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `mixpanel_rotator=debug` (RUST_LOG overrides it).
+    #[arg(long, global = true, default_value = "info", value_name = "FILTER")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the policy; with --online, also reach Mixpanel and every sink.
+    Validate {
+        /// Also check the credentials, the rotator's rights, the sinks and bootstrap readiness.
+        #[arg(long)]
+        online: bool,
+    },
+    /// Show what a pass would do now, without changing anything.
+    Plan,
+    /// Rotate the named integrations now (for a leaked or suspect credential).
+    RotateNow {
+        /// Integrations to rotate.
+        #[arg(value_name = "NAME", required_unless_present = "all", conflicts_with = "all")]
+        names: Vec<String>,
+        /// Rotate every integration.
+        #[arg(long)]
+        all: bool,
+        /// Delete the old account as soon as the new one is published, without waiting for `grace`.
+        #[arg(long)]
+        revoke_old: bool,
+    },
+    /// Run one reconcile pass over every integration, then exit (cron job, systemd timer).
+    Reconcile,
+    /// Show each integration's current account, expiry, next rotation and pending deletions.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A guided rotation against the built-in Mixpanel simulator, in a temporary directory.
+    Demo {
+        /// Grace period of the demo (how long the old account is kept).
+        #[arg(long, default_value = "5s", value_name = "DURATION")]
+        grace: String,
+    },
+    /// Serve the Mixpanel SIMULATOR (not Mixpanel): an in-memory organization
+    /// to try a policy against without touching a real one.
+    Simulator {
+        /// Address to listen on; loopback only unless --allow-non-loopback.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Initial organization.
+        #[arg(long, value_enum, default_value_t = Seed::Demo)]
+        seed: Seed,
+        /// Allow listening on a non-loopback address (anyone who can reach it can use the simulator).
+        #[arg(long)]
+        allow_non_loopback: bool,
+        /// Where to write the simulator admin account's secret (mode 0600).
+        #[arg(long, value_name = "PATH")]
+        admin_secret_file: Option<PathBuf>,
+    },
+}
+
+/// Sets up logging to stderr.
+pub fn init_tracing(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .or_else(|| EnvFilter::try_new(level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+    };
+}
+
+fn load_policy(cli: &Cli) -> Result<Policy, Exit> {
+    let path = config_path(cli.config.as_deref());
+    Policy::load(&path).map_err(|e| {
+        eprintln!("error: policy {}:", path.display());
+        for e in e.all() {
+            eprintln!("  {e}");
+        }
+        Exit::Usage
+    })
+}
+
+fn engine(policy: Policy, clock: SharedClock) -> Result<Engine, Exit> {
+    Engine::from_policy(Arc::new(policy), clock).map_err(|e| {
+        eprintln!("error: {e}");
+        Exit::Usage
+    })
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Exit {
+    let clock: SharedClock = Arc::new(SystemClock);
+    let result = match &cli.command {
+        Command::Demo { grace } => return crate::demo::run(grace).await,
+        Command::Simulator {
+            listen,
+            seed,
+            allow_non_loopback,
+            admin_secret_file,
+        } => return simulator(*listen, *seed, *allow_non_loopback, admin_secret_file.clone()).await,
+        Command::Validate { online } => validate(&cli, *online, clock).await,
+        Command::Plan => passes(&cli, clock, Mode::Plan).await,
+        Command::RotateNow { names, all, revoke_old } => {
+            passes(
+                &cli,
+                clock,
+                Mode::RotateNow {
+                    names: names.clone(),
+                    all: *all,
+                    revoke_old: *revoke_old,
+                },
+            )
+            .await
+        }
+        Command::Reconcile => passes(&cli, clock, Mode::Reconcile).await,
+        Command::Status { json } => passes(&cli, clock, Mode::Status { json: *json }).await,
+    };
+    result.unwrap_or_else(|e| e)
+}
+
+enum Mode {
+    Plan,
+    Reconcile,
+    RotateNow { names: Vec<String>, all: bool, revoke_old: bool },
+    Status { json: bool },
+}
+
+async fn passes(cli: &Cli, clock: SharedClock, mode: Mode) -> Result<Exit, Exit> {
+    let policy = load_policy(cli)?;
+    let mut opts = PassOptions::default();
+    match &mode {
+        Mode::Plan | Mode::Status { .. } => opts.dry_run = true,
+        Mode::Reconcile => {}
+        Mode::RotateNow { names, all, revoke_old } => {
+            let selected: BTreeSet<String> = if *all {
+                policy.integrations.iter().map(|i| i.name.clone()).collect()
+            } else {
+                for n in names {
+                    if policy.integration(n).is_none() {
+                        let known: Vec<&str> = policy.integrations.iter().map(|i| i.name.as_str()).collect();
+                        eprintln!("error: no integration `{n}` in the policy; known: {}", known.join(", "));
+                        return Err(Exit::Usage);
+                    }
+                }
+                names.iter().cloned().collect()
+            };
+            opts.force = selected.clone();
+            opts.only = Some(selected);
+            opts.revoke_old = *revoke_old;
+        }
+    }
+    let engine = engine(policy, clock.clone())?;
+    let reports = engine.pass(&opts).await;
+    let now = clock.now();
+    let mut out = std::io::stdout().lock();
+    match mode {
+        Mode::Status { json: true } => {
+            let _ = serde_json::to_writer_pretty(&mut out, &reports);
+            let _ = writeln!(out);
+        }
+        Mode::Status { json: false } => {
+            let _ = write!(out, "{}", status_table(&reports, now));
+        }
+        Mode::Plan => {
+            let _ = write!(out, "{}", plan_text(&reports));
+        }
+        _ => {
+            let _ = write!(out, "{}", outcome_text(&reports));
+        }
+    }
+    Ok(if reports.iter().any(Report::failed) { Exit::Failed } else { Exit::Ok })
+}
+
+/// `plan` output: what each integration would do.
+pub fn plan_text(reports: &[Report]) -> String {
+    let mut s = String::new();
+    for r in reports {
+        s.push_str(&format!("{} (sink `{}`, path `{}`):\n", r.integration, r.sink, r.path));
+        for line in &r.plan {
+            s.push_str(&format!("  - {line}\n"));
+        }
+        for w in &r.warnings {
+            s.push_str(&format!("  ! warning: {w}\n"));
+        }
+        for e in &r.errors {
+            s.push_str(&format!("  ! error: {e}\n"));
+        }
+    }
+    s.push_str("(plan only: nothing was changed)\n");
+    s
+}
+
+/// `reconcile` / `rotate-now` output: what was done.
+pub fn outcome_text(reports: &[Report]) -> String {
+    let mut s = String::new();
+    for r in reports {
+        match &r.rotated {
+            Some(rot) => s.push_str(&format!(
+                "{}: rotated ({}): now account {} ({}), expires {}, projects {}\n",
+                r.integration,
+                rot.reason,
+                rot.service_account_id,
+                rot.username,
+                rot.expires.map(crate::rotation::rfc3339).unwrap_or_else(|| "never".into()),
+                crate::rotation::grants_text(&rot.projects)
+            )),
+            None if r.failed() => s.push_str(&format!("{}: FAILED\n", r.integration)),
+            None => s.push_str(&format!("{}: up to date\n", r.integration)),
+        }
+        for d in &r.deleted {
+            s.push_str(&format!("  deleted account {} ({}): {}\n", d.id, d.username, d.reason));
+        }
+        for w in &r.warnings {
+            s.push_str(&format!("  warning: {w}\n"));
+        }
+        for e in &r.errors {
+            s.push_str(&format!("  error: {e}\n"));
+        }
+    }
+    s
+}
+
+/// `status` output: one row per integration.
+pub fn status_table(reports: &[Report], now: DateTime<Utc>) -> String {
+    let header = ["INTEGRATION", "SINK", "ACCOUNT", "EXPIRES", "NEXT ROTATION", "RETIRING", "ORPHANS", "STATE"];
+    let mut rows: Vec<[String; 8]> = Vec::new();
+    for r in reports {
+        let d = &r.decision;
+        let count = |reason| d.delete_now.iter().chain(&d.delete_later).filter(|x| x.reason == reason).count().to_string();
+        let account = r
+            .current
+            .as_ref()
+            .map(|c| format!("{}{}", c.service_account_id, if c.exists { "" } else { " (gone)" }))
+            .unwrap_or_else(|| "-".into());
+        let expires = r
+            .current
+            .as_ref()
+            .and_then(|c| c.expires)
+            .map(|e| format!("{} ({})", e.format("%Y-%m-%d %H:%M"), relative(e, now)))
+            .unwrap_or_else(|| "-".into());
+        let next = match (&d.rotate, d.next_rotation) {
+            (Some(_), _) => "now".to_string(),
+            (None, Some(t)) => format!("{} ({})", t.format("%Y-%m-%d %H:%M"), relative(t, now)),
+            (None, None) => "-".into(),
+        };
+        let state = if !r.errors.is_empty() {
+            format!("error: {}", r.errors[0].message)
+        } else if let Some(reason) = &d.rotate {
+            format!("due: {reason}")
+        } else {
+            "ok".into()
+        };
+        rows.push([
+            r.integration.clone(),
+            r.sink.clone(),
+            account,
+            expires,
+            next,
+            count(crate::rotation::DeleteReason::Retiring),
+            count(crate::rotation::DeleteReason::Orphan),
+            state,
+        ]);
+    }
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut s = String::new();
+    let line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        l.trim_end().to_string() + "\n"
+    };
+    s.push_str(&line(header.to_vec()));
+    for row in &rows {
+        s.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    s
+}
+
+async fn validate(cli: &Cli, online: bool, clock: SharedClock) -> Result<Exit, Exit> {
+    let path = config_path(cli.config.as_deref());
+    let policy = load_policy(cli)?;
+    println!(
+        "policy {}: OK ({} integration(s), {} sink(s), namespace `{}`)",
+        path.display(),
+        policy.integrations.len(),
+        policy.sinks.len(),
+        policy.namespace
+    );
+    if !online {
+        return Ok(Exit::Ok);
+    }
+    let engine = engine(policy, clock.clone())?;
+    let mut failed = false;
+    let mut check = |ok: Result<String, String>, what: &str| match ok {
+        Ok(detail) => println!("ok    {what}: {detail}"),
+        Err(e) => {
+            failed = true;
+            println!("FAIL  {what}: {e}");
+        }
+    };
+    let client = engine.client();
+    let org = client.organization_id();
+    let me = client.me().await;
+    let me_check = match &me {
+        Ok(me) => match me.organizations.values().find(|o| o.id == org) {
+            Some(o) if matches!(o.role.as_deref(), Some("admin" | "owner")) => Ok(format!("authenticated; role `{}` in organization {org}", o.role.as_deref().unwrap_or("?"))),
+            Some(o) => Err(format!(
+                "the rotator's account has role `{}` in organization {org}; it must be an organization admin or owner to create and delete service accounts",
+                o.role.as_deref().unwrap_or("unknown")
+            )),
+            None => Err(format!("the rotator's account does not belong to organization {org}: check `mixpanel.organization_id`")),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    check(me_check, &format!("mixpanel {}", client.base_url()));
+    let accounts = client.list_accounts().await;
+    check(
+        accounts.as_ref().map(|a| format!("{} service account(s) listed", a.len())).map_err(|e| e.to_string()),
+        "mixpanel list service accounts",
+    );
+    for i in &engine.policy().integrations {
+        let Some(sink) = engine.sink(&i.sink) else { continue };
+        check(sink.healthcheck(&i.path).await.map_err(|e| e.to_string()), &format!("{}: {}", i.name, sink.describe()));
+        if let Ok(accounts) = &accounts {
+            let published = sink.read_current(&i.path).await;
+            let readiness = match published {
+                Err(e) => Err(format!("cannot read the published credential: {e}")),
+                Ok(p) => {
+                    let obs = crate::rotation::Observation::new(i, &engine.policy().namespace, accounts, p);
+                    let d = crate::rotation::decide(i, &obs, clock.now(), false);
+                    match d.blocked {
+                        Some(b) => Err(b),
+                        None if obs.published.is_some() => Ok("credential published".into()),
+                        None => Ok("nothing published yet; the first pass bootstraps it".into()),
+                    }
+                }
+            };
+            check(readiness, &format!("{}: rotation readiness", i.name));
+        }
+    }
+    Ok(if failed { Exit::Failed } else { Exit::Ok })
+}
+
+async fn simulator(listen: SocketAddr, seed: Seed, allow_non_loopback: bool, secret_file: Option<PathBuf>) -> Exit {
+    if !listen.ip().is_loopback() && !allow_non_loopback {
+        eprintln!(
+            "error: refusing to serve the simulator on {listen}, which is not a loopback address: anyone who reaches it could use it. Pass --allow-non-loopback if you mean it."
+        );
+        return Exit::Usage;
+    }
+    let clock: SharedClock = Arc::new(SystemClock);
+    let sim = match crate::simulator::Simulator::start(seed, clock, listen).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot listen on {listen}: {e}");
+            return Exit::Failed;
+        }
+    };
+    let path = secret_file.unwrap_or_else(|| std::env::temp_dir().join(format!("mixpanel-simulator-{}.secret", sim.addr().port())));
+    let admin = sim.admin();
+    if let Err(e) = crate::demo::write_secret_file(&path, &admin.secret) {
+        eprintln!("error: cannot write {}: {e}", path.display());
+        return Exit::Failed;
+    }
+    println!("Mixpanel SIMULATOR (not Mixpanel: an in-memory organization, lost on exit)");
+    println!("listening on {}", sim.base_url());
+    println!();
+    println!("Point a policy at it:");
+    println!();
+    println!("[mixpanel]");
+    println!("base_url = \"{}\"", sim.base_url());
+    println!("organization_id = {}", sim.organization_id());
+    println!("username = \"{}\"", admin.username);
+    println!("secret = {{ file = \"{}\" }}", path.display());
+    println!();
+    if seed == Seed::Demo {
+        for a in sim.accounts() {
+            if a.username.starts_with("etl-legacy") {
+                println!("An account to adopt: adopt = {}   # {}", a.id, a.username);
+            }
+        }
+        println!("Projects: 101 (Web), 102 (Mobile), 103 (Warehouse)");
+    }
+    println!("Ctrl-C stops it.");
+    let _ = tokio::signal::ctrl_c().await;
+    let _ = std::fs::remove_file(&path);
+    Exit::Ok
+}

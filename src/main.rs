@@ -1,0 +1,32 @@
+//! `mixpanel-rotator`: parse the command line, set up logging, run, map the
+//! outcome to an exit code (0 ok, 1 a rotation or check failed, 2 usage/policy).
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use mixpanel_rotator::cli::{self, Cli, Exit};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { Exit::Usage as u8 } else { Exit::Ok as u8 });
+        }
+    };
+    // The demo explains each step itself; its logs would only repeat them.
+    let level = match cli.command {
+        cli::Command::Demo { .. } if cli.log_level == "info" => "warn",
+        _ => cli.log_level.as_str(),
+    };
+    cli::init_tracing(cli.log_format, level);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(Exit::Failed as u8);
+        }
+    };
+    let exit = rt.block_on(cli::run(cli));
+    ExitCode::from(exit as u8)
+}

@@ -1,0 +1,409 @@
+//! The HTTP client of the Service Accounts API.
+//!
+//! - Basic auth with the configured account; the secret only ever goes into
+//!   the `Authorization` header (marked sensitive).
+//! - A per-host concurrency limit shared by every clone and every credential.
+//! - GET and DELETE are retried on 408/429/5xx and transport errors with
+//!   capped exponential backoff and full jitter, honouring `Retry-After`.
+//!   POSTs are never retried: create is not idempotent (the engine recovers by
+//!   lineage name), and membership changes are re-checked by reading back.
+//! - Redirects are never followed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use rand::Rng as _;
+use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+
+use super::error::MixpanelError;
+use super::types::*;
+use crate::secret::Secret;
+
+/// A service account's credentials.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub username: String,
+    pub secret: Secret,
+}
+
+/// Backoff of retried requests.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Attempts in all, including the first.
+    pub max_attempts: u32,
+    /// Delay before the first retry (doubled each time, with full jitter).
+    pub base: Duration,
+    /// Upper bound of one computed backoff delay.
+    pub cap: Duration,
+    /// Upper bound of a server's `Retry-After`.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            base: Duration::from_millis(250),
+            cap: Duration::from_secs(8),
+            max_retry_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before retry number `attempt` (1-based): full jitter over a
+    /// capped exponential, or the server's `Retry-After` when it gave one.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(ra) = retry_after {
+            return ra.min(self.max_retry_after);
+        }
+        let exp = self.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        let ceiling = exp.min(self.cap);
+        let ms = ceiling.as_millis() as u64;
+        // Full jitter, but never less than half the ceiling so retries do not bunch at zero.
+        Duration::from_millis(ms / 2 + rand::rng().random_range(0..=ms / 2))
+    }
+}
+
+/// Everything a client needs.
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    /// API base including `/api/app`, no trailing slash.
+    pub base_url: String,
+    pub organization_id: u64,
+    pub credentials: Credentials,
+    pub max_concurrency: usize,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+/// A Mixpanel API client. Cheap to clone; clones share the connection pool
+/// and the concurrency limit.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base_url: Arc<str>,
+    org: u64,
+    username: Arc<str>,
+    auth: HeaderValue,
+    limit: Arc<Semaphore>,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.base_url)
+            .field("organization_id", &self.org)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+fn auth_header(c: &Credentials) -> Result<HeaderValue, MixpanelError> {
+    let raw = zeroize::Zeroizing::new(format!("{}:{}", c.username, c.secret.expose()));
+    let encoded = zeroize::Zeroizing::new(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw.as_bytes())));
+    let mut v = HeaderValue::from_str(&encoded)
+        .map_err(|_| MixpanelError::Setup("the username or secret contains characters not allowed in an HTTP header".into()))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+impl Client {
+    /// Builds a client.
+    pub fn new(s: ClientSettings) -> Result<Self, MixpanelError> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(s.timeout)
+            .connect_timeout(s.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("mixpanel-rotator/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| MixpanelError::Setup(e.to_string()))?;
+        Ok(Self {
+            http,
+            base_url: Arc::from(s.base_url.trim_end_matches('/')),
+            org: s.organization_id,
+            username: Arc::from(s.credentials.username.as_str()),
+            auth: auth_header(&s.credentials)?,
+            limit: Arc::new(Semaphore::new(s.max_concurrency.max(1))),
+            retry: s.retry,
+        })
+    }
+
+    /// The same client (pool, limit, retries) acting as another account:
+    /// used to prove a new credential works.
+    pub fn with_credentials(&self, c: &Credentials) -> Result<Self, MixpanelError> {
+        Ok(Self {
+            auth: auth_header(c)?,
+            username: Arc::from(c.username.as_str()),
+            ..self.clone()
+        })
+    }
+
+    /// The organization this client manages.
+    pub fn organization_id(&self) -> u64 {
+        self.org
+    }
+
+    /// The API base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// `GET /organizations/{org}/service-accounts`
+    pub async fn list_accounts(&self) -> Result<Vec<ServiceAccount>, MixpanelError> {
+        let path = format!("/organizations/{}/service-accounts", self.org);
+        self.call(Method::GET, &path, None::<&()>, "list-service-accounts").await
+    }
+
+    /// `GET /organizations/{org}/service-accounts/{id}` (bare or wrapped body).
+    pub async fn get_account(&self, id: u64) -> Result<ServiceAccount, MixpanelError> {
+        let path = format!("/organizations/{}/service-accounts/{id}", self.org);
+        self.call(Method::GET, &path, None::<&()>, "get-service-account").await
+    }
+
+    /// `POST /organizations/{org}/service-accounts`: never retried.
+    pub async fn create_account(&self, body: &CreateServiceAccount) -> Result<CreatedServiceAccount, MixpanelError> {
+        let path = format!("/organizations/{}/service-accounts", self.org);
+        self.call(Method::POST, &path, Some(body), "create-service-account").await
+    }
+
+    /// `DELETE /organizations/{org}/service-accounts/{id}`. Returns `false`
+    /// when the account was already gone (404).
+    pub async fn delete_account(&self, id: u64) -> Result<bool, MixpanelError> {
+        let path = format!("/organizations/{}/service-accounts/{id}", self.org);
+        match self.call::<serde::de::IgnoredAny>(Method::DELETE, &path, None::<&()>, "delete-service-account").await {
+            Ok(_) => Ok(true),
+            Err(MixpanelError::Api { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `POST .../service-accounts/add-to-project`
+    pub async fn add_to_projects(&self, body: &AddToProjects) -> Result<(), MixpanelError> {
+        let path = format!("/organizations/{}/service-accounts/add-to-project", self.org);
+        self.call::<serde::de::IgnoredAny>(Method::POST, &path, Some(body), "add-to-project").await.map(|_| ())
+    }
+
+    /// `POST .../service-accounts/remove-from-project`
+    pub async fn remove_from_projects(&self, body: &RemoveFromProjects) -> Result<(), MixpanelError> {
+        let path = format!("/organizations/{}/service-accounts/remove-from-project", self.org);
+        self.call::<serde::de::IgnoredAny>(Method::POST, &path, Some(body), "remove-from-project").await.map(|_| ())
+    }
+
+    /// `GET /projects/{project}/service-accounts`
+    pub async fn list_project_members(&self, project: u64) -> Result<Vec<ProjectMember>, MixpanelError> {
+        let path = format!("/projects/{project}/service-accounts");
+        self.call(Method::GET, &path, None::<&()>, "list-project-service-accounts").await
+    }
+
+    /// `GET /me?include_workspace_users=false`: who the caller is and what it sees.
+    pub async fn me(&self) -> Result<Me, MixpanelError> {
+        self.call(Method::GET, "/me?include_workspace_users=false", None::<&()>, "me").await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+        endpoint: &'static str,
+    ) -> Result<T, MixpanelError> {
+        let retries = method == Method::GET || method == Method::DELETE;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let (result, retry_after) = self.once(&method, path, body, endpoint).await;
+            match result {
+                Ok(v) => return Ok(v),
+                Err(e) if retries && e.retryable() && attempt < self.retry.max_attempts => {
+                    let delay = self.retry.delay(attempt, retry_after);
+                    tracing::debug!(endpoint, attempt, delay_ms = delay.as_millis() as u64, error = %e, "Retrying Mixpanel request.");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn once<T: DeserializeOwned>(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+        endpoint: &'static str,
+    ) -> (Result<T, MixpanelError>, Option<Duration>) {
+        let url = format!("{}{}", self.base_url, path);
+        let mut req = self.http.request(method.clone(), &url).header(AUTHORIZATION, self.auth.clone());
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        // The semaphore is never closed, so acquire only fails if it were; then run unlimited.
+        let _permit = self.limit.acquire().await.ok();
+        let started = Instant::now();
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let detail = if e.is_timeout() {
+                    "timed out".to_string()
+                } else if e.is_connect() {
+                    format!("cannot connect: {}", error_chain(&e))
+                } else {
+                    format!("connection failed: {}", error_chain(&e))
+                };
+                tracing::debug!(endpoint, method = %method, "Mixpanel request failed: {detail}");
+                return (
+                    Err(MixpanelError::Transport {
+                        endpoint,
+                        detail,
+                        connect: e.is_connect(),
+                    }),
+                    None,
+                );
+            }
+        };
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let location = resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                return (
+                    Err(MixpanelError::Transport {
+                        endpoint,
+                        detail: format!("the response was cut off: {}", error_chain(&e)),
+                        connect: false,
+                    }),
+                    retry_after,
+                );
+            }
+        };
+        tracing::debug!(
+            endpoint,
+            method = %method,
+            status = status.as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Mixpanel request done."
+        );
+        (decode(endpoint, status, location, &bytes), retry_after)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn decode<T: DeserializeOwned>(endpoint: &'static str, status: StatusCode, location: Option<String>, bytes: &[u8]) -> Result<T, MixpanelError> {
+    let code = status.as_u16();
+    if status.is_redirection() {
+        return Err(MixpanelError::Redirect {
+            endpoint,
+            status: code,
+            location: location.unwrap_or_else(|| "(no Location)".into()),
+        });
+    }
+    if !status.is_success() {
+        #[derive(serde::Deserialize)]
+        struct ErrBody {
+            error: Option<String>,
+        }
+        let message = serde_json::from_slice::<ErrBody>(bytes)
+            .ok()
+            .and_then(|b| b.error)
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+        return Err(MixpanelError::Api {
+            endpoint,
+            status: code,
+            message: truncate(&message, 300),
+        });
+    }
+    // Every endpoint wraps its result as {"status":"ok","results":..}, except
+    // get-service-account in the published description: accept both shapes.
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Body<T> {
+        Wrapped { status: Option<String>, results: T },
+        Bare(T),
+    }
+    // Mutations answer {"status":"ok"} and nothing else; an empty body is taken as `null`.
+    let bytes = if bytes.is_empty() { b"null".as_slice() } else { bytes };
+    match serde_json::from_slice::<Body<T>>(bytes) {
+        Ok(Body::Wrapped { status: Some(s), .. }) if s == "error" => Err(MixpanelError::Decode {
+            endpoint,
+            status: code,
+            detail: "status is \"error\" on a success code".into(),
+        }),
+        Ok(Body::Wrapped { results, .. }) | Ok(Body::Bare(results)) => Ok(results),
+        // Deliberately not echoing the body: a create response carries a token.
+        Err(e) => Err(MixpanelError::Decode {
+            endpoint,
+            status: code,
+            detail: format!("not the expected JSON (line {}, column {})", e.line(), e.column()),
+        }),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_honours_retry_after() {
+        let p = RetryPolicy::default();
+        for attempt in 1..20 {
+            let d = p.delay(attempt, None);
+            assert!(d <= p.cap, "{attempt}: {d:?}");
+        }
+        assert!(p.delay(1, None) <= Duration::from_millis(250));
+        assert_eq!(p.delay(1, Some(Duration::from_secs(3))), Duration::from_secs(3));
+        assert_eq!(p.delay(1, Some(Duration::from_secs(3600))), p.max_retry_after);
+    }
+
+    #[test]
+    fn decodes_both_shapes_and_errors() {
+        let sa = r#"{"id":7,"username":"x","last_used":null,"expires":null,"creator":1,"created":"2026-01-01T00:00:00Z","user":2}"#;
+        let bare: ServiceAccount = decode("get", StatusCode::OK, None, sa.as_bytes()).unwrap();
+        let wrapped: ServiceAccount = decode("get", StatusCode::OK, None, format!(r#"{{"status":"ok","results":{sa}}}"#).as_bytes()).unwrap();
+        assert_eq!(bare, wrapped);
+        let err = decode::<ServiceAccount>("get", StatusCode::FORBIDDEN, None, br#"{"status":"error","error":"nope"}"#).unwrap_err();
+        assert!(matches!(err, MixpanelError::Api { status: 403, ref message, .. } if message == "nope"));
+        assert!(err.to_string().contains("admin or owner"));
+        let err = decode::<ServiceAccount>("get", StatusCode::MOVED_PERMANENTLY, Some("/x/".into()), b"").unwrap_err();
+        assert!(matches!(err, MixpanelError::Redirect { .. }));
+        let _: serde::de::IgnoredAny = decode("delete", StatusCode::OK, None, br#"{"status":"ok"}"#).unwrap();
+    }
+
+    #[test]
+    fn decode_error_does_not_echo_the_body() {
+        let err = decode::<CreatedServiceAccount>("create", StatusCode::CREATED, None, br#"{"results":{"token":"sekrit-abc"}}"#).unwrap_err();
+        assert!(!err.to_string().contains("sekrit-abc"));
+    }
+}

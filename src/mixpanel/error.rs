@@ -1,0 +1,79 @@
+//! Errors of the Mixpanel client.
+
+/// A failed Mixpanel call: which endpoint, what happened, and a hint.
+#[derive(Debug, thiserror::Error)]
+pub enum MixpanelError {
+    /// Mixpanel answered with an error status (`{"status":"error","error":..}`).
+    #[error("Mixpanel {endpoint} answered HTTP {status}: {message}{}", hint(*.status))]
+    Api {
+        endpoint: &'static str,
+        status: u16,
+        message: String,
+    },
+    /// No usable answer: connection refused or dropped, timeout.
+    #[error("Mixpanel {endpoint}: no answer ({detail}); check the network path to the API host and `mixpanel.timeout`")]
+    Transport {
+        endpoint: &'static str,
+        detail: String,
+        /// The connection could not be opened: the request was certainly not applied.
+        connect: bool,
+    },
+    /// A redirect, which is never followed (a POST would turn into a GET).
+    #[error("Mixpanel {endpoint} answered HTTP {status} redirecting to {location}: redirects are not followed; check `mixpanel.region` / `mixpanel.base_url`")]
+    Redirect {
+        endpoint: &'static str,
+        status: u16,
+        location: String,
+    },
+    /// A success status with a body that does not parse.
+    #[error("Mixpanel {endpoint} answered HTTP {status} with an unexpected body: {detail}")]
+    Decode {
+        endpoint: &'static str,
+        status: u16,
+        detail: String,
+    },
+    /// The client could not be built (TLS setup).
+    #[error("cannot set up the HTTP client: {0}")]
+    Setup(String),
+}
+
+fn hint(status: u16) -> &'static str {
+    match status {
+        401 => " (the credential was refused: check `mixpanel.username` and `mixpanel.secret`, and whether the account has expired)",
+        403 => " (the rotator's account must be an organization admin or owner)",
+        429 => " (rate limited; retried with backoff)",
+        _ => "",
+    }
+}
+
+impl MixpanelError {
+    /// Whether retrying the same request may succeed (408, 429, 5xx, transport).
+    pub fn retryable(&self) -> bool {
+        match self {
+            MixpanelError::Api { status, .. } => matches!(status, 408 | 429) || *status >= 500,
+            MixpanelError::Transport { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the request may have been applied even though it failed
+    /// (a dropped connection, a timeout, a 5xx, an unreadable 2xx).
+    pub fn maybe_applied(&self) -> bool {
+        match self {
+            MixpanelError::Api { status, .. } => *status >= 500 || *status == 408,
+            MixpanelError::Transport { connect, .. } => !connect,
+            MixpanelError::Decode { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The HTTP status, when there was one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            MixpanelError::Api { status, .. } | MixpanelError::Redirect { status, .. } | MixpanelError::Decode { status, .. } => {
+                Some(*status)
+            }
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! The Mixpanel Service Accounts API: typed requests and responses, a client
+//! with retries, a concurrency limit and no redirects, and its errors.
+
+pub mod client;
+pub mod error;
+pub mod types;
+
+pub use client::{Client, ClientSettings, Credentials, RetryPolicy};
+pub use error::MixpanelError;
+pub use types::*;

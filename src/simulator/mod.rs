@@ -1,0 +1,299 @@
+//! A stateful **simulator** of Mixpanel's Service Accounts API. It is not
+//! Mixpanel: it keeps one organization in memory and applies the rules the
+//! rotator relies on (Mixpanel's username suffix, 201 on create, strict
+//! bodies, Basic auth, admin rights for mutations, 401 after `expires`), so the
+//! rotator can be tested and tried without touching a real organization.
+//!
+//! Tests program faults per method and path (a status N times, latency, 429
+//! with `Retry-After`, "commit then drop the connection") and assert on the
+//! request log.
+
+mod server;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use crate::clock::SharedClock;
+use crate::mixpanel::Credentials;
+use crate::mixpanel::types::{Role, ServiceAccount, TargetType};
+use crate::secret::Secret;
+pub use state::{OrgState, Quirks, SimAccount};
+
+/// The organization a simulator starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Seed {
+    /// Organization 1 with an admin account (`rotator`) and three projects.
+    Empty,
+    /// As `empty`, plus `etl-legacy`: an analyst account with individual
+    /// grants on projects 101 and 102 and a team grant on 103.
+    Demo,
+}
+
+/// What a fault does to a matching request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultAction {
+    /// Answer this status with an error body, without doing anything.
+    Status(u16),
+    /// Wait, then handle the request normally.
+    Latency(Duration),
+    /// Answer 429 with `Retry-After: secs`.
+    RateLimit { retry_after_secs: u64 },
+    /// Apply the request, then drop the connection without answering.
+    CommitThenDrop,
+}
+
+/// A programmed fault: requests with `method` and a path matching `path`
+/// (below `/api/app`; `*` matches one segment) get `action`, `times` times
+/// (`None`: always).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    pub method: String,
+    pub path: String,
+    pub action: FaultAction,
+    pub times: Option<u32>,
+}
+
+impl Fault {
+    /// A fault on `method path` applied once.
+    pub fn once(method: &str, path: &str, action: FaultAction) -> Self {
+        Self::times(method, path, action, 1)
+    }
+
+    /// A fault applied `n` times.
+    pub fn times(method: &str, path: &str, action: FaultAction, n: u32) -> Self {
+        Self {
+            method: method.to_ascii_uppercase(),
+            path: path.to_string(),
+            action,
+            times: Some(n),
+        }
+    }
+
+    /// A fault applied to every matching request.
+    pub fn always(method: &str, path: &str, action: FaultAction) -> Self {
+        Self {
+            method: method.to_ascii_uppercase(),
+            path: path.to_string(),
+            action,
+            times: None,
+        }
+    }
+
+    fn matches(&self, method: &str, path: &str) -> bool {
+        if self.method != method || self.times == Some(0) {
+            return false;
+        }
+        let want: Vec<&str> = self.path.trim_matches('/').split('/').collect();
+        let got: Vec<&str> = path.trim_matches('/').split('/').collect();
+        want.len() == got.len() && want.iter().zip(&got).all(|(w, g)| *w == "*" || w == g)
+    }
+}
+
+/// One request as the simulator saw it.
+#[derive(Debug, Clone)]
+pub struct LoggedRequest {
+    pub method: String,
+    /// Path below `/api/app`, without the query.
+    pub path: String,
+    /// The answered status; `None` when the connection was dropped.
+    pub status: Option<u16>,
+    /// The authenticated caller's username, if any.
+    pub caller: Option<String>,
+    /// When it arrived (monotonic, for timing assertions).
+    pub received: Instant,
+    /// The simulator clock's time when it arrived.
+    pub at: DateTime<Utc>,
+}
+
+impl LoggedRequest {
+    /// Whether the request could change the organization.
+    pub fn is_mutating(&self) -> bool {
+        self.method != "GET" && self.method != "HEAD"
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub org: OrgState,
+    pub faults: Vec<Fault>,
+    pub log: Vec<LoggedRequest>,
+}
+
+/// A running simulator.
+pub struct Simulator {
+    shared: Arc<Mutex<Shared>>,
+    clock: SharedClock,
+    addr: SocketAddr,
+    admin: Credentials,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulator").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The simulated organization's id.
+pub const ORG_ID: u64 = 1;
+
+impl Simulator {
+    /// Starts a simulator on `addr` (use port 0 for a free port).
+    pub async fn start(seed: Seed, clock: SharedClock, addr: SocketAddr) -> std::io::Result<Self> {
+        let now = clock.now();
+        let mut org = OrgState::new(ORG_ID, "Simulated Org");
+        for (id, name) in [(101, "Web"), (102, "Mobile"), (103, "Warehouse")] {
+            org.projects.insert(
+                id,
+                state::SimProject {
+                    id,
+                    name: name.into(),
+                    members: Default::default(),
+                },
+            );
+        }
+        let admin = org.insert_account("rotator", Role::Admin, None, now);
+        if seed == Seed::Demo {
+            let legacy = org.insert_account("etl-legacy", Role::Analyst, None, now - chrono::Duration::days(400));
+            org.grant(101, legacy.id, Role::Analyst, TargetType::Individual);
+            org.grant(102, legacy.id, Role::Admin, TargetType::Individual);
+            org.grant(103, legacy.id, Role::Consumer, TargetType::Team);
+        }
+        let shared = Arc::new(Mutex::new(Shared {
+            org,
+            faults: Vec::new(),
+            log: Vec::new(),
+        }));
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(server::serve(listener, shared.clone(), clock.clone()));
+        Ok(Self {
+            shared,
+            clock,
+            addr,
+            admin: Credentials {
+                username: admin.username,
+                secret: admin.token,
+            },
+            task,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The API base URL, for `mixpanel.base_url`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/api/app", self.addr)
+    }
+
+    /// The simulated organization's id.
+    pub fn organization_id(&self) -> u64 {
+        ORG_ID
+    }
+
+    /// The admin account the rotator uses.
+    pub fn admin(&self) -> Credentials {
+        self.admin.clone()
+    }
+
+    /// Adds an account (`base` gets Mixpanel's suffix) with memberships.
+    pub fn add_account(&self, base: &str, role: Role, expires: Option<DateTime<Utc>>, grants: &[(u64, Role, TargetType)]) -> (ServiceAccount, Credentials) {
+        let now = self.clock.now();
+        let mut s = self.lock();
+        let a = s.org.insert_account(base, role, expires, now);
+        for (p, r, t) in grants {
+            s.org.grant(*p, a.id, *r, *t);
+        }
+        (
+            a.public(),
+            Credentials {
+                username: a.username,
+                secret: a.token,
+            },
+        )
+    }
+
+    /// Adds a project.
+    pub fn add_project(&self, id: u64, name: &str) {
+        self.lock().org.projects.insert(
+            id,
+            state::SimProject {
+                id,
+                name: name.into(),
+                members: Default::default(),
+            },
+        );
+    }
+
+    /// Deletes an account behind the rotator's back.
+    pub fn delete_account(&self, id: u64) -> bool {
+        self.lock().org.remove_account(id)
+    }
+
+    /// Every account.
+    pub fn accounts(&self) -> Vec<ServiceAccount> {
+        self.lock().org.accounts.values().map(SimAccount::public).collect()
+    }
+
+    /// One account.
+    pub fn account(&self, id: u64) -> Option<ServiceAccount> {
+        self.lock().org.accounts.get(&id).map(SimAccount::public)
+    }
+
+    /// An account's memberships: (project, role, grant type).
+    pub fn memberships(&self, account: u64) -> Vec<(u64, Role, TargetType)> {
+        let s = self.lock();
+        s.org
+            .projects
+            .values()
+            .filter_map(|p| p.members.get(&account).map(|m| (p.id, m.role, m.target_type)))
+            .collect()
+    }
+
+    /// Programs a fault.
+    pub fn inject(&self, fault: Fault) {
+        self.lock().faults.push(fault);
+    }
+
+    /// Removes every fault.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
+    /// Sets behaviours of real Mixpanel to imitate.
+    pub fn set_quirks(&self, q: Quirks) {
+        self.lock().org.quirks = q;
+    }
+
+    /// The request log.
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        self.lock().log.clone()
+    }
+
+    /// Empties the request log.
+    pub fn clear_requests(&self) {
+        self.lock().log.clear();
+    }
+
+    /// Every token the simulator ever issued (to search output for leaks).
+    pub fn issued_secrets(&self) -> Vec<Secret> {
+        self.lock().org.issued.clone()
+    }
+}

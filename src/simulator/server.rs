@@ -1,0 +1,168 @@
+//! The simulator's HTTP side: one connection task per client, so a fault can
+//! drop a connection after the request was applied.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, Request, Response, StatusCode, Uri, header};
+use base64::Engine as _;
+use hyper_util::rt::TokioIo;
+use tokio::sync::Notify;
+use tower::ServiceExt as _;
+
+use super::state::error;
+use super::{FaultAction, LoggedRequest, Shared};
+use crate::clock::SharedClock;
+
+const PREFIX: &str = "/api/app";
+
+#[derive(Clone)]
+struct Ctx {
+    shared: Arc<Mutex<Shared>>,
+    clock: SharedClock,
+}
+
+/// Asks the connection task to drop the connection.
+#[derive(Clone)]
+struct Killer(Arc<Notify>);
+
+pub(super) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Mutex<Shared>>, clock: SharedClock) {
+    let ctx = Ctx { shared, clock };
+    let app = axum::Router::new().fallback(handle).with_state(ctx);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let kill = Arc::new(Notify::new());
+            let killer = Killer(kill.clone());
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let mut req = req.map(Body::new);
+                req.extensions_mut().insert(killer.clone());
+                app.clone().oneshot(req)
+            });
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = kill.notified() => {} // dropping `conn` closes the socket unanswered
+            }
+        });
+    }
+}
+
+fn respond(status: u16, body: &serde_json::Value, extra: &[(header::HeaderName, String)]) -> Response<Body> {
+    let mut b = Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(header::CONTENT_TYPE, "application/json");
+    for (k, v) in extra {
+        b = b.header(k, v);
+    }
+    b.body(Body::from(body.to_string())).unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+fn credentials(headers: &HeaderMap) -> Option<(String, zeroize::Zeroizing<String>)> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let rest = v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic "))?.trim();
+    // Base64 as the standard says; some clients send `user:secret` plainly.
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|s| s.contains(':'))
+        .unwrap_or_else(|| rest.to_string());
+    let decoded = zeroize::Zeroizing::new(decoded);
+    let (u, s) = decoded.split_once(':')?;
+    Some((u.to_string(), zeroize::Zeroizing::new(s.to_string())))
+}
+
+async fn handle(
+    axum::extract::State(ctx): axum::extract::State<Ctx>,
+    axum::Extension(killer): axum::Extension<Killer>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response<Body>, Infallible> {
+    let received = Instant::now();
+    let method = method.as_str().to_string();
+    let full = uri.path().to_string();
+    let at = ctx.clock.now();
+    let log = |status: Option<u16>, path: &str, caller: Option<String>| {
+        let mut s = ctx.shared.lock().unwrap_or_else(|e| e.into_inner());
+        s.log.push(LoggedRequest {
+            method: method.clone(),
+            path: path.to_string(),
+            status,
+            caller,
+            received,
+            at,
+        });
+    };
+    let Some(path) = full.strip_prefix(PREFIX).map(str::to_string) else {
+        let (st, b) = error(404, "Not found");
+        log(Some(st), &full, None);
+        return Ok(respond(st, &b, &[]));
+    };
+    // Like some App API routes: a trailing slash is redirected.
+    if path.len() > 1 && path.ends_with('/') {
+        log(Some(301), &path, None);
+        let to = format!("{PREFIX}{}", path.trim_end_matches('/'));
+        return Ok(respond(301, &serde_json::json!({}), &[(header::LOCATION, to)]));
+    }
+
+    // Faults.
+    let action = {
+        let mut s = ctx.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = s.faults.iter_mut().find(|f| f.matches(&method, &path));
+        hit.map(|f| {
+            if let Some(n) = f.times.as_mut() {
+                *n -= 1;
+            }
+            f.action.clone()
+        })
+    };
+    let mut drop_after = false;
+    match action {
+        Some(FaultAction::Status(code)) => {
+            log(Some(code), &path, None);
+            let (st, b) = error(code, "Injected fault");
+            return Ok(respond(st, &b, &[]));
+        }
+        Some(FaultAction::RateLimit { retry_after_secs }) => {
+            log(Some(429), &path, None);
+            let (st, b) = error(429, "Too many requests");
+            return Ok(respond(st, &b, &[(header::RETRY_AFTER, retry_after_secs.to_string())]));
+        }
+        Some(FaultAction::Latency(d)) => tokio::time::sleep(d).await,
+        Some(FaultAction::CommitThenDrop) => drop_after = true,
+        None => {}
+    }
+
+    let now = ctx.clock.now();
+    let (status, answer, caller) = {
+        let mut s = ctx.shared.lock().unwrap_or_else(|e| e.into_inner());
+        match credentials(&headers) {
+            None => {
+                let (st, b) = error(401, "Authentication required");
+                (st, b, None)
+            }
+            Some((user, secret)) => match s.org.authenticate(&user, &secret, now) {
+                Err((st, b)) => (st, b, None),
+                Ok(caller) => {
+                    let (st, b) = s.org.handle(caller, &method, &path, &body, now);
+                    (st, b, Some(user))
+                }
+            },
+        }
+    };
+    if drop_after {
+        log(None, &path, caller.clone());
+        killer.0.notify_one();
+        std::future::pending::<()>().await;
+    }
+    log(Some(status), &path, caller);
+    Ok(respond(status, &answer, &[]))
+}

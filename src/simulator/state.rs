@@ -1,0 +1,358 @@
+//! The simulated organization: accounts, projects, memberships, and the
+//! rules Mixpanel applies to requests on them.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rand::Rng as _;
+use rand::distr::Alphanumeric;
+use serde_json::{Value, json};
+
+use crate::mixpanel::types::*;
+use crate::secret::Secret;
+
+/// An account of the simulated organization.
+#[derive(Debug, Clone)]
+pub struct SimAccount {
+    pub id: u64,
+    pub username: String,
+    pub token: Secret,
+    pub role: Role,
+    pub expires: Option<DateTime<Utc>>,
+    pub created: DateTime<Utc>,
+    pub last_used: Option<DateTime<Utc>>,
+    pub creator: u64,
+    pub user: u64,
+}
+
+impl SimAccount {
+    /// The account as the API lists it.
+    pub fn public(&self) -> ServiceAccount {
+        ServiceAccount {
+            id: self.id,
+            username: self.username.clone(),
+            last_used: self.last_used,
+            expires: self.expires,
+            creator: Some(self.creator),
+            created: Some(self.created),
+            user: Some(self.user),
+        }
+    }
+}
+
+/// A membership of an account in a project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimMembership {
+    pub role: Role,
+    pub target_type: TargetType,
+}
+
+/// A project of the simulated organization.
+#[derive(Debug, Clone)]
+pub struct SimProject {
+    pub id: u64,
+    pub name: String,
+    /// Memberships by account id.
+    pub members: BTreeMap<u64, SimMembership>,
+}
+
+/// Behaviours of real Mixpanel that the simulator can imitate on request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quirks {
+    /// Ignore `projects` in the create body (the engine must repair with add-to-project).
+    pub ignore_create_projects: bool,
+    /// Ignore `expires` in the create body (a plan that does not honour it).
+    pub ignore_expires: bool,
+}
+
+/// The organization and its rules.
+#[derive(Debug)]
+pub struct OrgState {
+    pub org_id: u64,
+    pub org_name: String,
+    pub next_id: u64,
+    pub accounts: BTreeMap<u64, SimAccount>,
+    pub projects: BTreeMap<u64, SimProject>,
+    pub quirks: Quirks,
+    /// Every token ever issued, so tests can search their output for leaks.
+    pub issued: Vec<Secret>,
+}
+
+/// An API answer: status and JSON body.
+pub type Answer = (u16, Value);
+
+pub fn error(status: u16, message: impl Into<String>) -> Answer {
+    (status, json!({"status": "error", "error": message.into()}))
+}
+
+fn ok(results: Value) -> Answer {
+    (200, json!({"status": "ok", "results": results}))
+}
+
+fn random_token(len: usize) -> String {
+    rand::rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
+}
+
+fn random_hex(len: usize) -> String {
+    const HEX: &[u8] = b"0123456789abcdef";
+    let mut r = rand::rng();
+    (0..len).map(|_| HEX[r.random_range(0..16)] as char).collect()
+}
+
+impl OrgState {
+    /// An empty organization.
+    pub fn new(org_id: u64, org_name: &str) -> Self {
+        Self {
+            org_id,
+            org_name: org_name.into(),
+            next_id: 1000,
+            accounts: BTreeMap::new(),
+            projects: BTreeMap::new(),
+            quirks: Quirks::default(),
+            issued: Vec::new(),
+        }
+    }
+
+    /// Adds an account directly (test set-up); returns it with its token.
+    pub fn insert_account(&mut self, base: &str, role: Role, expires: Option<DateTime<Utc>>, now: DateTime<Utc>) -> SimAccount {
+        self.next_id += 1;
+        let token = Secret::new(random_token(32));
+        self.issued.push(token.clone());
+        let acct = SimAccount {
+            id: self.next_id,
+            username: format!("{base}.{}.mp-service-account", random_hex(6)),
+            token,
+            role,
+            expires,
+            created: now,
+            last_used: None,
+            creator: 42,
+            user: 500_000 + self.next_id,
+        };
+        self.accounts.insert(acct.id, acct.clone());
+        acct
+    }
+
+    /// Grants `account` a membership in `project`.
+    pub fn grant(&mut self, project: u64, account: u64, role: Role, target_type: TargetType) {
+        if let Some(p) = self.projects.get_mut(&project) {
+            p.members.insert(account, SimMembership { role, target_type });
+        }
+    }
+
+    /// Deletes an account and its memberships.
+    pub fn remove_account(&mut self, id: u64) -> bool {
+        for p in self.projects.values_mut() {
+            p.members.remove(&id);
+        }
+        self.accounts.remove(&id).is_some()
+    }
+
+    /// Checks Basic credentials; returns the caller's id or a 401.
+    pub fn authenticate(&mut self, username: &str, secret: &str, now: DateTime<Utc>) -> Result<u64, Answer> {
+        let found = self
+            .accounts
+            .values_mut()
+            .find(|a| a.username == username && a.token.expose() == secret);
+        match found {
+            None => Err(error(401, "Invalid credentials")),
+            Some(a) if a.expires.is_some_and(|e| e <= now) => Err(error(401, "Service account has expired")),
+            Some(a) => {
+                a.last_used = Some(now);
+                Ok(a.id)
+            }
+        }
+    }
+
+    fn require_admin(&self, caller: u64) -> Result<(), Answer> {
+        match self.accounts.get(&caller) {
+            Some(a) if a.role.can_manage_accounts() => Ok(()),
+            _ => Err(error(403, "User does not have permissions to manage service accounts in this organization")),
+        }
+    }
+
+    fn check_org(&self, org: u64) -> Result<(), Answer> {
+        if org == self.org_id { Ok(()) } else { Err(error(404, "Organization not found")) }
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Answer> {
+        serde_json::from_slice(body).map_err(|e| error(400, format!("Invalid request body: {e}")))
+    }
+
+    fn check_projects(&self, ids: impl IntoIterator<Item = u64>) -> Result<(), Answer> {
+        for id in ids {
+            if !self.projects.contains_key(&id) {
+                return Err(error(400, format!("Project {id} does not exist in this organization")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Dispatches one authenticated request. `path` is below `/api/app`.
+    pub fn handle(&mut self, caller: u64, method: &str, path: &str, body: &[u8], now: DateTime<Utc>) -> Answer {
+        match self.route(caller, method, path, body, now) {
+            Ok(a) | Err(a) => a,
+        }
+    }
+
+    fn route(&mut self, caller: u64, method: &str, path: &str, body: &[u8], now: DateTime<Utc>) -> Result<Answer, Answer> {
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let num = |s: &str| s.parse::<u64>().map_err(|_| error(404, "Not found"));
+        match (method, segs.as_slice()) {
+            ("GET", ["me"]) => Ok(self.me(caller)),
+            ("GET", ["organizations", org, "service-accounts"]) => {
+                self.check_org(num(org)?)?;
+                Ok(ok(Value::Array(self.accounts.values().map(|a| json!(a.public())).collect())))
+            }
+            ("POST", ["organizations", org, "service-accounts"]) => {
+                self.check_org(num(org)?)?;
+                self.require_admin(caller)?;
+                self.create(caller, body, now)
+            }
+            ("POST", ["organizations", org, "service-accounts", "add-to-project"]) => {
+                self.check_org(num(org)?)?;
+                self.require_admin(caller)?;
+                let req: AddToProjects = Self::parse(body)?;
+                self.check_projects(req.projects.iter().map(|p| p.id))?;
+                for id in &req.service_account_ids {
+                    if !self.accounts.contains_key(id) {
+                        return Err(error(400, format!("Service account {id} does not exist")));
+                    }
+                }
+                for p in &req.projects {
+                    for sa in &req.service_account_ids {
+                        self.grant(p.id, *sa, p.role, TargetType::Individual);
+                    }
+                }
+                Ok((200, json!({"status": "ok"})))
+            }
+            ("POST", ["organizations", org, "service-accounts", "remove-from-project"]) => {
+                self.check_org(num(org)?)?;
+                self.require_admin(caller)?;
+                let req: RemoveFromProjects = Self::parse(body)?;
+                self.check_projects(req.projects.iter().map(|p| p.id))?;
+                for p in &req.projects {
+                    if let Some(proj) = self.projects.get_mut(&p.id) {
+                        for sa in &p.service_account_ids {
+                            proj.members.remove(sa);
+                        }
+                    }
+                }
+                Ok((200, json!({"status": "ok"})))
+            }
+            ("GET", ["organizations", org, "service-accounts", id]) => {
+                self.check_org(num(org)?)?;
+                let id = num(id)?;
+                // The published description shows a bare object here.
+                match self.accounts.get(&id) {
+                    Some(a) => Ok((200, json!(a.public()))),
+                    None => Err(error(404, "Service account not found")),
+                }
+            }
+            ("DELETE", ["organizations", org, "service-accounts", id]) => {
+                self.check_org(num(org)?)?;
+                self.require_admin(caller)?;
+                if self.remove_account(num(id)?) {
+                    Ok((200, json!({"status": "ok"})))
+                } else {
+                    Err(error(404, "Service account not found"))
+                }
+            }
+            ("GET", ["projects", project, "service-accounts"]) => {
+                let pid = num(project)?;
+                let caller_admin = self.require_admin(caller).is_ok();
+                let Some(p) = self.projects.get(&pid) else {
+                    return Err(error(404, "Project not found"));
+                };
+                if !caller_admin && !p.members.contains_key(&caller) {
+                    return Err(error(403, "User does not have access to this project"));
+                }
+                let rows: Vec<Value> = p
+                    .members
+                    .iter()
+                    .filter_map(|(id, m)| {
+                        let a = self.accounts.get(id)?;
+                        let mut row = json!(a.public());
+                        let obj = row.as_object_mut()?;
+                        obj.insert("role".into(), json!(m.role));
+                        obj.insert("target_type".into(), json!(m.target_type));
+                        obj.insert("hasSensitiveAccess".into(), json!(false));
+                        obj.insert("role_order".into(), json!(role_order(m.role)));
+                        obj.insert("email".into(), json!(format!("{}@serviceaccount.mixpanel.com", a.id)));
+                        Some(row)
+                    })
+                    .collect();
+                Ok(ok(Value::Array(rows)))
+            }
+            _ => Err(error(404, "Not found")),
+        }
+    }
+
+    fn me(&self, caller: u64) -> Answer {
+        let Some(acct) = self.accounts.get(&caller) else {
+            return error(401, "Invalid credentials");
+        };
+        let admin = acct.role.can_manage_accounts();
+        let projects: serde_json::Map<String, Value> = self
+            .projects
+            .values()
+            .filter(|p| admin || p.members.contains_key(&caller))
+            .map(|p| {
+                (
+                    p.id.to_string(),
+                    json!({"name": p.name, "organization_id": self.org_id, "domain": "mixpanel.com", "timezone": "UTC"}),
+                )
+            })
+            .collect();
+        ok(json!({
+            "organizations": { self.org_id.to_string(): {"id": self.org_id, "name": self.org_name, "role": acct.role} },
+            "projects": projects,
+            "user_email": format!("{}@serviceaccount.mixpanel.com", acct.id),
+            "user_name": acct.username,
+        }))
+    }
+
+    fn create(&mut self, caller: u64, body: &[u8], now: DateTime<Utc>) -> Result<Answer, Answer> {
+        let req: CreateServiceAccount = Self::parse(body)?;
+        let base = req.username.trim();
+        if base.is_empty() {
+            return Err(error(400, "username is required"));
+        }
+        if base.len() > 128 {
+            return Err(error(400, "username is too long"));
+        }
+        if let Some(e) = req.expires {
+            if e <= now {
+                return Err(error(400, "expires must be in the future"));
+            }
+        }
+        let projects = req.projects.clone().unwrap_or_default();
+        self.check_projects(projects.iter().map(|p| p.id))?;
+        let role = req.role.unwrap_or(Role::Consumer);
+        let expires = if self.quirks.ignore_expires { None } else { req.expires };
+        let mut acct = self.insert_account(base, role, expires, now);
+        acct.creator = self.accounts.get(&caller).map(|a| a.user).unwrap_or(42);
+        if let Some(a) = self.accounts.get_mut(&acct.id) {
+            a.creator = acct.creator;
+        }
+        if !self.quirks.ignore_create_projects {
+            for p in &projects {
+                self.grant(p.id, acct.id, p.role, TargetType::Individual);
+            }
+        }
+        let mut results = json!(acct.public());
+        if let Some(obj) = results.as_object_mut() {
+            obj.insert("token".into(), json!(acct.token.expose()));
+        }
+        Ok((201, json!({"status": "ok", "results": results})))
+    }
+}
+
+fn role_order(r: Role) -> i64 {
+    match r {
+        Role::Owner => 0,
+        Role::Admin => 1,
+        Role::Analyst => 2,
+        Role::Consumer => 3,
+    }
+}

@@ -1,0 +1,287 @@
+//! The `file` sink: one JSON payload per integration at `{dir}/{path}`.
+//!
+//! The file is created with mode 0600 from the start (never world-readable,
+//! not even briefly), written to a temporary name in the same directory,
+//! fsynced and renamed over the old one. Writers serialise on an `flock` of a
+//! sibling lock file; the compare-and-swap compares the stored payload's
+//! `rotation_id` under that lock.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Component, Path, PathBuf};
+
+use rand::Rng as _;
+use serde::Deserialize;
+
+use super::{Payload, Sink, SinkError, Version};
+
+/// `[sinks.NAME] type = "file"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// Directory holding one file per integration (created 0700 if missing).
+    pub dir: PathBuf,
+}
+
+impl FileSinkConfig {
+    /// Checks the configuration; the error names the field.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if !self.dir.is_absolute() {
+            return Err(("dir", format!("is `{}`: use an absolute path", self.dir.display())));
+        }
+        Ok(())
+    }
+
+    /// Checks an integration's `path` for this sink.
+    pub fn check_path(path: &str) -> Result<(), String> {
+        let p = Path::new(path);
+        let ok = !path.is_empty()
+            && p.components().all(|c| matches!(c, Component::Normal(_)))
+            && !path.ends_with(".lock")
+            && !path.ends_with('/');
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "is `{path}`: use a relative file name inside the sink's `dir` (no `..`, no leading `/`, not ending in `.lock`)"
+            ))
+        }
+    }
+}
+
+impl crate::policy::SinkConfig {
+    /// Checks a sink's own keys; returns the failing field and message.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        match self {
+            crate::policy::SinkConfig::File(c) => c.check(),
+        }
+    }
+
+    /// Checks an integration's `path` for this kind of sink.
+    pub fn check_path(&self, path: &str) -> Result<(), String> {
+        match self {
+            crate::policy::SinkConfig::File(_) => FileSinkConfig::check_path(path),
+        }
+    }
+}
+
+/// A file sink.
+#[derive(Debug)]
+pub struct FileSink {
+    name: String,
+    config: FileSinkConfig,
+}
+
+impl FileSink {
+    /// A file sink called `name`.
+    pub fn new(name: &str, config: FileSinkConfig) -> Self {
+        Self { name: name.into(), config }
+    }
+
+    fn target(&self, path: &str) -> Result<PathBuf, SinkError> {
+        FileSinkConfig::check_path(path).map_err(|m| SinkError::Backend(format!("path {m}")))?;
+        Ok(self.config.dir.join(path))
+    }
+
+    fn io(&self, what: &str, p: &Path, e: std::io::Error) -> SinkError {
+        SinkError::Backend(format!("file sink `{}`: cannot {what} {}: {e}", self.name, p.display()))
+    }
+}
+
+fn lock_path(target: &Path) -> PathBuf {
+    let mut s = target.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+fn read_payload(target: &Path) -> std::io::Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+    match fs::read(target) {
+        Ok(b) => Ok(Some(zeroize::Zeroizing::new(b))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl FileSink {
+    fn read_blocking(&self, path: &str) -> Result<Option<(Payload, Version)>, SinkError> {
+        let target = self.target(path)?;
+        let Some(bytes) = read_payload(&target).map_err(|e| self.io("read", &target, e))? else {
+            return Ok(None);
+        };
+        if let Ok(meta) = fs::metadata(&target) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(sink = %self.name, path = %target.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "Credential file is readable by group or others; it is rewritten 0600 at the next rotation.");
+            }
+        }
+        let payload = Payload::from_json(&bytes).map_err(|e| SinkError::Corrupt(format!("file sink `{}`: {}: {e}", self.name, target.display())))?;
+        let version = Version(payload.rotation_id.clone());
+        Ok(Some((payload, version)))
+    }
+
+    fn publish_blocking(&self, path: &str, payload: &Payload, expected: Option<&Version>) -> Result<Version, SinkError> {
+        let target = self.target(path)?;
+        let dir = target.parent().unwrap_or(&self.config.dir).to_path_buf();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| self.io("create directory", &dir, e))?;
+        let lock_file = lock_path(&target);
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_file)
+            .map_err(|e| self.io("open lock file", &lock_file, e))?;
+        lock.lock().map_err(|e| self.io("lock", &lock_file, e))?;
+
+        // Compare under the lock.
+        let found = match read_payload(&target).map_err(|e| self.io("read", &target, e))? {
+            None => None,
+            Some(bytes) => Some(
+                Payload::from_json(&bytes)
+                    .map_err(|e| SinkError::Corrupt(format!("file sink `{}`: {}: {e}", self.name, target.display())))?
+                    .rotation_id,
+            ),
+        };
+        if found.as_deref() != expected.map(|v| v.0.as_str()) {
+            return Err(SinkError::Conflict(format!(
+                "file sink `{}`: {} holds rotation {}, expected {}",
+                self.name,
+                target.display(),
+                found.as_deref().unwrap_or("(none)"),
+                expected.map(|v| v.0.as_str()).unwrap_or("(none)")
+            )));
+        }
+
+        let json = payload.to_json()?;
+        let file_name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = dir.join(format!(".{file_name}.{:08x}.tmp", rand::rng().random::<u32>()));
+        let write = || -> std::io::Result<()> {
+            // 0600 from creation: the secret is never readable by others, not even briefly.
+            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &target)?;
+            File::open(&dir)?.sync_all()
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&tmp);
+            return Err(self.io("write", &target, e));
+        }
+        drop(lock); // releases the flock
+        Ok(Version(payload.rotation_id.clone()))
+    }
+
+    fn health_blocking(&self, path: &str) -> Result<String, SinkError> {
+        let target = self.target(path)?;
+        let dir = target.parent().unwrap_or(&self.config.dir).to_path_buf();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| self.io("create directory", &dir, e))?;
+        let probe = dir.join(format!(".health.{:08x}.tmp", rand::rng().random::<u32>()));
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&probe)
+            .map_err(|e| self.io("write in", &dir, e))?;
+        let _ = fs::remove_file(&probe);
+        Ok(format!("{} is writable", dir.display()))
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, SinkError> + Send + 'static) -> Result<T, SinkError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SinkError::Backend(format!("file sink task failed: {e}")))?
+}
+
+#[async_trait::async_trait]
+impl Sink for FileSink {
+    fn describe(&self) -> String {
+        format!("file sink `{}` ({})", self.name, self.config.dir.display())
+    }
+
+    async fn read_current(&self, path: &str) -> Result<Option<(Payload, Version)>, SinkError> {
+        let me = FileSink::new(&self.name, self.config.clone());
+        let path = path.to_string();
+        blocking(move || me.read_blocking(&path)).await
+    }
+
+    async fn publish(&self, path: &str, payload: &Payload, expected: Option<&Version>) -> Result<Version, SinkError> {
+        let me = FileSink::new(&self.name, self.config.clone());
+        let (path, payload, expected) = (path.to_string(), payload.clone(), expected.cloned());
+        blocking(move || me.publish_blocking(&path, &payload, expected.as_ref())).await
+    }
+
+    async fn healthcheck(&self, path: &str) -> Result<String, SinkError> {
+        let me = FileSink::new(&self.name, self.config.clone());
+        let path = path.to_string();
+        blocking(move || me.health_blocking(&path)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+    use chrono::Utc;
+
+    fn payload(rotation: &str) -> Payload {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-28T04:00:00Z").unwrap().with_timezone(&Utc);
+        Payload {
+            username: "mpr-etl-x.abc.mp-service-account".into(),
+            secret: Secret::new("s3cr3t-value"),
+            service_account_id: 7,
+            organization_id: 1,
+            integration: "etl".into(),
+            expires: Some(t),
+            created: t,
+            rotated_at: t,
+            rotation_id: rotation.into(),
+            previous_service_account_id: None,
+            projects: vec![],
+            retiring: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn publish_is_cas_and_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink::new("t", FileSinkConfig { dir: dir.path().join("creds") });
+        assert!(sink.read_current("etl.json").await.unwrap().is_none());
+        let v1 = sink.publish("etl.json", &payload("r1"), None).await.unwrap();
+        let mode = fs::metadata(dir.path().join("creds/etl.json")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dmode = fs::metadata(dir.path().join("creds")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dmode, 0o700);
+        // A second writer that read "nothing" loses.
+        let err = sink.publish("etl.json", &payload("r2"), None).await.unwrap_err();
+        assert!(matches!(err, SinkError::Conflict(_)), "{err}");
+        let v2 = sink.publish("etl.json", &payload("r2"), Some(&v1)).await.unwrap();
+        let err = sink.publish("etl.json", &payload("r3"), Some(&v1)).await.unwrap_err();
+        assert!(matches!(err, SinkError::Conflict(_)));
+        let (p, v) = sink.read_current("etl.json").await.unwrap().unwrap();
+        assert_eq!(v, v2);
+        assert_eq!(p.secret.expose(), "s3cr3t-value");
+        // No temporary files left behind.
+        let names: Vec<_> = fs::read_dir(dir.path().join("creds")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 2, "{names:?}"); // etl.json + etl.json.lock
+        assert!(sink.healthcheck("etl.json").await.is_ok());
+    }
+
+    #[test]
+    fn paths_are_checked() {
+        assert!(FileSinkConfig::check_path("etl.json").is_ok());
+        assert!(FileSinkConfig::check_path("team/etl.json").is_ok());
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "x.lock", "dir/"] {
+            assert!(FileSinkConfig::check_path(bad).is_err(), "{bad}");
+        }
+    }
+}
