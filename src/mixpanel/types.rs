@@ -128,7 +128,7 @@ pub struct RemoveFromProjects {
 }
 
 /// How an account came to be a member of a project.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetType {
     /// Granted to the account itself: can be copied with add-to-project.

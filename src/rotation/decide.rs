@@ -42,7 +42,7 @@ impl fmt::Display for RotateReason {
 }
 
 /// Why an account is deleted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeleteReason {
     /// Superseded, and its grace period has passed.
@@ -214,7 +214,6 @@ mod tests {
     use super::*;
     use crate::policy::Policy;
     use crate::rotation::lineage::Lineage;
-    use crate::rotation::observe::Published;
     use crate::secret::Secret;
     use crate::sink::{Payload, RetiringAccount, Version};
     use chrono::Duration;
@@ -366,7 +365,7 @@ orphan_after = "15m"
         let d = decide(&i, &o, at, false);
         assert_eq!(d.rotate, Some(RotateReason::Scheduled { slot }));
         // Slots missed for weeks still give one rotation (for the first missed slot).
-        let d = decide(&i, &o, t("2026-12-20T00:00:00Z"), false);
+        let d = decide(&i, &o, t("2026-12-15T00:00:00Z"), false);
         assert_eq!(d.rotate, Some(RotateReason::Scheduled { slot }));
         let d = decide(&i, &o, rot + Duration::hours(1), true);
         assert_eq!(d.rotate, Some(RotateReason::Forced));

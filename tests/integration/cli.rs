@@ -1,0 +1,188 @@
+//! The real binary, run as a subprocess against the in-process simulator:
+//! exit codes, output, and no secret in anything it prints.
+
+use std::path::Path;
+use std::process::Output;
+
+use mixpanel_rotator::clock::{Clock as _, SystemClock};
+use mixpanel_rotator::simulator::Seed;
+
+use crate::common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mixpanel-rotator");
+
+async fn run(h: &Harness, config: &Path, args: &[&str]) -> Output {
+    let out = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("MIXPANEL_ROTATOR_CONFIG")
+        .output()
+        .await
+        .unwrap();
+    h.record(String::from_utf8_lossy(&out.stdout));
+    h.record(String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A harness whose simulator clock follows the machine's, since the binary uses the real clock.
+async fn realtime() -> Harness {
+    let h = Harness::new(Seed::Demo).await;
+    h.clock.set(SystemClock.now());
+    h
+}
+
+fn etl(h: &Harness) -> String {
+    format!(
+        "[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nrole = \"analyst\"\nadopt = \"{}\"\n",
+        h.accounts_with_prefix("etl-legacy")[0].username.split('.').next().unwrap()
+    )
+}
+
+#[tokio::test]
+async fn validate_exit_codes_and_messages() {
+    let h = realtime().await;
+    let good = h.policy_file(&etl(&h));
+    let o = run(&h, &good, &["validate"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("OK (1 integration(s)"), "{}", stdout(&o));
+
+    let o = run(&h, &good, &["validate", "--online"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("ok    mixpanel"), "{text}");
+    assert!(text.contains("role `admin`"), "{text}");
+    assert!(text.contains("nothing published yet; the first pass bootstraps it"), "{text}");
+
+    // A wrong secret: exit 1 and one clear line.
+    std::fs::write(h.dir.path().join("admin.secret"), "wrong").unwrap();
+    let o = run(&h, &good, &["validate", "--online"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("FAIL  mixpanel") && stdout(&o).contains("HTTP 401"), "{}", stdout(&o));
+    std::fs::write(h.dir.path().join("admin.secret"), h.sim.admin().secret.expose()).unwrap();
+
+    // Bootstrap impossible: copy without adopt.
+    let bad = h.policy_file("[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\n");
+    let o = run(&h, &bad, &["validate", "--online"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("`integrations[0].adopt`"), "{}", stdout(&o));
+
+    // An invalid policy: exit 2, the key named.
+    let invalid = h.policy_file(&format!("{}ttl = \"1d\"\nrenew_before = \"2d\"\n", etl(&h)));
+    let o = run(&h, &invalid, &["validate"]).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("`integrations[0].ttl`"), "{}", stderr(&o));
+
+    // A missing file: exit 2.
+    let o = run(&h, Path::new("/nonexistent/policy.toml"), &["validate"]).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("/nonexistent/policy.toml"));
+    // Bad usage: exit 2.
+    let o = run(&h, &good, &["rotate-now"]).await;
+    assert_eq!(o.status.code(), Some(2));
+    let o = run(&h, &good, &["rotate-now", "nope"]).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no integration `nope`"), "{}", stderr(&o));
+    h.assert_no_secret_leaked(&[]);
+}
+
+#[tokio::test]
+async fn plan_rotate_status_reconcile_through_the_binary() {
+    let h = realtime().await;
+    let cfg = h.policy_file(&etl(&h));
+
+    h.sim.clear_requests();
+    let o = run(&h, &cfg, &["plan"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("rotate (nothing published yet)"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("nothing was changed"));
+    assert!(h.sim.requests().iter().all(|q| !q.is_mutating()), "plan made a mutating request");
+    assert!(h.payload("etl.json").is_none());
+
+    // Debug logs in JSON: the most verbose output there is, still no secret.
+    let o = run(&h, &cfg, &["--log-format", "json", "--log-level", "debug", "rotate-now", "etl"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("etl: rotated (nothing published yet)"), "{}", stdout(&o));
+    let log = stderr(&o);
+    let first = log.lines().find(|l| l.contains("Rotating.")).expect("a rotation log line");
+    let v: serde_json::Value = serde_json::from_str(first).unwrap();
+    assert_eq!(v["span"]["integration"], "etl");
+    assert!(v["span"]["rotation_id"].as_str().is_some());
+    assert!(h.payload("etl.json").is_some());
+
+    let o = run(&h, &cfg, &["status"]).await;
+    assert_eq!(o.status.code(), Some(0));
+    let table = stdout(&o);
+    assert!(table.starts_with("INTEGRATION"), "{table}");
+    assert!(table.contains("etl") && table.contains(" ok"), "{table}");
+
+    let o = run(&h, &cfg, &["status", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["integration"], "etl");
+    assert_eq!(v[0]["decision"]["delete_later"][0]["reason"], "retiring");
+
+    let o = run(&h, &cfg, &["reconcile"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("etl: up to date"), "{}", stdout(&o));
+
+    // A failing rotation: exit 1, the error names integration and step.
+    h.sim.inject(mixpanel_rotator::simulator::Fault::always(
+        "POST",
+        "/organizations/1/service-accounts",
+        mixpanel_rotator::simulator::FaultAction::Status(500),
+    ));
+    let o = run(&h, &cfg, &["rotate-now", "--all"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("integration `etl`: creating the new account failed"), "{}", stdout(&o));
+    h.assert_no_secret_leaked(&[]);
+}
+
+#[tokio::test]
+async fn config_path_from_environment() {
+    let h = realtime().await;
+    let cfg = h.policy_file(&etl(&h));
+    let o = tokio::process::Command::new(BIN)
+        .arg("validate")
+        .env("MIXPANEL_ROTATOR_CONFIG", &cfg)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains(&cfg.display().to_string()));
+}
+
+#[tokio::test]
+async fn demo_runs_end_to_end() {
+    let o = tokio::process::Command::new(BIN)
+        .args(["demo", "--grace", "1s"])
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    assert!(out.contains("SIMULATOR"));
+    assert!(out.contains("\"secret\": \"**REDACTED**\""), "{out}");
+    assert!(out.contains("The published credential authenticates"));
+    assert!(out.contains("is deleted: no stray account is left behind"));
+}
+
+#[tokio::test]
+async fn simulator_refuses_non_loopback() {
+    let o = tokio::process::Command::new(BIN)
+        .args(["simulator", "--listen", "0.0.0.0:0"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not a loopback address"), "{}", stderr(&o));
+}

@@ -1,0 +1,223 @@
+//! Test harness: a real simulator on a free loopback port, a manual clock,
+//! a file sink in a temporary directory, and captured logs that are searched
+//! for every token the simulator ever issued.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Utc};
+use mixpanel_rotator::clock::{ManualClock, SharedClock};
+use mixpanel_rotator::mixpanel::{Client, ClientSettings, Credentials, RetryPolicy};
+use mixpanel_rotator::policy::Policy;
+use mixpanel_rotator::rotation::{Engine, PassOptions, Report};
+use mixpanel_rotator::simulator::{Seed, Simulator};
+use tracing_subscriber::fmt::MakeWriter;
+
+/// Captured log output.
+#[derive(Clone, Default)]
+pub struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Capture {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+pub struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Capture {
+    type Writer = CaptureWriter;
+    fn make_writer(&'a self) -> CaptureWriter {
+        CaptureWriter(self.0.clone())
+    }
+}
+
+pub fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+pub const START: &str = "2026-11-28T04:00:00Z";
+
+pub fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 4,
+        base: StdDuration::from_millis(10),
+        cap: StdDuration::from_millis(50),
+        max_retry_after: StdDuration::from_secs(5),
+    }
+}
+
+pub struct Harness {
+    pub sim: Simulator,
+    pub clock: ManualClock,
+    pub dir: tempfile::TempDir,
+    pub logs: Capture,
+    /// Command output collected by tests, searched for secrets at the end.
+    pub outputs: Mutex<Vec<String>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl Harness {
+    /// A simulator with `seed`, and every log line (debug and up, every
+    /// crate) captured. Tests run on a current-thread runtime, so the
+    /// thread-local subscriber also sees the simulator's tasks.
+    pub async fn new(seed: Seed) -> Self {
+        let logs = Capture::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .with_ansi(false)
+            .with_writer(logs.clone())
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        let clock = ManualClock::new(t(START));
+        let shared: SharedClock = Arc::new(clock.clone());
+        let sim = Simulator::start(seed, shared, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("admin.secret"), sim.admin().secret.expose()).unwrap();
+        Self {
+            sim,
+            clock,
+            dir,
+            logs,
+            outputs: Mutex::new(vec![]),
+            _guard: guard,
+        }
+    }
+
+    pub fn clock_now(&self) -> DateTime<Utc> {
+        use mixpanel_rotator::clock::Clock as _;
+        self.clock.now()
+    }
+
+    pub fn creds_dir(&self) -> PathBuf {
+        self.dir.path().join("creds")
+    }
+
+    /// A policy with the simulator, a file sink `local`, and `rest` appended.
+    pub fn policy(&self, rest: &str) -> String {
+        format!(
+            r#"version = 1
+
+[mixpanel]
+base_url = "{base}"
+organization_id = 1
+username = "{user}"
+secret = {{ file = "{secret}" }}
+
+[sinks.local]
+type = "file"
+dir = "{dir}"
+
+{rest}
+"#,
+            base = self.sim.base_url(),
+            user = self.sim.admin().username,
+            secret = self.dir.path().join("admin.secret").display(),
+            dir = self.creds_dir().display(),
+        )
+    }
+
+    /// Writes a new policy file and returns its path.
+    pub fn policy_file(&self, rest: &str) -> PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = self.dir.path().join(format!("policy-{n}.toml"));
+        std::fs::write(&p, self.policy(rest)).unwrap();
+        p
+    }
+
+    pub fn engine(&self, rest: &str) -> Engine {
+        let policy = Policy::parse(&self.policy(rest)).unwrap_or_else(|e| panic!("{e}"));
+        Engine::with_retry(Arc::new(policy), Arc::new(self.clock.clone()), fast_retry(), fast_retry()).unwrap()
+    }
+
+    pub async fn pass(&self, engine: &Engine) -> Report {
+        let mut r = engine.pass(&PassOptions::default()).await;
+        assert_eq!(r.len(), 1);
+        r.remove(0)
+    }
+
+    pub async fn force(&self, engine: &Engine, name: &str, revoke_old: bool) -> Report {
+        let mut r = engine
+            .pass(&PassOptions {
+                force: [name.to_string()].into(),
+                only: Some([name.to_string()].into()),
+                revoke_old,
+                ..Default::default()
+            })
+            .await;
+        r.remove(0)
+    }
+
+    /// The payload the file sink holds at `path`.
+    pub fn payload(&self, path: &str) -> Option<serde_json::Value> {
+        let bytes = std::fs::read(self.creds_dir().join(path)).ok()?;
+        Some(serde_json::from_slice(&bytes).unwrap())
+    }
+
+    /// A client acting as the credential published at `path`.
+    pub fn consumer(&self, path: &str) -> Client {
+        let p = self.payload(path).expect("a published payload");
+        Client::new(ClientSettings {
+            base_url: self.sim.base_url(),
+            organization_id: 1,
+            credentials: Credentials {
+                username: p["username"].as_str().unwrap().into(),
+                secret: mixpanel_rotator::secret::Secret::new(p["secret"].as_str().unwrap()),
+            },
+            max_concurrency: 1,
+            timeout: StdDuration::from_secs(5),
+            retry: fast_retry(),
+        })
+        .unwrap()
+    }
+
+    pub fn record(&self, output: impl Into<String>) {
+        self.outputs.lock().unwrap().push(output.into());
+    }
+
+
+    /// Accounts whose username starts with `prefix`.
+    pub fn accounts_with_prefix(&self, prefix: &str) -> Vec<mixpanel_rotator::mixpanel::ServiceAccount> {
+        self.sim.accounts().into_iter().filter(|a| a.username.starts_with(prefix)).collect()
+    }
+
+    /// Fails if any token the simulator ever issued appears in the captured
+    /// logs, in recorded command output, or in a report's Debug/JSON form.
+    pub fn assert_no_secret_leaked(&self, reports: &[&Report]) {
+        let mut haystack = self.logs.text();
+        for o in self.outputs.lock().unwrap().iter() {
+            haystack.push_str(o);
+        }
+        for r in reports {
+            haystack.push_str(&format!("{r:?}"));
+            haystack.push_str(&serde_json::to_string(r).unwrap());
+        }
+        assert!(!haystack.is_empty());
+        let issued = self.sim.issued_secrets();
+        assert!(!issued.is_empty());
+        for s in issued {
+            assert!(
+                !haystack.contains(s.expose()),
+                "a secret issued by the simulator appears in logs or output"
+            );
+        }
+    }
+}
+
+/// Asserts a report has no errors.
+pub fn ok(r: &Report) {
+    assert!(r.errors.is_empty(), "unexpected errors: {:#?}", r.errors);
+}

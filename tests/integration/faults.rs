@@ -1,0 +1,213 @@
+//! Failures at every step: nothing half-done is published, no account leaks,
+//! and nothing outside the lineage is ever deleted.
+
+use chrono::Duration;
+use mixpanel_rotator::mixpanel::types::Role;
+use mixpanel_rotator::rotation::Step;
+use mixpanel_rotator::rotation::lineage::Lineage;
+use mixpanel_rotator::simulator::{Fault, FaultAction, Quirks, Seed};
+
+use crate::common::*;
+
+const EXPLICIT: &str = r#"[[integrations]]
+name = "etl"
+sink = "local"
+path = "etl.json"
+projects = [{ id = 101, role = "analyst" }]
+"#;
+
+fn lineage_accounts(h: &Harness) -> usize {
+    h.accounts_with_prefix("mpr-etl-").len()
+}
+
+#[tokio::test]
+async fn server_error_on_create_publishes_nothing_and_leaves_nothing() {
+    let h = Harness::new(Seed::Demo).await;
+    let engine = h.engine(EXPLICIT);
+    h.sim.inject(Fault::always("POST", "/organizations/1/service-accounts", FaultAction::Status(500)));
+    let r = h.pass(&engine).await;
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_eq!(r.errors[0].step, Step::Create);
+    assert!(r.errors[0].to_string().contains("integration `etl`"));
+    assert!(r.errors[0].message.contains("it was not created"), "{}", r.errors[0]);
+    assert!(h.payload("etl.json").is_none());
+    assert_eq!(lineage_accounts(&h), 0);
+    // Create is never retried automatically.
+    let creates = h.sim.requests().iter().filter(|q| q.method == "POST" && q.path == "/organizations/1/service-accounts").count();
+    assert_eq!(creates, 1);
+    h.sim.clear_faults();
+    let r = h.pass(&engine).await;
+    ok(&r);
+    assert!(r.rotated.is_some());
+    h.assert_no_secret_leaked(&[&r]);
+}
+
+#[tokio::test]
+async fn server_error_on_add_to_project_deletes_the_new_account() {
+    let h = Harness::new(Seed::Demo).await;
+    // A Mixpanel that ignores `projects` on create: the engine must repair with add-to-project.
+    h.sim.set_quirks(Quirks {
+        ignore_create_projects: true,
+        ..Default::default()
+    });
+    let engine = h.engine(EXPLICIT);
+    h.sim.inject(Fault::always("POST", "/organizations/1/service-accounts/add-to-project", FaultAction::Status(500)));
+    let r = h.pass(&engine).await;
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_eq!(r.errors[0].step, Step::ReadBack);
+    assert!(r.errors[0].message.contains("was deleted, nothing changed"), "{}", r.errors[0]);
+    assert!(h.payload("etl.json").is_none());
+    assert_eq!(lineage_accounts(&h), 0);
+
+    // Without the fault the repair works.
+    h.sim.clear_faults();
+    let r = h.pass(&engine).await;
+    ok(&r);
+    let id = r.rotated.as_ref().unwrap().service_account_id;
+    assert_eq!(h.sim.memberships(id).len(), 1);
+    assert!(h.sim.requests().iter().any(|q| q.path.ends_with("add-to-project") && q.status == Some(200)));
+    h.assert_no_secret_leaked(&[&r]);
+}
+
+#[tokio::test]
+async fn server_error_on_verify_deletes_the_new_account() {
+    let h = Harness::new(Seed::Demo).await;
+    let engine = h.engine(EXPLICIT);
+    h.sim.inject(Fault::always("GET", "/me", FaultAction::Status(500)));
+    let r = h.pass(&engine).await;
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_eq!(r.errors[0].step, Step::Verify);
+    assert!(r.errors[0].message.contains("was deleted"), "{}", r.errors[0]);
+    assert!(h.payload("etl.json").is_none());
+    assert_eq!(lineage_accounts(&h), 0);
+    h.assert_no_secret_leaked(&[&r]);
+}
+
+#[tokio::test]
+async fn create_committed_then_connection_dropped_stray_found_and_deleted() {
+    let h = Harness::new(Seed::Demo).await;
+    let engine = h.engine(EXPLICIT);
+    h.sim.inject(Fault::once("POST", "/organizations/1/service-accounts", FaultAction::CommitThenDrop));
+    let r = h.pass(&engine).await;
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_eq!(r.errors[0].step, Step::Create);
+    assert!(r.errors[0].message.contains("created anyway"), "{}", r.errors[0]);
+    assert!(h.sim.requests().iter().any(|q| q.method == "POST" && q.status.is_none()), "the connection was dropped");
+    assert_eq!(lineage_accounts(&h), 0, "the stray account was found by its lineage name and deleted");
+    assert!(h.payload("etl.json").is_none());
+    // A later pass rotates cleanly.
+    let r = h.pass(&engine).await;
+    ok(&r);
+    assert!(r.rotated.is_some());
+    assert_eq!(lineage_accounts(&h), 1);
+    h.consumer("etl.json").me().await.unwrap();
+    h.assert_no_secret_leaked(&[&r]);
+}
+
+#[tokio::test]
+async fn rate_limit_retry_after_is_honoured() {
+    let h = Harness::new(Seed::Demo).await;
+    let engine = h.engine(EXPLICIT);
+    h.sim.inject(Fault::once("GET", "/organizations/1/service-accounts", FaultAction::RateLimit { retry_after_secs: 1 }));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    let reqs: Vec<_> = h
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|q| q.method == "GET" && q.path == "/organizations/1/service-accounts")
+        .collect();
+    assert_eq!(reqs[0].status, Some(429));
+    assert_eq!(reqs[1].status, Some(200));
+    let waited = reqs[1].received - reqs[0].received;
+    assert!(waited >= std::time::Duration::from_millis(990), "retried after {waited:?}");
+    assert!(r.rotated.is_some());
+}
+
+#[tokio::test]
+async fn transient_errors_on_get_and_delete_are_retried() {
+    let h = Harness::new(Seed::Demo).await;
+    let engine = h.engine(EXPLICIT);
+    let r = h.pass(&engine).await;
+    ok(&r);
+    let stale = Lineage::new("mpr", "etl").new_username(t(START) - Duration::hours(1));
+    let (stale_acct, _) = h.sim.add_account(&stale, Role::Consumer, None, &[]);
+    // Older than current: it retires once grace (24h) has passed.
+    h.clock.advance(Duration::hours(25));
+    h.sim.inject(Fault::times("GET", "/organizations/1/service-accounts", FaultAction::Status(503), 2));
+    h.sim.inject(Fault::once("DELETE", "/organizations/1/service-accounts/*", FaultAction::Status(502)));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    assert!(h.sim.account(stale_acct.id).is_none());
+    let statuses: Vec<_> = h.sim.requests().iter().filter(|q| q.method == "DELETE").map(|q| q.status).collect();
+    assert_eq!(statuses, vec![Some(502), Some(200)]);
+}
+
+#[tokio::test]
+async fn young_orphans_are_left_alone_old_ones_deleted() {
+    let h = Harness::new(Seed::Demo).await;
+    let engine = h.engine(EXPLICIT);
+    let r = h.pass(&engine).await;
+    ok(&r);
+    // Another rotator's rotation in flight: a lineage account newer than current, not published.
+    h.clock.advance(Duration::minutes(30));
+    let name = Lineage::new("mpr", "etl").new_username(h.clock_now());
+    let (inflight, _) = h.sim.add_account(&name, Role::Consumer, None, &[]);
+    h.clock.advance(Duration::minutes(14));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    assert!(r.deleted.is_empty());
+    assert!(h.sim.account(inflight.id).is_some(), "younger than orphan_after (15m): untouched");
+    h.clock.advance(Duration::minutes(2));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    assert_eq!(r.deleted.iter().map(|d| d.id).collect::<Vec<_>>(), vec![inflight.id]);
+}
+
+#[tokio::test]
+async fn accounts_outside_the_lineage_are_never_deleted() {
+    let h = Harness::new(Seed::Demo).await;
+    let old = t(START) - Duration::days(90);
+    let ts = old.format("%Y%m%dT%H%M%SZ");
+    let foreign = [
+        format!("mpr-etl-x-{ts}-7f3a"),       // another integration's lineage
+        format!("other-etl-{ts}-7f3a"),       // another namespace
+        format!("mpr-etl-{ts}-7F3A"),         // not quite the pattern
+        format!("mpr-etl-{ts}-7f3a-copy"),    // a lookalike
+        "mpr-etl".to_string(),
+        "etl-bot".to_string(),
+    ];
+    let ids: Vec<u64> = foreign.iter().map(|u| h.sim.add_account(u, Role::Admin, None, &[]).0.id).collect();
+    let engine = h.engine(EXPLICIT);
+    // Months of rotations, grace periods and orphan sweeps.
+    let mut reports = vec![];
+    for _ in 0..8 {
+        let r = h.pass(&engine).await;
+        ok(&r);
+        reports.push(r);
+        h.clock.advance(Duration::days(12));
+    }
+    assert!(reports.iter().filter(|r| r.rotated.is_some()).count() >= 3);
+    for id in ids {
+        assert!(h.sim.account(id).is_some(), "foreign account {id} was touched");
+    }
+    assert!(h.sim.requests().iter().filter(|q| q.method == "DELETE").count() >= 2);
+    assert_eq!(lineage_accounts(&h), 1 + 3, "one current lineage account plus the three lookalikes");
+    h.assert_no_secret_leaked(&reports.iter().collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn sink_unreadable_means_nothing_is_touched() {
+    let h = Harness::new(Seed::Demo).await;
+    let engine = h.engine(EXPLICIT);
+    std::fs::create_dir_all(h.creds_dir()).unwrap();
+    std::fs::write(h.creds_dir().join("etl.json"), b"not json").unwrap();
+    let stale = Lineage::new("mpr", "etl").new_username(t(START) - Duration::hours(3));
+    let (stale, _) = h.sim.add_account(&stale, Role::Consumer, None, &[]);
+    let r = h.pass(&engine).await;
+    assert_eq!(r.errors.len(), 1);
+    assert_eq!(r.errors[0].step, Step::ReadSink);
+    assert!(r.errors[0].message.contains("nothing is rotated or deleted"), "{}", r.errors[0]);
+    assert!(h.sim.account(stale.id).is_some());
+    assert!(h.sim.requests().iter().all(|q| !q.is_mutating()));
+}

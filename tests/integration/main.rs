@@ -1,0 +1,8 @@
+//! The one integration-test binary (one binary keeps linking fast: add
+//! modules here, not new files under `tests/`).
+
+mod cli;
+mod common;
+mod faults;
+mod policy_errors;
+mod rotation;

@@ -1,0 +1,280 @@
+//! The rotation protocol end to end against the simulator and the file sink.
+
+use chrono::Duration;
+use mixpanel_rotator::mixpanel::types::{Role, TargetType};
+use mixpanel_rotator::rotation::lineage::Lineage;
+use mixpanel_rotator::rotation::{DeleteReason, PassOptions, RotateReason};
+use mixpanel_rotator::simulator::Seed;
+
+use crate::common::*;
+
+fn legacy_id(h: &Harness) -> u64 {
+    h.accounts_with_prefix("etl-legacy")[0].id
+}
+
+fn etl(extra: &str, h: &Harness) -> String {
+    format!(
+        r#"[[integrations]]
+name = "etl"
+sink = "local"
+path = "etl.json"
+role = "analyst"
+adopt = {}
+{extra}"#,
+        legacy_id(h)
+    )
+}
+
+#[tokio::test]
+async fn full_rotation_into_file_sink_then_grace_deletes_old() {
+    let h = Harness::new(Seed::Demo).await;
+    let legacy = legacy_id(&h);
+    let engine = h.engine(&etl("", &h));
+
+    let r = h.pass(&engine).await;
+    ok(&r);
+    let rot = r.rotated.clone().expect("a bootstrap rotation");
+    assert_eq!(rot.reason, RotateReason::Bootstrap);
+    assert_eq!(rot.previous_service_account_id, Some(legacy));
+
+    // Lineage username, with Mixpanel's suffix.
+    let lineage = Lineage::new("mpr", "etl");
+    assert_eq!(lineage.parse(&rot.username), Some(t(START)), "{}", rot.username);
+    assert!(rot.username.starts_with("mpr-etl-20261128T040000Z-"));
+    assert!(rot.username.ends_with(".mp-service-account"));
+
+    // Memberships = the old account's individual grants; the team grant is reported, not copied.
+    let mut m = h.sim.memberships(rot.service_account_id);
+    m.sort();
+    assert_eq!(m, vec![(101, Role::Analyst, TargetType::Individual), (102, Role::Admin, TargetType::Individual)]);
+    assert!(r.warnings.iter().any(|w| w.contains("project 103") && w.contains("team grant")), "{:?}", r.warnings);
+
+    // Expires about now + ttl.
+    let acct = h.sim.account(rot.service_account_id).unwrap();
+    let expires = acct.expires.unwrap();
+    assert!((expires - (t(START) + Duration::days(30))).num_seconds().abs() <= 1, "{expires}");
+
+    // Verified with the new credential before publishing.
+    let reqs = h.sim.requests();
+    let verify = reqs.iter().position(|q| q.path == "/me" && q.caller.as_deref() == Some(rot.username.as_str()) && q.status == Some(200));
+    assert!(verify.is_some(), "GET /me with the new credential");
+
+    // Payload fields.
+    let p = h.payload("etl.json").unwrap();
+    for key in [
+        "username",
+        "secret",
+        "service_account_id",
+        "organization_id",
+        "integration",
+        "expires",
+        "created",
+        "rotated_at",
+        "rotation_id",
+        "previous_service_account_id",
+        "projects",
+        "retiring",
+    ] {
+        assert!(p.get(key).is_some(), "payload lacks {key}");
+    }
+    assert_eq!(p["username"], rot.username);
+    assert_eq!(p["service_account_id"], rot.service_account_id);
+    assert_eq!(p["organization_id"], 1);
+    assert_eq!(p["integration"], "etl");
+    assert_eq!(p["previous_service_account_id"], legacy);
+    assert_eq!(p["projects"], serde_json::json!([{"id": 101, "role": "analyst"}, {"id": 102, "role": "admin"}]));
+    assert_eq!(p["retiring"][0]["id"], legacy);
+    assert_eq!(p["rotation_id"].as_str().unwrap().len(), 36);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(h.creds_dir().join("etl.json")).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    // The published credential works.
+    let me = h.consumer("etl.json").me().await.unwrap();
+    assert_eq!(me.project_ids(1), vec![101, 102]);
+
+    // The old account is kept during grace...
+    h.clock.advance(Duration::hours(23));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    assert!(r.rotated.is_none() && r.deleted.is_empty());
+    assert!(h.sim.account(legacy).is_some(), "old account kept until grace has passed");
+    // ...and deleted by a later pass once it has passed.
+    h.clock.advance(Duration::hours(1));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    assert_eq!(r.deleted.iter().map(|d| (d.id, d.reason)).collect::<Vec<_>>(), vec![(legacy, DeleteReason::Retiring)]);
+    assert!(h.sim.account(legacy).is_none());
+    assert!(h.sim.account(rot.service_account_id).is_some(), "the published account is never deleted");
+    // The credential still works.
+    h.consumer("etl.json").me().await.unwrap();
+
+    // A quiet pass: one account listing, nothing else at Mixpanel.
+    h.sim.clear_requests();
+    let r = h.pass(&engine).await;
+    ok(&r);
+    let reqs = h.sim.requests();
+    assert_eq!(reqs.len(), 1, "{:?}", reqs.iter().map(|q| (&q.method, &q.path)).collect::<Vec<_>>());
+
+    // Renewal: 10 days (a third of ttl) before expiry, it rotates again, and
+    // the lineage predecessor retires after grace.
+    h.clock.set(expires - Duration::days(10));
+    let r2 = h.pass(&engine).await;
+    ok(&r2);
+    let rot2 = r2.rotated.clone().unwrap();
+    assert!(matches!(rot2.reason, RotateReason::ExpiresSoon { .. }), "{:?}", rot2.reason);
+    assert_eq!(h.payload("etl.json").unwrap()["previous_service_account_id"], rot.service_account_id);
+    let mut m2 = h.sim.memberships(rot2.service_account_id);
+    m2.sort();
+    assert_eq!(m2, m, "memberships copied from the lineage account");
+    h.clock.advance(Duration::hours(25));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    assert_eq!(r.deleted.iter().map(|d| d.id).collect::<Vec<_>>(), vec![rot.service_account_id]);
+    let lineage_left: Vec<_> = h.accounts_with_prefix("mpr-etl-").into_iter().map(|a| a.id).collect();
+    assert_eq!(lineage_left, vec![rot2.service_account_id]);
+    h.assert_no_secret_leaked(&[&r, &r2]);
+}
+
+#[tokio::test]
+async fn plan_makes_no_mutating_request() {
+    let h = Harness::new(Seed::Demo).await;
+    let engine = h.engine(&etl("", &h));
+    // Something to delete too: an old orphan of this lineage.
+    let stale = Lineage::new("mpr", "etl").new_username(t(START) - Duration::hours(2));
+    h.sim.add_account(&stale, Role::Consumer, None, &[]);
+    h.sim.clear_requests();
+    let reports = engine.pass(&PassOptions { dry_run: true, ..Default::default() }).await;
+    let r = &reports[0];
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let mutating: Vec<_> = h.sim.requests().into_iter().filter(|q| q.is_mutating()).collect();
+    assert!(mutating.is_empty(), "plan mutated: {mutating:?}");
+    assert!(!h.sim.requests().is_empty());
+    let text = mixpanel_rotator::cli::plan_text(&reports);
+    assert!(text.contains("rotate (nothing published yet)"), "{text}");
+    assert!(text.contains("projects [101 analyst, 102 admin]"), "{text}");
+    assert!(text.contains("orphan"), "{text}");
+    assert!(h.payload("etl.json").is_none());
+    assert_eq!(h.accounts_with_prefix("mpr-etl-").len(), 1);
+    h.record(text);
+    h.assert_no_secret_leaked(&[r]);
+}
+
+#[tokio::test]
+async fn bootstrap_with_explicit_projects_and_no_adopt() {
+    let h = Harness::new(Seed::Demo).await;
+    let engine = h.engine(
+        r#"[[integrations]]
+name = "ci"
+sink = "local"
+path = "ci.json"
+projects = [{ id = 103, role = "consumer" }, { id = 101, role = "analyst" }]
+"#,
+    );
+    let r = h.pass(&engine).await;
+    ok(&r);
+    let rot = r.rotated.clone().unwrap();
+    assert_eq!(rot.previous_service_account_id, None);
+    let mut m = h.sim.memberships(rot.service_account_id);
+    m.sort();
+    assert_eq!(m, vec![(101, Role::Analyst, TargetType::Individual), (103, Role::Consumer, TargetType::Individual)]);
+    assert!(h.accounts_with_prefix("etl-legacy").len() == 1, "nothing else touched");
+    assert_eq!(h.payload("ci.json").unwrap()["retiring"], serde_json::json!([]));
+    // A second pass is quiet.
+    let r2 = h.pass(&engine).await;
+    ok(&r2);
+    assert!(r2.rotated.is_none() && r2.deleted.is_empty());
+    h.assert_no_secret_leaked(&[&r, &r2]);
+}
+
+#[tokio::test]
+async fn revoke_old_deletes_the_old_account_at_once() {
+    let h = Harness::new(Seed::Demo).await;
+    let legacy = legacy_id(&h);
+    let engine = h.engine(&etl("", &h));
+    let r = h.force(&engine, "etl", true).await;
+    ok(&r);
+    assert!(h.sim.account(legacy).is_none(), "adopted account revoked at once");
+    assert_eq!(r.deleted.iter().map(|d| (d.id, d.reason)).collect::<Vec<_>>(), vec![(legacy, DeleteReason::Revoked)]);
+    let first = r.rotated.unwrap().service_account_id;
+
+    // Again, now replacing a lineage account.
+    h.clock.advance(Duration::minutes(5));
+    let r = h.force(&engine, "etl", true).await;
+    ok(&r);
+    let second = r.rotated.clone().unwrap().service_account_id;
+    assert!(h.sim.account(first).is_none());
+    assert!(h.sim.account(second).is_some());
+    assert_eq!(h.accounts_with_prefix("mpr-etl-").len(), 1);
+    h.consumer("etl.json").me().await.unwrap();
+    h.assert_no_secret_leaked(&[&r]);
+}
+
+#[tokio::test]
+async fn current_deleted_behind_our_back_is_rotated_next_pass() {
+    let h = Harness::new(Seed::Demo).await;
+    let engine = h.engine(&etl("", &h));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    let first = r.rotated.unwrap();
+    assert!(h.sim.delete_account(first.service_account_id));
+    h.clock.advance(Duration::minutes(1));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    let second = r.rotated.clone().unwrap();
+    assert_eq!(second.reason, RotateReason::CurrentMissing);
+    let mut m = h.sim.memberships(second.service_account_id);
+    m.sort();
+    // Taken from the payload's recorded projects.
+    assert_eq!(m, vec![(101, Role::Analyst, TargetType::Individual), (102, Role::Admin, TargetType::Individual)]);
+    assert!(r.warnings.iter().any(|w| w.contains("gone from Mixpanel")));
+    h.consumer("etl.json").me().await.unwrap();
+    h.assert_no_secret_leaked(&[&r]);
+}
+
+#[tokio::test]
+async fn expires_not_honoured_is_reported_and_rotation_still_scheduled() {
+    let h = Harness::new(Seed::Demo).await;
+    h.sim.set_quirks(mixpanel_rotator::simulator::Quirks {
+        ignore_expires: true,
+        ..Default::default()
+    });
+    let engine = h.engine(&etl("", &h));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    assert!(r.warnings.iter().any(|w| w.contains("did not honour `expires`")), "{:?}", r.warnings);
+    // The payload still records when we want it replaced, so renewal happens.
+    h.clock.advance(Duration::days(21));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    assert!(matches!(r.rotated.unwrap().reason, RotateReason::ExpiresSoon { .. }));
+}
+
+#[tokio::test]
+async fn two_rotators_racing_one_wins_the_loser_deletes_its_account() {
+    let h = Harness::new(Seed::Demo).await;
+    let a = h.engine(&etl("", &h));
+    let b = h.engine(&etl("", &h));
+    let r = h.pass(&a).await;
+    ok(&r);
+    let before: Vec<_> = h.accounts_with_prefix("mpr-etl-").into_iter().map(|x| x.id).collect();
+    // Both observe the same version; the verification latency makes both
+    // publishes land after both observations.
+    h.sim.inject(mixpanel_rotator::simulator::Fault::times(
+        "GET",
+        "/me",
+        mixpanel_rotator::simulator::FaultAction::Latency(std::time::Duration::from_millis(300)),
+        4,
+    ));
+    let (ra, rb) = tokio::join!(h.force(&a, "etl", false), h.force(&b, "etl", false));
+    let winners = [&ra, &rb].iter().filter(|r| r.rotated.is_some()).count();
+    assert_eq!(winners, 1, "exactly one publish wins: {:?} / {:?}", ra.errors, rb.errors);
+    let loser = if ra.rotated.is_some() { &rb } else { &ra };
+    assert!(loser.errors[0].message.contains("another rotator published first"), "{}", loser.errors[0]);
+    assert!(loser.errors[0].message.contains("was deleted"), "{}", loser.errors[0]);
+    let winner = if ra.rotated.is_some() { &ra } else { &rb };
+    let after: Vec<_> = h.accounts_with_prefix("mpr-etl-").into_iter().map(|x| x.id).collect();
+    let mut expected = before.clone();
+    expected.push(winner.rotated.as_ref().unwrap().service_account_id);
+    assert_eq!(after, expected, "the loser's account is gone");
+    assert_eq!(h.payload("etl.json").unwrap()["service_account_id"], winner.rotated.as_ref().unwrap().service_account_id);
+    h.assert_no_secret_leaked(&[&ra, &rb]);
+}
