@@ -116,7 +116,9 @@ pub fn init_tracing(format: LogFormat, level: &str) {
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
         LogFormat::Text => builder.with_ansi(false).try_init(),
@@ -175,8 +177,14 @@ pub async fn run(cli: Cli) -> Exit {
 enum Mode {
     Plan,
     Reconcile,
-    RotateNow { names: Vec<String>, all: bool, revoke_old: bool },
-    Status { json: bool },
+    RotateNow {
+        names: Vec<String>,
+        all: bool,
+        revoke_old: bool,
+    },
+    Status {
+        json: bool,
+    },
 }
 
 async fn passes(cli: &Cli, clock: SharedClock, mode: Mode) -> Result<Exit, Exit> {
@@ -222,7 +230,11 @@ async fn passes(cli: &Cli, clock: SharedClock, mode: Mode) -> Result<Exit, Exit>
             let _ = write!(out, "{}", outcome_text(&reports));
         }
     }
-    Ok(if reports.iter().any(Report::failed) { Exit::Failed } else { Exit::Ok })
+    Ok(if reports.iter().any(Report::failed) {
+        Exit::Failed
+    } else {
+        Exit::Ok
+    })
 }
 
 /// `plan` output: what each integration would do.
@@ -255,7 +267,9 @@ pub fn outcome_text(reports: &[Report]) -> String {
                 rot.reason,
                 rot.service_account_id,
                 rot.username,
-                rot.expires.map(crate::rotation::rfc3339).unwrap_or_else(|| "never".into()),
+                rot.expires
+                    .map(crate::rotation::rfc3339)
+                    .unwrap_or_else(|| "never".into()),
                 crate::rotation::grants_text(&rot.projects)
             )),
             None if r.failed() => s.push_str(&format!("{}: FAILED\n", r.integration)),
@@ -276,11 +290,27 @@ pub fn outcome_text(reports: &[Report]) -> String {
 
 /// `status` output: one row per integration.
 pub fn status_table(reports: &[Report], now: DateTime<Utc>) -> String {
-    let header = ["INTEGRATION", "SINK", "ACCOUNT", "EXPIRES", "NEXT ROTATION", "RETIRING", "ORPHANS", "STATE"];
+    let header = [
+        "INTEGRATION",
+        "SINK",
+        "ACCOUNT",
+        "EXPIRES",
+        "NEXT ROTATION",
+        "RETIRING",
+        "ORPHANS",
+        "STATE",
+    ];
     let mut rows: Vec<[String; 8]> = Vec::new();
     for r in reports {
         let d = &r.decision;
-        let count = |reason| d.delete_now.iter().chain(&d.delete_later).filter(|x| x.reason == reason).count().to_string();
+        let count = |reason| {
+            d.delete_now
+                .iter()
+                .chain(&d.delete_later)
+                .filter(|x| x.reason == reason)
+                .count()
+                .to_string()
+        };
         let account = r
             .current
             .as_ref()
@@ -367,24 +397,35 @@ async fn validate(cli: &Cli, online: bool, clock: SharedClock) -> Result<Exit, E
     let me = client.me().await;
     let me_check = match &me {
         Ok(me) => match me.organizations.values().find(|o| o.id == org) {
-            Some(o) if matches!(o.role.as_deref(), Some("admin" | "owner")) => Ok(format!("authenticated; role `{}` in organization {org}", o.role.as_deref().unwrap_or("?"))),
+            Some(o) if matches!(o.role.as_deref(), Some("admin" | "owner")) => Ok(format!(
+                "authenticated; role `{}` in organization {org}",
+                o.role.as_deref().unwrap_or("?")
+            )),
             Some(o) => Err(format!(
                 "the rotator's account has role `{}` in organization {org}; it must be an organization admin or owner to create and delete service accounts",
                 o.role.as_deref().unwrap_or("unknown")
             )),
-            None => Err(format!("the rotator's account does not belong to organization {org}: check `mixpanel.organization_id`")),
+            None => Err(format!(
+                "the rotator's account does not belong to organization {org}: check `mixpanel.organization_id`"
+            )),
         },
         Err(e) => Err(e.to_string()),
     };
     check(me_check, &format!("mixpanel {}", client.base_url()));
     let accounts = client.list_accounts().await;
     check(
-        accounts.as_ref().map(|a| format!("{} service account(s) listed", a.len())).map_err(|e| e.to_string()),
+        accounts
+            .as_ref()
+            .map(|a| format!("{} service account(s) listed", a.len()))
+            .map_err(|e| e.to_string()),
         "mixpanel list service accounts",
     );
     for i in &engine.policy().integrations {
         let Some(sink) = engine.sink(&i.sink) else { continue };
-        check(sink.healthcheck(&i.path).await.map_err(|e| e.to_string()), &format!("{}: {}", i.name, sink.describe()));
+        check(
+            sink.healthcheck(&i.path).await.map_err(|e| e.to_string()),
+            &format!("{}: {}", i.name, sink.describe()),
+        );
         if let Ok(accounts) = &accounts {
             let published = sink.read_current(&i.path).await;
             let readiness = match published {
@@ -420,7 +461,8 @@ async fn simulator(listen: SocketAddr, seed: Seed, allow_non_loopback: bool, sec
             return Exit::Failed;
         }
     };
-    let path = secret_file.unwrap_or_else(|| std::env::temp_dir().join(format!("mixpanel-simulator-{}.secret", sim.addr().port())));
+    let path = secret_file
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("mixpanel-simulator-{}.secret", sim.addr().port())));
     let admin = sim.admin();
     if let Err(e) = crate::demo::write_secret_file(&path, &admin.secret) {
         eprintln!("error: cannot write {}: {e}", path.display());

@@ -17,7 +17,11 @@ use crate::simulator::{Seed, Simulator};
 /// Writes a secret to a new file readable only by its owner.
 pub fn write_secret_file(path: &Path, secret: &Secret) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(secret.expose().as_bytes())?;
     f.sync_all()
 }
@@ -51,9 +55,13 @@ pub async fn run(grace: &str) -> Exit {
 async fn demo(grace: &str) -> Result<(), String> {
     let grace_d = HumanDuration::parse(grace)?;
     let clock: SharedClock = Arc::new(SystemClock);
-    let sim = Simulator::start(Seed::Demo, clock.clone(), "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?)
-        .await
-        .map_err(|e| format!("cannot start the simulator: {e}"))?;
+    let sim = Simulator::start(
+        Seed::Demo,
+        clock.clone(),
+        "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
+    )
+    .await
+    .map_err(|e| format!("cannot start the simulator: {e}"))?;
     let dir = tempfile::Builder::new()
         .prefix("mixpanel-rotator-demo-")
         .tempdir()
@@ -68,8 +76,14 @@ async fn demo(grace: &str) -> Result<(), String> {
         .ok_or("the demo seed has no etl-legacy account")?;
 
     println!("mixpanel-rotator demo");
-    println!("Everything below runs against the built-in Mixpanel SIMULATOR on {}", sim.base_url());
-    println!("(not Mixpanel) and a file sink in {}. Nothing real is touched.", dir.path().display());
+    println!(
+        "Everything below runs against the built-in Mixpanel SIMULATOR on {}",
+        sim.base_url()
+    );
+    println!(
+        "(not Mixpanel) and a file sink in {}. Nothing real is touched.",
+        dir.path().display()
+    );
 
     step(
         1,
@@ -138,8 +152,17 @@ adopt = {legacy}
     };
     let engine = Engine::with_retry(Arc::new(policy), clock.clone(), fast.clone(), fast).map_err(|e| e.to_string())?;
 
-    step(3, "plan: what would happen (no change is made)", "`mixpanel-rotator plan` observes and decides, and makes no mutating call.");
-    let plan = engine.pass(&PassOptions { dry_run: true, ..Default::default() }).await;
+    step(
+        3,
+        "plan: what would happen (no change is made)",
+        "`mixpanel-rotator plan` observes and decides, and makes no mutating call.",
+    );
+    let plan = engine
+        .pass(&PassOptions {
+            dry_run: true,
+            ..Default::default()
+        })
+        .await;
     indent(&plan_text(&plan));
 
     step(
@@ -161,7 +184,8 @@ adopt = {legacy}
     }
 
     let cred_path = dir.path().join("creds").join("etl.json");
-    let published: serde_json::Value = serde_json::from_slice(&std::fs::read(&cred_path).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let published: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cred_path).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     step(
         5,
         "What a consumer reads",
@@ -190,7 +214,10 @@ adopt = {legacy}
     })
     .map_err(|e| e.to_string())?;
     match check.me().await {
-        Ok(me) => println!("   The published credential authenticates: it sees {} project(s).", me.project_ids(sim.organization_id()).len()),
+        Ok(me) => println!(
+            "   The published credential authenticates: it sees {} project(s).",
+            me.project_ids(sim.organization_id()).len()
+        ),
         Err(e) => return Err(format!("the published credential does not work: {e}")),
     }
 
@@ -199,10 +226,19 @@ adopt = {legacy}
         "status",
         &format!("The old account is kept for `grace` ({grace_d}) so consumers can pick up the new one."),
     );
-    let status = engine.pass(&PassOptions { dry_run: true, ..Default::default() }).await;
+    let status = engine
+        .pass(&PassOptions {
+            dry_run: true,
+            ..Default::default()
+        })
+        .await;
     indent(&status_table(&status, clock.now()));
 
-    step(7, "Waiting out the grace period", &format!("Sleeping {grace_d}, then running one reconcile pass (what `reconcile` or the daemon does)."));
+    step(
+        7,
+        "Waiting out the grace period",
+        &format!("Sleeping {grace_d}, then running one reconcile pass (what `reconcile` or the daemon does)."),
+    );
     tokio::time::sleep(grace_d.to_std() + std::time::Duration::from_millis(500)).await;
     let after = engine.pass(&PassOptions::default()).await;
     indent(&outcome_text(&after));
@@ -210,9 +246,18 @@ adopt = {legacy}
     println!(
         "   etl-legacy (id {}) {}",
         legacy.id,
-        if still { "still exists (unexpected)" } else { "is deleted: no stray account is left behind." }
+        if still {
+            "still exists (unexpected)"
+        } else {
+            "is deleted: no stray account is left behind."
+        }
     );
-    let final_status = engine.pass(&PassOptions { dry_run: true, ..Default::default() }).await;
+    let final_status = engine
+        .pass(&PassOptions {
+            dry_run: true,
+            ..Default::default()
+        })
+        .await;
     println!();
     indent(&status_table(&final_status, clock.now()));
 

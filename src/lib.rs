@@ -6,6 +6,8 @@
 //! compare-and-swap, and delete the old account once a grace period has
 //! passed. See `README.md` for the protocol and its guarantees.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod cli;
 pub mod clock;
 pub mod demo;

@@ -1,6 +1,8 @@
 //! `mixpanel-rotator`: parse the command line, set up logging, run, map the
 //! outcome to an exit code (0 ok, 1 a rotation or check failed, 2 usage/policy).
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -11,7 +13,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { Exit::Usage as u8 } else { Exit::Ok as u8 });
+            return ExitCode::from(if e.use_stderr() {
+                Exit::Usage as u8
+            } else {
+                Exit::Ok as u8
+            });
         }
     };
     // The demo explains each step itself; its logs would only repeat them.

@@ -243,7 +243,9 @@ impl<'de> Deserialize<'de> for SecretRef {
                 let mut out = None;
                 while let Some(k) = map.next_key::<String>()? {
                     if out.is_some() {
-                        return Err(de::Error::custom("a secret reference has exactly one key: `env` or `file`"));
+                        return Err(de::Error::custom(
+                            "a secret reference has exactly one key: `env` or `file`",
+                        ));
                     }
                     out = Some(match k.as_str() {
                         "env" => SecretRef::Env(map.next_value()?),
@@ -251,7 +253,9 @@ impl<'de> Deserialize<'de> for SecretRef {
                         other => return Err(de::Error::unknown_field(other, &["env", "file"])),
                     });
                 }
-                out.ok_or_else(|| de::Error::custom("empty secret reference: use { env = \"NAME\" } or { file = \"/path\" }"))
+                out.ok_or_else(|| {
+                    de::Error::custom("empty secret reference: use { env = \"NAME\" } or { file = \"/path\" }")
+                })
             }
         }
         d.deserialize_any(V)
@@ -537,7 +541,8 @@ pub fn config_path(flag: Option<&Path>) -> PathBuf {
 fn is_valid_name(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
         && !s.contains("--")
@@ -568,7 +573,12 @@ impl Policy {
             message: format!("not valid TOML: {}", e.message()),
         })?;
         match table.get("version") {
-            None => return Err(PolicyError::invalid("version", "is required: start the policy with `version = 1`")),
+            None => {
+                return Err(PolicyError::invalid(
+                    "version",
+                    "is required: start the policy with `version = 1`",
+                ));
+            }
             Some(toml::Value::Integer(1)) => {}
             Some(other) => {
                 return Err(PolicyError::invalid(
@@ -610,11 +620,17 @@ impl Policy {
         let m = &c.mixpanel;
         let base_url = match (&m.region, &m.base_url) {
             (Some(_), Some(_)) => {
-                errs.push(PolicyError::invalid("mixpanel.base_url", "and `mixpanel.region` are both set: keep one"));
+                errs.push(PolicyError::invalid(
+                    "mixpanel.base_url",
+                    "and `mixpanel.region` are both set: keep one",
+                ));
                 String::new()
             }
             (None, None) => {
-                errs.push(PolicyError::invalid("mixpanel.region", "is required (`us`, `eu` or `in`), or set `mixpanel.base_url`"));
+                errs.push(PolicyError::invalid(
+                    "mixpanel.region",
+                    "is required (`us`, `eu` or `in`), or set `mixpanel.base_url`",
+                ));
                 String::new()
             }
             (Some(r), None) => r.base_url().to_string(),
@@ -627,13 +643,22 @@ impl Policy {
             },
         };
         if m.organization_id == 0 {
-            errs.push(PolicyError::invalid("mixpanel.organization_id", "must be your organization's id (a positive integer)"));
+            errs.push(PolicyError::invalid(
+                "mixpanel.organization_id",
+                "must be your organization's id (a positive integer)",
+            ));
         }
         if m.username.trim().is_empty() {
-            errs.push(PolicyError::invalid("mixpanel.username", "must be the rotator's service account username"));
+            errs.push(PolicyError::invalid(
+                "mixpanel.username",
+                "must be the rotator's service account username",
+            ));
         }
         if m.max_concurrency == 0 || m.max_concurrency > 32 {
-            errs.push(PolicyError::invalid("mixpanel.max_concurrency", "must be between 1 and 32"));
+            errs.push(PolicyError::invalid(
+                "mixpanel.max_concurrency",
+                "must be between 1 and 32",
+            ));
         }
         if m.timeout.0 < Duration::seconds(1) {
             errs.push(PolicyError::invalid("mixpanel.timeout", "must be at least `1s`"));
@@ -660,7 +685,10 @@ impl Policy {
                     format!("is `{}`: use 1 to 32 lowercase letters, digits and single dashes (it becomes part of account usernames)", ic.name),
                 ));
             } else if !names.insert(ic.name.clone()) {
-                errs.push(PolicyError::invalid(key("name"), format!("`{}` is used by another integration: names must be unique", ic.name)));
+                errs.push(PolicyError::invalid(
+                    key("name"),
+                    format!("`{}` is used by another integration: names must be unique", ic.name),
+                ));
             }
             match c.sinks.get(&ic.sink) {
                 None => errs.push(PolicyError::invalid(
@@ -669,7 +697,11 @@ impl Policy {
                         "is `{}`, but there is no `[sinks.{}]`; defined sinks: {}",
                         ic.sink,
                         ic.sink,
-                        if c.sinks.is_empty() { "none".to_string() } else { c.sinks.keys().cloned().collect::<Vec<_>>().join(", ") }
+                        if c.sinks.is_empty() {
+                            "none".to_string()
+                        } else {
+                            c.sinks.keys().cloned().collect::<Vec<_>>().join(", ")
+                        }
                     ),
                 )),
                 Some(s) => {
@@ -681,14 +713,21 @@ impl Policy {
                     }
                 }
             }
-            if let Some(a) = &ic.adopt {
-                if let Some(j) = adopted.insert(a.to_string(), i) {
-                    errs.push(PolicyError::invalid(key("adopt"), format!("`{a}` is also adopted by `integrations[{j}]`")));
-                }
+            if let Some(a) = &ic.adopt
+                && let Some(j) = adopted.insert(a.to_string(), i)
+            {
+                errs.push(PolicyError::invalid(
+                    key("adopt"),
+                    format!("`{a}` is also adopted by `integrations[{j}]`"),
+                ));
             }
 
             // Effective values and where they came from, for messages.
-            let pick = |own: Option<HumanDuration>, def: Option<HumanDuration>, field: &str, fallback: Duration| -> (Duration, String) {
+            let pick = |own: Option<HumanDuration>,
+                        def: Option<HumanDuration>,
+                        field: &str,
+                        fallback: Duration|
+             -> (Duration, String) {
                 match (own, def) {
                     (Some(v), _) => (v.0, key(field)),
                     (None, Some(v)) => (v.0, format!("defaults.{field}")),
@@ -703,7 +742,10 @@ impl Policy {
             let schedule = ic.schedule.clone().or_else(|| d.schedule.clone());
 
             if ttl < Duration::minutes(1) {
-                errs.push(PolicyError::invalid(ttl_key.clone(), format!("is {}: must be at least `1m`", format_duration(ttl))));
+                errs.push(PolicyError::invalid(
+                    ttl_key.clone(),
+                    format!("is {}: must be at least `1m`", format_duration(ttl)),
+                ));
             }
             if ttl <= renew_before {
                 errs.push(PolicyError::invalid(
@@ -725,7 +767,12 @@ impl Policy {
                     ),
                 ));
             }
-            for (v, k) in [(renew_before, &rb_key), (grace, &grace_key), (orphan_after, &oa_key), (jitter, &jitter_key)] {
+            for (v, k) in [
+                (renew_before, &rb_key),
+                (grace, &grace_key),
+                (orphan_after, &oa_key),
+                (jitter, &jitter_key),
+            ] {
                 if v < Duration::zero() {
                     errs.push(PolicyError::invalid(k.clone(), "must not be negative"));
                 }
@@ -741,7 +788,10 @@ impl Policy {
                 let mut seen = BTreeSet::new();
                 for g in list {
                     if !seen.insert(g.id) {
-                        errs.push(PolicyError::invalid(key("projects"), format!("lists project {} twice", g.id)));
+                        errs.push(PolicyError::invalid(
+                            key("projects"),
+                            format!("lists project {} twice", g.id),
+                        ));
                     }
                 }
             }
@@ -763,7 +813,11 @@ impl Policy {
         }
 
         if !errs.is_empty() {
-            return Err(if errs.len() == 1 { errs.remove(0) } else { PolicyError::Many(errs) });
+            return Err(if errs.len() == 1 {
+                errs.remove(0)
+            } else {
+                PolicyError::Many(errs)
+            });
         }
         Ok(Policy {
             namespace: c.namespace,
@@ -827,7 +881,9 @@ mod tests {
     fn schedule_is_standard_five_field_cron() {
         let s = Schedule::parse("0 4 * * MON").unwrap();
         // 2026-11-28 is a Saturday; the next Monday is 2026-11-30.
-        let t = DateTime::parse_from_rfc3339("2026-11-28T05:00:00Z").unwrap().with_timezone(&Utc);
+        let t = DateTime::parse_from_rfc3339("2026-11-28T05:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         assert_eq!(s.next_after(t).unwrap().to_rfc3339(), "2026-11-30T04:00:00+00:00");
         // POSIX numbering: 1 is Monday too.
         let s1 = Schedule::parse("0 4 * * 1").unwrap();
@@ -859,7 +915,9 @@ jitter = "15m"
         )
         .unwrap();
         let i = &p.integrations[0];
-        let slot = DateTime::parse_from_rfc3339("2026-11-30T04:00:00Z").unwrap().with_timezone(&Utc);
+        let slot = DateTime::parse_from_rfc3339("2026-11-30T04:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let j = i.jitter_for(slot);
         assert_eq!(j, i.jitter_for(slot));
         let mut distinct = BTreeSet::new();

@@ -107,9 +107,13 @@ impl std::fmt::Debug for Client {
 
 fn auth_header(c: &Credentials) -> Result<HeaderValue, MixpanelError> {
     let raw = zeroize::Zeroizing::new(format!("{}:{}", c.username, c.secret.expose()));
-    let encoded = zeroize::Zeroizing::new(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw.as_bytes())));
-    let mut v = HeaderValue::from_str(&encoded)
-        .map_err(|_| MixpanelError::Setup("the username or secret contains characters not allowed in an HTTP header".into()))?;
+    let encoded = zeroize::Zeroizing::new(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw.as_bytes())
+    ));
+    let mut v = HeaderValue::from_str(&encoded).map_err(|_| {
+        MixpanelError::Setup("the username or secret contains characters not allowed in an HTTP header".into())
+    })?;
     v.set_sensitive(true);
     Ok(v)
 }
@@ -158,7 +162,8 @@ impl Client {
     /// `GET /organizations/{org}/service-accounts`
     pub async fn list_accounts(&self) -> Result<Vec<ServiceAccount>, MixpanelError> {
         let path = format!("/organizations/{}/service-accounts", self.org);
-        self.call(Method::GET, &path, None::<&()>, "list-service-accounts").await
+        self.call(Method::GET, &path, None::<&()>, "list-service-accounts")
+            .await
     }
 
     /// `GET /organizations/{org}/service-accounts/{id}` (bare or wrapped body).
@@ -170,14 +175,18 @@ impl Client {
     /// `POST /organizations/{org}/service-accounts`: never retried.
     pub async fn create_account(&self, body: &CreateServiceAccount) -> Result<CreatedServiceAccount, MixpanelError> {
         let path = format!("/organizations/{}/service-accounts", self.org);
-        self.call(Method::POST, &path, Some(body), "create-service-account").await
+        self.call(Method::POST, &path, Some(body), "create-service-account")
+            .await
     }
 
     /// `DELETE /organizations/{org}/service-accounts/{id}`. Returns `false`
     /// when the account was already gone (404).
     pub async fn delete_account(&self, id: u64) -> Result<bool, MixpanelError> {
         let path = format!("/organizations/{}/service-accounts/{id}", self.org);
-        match self.call::<serde::de::IgnoredAny>(Method::DELETE, &path, None::<&()>, "delete-service-account").await {
+        match self
+            .call::<serde::de::IgnoredAny>(Method::DELETE, &path, None::<&()>, "delete-service-account")
+            .await
+        {
             Ok(_) => Ok(true),
             Err(MixpanelError::Api { status: 404, .. }) => Ok(false),
             Err(e) => Err(e),
@@ -187,24 +196,30 @@ impl Client {
     /// `POST .../service-accounts/add-to-project`
     pub async fn add_to_projects(&self, body: &AddToProjects) -> Result<(), MixpanelError> {
         let path = format!("/organizations/{}/service-accounts/add-to-project", self.org);
-        self.call::<serde::de::IgnoredAny>(Method::POST, &path, Some(body), "add-to-project").await.map(|_| ())
+        self.call::<serde::de::IgnoredAny>(Method::POST, &path, Some(body), "add-to-project")
+            .await
+            .map(|_| ())
     }
 
     /// `POST .../service-accounts/remove-from-project`
     pub async fn remove_from_projects(&self, body: &RemoveFromProjects) -> Result<(), MixpanelError> {
         let path = format!("/organizations/{}/service-accounts/remove-from-project", self.org);
-        self.call::<serde::de::IgnoredAny>(Method::POST, &path, Some(body), "remove-from-project").await.map(|_| ())
+        self.call::<serde::de::IgnoredAny>(Method::POST, &path, Some(body), "remove-from-project")
+            .await
+            .map(|_| ())
     }
 
     /// `GET /projects/{project}/service-accounts`
     pub async fn list_project_members(&self, project: u64) -> Result<Vec<ProjectMember>, MixpanelError> {
         let path = format!("/projects/{project}/service-accounts");
-        self.call(Method::GET, &path, None::<&()>, "list-project-service-accounts").await
+        self.call(Method::GET, &path, None::<&()>, "list-project-service-accounts")
+            .await
     }
 
     /// `GET /me?include_workspace_users=false`: who the caller is and what it sees.
     pub async fn me(&self) -> Result<Me, MixpanelError> {
-        self.call(Method::GET, "/me?include_workspace_users=false", None::<&()>, "me").await
+        self.call(Method::GET, "/me?include_workspace_users=false", None::<&()>, "me")
+            .await
     }
 
     async fn call<T: DeserializeOwned>(
@@ -239,7 +254,10 @@ impl Client {
         endpoint: &'static str,
     ) -> (Result<T, MixpanelError>, Option<Duration>) {
         let url = format!("{}{}", self.base_url, path);
-        let mut req = self.http.request(method.clone(), &url).header(AUTHORIZATION, self.auth.clone());
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .header(AUTHORIZATION, self.auth.clone());
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -274,7 +292,11 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let location = resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let location = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let bytes = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => {
@@ -310,7 +332,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn decode<T: DeserializeOwned>(endpoint: &'static str, status: StatusCode, location: Option<String>, bytes: &[u8]) -> Result<T, MixpanelError> {
+fn decode<T: DeserializeOwned>(
+    endpoint: &'static str,
+    status: StatusCode,
+    location: Option<String>,
+    bytes: &[u8],
+) -> Result<T, MixpanelError> {
     let code = status.as_u16();
     if status.is_redirection() {
         return Err(MixpanelError::Redirect {
@@ -391,9 +418,21 @@ mod tests {
     fn decodes_both_shapes_and_errors() {
         let sa = r#"{"id":7,"username":"x","last_used":null,"expires":null,"creator":1,"created":"2026-01-01T00:00:00Z","user":2}"#;
         let bare: ServiceAccount = decode("get", StatusCode::OK, None, sa.as_bytes()).unwrap();
-        let wrapped: ServiceAccount = decode("get", StatusCode::OK, None, format!(r#"{{"status":"ok","results":{sa}}}"#).as_bytes()).unwrap();
+        let wrapped: ServiceAccount = decode(
+            "get",
+            StatusCode::OK,
+            None,
+            format!(r#"{{"status":"ok","results":{sa}}}"#).as_bytes(),
+        )
+        .unwrap();
         assert_eq!(bare, wrapped);
-        let err = decode::<ServiceAccount>("get", StatusCode::FORBIDDEN, None, br#"{"status":"error","error":"nope"}"#).unwrap_err();
+        let err = decode::<ServiceAccount>(
+            "get",
+            StatusCode::FORBIDDEN,
+            None,
+            br#"{"status":"error","error":"nope"}"#,
+        )
+        .unwrap_err();
         assert!(matches!(err, MixpanelError::Api { status: 403, ref message, .. } if message == "nope"));
         assert!(err.to_string().contains("admin or owner"));
         let err = decode::<ServiceAccount>("get", StatusCode::MOVED_PERMANENTLY, Some("/x/".into()), b"").unwrap_err();
@@ -403,7 +442,13 @@ mod tests {
 
     #[test]
     fn decode_error_does_not_echo_the_body() {
-        let err = decode::<CreatedServiceAccount>("create", StatusCode::CREATED, None, br#"{"results":{"token":"sekrit-abc"}}"#).unwrap_err();
+        let err = decode::<CreatedServiceAccount>(
+            "create",
+            StatusCode::CREATED,
+            None,
+            br#"{"results":{"token":"sekrit-abc"}}"#,
+        )
+        .unwrap_err();
         assert!(!err.to_string().contains("sekrit-abc"));
     }
 }

@@ -19,7 +19,9 @@ pub enum MixpanelError {
         connect: bool,
     },
     /// A redirect, which is never followed (a POST would turn into a GET).
-    #[error("Mixpanel {endpoint} answered HTTP {status} redirecting to {location}: redirects are not followed; check `mixpanel.region` / `mixpanel.base_url`")]
+    #[error(
+        "Mixpanel {endpoint} answered HTTP {status} redirecting to {location}: redirects are not followed; check `mixpanel.region` / `mixpanel.base_url`"
+    )]
     Redirect {
         endpoint: &'static str,
         status: u16,
@@ -39,7 +41,9 @@ pub enum MixpanelError {
 
 fn hint(status: u16) -> &'static str {
     match status {
-        401 => " (the credential was refused: check `mixpanel.username` and `mixpanel.secret`, and whether the account has expired)",
+        401 => {
+            " (the credential was refused: check `mixpanel.username` and `mixpanel.secret`, and whether the account has expired)"
+        }
         403 => " (the rotator's account must be an organization admin or owner)",
         429 => " (rate limited; retried with backoff)",
         _ => "",
@@ -70,9 +74,9 @@ impl MixpanelError {
     /// The HTTP status, when there was one.
     pub fn status(&self) -> Option<u16> {
         match self {
-            MixpanelError::Api { status, .. } | MixpanelError::Redirect { status, .. } | MixpanelError::Decode { status, .. } => {
-                Some(*status)
-            }
+            MixpanelError::Api { status, .. }
+            | MixpanelError::Redirect { status, .. }
+            | MixpanelError::Decode { status, .. } => Some(*status),
             _ => None,
         }
     }

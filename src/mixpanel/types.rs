@@ -67,10 +67,10 @@ impl ServiceAccount {
 
 /// Strips Mixpanel's `.{random}.mp-service-account` suffix, if present.
 pub fn strip_mixpanel_suffix(username: &str) -> &str {
-    if let Some(rest) = username.strip_suffix(".mp-service-account") {
-        if let Some(dot) = rest.rfind('.') {
-            return &username[..dot];
-        }
+    if let Some(rest) = username.strip_suffix(".mp-service-account")
+        && let Some(dot) = rest.rfind('.')
+    {
+        return &username[..dot];
     }
     username
 }

@@ -31,10 +31,23 @@ pub(super) type Revoked = (Vec<Disposal>, Vec<StepError>);
 
 impl Engine {
     /// Deletes one account, refusing the published one.
-    pub(super) async fn delete(&self, i: &Integration, d: &Disposal, protected: Option<u64>, rotation_id: Option<&str>) -> Result<(), StepError> {
+    pub(super) async fn delete(
+        &self,
+        i: &Integration,
+        d: &Disposal,
+        protected: Option<u64>,
+        rotation_id: Option<&str>,
+    ) -> Result<(), StepError> {
         if Some(d.id) == protected {
             // decide() never proposes the published account; this is the last line of defence.
-            return Err(StepError::new(i, Step::Delete, format!("refused to delete account {} because it is the published credential", d.id)));
+            return Err(StepError::new(
+                i,
+                Step::Delete,
+                format!(
+                    "refused to delete account {} because it is the published credential",
+                    d.id
+                ),
+            ));
         }
         match self.client.delete_account(d.id).await {
             Ok(existed) => {
@@ -54,13 +67,22 @@ impl Engine {
             Err(e) => Err(StepError::new(
                 i,
                 Step::Delete,
-                format!("account {} ({}, {}): {e}; the next pass tries again", d.id, d.username, d.reason),
+                format!(
+                    "account {} ({}, {}): {e}; the next pass tries again",
+                    d.id, d.username, d.reason
+                ),
             )),
         }
     }
 
     /// The memberships the new account gets.
-    async fn desired_memberships(&self, i: &Integration, obs: &Observation, cache: &MembershipCache, warnings: &mut Vec<String>) -> Result<Vec<ProjectGrant>, StepError> {
+    async fn desired_memberships(
+        &self,
+        i: &Integration,
+        obs: &Observation,
+        cache: &MembershipCache,
+        warnings: &mut Vec<String>,
+    ) -> Result<Vec<ProjectGrant>, StepError> {
         let ProjectsSpec::Explicit(list) = &i.projects else {
             let source = obs.current.as_ref().or(obs.adopted.as_ref());
             let Some(src) = source else {
@@ -72,7 +94,11 @@ impl Engine {
                         ));
                         Ok(p.payload.projects.clone())
                     }
-                    None => Err(StepError::new(i, Step::CopyMemberships, "no account to copy memberships from")),
+                    None => Err(StepError::new(
+                        i,
+                        Step::CopyMemberships,
+                        "no account to copy memberships from",
+                    )),
                 };
             };
             let rows = cache
@@ -82,7 +108,10 @@ impl Engine {
             let mut out = Vec::new();
             for (project, row) in rows {
                 if row.target_type == TargetType::Individual {
-                    out.push(ProjectGrant { id: project, role: row.role });
+                    out.push(ProjectGrant {
+                        id: project,
+                        role: row.role,
+                    });
                 } else {
                     let w = format!(
                         "project {project}: {} has role `{}` there through a {} grant, which cannot be copied: grant it to the new account yourself, or list the project in `{}`",
@@ -201,7 +230,11 @@ impl Engine {
     async fn recover_lost_create(&self, i: &Integration, username: &str, rotation_id: &str) -> String {
         let accounts = match self.client.list_accounts().await {
             Ok(a) => a,
-            Err(e) => return format!("; could not check whether it was created anyway ({e}): the next pass deletes it as an orphan if it was"),
+            Err(e) => {
+                return format!(
+                    "; could not check whether it was created anyway ({e}): the next pass deletes it as an orphan if it was"
+                );
+            }
         };
         let Some(stray) = accounts.iter().find(|a| a.base_username() == username) else {
             return "; it was not created".into();
@@ -213,8 +246,14 @@ impl Engine {
             due: self.clock.now(),
         };
         match self.delete(i, &d, None, Some(rotation_id)).await {
-            Ok(()) => format!("; it had been created anyway (account {}) and was deleted, since its token was lost", stray.id),
-            Err(e) => format!("; it had been created anyway (account {}) and deleting it failed ({}): the next pass deletes it as an orphan", stray.id, e.message),
+            Ok(()) => format!(
+                "; it had been created anyway (account {}) and was deleted, since its token was lost",
+                stray.id
+            ),
+            Err(e) => format!(
+                "; it had been created anyway (account {}) and deleting it failed ({}): the next pass deletes it as an orphan",
+                stray.id, e.message
+            ),
         }
     }
 
@@ -234,11 +273,10 @@ impl Engine {
         warnings: &mut Vec<String>,
     ) -> Result<(Option<DateTime<Utc>>, Option<u64>), Failure> {
         // Read back: expiry honoured?
-        let back = self
-            .client
-            .get_account(new.id)
-            .await
-            .map_err(|e| Failure::DeleteNew(StepError::new(i, Step::ReadBack, format!("account {}: {e}", new.id))))?;
+        let back =
+            self.client.get_account(new.id).await.map_err(|e| {
+                Failure::DeleteNew(StepError::new(i, Step::ReadBack, format!("account {}: {e}", new.id)))
+            })?;
         let actual_expires = match back.expires {
             Some(e) if (e - expires).num_seconds().abs() <= 60 => Some(e),
             other => {
@@ -253,7 +291,9 @@ impl Engine {
             }
         };
         // Memberships equal to the desired set, repaired once if not.
-        self.check_memberships(i, new.id, desired, true).await.map_err(Failure::DeleteNew)?;
+        self.check_memberships(i, new.id, desired, true)
+            .await
+            .map_err(Failure::DeleteNew)?;
         // Prove the credential works.
         self.verify(i, &creds).await.map_err(Failure::DeleteNew)?;
         tracing::info!(account_id = new.id, "New credential verified.");
@@ -327,7 +367,11 @@ impl Engine {
                         tracing::warn!(error = %e, "Publish reported an error but the credential is published.");
                         Ok((actual_expires, previous))
                     }
-                    Ok(_) => Err(Failure::DeleteNew(StepError::new(i, Step::Publish, format!("{}: {e}", sink.describe())))),
+                    Ok(_) => Err(Failure::DeleteNew(StepError::new(
+                        i,
+                        Step::Publish,
+                        format!("{}: {e}", sink.describe()),
+                    ))),
                     Err(re) => Err(Failure::KeepNew(StepError::new(
                         i,
                         Step::Publish,
@@ -344,7 +388,13 @@ impl Engine {
 
     /// Compares the account's memberships with `desired`; adds what is
     /// missing (once, when `repair`) and checks again.
-    async fn check_memberships(&self, i: &Integration, account: u64, desired: &[ProjectGrant], repair: bool) -> Result<(), StepError> {
+    async fn check_memberships(
+        &self,
+        i: &Integration,
+        account: u64,
+        desired: &[ProjectGrant],
+        repair: bool,
+    ) -> Result<(), StepError> {
         let mut missing = Vec::new();
         for g in desired {
             let rows = self
@@ -366,7 +416,10 @@ impl Engine {
             return Err(StepError::new(
                 i,
                 Step::ReadBack,
-                format!("account {account} still lacks memberships {} after repair", grants_text(&missing)),
+                format!(
+                    "account {account} still lacks memberships {} after repair",
+                    grants_text(&missing)
+                ),
             ));
         }
         tracing::warn!(account_id = account, missing = %grants_text(&missing), "Memberships missing after create; adding them.");
@@ -376,7 +429,13 @@ impl Engine {
                 service_account_ids: vec![account],
             })
             .await
-            .map_err(|e| StepError::new(i, Step::ReadBack, format!("adding memberships {} to account {account}: {e}", grants_text(&missing))))?;
+            .map_err(|e| {
+                StepError::new(
+                    i,
+                    Step::ReadBack,
+                    format!("adding memberships {} to account {account}: {e}", grants_text(&missing)),
+                )
+            })?;
         tracing::info!(target: "audit", integration = %i.name, action = "add_to_project", account_id = account, projects = %grants_text(&missing), outcome = "added", "Added memberships.");
         Box::pin(self.check_memberships(i, account, desired, false)).await
     }
@@ -384,20 +443,32 @@ impl Engine {
     /// Proves the new credential works: `GET /me` with it, with retries (a
     /// fresh account may take a moment to be accepted).
     async fn verify(&self, i: &Integration, creds: &Credentials) -> Result<(), StepError> {
-        let client = self.client.with_credentials(creds).map_err(|e| StepError::new(i, Step::Verify, e))?;
+        let client = self
+            .client
+            .with_credentials(creds)
+            .map_err(|e| StepError::new(i, Step::Verify, e))?;
         let org = self.client.organization_id();
         let mut attempt = 0;
         loop {
             attempt += 1;
             let err = match client.me().await {
-                Ok(me) if me.organizations.values().any(|o| o.id == org) || me.organizations.contains_key(&org.to_string()) => return Ok(()),
+                Ok(me)
+                    if me.organizations.values().any(|o| o.id == org)
+                        || me.organizations.contains_key(&org.to_string()) =>
+                {
+                    return Ok(());
+                }
                 Ok(_) => format!("the new credential works but does not see organization {org}"),
                 Err(e @ MixpanelError::Api { status: 401 | 403, .. }) => e.to_string(),
                 Err(e) if e.retryable() => e.to_string(),
                 Err(e) => return Err(StepError::new(i, Step::Verify, e)),
             };
             if attempt >= self.verify_retry.max_attempts {
-                return Err(StepError::new(i, Step::Verify, format!("{err} (after {attempt} attempts)")));
+                return Err(StepError::new(
+                    i,
+                    Step::Verify,
+                    format!("{err} (after {attempt} attempts)"),
+                ));
             }
             tracing::debug!(attempt, error = %err, "New credential not accepted yet; retrying.");
             tokio::time::sleep(self.verify_retry.delay(attempt, None)).await;
@@ -405,7 +476,13 @@ impl Engine {
     }
 
     /// `--revoke-old`: delete the superseded account(s) at once.
-    async fn revoke_old(&self, i: &Integration, obs: &Observation, new_id: u64, rotation_id: &str) -> (Vec<Disposal>, Vec<StepError>) {
+    async fn revoke_old(
+        &self,
+        i: &Integration,
+        obs: &Observation,
+        new_id: u64,
+        rotation_id: &str,
+    ) -> (Vec<Disposal>, Vec<StepError>) {
         let now = self.clock.now();
         let mut targets: Vec<Disposal> = Vec::new();
         let lineage = Lineage::new(&self.policy.namespace, &i.name);
@@ -454,9 +531,19 @@ impl Engine {
     }
 
     /// Fills a dry run's report: what a pass would do, with no mutating call.
-    pub(super) async fn describe_plan(&self, i: &Integration, obs: &Observation, d: &super::Decision, cache: &MembershipCache, now: DateTime<Utc>, report: &mut Report) {
+    pub(super) async fn describe_plan(
+        &self,
+        i: &Integration,
+        obs: &Observation,
+        d: &super::Decision,
+        cache: &MembershipCache,
+        now: DateTime<Utc>,
+        report: &mut Report,
+    ) {
         for x in &d.delete_now {
-            report.plan.push(format!("delete account {} ({}): {}", x.id, x.username, x.reason));
+            report
+                .plan
+                .push(format!("delete account {} ({}): {}", x.id, x.username, x.reason));
         }
         if let Some(reason) = &d.rotate {
             let desired = match self.desired_memberships(i, obs, cache, &mut report.warnings).await {
@@ -486,12 +573,23 @@ impl Engine {
             }
         } else if d.blocked.is_none() {
             match d.next_rotation {
-                Some(t) => report.plan.push(format!("no rotation due; next at {} ({})", rfc3339(t), relative(t, now))),
+                Some(t) => report.plan.push(format!(
+                    "no rotation due; next at {} ({})",
+                    rfc3339(t),
+                    relative(t, now)
+                )),
                 None => report.plan.push("no rotation due".into()),
             }
         }
         for x in &d.delete_later {
-            report.plan.push(format!("later: delete account {} ({}, {}) at {} ({})", x.id, x.username, x.reason, rfc3339(x.due), relative(x.due, now)));
+            report.plan.push(format!(
+                "later: delete account {} ({}, {}) at {} ({})",
+                x.id,
+                x.username,
+                x.reason,
+                rfc3339(x.due),
+                relative(x.due, now)
+            ));
         }
     }
 }

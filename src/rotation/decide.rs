@@ -34,8 +34,14 @@ impl fmt::Display for RotateReason {
             RotateReason::Forced => write!(f, "rotation requested"),
             RotateReason::Bootstrap => write!(f, "nothing published yet"),
             RotateReason::CurrentMissing => write!(f, "the published account no longer exists in Mixpanel"),
-            RotateReason::Expired { expires } => write!(f, "the published account expired at {}", super::rfc3339(*expires)),
-            RotateReason::ExpiresSoon { expires } => write!(f, "the published account expires at {}, within renew_before", super::rfc3339(*expires)),
+            RotateReason::Expired { expires } => {
+                write!(f, "the published account expired at {}", super::rfc3339(*expires))
+            }
+            RotateReason::ExpiresSoon { expires } => write!(
+                f,
+                "the published account expires at {}, within renew_before",
+                super::rfc3339(*expires)
+            ),
             RotateReason::Scheduled { slot } => write!(f, "schedule slot {} passed", super::rfc3339(*slot)),
         }
     }
@@ -127,7 +133,11 @@ pub fn decide(i: &Integration, obs: &Observation, now: DateTime<Utc>, forced: bo
         }
     }
     for x in disposals {
-        if x.due <= now { d.delete_now.push(x) } else { d.delete_later.push(x) }
+        if x.due <= now {
+            d.delete_now.push(x)
+        } else {
+            d.delete_later.push(x)
+        }
     }
 
     // Rotation.
@@ -201,7 +211,11 @@ fn disposal(a: &ServiceAccount, reason: DeleteReason, due: DateTime<Utc>) -> Dis
 /// "in 3d4h" / "2h ago", for people.
 pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let d = t - now;
-    let rounded = chrono::Duration::seconds(if d.num_seconds().abs() > 3600 { d.num_minutes() * 60 } else { d.num_seconds() });
+    let rounded = chrono::Duration::seconds(if d.num_seconds().abs() > 3600 {
+        d.num_minutes() * 60
+    } else {
+        d.num_seconds()
+    });
     if d >= chrono::Duration::zero() {
         format!("in {}", format_duration(rounded))
     } else {
@@ -310,7 +324,15 @@ orphan_after = "15m"
         let foreign = sa(12, "etl-legacy", None);
         let other_ns = sa(13, "other-etl-20261028T040000Z-0004", None);
         let adopted_before = sa(14, "legacy", None);
-        let p = payload(10, rot, exp, vec![RetiringAccount { id: 14, not_before: rot + Duration::hours(1) }]);
+        let p = payload(
+            10,
+            rot,
+            exp,
+            vec![RetiringAccount {
+                id: 14,
+                not_before: rot + Duration::hours(1),
+            }],
+        );
         let o = obs(&i, vec![old, cur, orphan, foreign, other_ns, adopted_before], Some(p));
 
         let d = decide(&i, &o, rot + Duration::minutes(30), false);
@@ -325,7 +347,14 @@ orphan_after = "15m"
         let d = decide(&i, &o, rot + Duration::hours(25), false);
         let mut ids: Vec<(u64, DeleteReason)> = d.delete_now.iter().map(|x| (x.id, x.reason)).collect();
         ids.sort();
-        assert_eq!(ids, vec![(9, DeleteReason::Retiring), (11, DeleteReason::Orphan), (14, DeleteReason::Retiring)]);
+        assert_eq!(
+            ids,
+            vec![
+                (9, DeleteReason::Retiring),
+                (11, DeleteReason::Orphan),
+                (14, DeleteReason::Retiring)
+            ]
+        );
         assert!(d.delete_later.is_empty());
     }
 
@@ -336,12 +365,21 @@ orphan_after = "15m"
         let d = decide(&i, &obs(&i, vec![sa(5, "etl-legacy", None)], None), now, false);
         assert_eq!(d.rotate, Some(RotateReason::Bootstrap));
         let d = decide(&i, &obs(&i, vec![], None), now, false);
-        assert!(d.blocked.as_deref().unwrap().contains("`integrations[0].adopt`"), "{:?}", d.blocked);
+        assert!(
+            d.blocked.as_deref().unwrap().contains("`integrations[0].adopt`"),
+            "{:?}",
+            d.blocked
+        );
         assert_eq!(d.rotate, None);
         let mut no_adopt = integration("");
         no_adopt.adopt = None;
         let d = decide(&no_adopt, &obs(&no_adopt, vec![], None), now, true);
-        assert!(d.blocked.as_deref().unwrap().contains("`integrations[0].projects` is \"copy\""));
+        assert!(
+            d.blocked
+                .as_deref()
+                .unwrap()
+                .contains("`integrations[0].projects` is \"copy\"")
+        );
         assert_eq!(d.rotate, None, "forcing does not bypass a blocked bootstrap");
         let explicit = integration("projects = [{ id = 101, role = \"analyst\" }]");
         let d = decide(&explicit, &obs(&explicit, vec![], None), now, false);
@@ -373,6 +411,10 @@ orphan_after = "15m"
 
     #[test]
     fn lineage_helper_matches_usernames_used_here() {
-        assert!(Lineage::new("mpr", "etl").parse("mpr-etl-20261128T040000Z-0002").is_some());
+        assert!(
+            Lineage::new("mpr", "etl")
+                .parse("mpr-etl-20261128T040000Z-0002")
+                .is_some()
+        );
     }
 }

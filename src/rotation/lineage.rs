@@ -25,7 +25,12 @@ impl Lineage {
 
     /// A fresh username created at `now`.
     pub fn new_username(&self, now: DateTime<Utc>) -> String {
-        format!("{}{}-{:04x}", self.prefix, now.format(TS_FORMAT), rand::rng().random::<u16>())
+        format!(
+            "{}{}-{:04x}",
+            self.prefix,
+            now.format(TS_FORMAT),
+            rand::rng().random::<u16>()
+        )
     }
 
     /// When the account was created, if `username` (with or without
@@ -50,7 +55,14 @@ pub fn new_rotation_id() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 #[cfg(test)]
@@ -59,7 +71,9 @@ mod tests {
 
     #[test]
     fn round_trip_and_exact_match() {
-        let now = DateTime::parse_from_rfc3339("2026-11-28T04:00:00Z").unwrap().with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2026-11-28T04:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let l = Lineage::new("mpr", "etl");
         let u = l.new_username(now);
         assert!(u.starts_with("mpr-etl-20261128T040000Z-"), "{u}");
@@ -67,7 +81,10 @@ mod tests {
         assert_eq!(l.parse(&format!("{u}.95a0b8.mp-service-account")), Some(now));
         // Another integration's lineage, another namespace, or a lookalike: not ours.
         assert_eq!(l.parse("mpr-etl-x-20261128T040000Z-7f3a"), None);
-        assert_eq!(Lineage::new("mpr", "etl-x").parse("mpr-etl-x-20261128T040000Z-7f3a"), Some(now));
+        assert_eq!(
+            Lineage::new("mpr", "etl-x").parse("mpr-etl-x-20261128T040000Z-7f3a"),
+            Some(now)
+        );
         assert_eq!(l.parse("mpr2-etl-20261128T040000Z-7f3a"), None);
         assert_eq!(l.parse("mpr-etl-20261128T040000Z-7f3a-extra"), None);
         assert_eq!(l.parse("mpr-etl-20261128T040000Z-7F3A"), None);

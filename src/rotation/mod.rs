@@ -173,7 +173,9 @@ pub struct Engine {
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Engine").field("client", &self.client).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
     }
 }
 
@@ -181,17 +183,27 @@ impl Engine {
     /// Builds the engine for a policy: reads the rotator's secret, sets up
     /// the client and every sink.
     pub fn from_policy(policy: Arc<Policy>, clock: SharedClock) -> Result<Self, SetupError> {
-        Self::with_retry(policy, clock, RetryPolicy::default(), RetryPolicy {
-            max_attempts: 6,
-            base: std::time::Duration::from_millis(500),
-            cap: std::time::Duration::from_secs(5),
-            max_retry_after: std::time::Duration::from_secs(30),
-        })
+        Self::with_retry(
+            policy,
+            clock,
+            RetryPolicy::default(),
+            RetryPolicy {
+                max_attempts: 6,
+                base: std::time::Duration::from_millis(500),
+                cap: std::time::Duration::from_secs(5),
+                max_retry_after: std::time::Duration::from_secs(30),
+            },
+        )
     }
 
     /// As [`Engine::from_policy`], with explicit retry policies for API
     /// calls and for verifying a new credential (tests use short ones).
-    pub fn with_retry(policy: Arc<Policy>, clock: SharedClock, api: RetryPolicy, verify: RetryPolicy) -> Result<Self, SetupError> {
+    pub fn with_retry(
+        policy: Arc<Policy>,
+        clock: SharedClock,
+        api: RetryPolicy,
+        verify: RetryPolicy,
+    ) -> Result<Self, SetupError> {
         let m = &policy.mixpanel;
         let secret = m.secret.resolve("mixpanel.secret")?;
         let client = Client::new(ClientSettings {
@@ -207,7 +219,10 @@ impl Engine {
         })?;
         let mut sinks = BTreeMap::new();
         for (name, cfg) in &policy.sinks {
-            let s = sink::build(name, cfg).map_err(|source| SetupError::Sink { name: name.clone(), source })?;
+            let s = sink::build(name, cfg).map_err(|source| SetupError::Sink {
+                name: name.clone(),
+                source,
+            })?;
             sinks.insert(name.clone(), s);
         }
         Ok(Self {
@@ -259,7 +274,12 @@ impl Engine {
             }
         };
         let cache = MembershipCache::default();
-        futures_util::future::join_all(selected.into_iter().map(|i| self.integration_pass(i, &accounts, &cache, opts, now))).await
+        futures_util::future::join_all(
+            selected
+                .into_iter()
+                .map(|i| self.integration_pass(i, &accounts, &cache, opts, now)),
+        )
+        .await
     }
 
     async fn integration_pass(
@@ -273,7 +293,9 @@ impl Engine {
         let mut report = Report::new(i);
         let Some(sink) = self.sinks.get(&i.sink) else {
             // Policy validation guarantees every integration's sink exists.
-            report.errors.push(StepError::new(i, Step::ReadSink, format!("no sink `{}`", i.sink)));
+            report
+                .errors
+                .push(StepError::new(i, Step::ReadSink, format!("no sink `{}`", i.sink)));
             return report;
         };
         let published = match sink.read_current(&i.path).await {
@@ -282,7 +304,11 @@ impl Engine {
                 report.errors.push(StepError::new(
                     i,
                     Step::ReadSink,
-                    format!("{} path `{}`: {e}; nothing is rotated or deleted until it can be read", sink.describe(), i.path),
+                    format!(
+                        "{} path `{}`: {e}; nothing is rotated or deleted until it can be read",
+                        sink.describe(),
+                        i.path
+                    ),
                 ));
                 return report;
             }
@@ -315,7 +341,10 @@ impl Engine {
         }
         if let Some(reason) = decision.rotate.clone() {
             let revoke = forced && opts.revoke_old;
-            match self.rotate(i, &obs, reason, revoke, &report.deleted, cache, &mut report.warnings).await {
+            match self
+                .rotate(i, &obs, reason, revoke, &report.deleted, cache, &mut report.warnings)
+                .await
+            {
                 Ok((rotated, revoked)) => {
                     report.rotated = Some(rotated);
                     report.deleted.extend(revoked.0);

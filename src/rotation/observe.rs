@@ -39,7 +39,12 @@ pub struct Observation {
 
 impl Observation {
     /// Builds the observation from the shared account list and the sink read.
-    pub fn new(integration: &Integration, namespace: &str, accounts: &[ServiceAccount], published: Option<(Payload, Version)>) -> Self {
+    pub fn new(
+        integration: &Integration,
+        namespace: &str,
+        accounts: &[ServiceAccount],
+        published: Option<(Payload, Version)>,
+    ) -> Self {
         let lineage_of = Lineage::new(namespace, &integration.name);
         let published = published.map(|(payload, version)| Published { payload, version });
         let current = published
@@ -89,17 +94,27 @@ impl MembershipCache {
             let mut m = self.members.lock().unwrap_or_else(|e| e.into_inner());
             m.entry(project).or_default().clone()
         };
-        cell.get_or_try_init(|| client.list_project_members(project)).await.cloned()
+        cell.get_or_try_init(|| client.list_project_members(project))
+            .await
+            .cloned()
     }
 
     /// Every membership of `account` in the visible projects: (project, row).
-    pub async fn memberships_of(&self, client: &Client, account: u64) -> Result<Vec<(u64, ProjectMember)>, MixpanelError> {
+    pub async fn memberships_of(
+        &self,
+        client: &Client,
+        account: u64,
+    ) -> Result<Vec<(u64, ProjectMember)>, MixpanelError> {
         let projects = self.projects(client).await?;
         let lists = futures_util::future::try_join_all(projects.iter().map(|p| self.members(client, *p))).await?;
         Ok(projects
             .into_iter()
             .zip(lists)
-            .flat_map(|(p, rows)| rows.into_iter().filter(|r| r.account.id == account).map(move |r| (p, r)))
+            .flat_map(|(p, rows)| {
+                rows.into_iter()
+                    .filter(|r| r.account.id == account)
+                    .map(move |r| (p, r))
+            })
             .collect())
     }
 }

@@ -134,7 +134,9 @@ pub struct Simulator {
 
 impl std::fmt::Debug for Simulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Simulator").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("Simulator")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -214,7 +216,13 @@ impl Simulator {
     }
 
     /// Adds an account (`base` gets Mixpanel's suffix) with memberships.
-    pub fn add_account(&self, base: &str, role: Role, expires: Option<DateTime<Utc>>, grants: &[(u64, Role, TargetType)]) -> (ServiceAccount, Credentials) {
+    pub fn add_account(
+        &self,
+        base: &str,
+        role: Role,
+        expires: Option<DateTime<Utc>>,
+        grants: &[(u64, Role, TargetType)],
+    ) -> (ServiceAccount, Credentials) {
         let now = self.clock.now();
         let mut s = self.lock();
         let a = s.org.insert_account(base, role, expires, now);

@@ -60,7 +60,8 @@ fn respond(status: u16, body: &serde_json::Value, extra: &[(header::HeaderName, 
     for (k, v) in extra {
         b = b.header(k, v);
     }
-    b.body(Body::from(body.to_string())).unwrap_or_else(|_| Response::new(Body::empty()))
+    b.body(Body::from(body.to_string()))
+        .unwrap_or_else(|_| Response::new(Body::empty()))
 }
 
 fn credentials(headers: &HeaderMap) -> Option<(String, zeroize::Zeroizing<String>)> {

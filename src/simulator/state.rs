@@ -90,7 +90,11 @@ fn ok(results: Value) -> Answer {
 }
 
 fn random_token(len: usize) -> String {
-    rand::rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
 }
 
 fn random_hex(len: usize) -> String {
@@ -114,7 +118,13 @@ impl OrgState {
     }
 
     /// Adds an account directly (test set-up); returns it with its token.
-    pub fn insert_account(&mut self, base: &str, role: Role, expires: Option<DateTime<Utc>>, now: DateTime<Utc>) -> SimAccount {
+    pub fn insert_account(
+        &mut self,
+        base: &str,
+        role: Role,
+        expires: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> SimAccount {
         self.next_id += 1;
         let token = Secret::new(random_token(32));
         self.issued.push(token.clone());
@@ -167,12 +177,19 @@ impl OrgState {
     fn require_admin(&self, caller: u64) -> Result<(), Answer> {
         match self.accounts.get(&caller) {
             Some(a) if a.role.can_manage_accounts() => Ok(()),
-            _ => Err(error(403, "User does not have permissions to manage service accounts in this organization")),
+            _ => Err(error(
+                403,
+                "User does not have permissions to manage service accounts in this organization",
+            )),
         }
     }
 
     fn check_org(&self, org: u64) -> Result<(), Answer> {
-        if org == self.org_id { Ok(()) } else { Err(error(404, "Organization not found")) }
+        if org == self.org_id {
+            Ok(())
+        } else {
+            Err(error(404, "Organization not found"))
+        }
     }
 
     fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Answer> {
@@ -195,14 +212,23 @@ impl OrgState {
         }
     }
 
-    fn route(&mut self, caller: u64, method: &str, path: &str, body: &[u8], now: DateTime<Utc>) -> Result<Answer, Answer> {
+    fn route(
+        &mut self,
+        caller: u64,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Answer, Answer> {
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let num = |s: &str| s.parse::<u64>().map_err(|_| error(404, "Not found"));
         match (method, segs.as_slice()) {
             ("GET", ["me"]) => Ok(self.me(caller)),
             ("GET", ["organizations", org, "service-accounts"]) => {
                 self.check_org(num(org)?)?;
-                Ok(ok(Value::Array(self.accounts.values().map(|a| json!(a.public())).collect())))
+                Ok(ok(Value::Array(
+                    self.accounts.values().map(|a| json!(a.public())).collect(),
+                )))
             }
             ("POST", ["organizations", org, "service-accounts"]) => {
                 self.check_org(num(org)?)?;
@@ -321,10 +347,8 @@ impl OrgState {
         if base.len() > 128 {
             return Err(error(400, "username is too long"));
         }
-        if let Some(e) = req.expires {
-            if e <= now {
-                return Err(error(400, "expires must be in the future"));
-            }
+        if req.expires.is_some_and(|e| e <= now) {
+            return Err(error(400, "expires must be in the future"));
         }
         let projects = req.projects.clone().unwrap_or_default();
         self.check_projects(projects.iter().map(|p| p.id))?;

@@ -76,7 +76,10 @@ pub struct FileSink {
 impl FileSink {
     /// A file sink called `name`.
     pub fn new(name: &str, config: FileSinkConfig) -> Self {
-        Self { name: name.into(), config }
+        Self {
+            name: name.into(),
+            config,
+        }
     }
 
     fn target(&self, path: &str) -> Result<PathBuf, SinkError> {
@@ -109,17 +112,28 @@ impl FileSink {
         let Some(bytes) = read_payload(&target).map_err(|e| self.io("read", &target, e))? else {
             return Ok(None);
         };
-        if let Ok(meta) = fs::metadata(&target) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(sink = %self.name, path = %target.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "Credential file is readable by group or others; it is rewritten 0600 at the next rotation.");
-            }
+        if let Ok(meta) = fs::metadata(&target)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                sink = %self.name,
+                path = %target.display(),
+                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "Credential file is readable by group or others; it is rewritten 0600 at the next rotation."
+            );
         }
-        let payload = Payload::from_json(&bytes).map_err(|e| SinkError::Corrupt(format!("file sink `{}`: {}: {e}", self.name, target.display())))?;
+        let payload = Payload::from_json(&bytes)
+            .map_err(|e| SinkError::Corrupt(format!("file sink `{}`: {}: {e}", self.name, target.display())))?;
         let version = Version(payload.rotation_id.clone());
         Ok(Some((payload, version)))
     }
 
-    fn publish_blocking(&self, path: &str, payload: &Payload, expected: Option<&Version>) -> Result<Version, SinkError> {
+    fn publish_blocking(
+        &self,
+        path: &str,
+        payload: &Payload,
+        expected: Option<&Version>,
+    ) -> Result<Version, SinkError> {
         let target = self.target(path)?;
         let dir = target.parent().unwrap_or(&self.config.dir).to_path_buf();
         fs::DirBuilder::new()
@@ -158,7 +172,10 @@ impl FileSink {
         }
 
         let json = payload.to_json()?;
-        let file_name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let file_name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{file_name}.{:08x}.tmp", rand::rng().random::<u32>()));
         let write = || -> std::io::Result<()> {
             // 0600 from creation: the secret is never readable by others, not even briefly.
@@ -196,7 +213,9 @@ impl FileSink {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, SinkError> + Send + 'static) -> Result<T, SinkError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SinkError> + Send + 'static,
+) -> Result<T, SinkError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| SinkError::Backend(format!("file sink task failed: {e}")))?
@@ -234,7 +253,9 @@ mod tests {
     use chrono::Utc;
 
     fn payload(rotation: &str) -> Payload {
-        let t = chrono::DateTime::parse_from_rfc3339("2026-11-28T04:00:00Z").unwrap().with_timezone(&Utc);
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-28T04:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         Payload {
             username: "mpr-etl-x.abc.mp-service-account".into(),
             secret: Secret::new("s3cr3t-value"),
@@ -254,10 +275,19 @@ mod tests {
     #[tokio::test]
     async fn publish_is_cas_and_0600() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = FileSink::new("t", FileSinkConfig { dir: dir.path().join("creds") });
+        let sink = FileSink::new(
+            "t",
+            FileSinkConfig {
+                dir: dir.path().join("creds"),
+            },
+        );
         assert!(sink.read_current("etl.json").await.unwrap().is_none());
         let v1 = sink.publish("etl.json", &payload("r1"), None).await.unwrap();
-        let mode = fs::metadata(dir.path().join("creds/etl.json")).unwrap().permissions().mode() & 0o777;
+        let mode = fs::metadata(dir.path().join("creds/etl.json"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         let dmode = fs::metadata(dir.path().join("creds")).unwrap().permissions().mode() & 0o777;
         assert_eq!(dmode, 0o700);
@@ -271,7 +301,10 @@ mod tests {
         assert_eq!(v, v2);
         assert_eq!(p.secret.expose(), "s3cr3t-value");
         // No temporary files left behind.
-        let names: Vec<_> = fs::read_dir(dir.path().join("creds")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path().join("creds"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 2, "{names:?}"); // etl.json + etl.json.lock
         assert!(sink.healthcheck("etl.json").await.is_ok());
     }

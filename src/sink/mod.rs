@@ -50,7 +50,8 @@ impl Payload {
     /// The payload as JSON, in a buffer wiped on drop.
     pub fn to_json(&self) -> Result<zeroize::Zeroizing<Vec<u8>>, SinkError> {
         let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(1024));
-        serde_json::to_writer_pretty(&mut *buf, self).map_err(|e| SinkError::Backend(format!("cannot encode the payload: {e}")))?;
+        serde_json::to_writer_pretty(&mut *buf, self)
+            .map_err(|e| SinkError::Backend(format!("cannot encode the payload: {e}")))?;
         buf.push(b'\n');
         Ok(buf)
     }

@@ -44,7 +44,11 @@ async fn realtime() -> Harness {
 fn etl(h: &Harness) -> String {
     format!(
         "[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nrole = \"analyst\"\nadopt = \"{}\"\n",
-        h.accounts_with_prefix("etl-legacy")[0].username.split('.').next().unwrap()
+        h.accounts_with_prefix("etl-legacy")[0]
+            .username
+            .split('.')
+            .next()
+            .unwrap()
     )
 }
 
@@ -61,13 +65,20 @@ async fn validate_exit_codes_and_messages() {
     let text = stdout(&o);
     assert!(text.contains("ok    mixpanel"), "{text}");
     assert!(text.contains("role `admin`"), "{text}");
-    assert!(text.contains("nothing published yet; the first pass bootstraps it"), "{text}");
+    assert!(
+        text.contains("nothing published yet; the first pass bootstraps it"),
+        "{text}"
+    );
 
     // A wrong secret: exit 1 and one clear line.
     std::fs::write(h.dir.path().join("admin.secret"), "wrong").unwrap();
     let o = run(&h, &good, &["validate", "--online"]).await;
     assert_eq!(o.status.code(), Some(1));
-    assert!(stdout(&o).contains("FAIL  mixpanel") && stdout(&o).contains("HTTP 401"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("FAIL  mixpanel") && stdout(&o).contains("HTTP 401"),
+        "{}",
+        stdout(&o)
+    );
     std::fs::write(h.dir.path().join("admin.secret"), h.sim.admin().secret.expose()).unwrap();
 
     // Bootstrap impossible: copy without adopt.
@@ -105,15 +116,30 @@ async fn plan_rotate_status_reconcile_through_the_binary() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).contains("rotate (nothing published yet)"), "{}", stdout(&o));
     assert!(stdout(&o).contains("nothing was changed"));
-    assert!(h.sim.requests().iter().all(|q| !q.is_mutating()), "plan made a mutating request");
+    assert!(
+        h.sim.requests().iter().all(|q| !q.is_mutating()),
+        "plan made a mutating request"
+    );
     assert!(h.payload("etl.json").is_none());
 
     // Debug logs in JSON: the most verbose output there is, still no secret.
-    let o = run(&h, &cfg, &["--log-format", "json", "--log-level", "debug", "rotate-now", "etl"]).await;
+    let o = run(
+        &h,
+        &cfg,
+        &["--log-format", "json", "--log-level", "debug", "rotate-now", "etl"],
+    )
+    .await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(stdout(&o).contains("etl: rotated (nothing published yet)"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("etl: rotated (nothing published yet)"),
+        "{}",
+        stdout(&o)
+    );
     let log = stderr(&o);
-    let first = log.lines().find(|l| l.contains("Rotating.")).expect("a rotation log line");
+    let first = log
+        .lines()
+        .find(|l| l.contains("Rotating."))
+        .expect("a rotation log line");
     let v: serde_json::Value = serde_json::from_str(first).unwrap();
     assert_eq!(v["span"]["integration"], "etl");
     assert!(v["span"]["rotation_id"].as_str().is_some());
@@ -142,7 +168,11 @@ async fn plan_rotate_status_reconcile_through_the_binary() {
     ));
     let o = run(&h, &cfg, &["rotate-now", "--all"]).await;
     assert_eq!(o.status.code(), Some(1));
-    assert!(stdout(&o).contains("integration `etl`: creating the new account failed"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("integration `etl`: creating the new account failed"),
+        "{}",
+        stdout(&o)
+    );
     h.assert_no_secret_leaked(&[]);
 }
 

@@ -83,7 +83,9 @@ impl Harness {
         let guard = tracing::subscriber::set_default(subscriber);
         let clock = ManualClock::new(t(START));
         let shared: SharedClock = Arc::new(clock.clone());
-        let sim = Simulator::start(seed, shared, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let sim = Simulator::start(seed, shared, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("admin.secret"), sim.admin().secret.expose()).unwrap();
         Self {
@@ -140,7 +142,13 @@ dir = "{dir}"
 
     pub fn engine(&self, rest: &str) -> Engine {
         let policy = Policy::parse(&self.policy(rest)).unwrap_or_else(|e| panic!("{e}"));
-        Engine::with_retry(Arc::new(policy), Arc::new(self.clock.clone()), fast_retry(), fast_retry()).unwrap()
+        Engine::with_retry(
+            Arc::new(policy),
+            Arc::new(self.clock.clone()),
+            fast_retry(),
+            fast_retry(),
+        )
+        .unwrap()
     }
 
     pub async fn pass(&self, engine: &Engine) -> Report {
@@ -188,10 +196,13 @@ dir = "{dir}"
         self.outputs.lock().unwrap().push(output.into());
     }
 
-
     /// Accounts whose username starts with `prefix`.
     pub fn accounts_with_prefix(&self, prefix: &str) -> Vec<mixpanel_rotator::mixpanel::ServiceAccount> {
-        self.sim.accounts().into_iter().filter(|a| a.username.starts_with(prefix)).collect()
+        self.sim
+            .accounts()
+            .into_iter()
+            .filter(|a| a.username.starts_with(prefix))
+            .collect()
     }
 
     /// Fails if any token the simulator ever issued appears in the captured

@@ -24,7 +24,11 @@ fn lineage_accounts(h: &Harness) -> usize {
 async fn server_error_on_create_publishes_nothing_and_leaves_nothing() {
     let h = Harness::new(Seed::Demo).await;
     let engine = h.engine(EXPLICIT);
-    h.sim.inject(Fault::always("POST", "/organizations/1/service-accounts", FaultAction::Status(500)));
+    h.sim.inject(Fault::always(
+        "POST",
+        "/organizations/1/service-accounts",
+        FaultAction::Status(500),
+    ));
     let r = h.pass(&engine).await;
     assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
     assert_eq!(r.errors[0].step, Step::Create);
@@ -33,7 +37,12 @@ async fn server_error_on_create_publishes_nothing_and_leaves_nothing() {
     assert!(h.payload("etl.json").is_none());
     assert_eq!(lineage_accounts(&h), 0);
     // Create is never retried automatically.
-    let creates = h.sim.requests().iter().filter(|q| q.method == "POST" && q.path == "/organizations/1/service-accounts").count();
+    let creates = h
+        .sim
+        .requests()
+        .iter()
+        .filter(|q| q.method == "POST" && q.path == "/organizations/1/service-accounts")
+        .count();
     assert_eq!(creates, 1);
     h.sim.clear_faults();
     let r = h.pass(&engine).await;
@@ -51,11 +60,19 @@ async fn server_error_on_add_to_project_deletes_the_new_account() {
         ..Default::default()
     });
     let engine = h.engine(EXPLICIT);
-    h.sim.inject(Fault::always("POST", "/organizations/1/service-accounts/add-to-project", FaultAction::Status(500)));
+    h.sim.inject(Fault::always(
+        "POST",
+        "/organizations/1/service-accounts/add-to-project",
+        FaultAction::Status(500),
+    ));
     let r = h.pass(&engine).await;
     assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
     assert_eq!(r.errors[0].step, Step::ReadBack);
-    assert!(r.errors[0].message.contains("was deleted, nothing changed"), "{}", r.errors[0]);
+    assert!(
+        r.errors[0].message.contains("was deleted, nothing changed"),
+        "{}",
+        r.errors[0]
+    );
     assert!(h.payload("etl.json").is_none());
     assert_eq!(lineage_accounts(&h), 0);
 
@@ -65,7 +82,12 @@ async fn server_error_on_add_to_project_deletes_the_new_account() {
     ok(&r);
     let id = r.rotated.as_ref().unwrap().service_account_id;
     assert_eq!(h.sim.memberships(id).len(), 1);
-    assert!(h.sim.requests().iter().any(|q| q.path.ends_with("add-to-project") && q.status == Some(200)));
+    assert!(
+        h.sim
+            .requests()
+            .iter()
+            .any(|q| q.path.ends_with("add-to-project") && q.status == Some(200))
+    );
     h.assert_no_secret_leaked(&[&r]);
 }
 
@@ -87,13 +109,27 @@ async fn server_error_on_verify_deletes_the_new_account() {
 async fn create_committed_then_connection_dropped_stray_found_and_deleted() {
     let h = Harness::new(Seed::Demo).await;
     let engine = h.engine(EXPLICIT);
-    h.sim.inject(Fault::once("POST", "/organizations/1/service-accounts", FaultAction::CommitThenDrop));
+    h.sim.inject(Fault::once(
+        "POST",
+        "/organizations/1/service-accounts",
+        FaultAction::CommitThenDrop,
+    ));
     let r = h.pass(&engine).await;
     assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
     assert_eq!(r.errors[0].step, Step::Create);
     assert!(r.errors[0].message.contains("created anyway"), "{}", r.errors[0]);
-    assert!(h.sim.requests().iter().any(|q| q.method == "POST" && q.status.is_none()), "the connection was dropped");
-    assert_eq!(lineage_accounts(&h), 0, "the stray account was found by its lineage name and deleted");
+    assert!(
+        h.sim
+            .requests()
+            .iter()
+            .any(|q| q.method == "POST" && q.status.is_none()),
+        "the connection was dropped"
+    );
+    assert_eq!(
+        lineage_accounts(&h),
+        0,
+        "the stray account was found by its lineage name and deleted"
+    );
     assert!(h.payload("etl.json").is_none());
     // A later pass rotates cleanly.
     let r = h.pass(&engine).await;
@@ -108,7 +144,11 @@ async fn create_committed_then_connection_dropped_stray_found_and_deleted() {
 async fn rate_limit_retry_after_is_honoured() {
     let h = Harness::new(Seed::Demo).await;
     let engine = h.engine(EXPLICIT);
-    h.sim.inject(Fault::once("GET", "/organizations/1/service-accounts", FaultAction::RateLimit { retry_after_secs: 1 }));
+    h.sim.inject(Fault::once(
+        "GET",
+        "/organizations/1/service-accounts",
+        FaultAction::RateLimit { retry_after_secs: 1 },
+    ));
     let r = h.pass(&engine).await;
     ok(&r);
     let reqs: Vec<_> = h
@@ -120,7 +160,10 @@ async fn rate_limit_retry_after_is_honoured() {
     assert_eq!(reqs[0].status, Some(429));
     assert_eq!(reqs[1].status, Some(200));
     let waited = reqs[1].received - reqs[0].received;
-    assert!(waited >= std::time::Duration::from_millis(990), "retried after {waited:?}");
+    assert!(
+        waited >= std::time::Duration::from_millis(990),
+        "retried after {waited:?}"
+    );
     assert!(r.rotated.is_some());
 }
 
@@ -134,12 +177,27 @@ async fn transient_errors_on_get_and_delete_are_retried() {
     let (stale_acct, _) = h.sim.add_account(&stale, Role::Consumer, None, &[]);
     // Older than current: it retires once grace (24h) has passed.
     h.clock.advance(Duration::hours(25));
-    h.sim.inject(Fault::times("GET", "/organizations/1/service-accounts", FaultAction::Status(503), 2));
-    h.sim.inject(Fault::once("DELETE", "/organizations/1/service-accounts/*", FaultAction::Status(502)));
+    h.sim.inject(Fault::times(
+        "GET",
+        "/organizations/1/service-accounts",
+        FaultAction::Status(503),
+        2,
+    ));
+    h.sim.inject(Fault::once(
+        "DELETE",
+        "/organizations/1/service-accounts/*",
+        FaultAction::Status(502),
+    ));
     let r = h.pass(&engine).await;
     ok(&r);
     assert!(h.sim.account(stale_acct.id).is_none());
-    let statuses: Vec<_> = h.sim.requests().iter().filter(|q| q.method == "DELETE").map(|q| q.status).collect();
+    let statuses: Vec<_> = h
+        .sim
+        .requests()
+        .iter()
+        .filter(|q| q.method == "DELETE")
+        .map(|q| q.status)
+        .collect();
     assert_eq!(statuses, vec![Some(502), Some(200)]);
 }
 
@@ -157,7 +215,10 @@ async fn young_orphans_are_left_alone_old_ones_deleted() {
     let r = h.pass(&engine).await;
     ok(&r);
     assert!(r.deleted.is_empty());
-    assert!(h.sim.account(inflight.id).is_some(), "younger than orphan_after (15m): untouched");
+    assert!(
+        h.sim.account(inflight.id).is_some(),
+        "younger than orphan_after (15m): untouched"
+    );
     h.clock.advance(Duration::minutes(2));
     let r = h.pass(&engine).await;
     ok(&r);
@@ -170,14 +231,17 @@ async fn accounts_outside_the_lineage_are_never_deleted() {
     let old = t(START) - Duration::days(90);
     let ts = old.format("%Y%m%dT%H%M%SZ");
     let foreign = [
-        format!("mpr-etl-x-{ts}-7f3a"),       // another integration's lineage
-        format!("other-etl-{ts}-7f3a"),       // another namespace
-        format!("mpr-etl-{ts}-7F3A"),         // not quite the pattern
-        format!("mpr-etl-{ts}-7f3a-copy"),    // a lookalike
+        format!("mpr-etl-x-{ts}-7f3a"),    // another integration's lineage
+        format!("other-etl-{ts}-7f3a"),    // another namespace
+        format!("mpr-etl-{ts}-7F3A"),      // not quite the pattern
+        format!("mpr-etl-{ts}-7f3a-copy"), // a lookalike
         "mpr-etl".to_string(),
         "etl-bot".to_string(),
     ];
-    let ids: Vec<u64> = foreign.iter().map(|u| h.sim.add_account(u, Role::Admin, None, &[]).0.id).collect();
+    let ids: Vec<u64> = foreign
+        .iter()
+        .map(|u| h.sim.add_account(u, Role::Admin, None, &[]).0.id)
+        .collect();
     let engine = h.engine(EXPLICIT);
     // Months of rotations, grace periods and orphan sweeps.
     let mut reports = vec![];
@@ -192,7 +256,11 @@ async fn accounts_outside_the_lineage_are_never_deleted() {
         assert!(h.sim.account(id).is_some(), "foreign account {id} was touched");
     }
     assert!(h.sim.requests().iter().filter(|q| q.method == "DELETE").count() >= 2);
-    assert_eq!(lineage_accounts(&h), 1 + 3, "one current lineage account plus the three lookalikes");
+    assert_eq!(
+        lineage_accounts(&h),
+        1 + 3,
+        "one current lineage account plus the three lookalikes"
+    );
     h.assert_no_secret_leaked(&reports.iter().collect::<Vec<_>>());
 }
 
@@ -207,7 +275,11 @@ async fn sink_unreadable_means_nothing_is_touched() {
     let r = h.pass(&engine).await;
     assert_eq!(r.errors.len(), 1);
     assert_eq!(r.errors[0].step, Step::ReadSink);
-    assert!(r.errors[0].message.contains("nothing is rotated or deleted"), "{}", r.errors[0]);
+    assert!(
+        r.errors[0].message.contains("nothing is rotated or deleted"),
+        "{}",
+        r.errors[0]
+    );
     assert!(h.sim.account(stale.id).is_some());
     assert!(h.sim.requests().iter().all(|q| !q.is_mutating()));
 }

@@ -68,60 +68,276 @@ fn defaults_are_overridden_per_integration() {
 
 #[test]
 fn invalid_policies_name_the_key() {
-    let m_without = |line: &str| BASE_MIXPANEL.lines().filter(|l| !l.starts_with(line)).collect::<Vec<_>>().join("\n");
+    let m_without = |line: &str| {
+        BASE_MIXPANEL
+            .lines()
+            .filter(|l| !l.starts_with(line))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     let cases: Vec<(&str, String, &[&str])> = vec![
-        ("missing version", policy(&[BASE_MIXPANEL, SINK, ETL]), &["`version`", "version = 1"]),
-        ("future version", policy(&["version = 2", BASE_MIXPANEL, SINK, ETL]), &["`version`", "reads policy version 1"]),
-        ("unknown top-level key", policy(&["version = 1\ncolour = \"red\"", BASE_MIXPANEL, SINK, ETL]), &["colour"]),
-        ("unknown mixpanel key", policy(&["version = 1", &format!("{BASE_MIXPANEL}regoin = \"eu\""), SINK, ETL]), &["`mixpanel.regoin`", "unknown field"]),
+        (
+            "missing version",
+            policy(&[BASE_MIXPANEL, SINK, ETL]),
+            &["`version`", "version = 1"],
+        ),
+        (
+            "future version",
+            policy(&["version = 2", BASE_MIXPANEL, SINK, ETL]),
+            &["`version`", "reads policy version 1"],
+        ),
+        (
+            "unknown top-level key",
+            policy(&["version = 1\ncolour = \"red\"", BASE_MIXPANEL, SINK, ETL]),
+            &["colour"],
+        ),
+        (
+            "unknown mixpanel key",
+            policy(&["version = 1", &format!("{BASE_MIXPANEL}regoin = \"eu\""), SINK, ETL]),
+            &["`mixpanel.regoin`", "unknown field"],
+        ),
         (
             "inline secret",
-            policy(&["version = 1", &BASE_MIXPANEL.replace("{ env = \"MIXPANEL_ROTATOR_SECRET\" }", "\"hunter2\""), SINK, ETL]),
+            policy(&[
+                "version = 1",
+                &BASE_MIXPANEL.replace("{ env = \"MIXPANEL_ROTATOR_SECRET\" }", "\"hunter2\""),
+                SINK,
+                ETL,
+            ]),
             &["`mixpanel.secret`", "never written inline"],
         ),
         (
             "bad secret reference",
-            policy(&["version = 1", &BASE_MIXPANEL.replace("{ env = \"MIXPANEL_ROTATOR_SECRET\" }", "{ vault = \"x\" }"), SINK, ETL]),
+            policy(&[
+                "version = 1",
+                &BASE_MIXPANEL.replace("{ env = \"MIXPANEL_ROTATOR_SECRET\" }", "{ vault = \"x\" }"),
+                SINK,
+                ETL,
+            ]),
             &["`mixpanel.secret`", "vault"],
         ),
-        ("no region nor base_url", policy(&["version = 1", &m_without("region"), SINK, ETL]), &["`mixpanel.region`"]),
+        (
+            "no region nor base_url",
+            policy(&["version = 1", &m_without("region"), SINK, ETL]),
+            &["`mixpanel.region`"],
+        ),
         (
             "region and base_url",
-            policy(&["version = 1", &format!("{BASE_MIXPANEL}base_url = \"https://x.example/api/app\""), SINK, ETL]),
+            policy(&[
+                "version = 1",
+                &format!("{BASE_MIXPANEL}base_url = \"https://x.example/api/app\""),
+                SINK,
+                ETL,
+            ]),
             &["`mixpanel.base_url`", "both"],
         ),
         (
             "plain http to a remote host",
-            policy(&["version = 1", &m_without("region").replace("[mixpanel]", "[mixpanel]\nbase_url = \"http://mixpanel.example.com/api/app\""), SINK, ETL]),
+            policy(&[
+                "version = 1",
+                &m_without("region").replace(
+                    "[mixpanel]",
+                    "[mixpanel]\nbase_url = \"http://mixpanel.example.com/api/app\"",
+                ),
+                SINK,
+                ETL,
+            ]),
             &["`mixpanel.base_url`", "https"],
         ),
-        ("bad region", policy(&["version = 1", &BASE_MIXPANEL.replace("\"us\"", "\"mars\""), SINK, ETL]), &["`mixpanel.region`", "mars"]),
-        ("zero concurrency", policy(&["version = 1", &format!("{BASE_MIXPANEL}max_concurrency = 0"), SINK, ETL]), &["`mixpanel.max_concurrency`"]),
-        ("bad duration", policy(&["version = 1", BASE_MIXPANEL, SINK, &format!("{ETL}ttl = \"30 days\"")]), &["`integrations[0].ttl`", "30s"]),
-        ("bad default duration", policy(&["version = 1", BASE_MIXPANEL, "[defaults]\ngrace = \"1w\"", SINK, ETL]), &["`defaults.grace`"]),
+        (
+            "bad region",
+            policy(&["version = 1", &BASE_MIXPANEL.replace("\"us\"", "\"mars\""), SINK, ETL]),
+            &["`mixpanel.region`", "mars"],
+        ),
+        (
+            "zero concurrency",
+            policy(&["version = 1", &format!("{BASE_MIXPANEL}max_concurrency = 0"), SINK, ETL]),
+            &["`mixpanel.max_concurrency`"],
+        ),
+        (
+            "bad duration",
+            policy(&["version = 1", BASE_MIXPANEL, SINK, &format!("{ETL}ttl = \"30 days\"")]),
+            &["`integrations[0].ttl`", "30s"],
+        ),
+        (
+            "bad default duration",
+            policy(&["version = 1", BASE_MIXPANEL, "[defaults]\ngrace = \"1w\"", SINK, ETL]),
+            &["`defaults.grace`"],
+        ),
         (
             "ttl not longer than renew_before",
-            policy(&["version = 1", BASE_MIXPANEL, SINK, ETL, "[[integrations]]\nname = \"ci\"\nsink = \"local\"\npath = \"ci.json\"\nadopt = 5\nttl = \"10d\"\nrenew_before = \"10d\""]),
+            policy(&[
+                "version = 1",
+                BASE_MIXPANEL,
+                SINK,
+                ETL,
+                "[[integrations]]\nname = \"ci\"\nsink = \"local\"\npath = \"ci.json\"\nadopt = 5\nttl = \"10d\"\nrenew_before = \"10d\"",
+            ]),
             &["`integrations[1].ttl`", "longer than `renew_before`"],
         ),
-        ("grace not shorter than ttl", policy(&["version = 1", BASE_MIXPANEL, SINK, &format!("{ETL}ttl = \"2d\"\nrenew_before = \"1d\"\ngrace = \"2d\"")]), &["`integrations[0].grace`", "shorter than `ttl`"]),
-        ("bad cron", policy(&["version = 1", BASE_MIXPANEL, SINK, &format!("{ETL}schedule = \"0 4 * * MON *\"")]), &["`integrations[0].schedule`", "5-field"]),
-        ("cron with seconds", policy(&["version = 1", BASE_MIXPANEL, "[defaults]\nschedule = \"0 0 4 * * 1\"", SINK, ETL]), &["`defaults.schedule`"]),
-        ("cron out of range", policy(&["version = 1", BASE_MIXPANEL, SINK, &format!("{ETL}schedule = \"0 25 * * *\"")]), &["`integrations[0].schedule`"]),
-        ("duplicate names", policy(&["version = 1", BASE_MIXPANEL, SINK, ETL, &ETL.replace("etl.json", "etl2.json").replace("1001", "1002")]), &["`integrations[1].name`", "unique"]),
-        ("name unusable in usernames", policy(&["version = 1", BASE_MIXPANEL, SINK, &ETL.replace("name = \"etl\"", "name = \"ETL job\"")]), &["`integrations[0].name`", "lowercase"]),
-        ("bad namespace", policy(&["version = 1\nnamespace = \"my-team\"", BASE_MIXPANEL, SINK, ETL]), &["`namespace`"]),
-        ("unknown sink", policy(&["version = 1", BASE_MIXPANEL, SINK, &ETL.replace("sink = \"local\"", "sink = \"vault\"")]), &["`integrations[0].sink`", "[sinks.vault]"]),
-        ("unknown sink type", policy(&["version = 1", BASE_MIXPANEL, &SINK.replace("\"file\"", "\"s3\""), ETL]), &["`sinks.local.type`", "s3"]),
-        ("relative file sink dir", policy(&["version = 1", BASE_MIXPANEL, &SINK.replace("/run/mixpanel-rotator", "creds"), ETL]), &["`sinks.local.dir`", "absolute"]),
-        ("path escaping the sink", policy(&["version = 1", BASE_MIXPANEL, SINK, &ETL.replace("etl.json", "../etc/passwd")]), &["`integrations[0].path`"]),
-        ("unknown integration key", policy(&["version = 1", BASE_MIXPANEL, SINK, &format!("{ETL}tll = \"30d\"")]), &["`integrations[0].tll`", "unknown field"]),
-        ("bad role", policy(&["version = 1", BASE_MIXPANEL, SINK, &format!("{ETL}role = \"superuser\"")]), &["`integrations[0].role`", "superuser"]),
-        ("bad projects", policy(&["version = 1", BASE_MIXPANEL, SINK, &format!("{ETL}projects = \"all\"")]), &["`integrations[0].projects`", "copy"]),
-        ("bad project role", policy(&["version = 1", BASE_MIXPANEL, SINK, &format!("{ETL}projects = [{{ id = 1, role = \"boss\" }}]")]), &["`integrations[0].projects[0].role`"]),
-        ("same project twice", policy(&["version = 1", BASE_MIXPANEL, SINK, &format!("{ETL}projects = [{{ id = 1, role = \"admin\" }}, {{ id = 1, role = \"analyst\" }}]")]), &["`integrations[0].projects`", "twice"]),
-        ("tiny orphan_after", policy(&["version = 1", BASE_MIXPANEL, SINK, &format!("{ETL}orphan_after = \"10s\"")]), &["`integrations[0].orphan_after`"]),
-        ("two integrations, one path", policy(&["version = 1", BASE_MIXPANEL, SINK, ETL, &ETL.replace("\"etl\"", "\"ci\"").replace("1001", "1002")]), &["`integrations[1].path`"]),
+        (
+            "grace not shorter than ttl",
+            policy(&[
+                "version = 1",
+                BASE_MIXPANEL,
+                SINK,
+                &format!("{ETL}ttl = \"2d\"\nrenew_before = \"1d\"\ngrace = \"2d\""),
+            ]),
+            &["`integrations[0].grace`", "shorter than `ttl`"],
+        ),
+        (
+            "bad cron",
+            policy(&[
+                "version = 1",
+                BASE_MIXPANEL,
+                SINK,
+                &format!("{ETL}schedule = \"0 4 * * MON *\""),
+            ]),
+            &["`integrations[0].schedule`", "5-field"],
+        ),
+        (
+            "cron with seconds",
+            policy(&[
+                "version = 1",
+                BASE_MIXPANEL,
+                "[defaults]\nschedule = \"0 0 4 * * 1\"",
+                SINK,
+                ETL,
+            ]),
+            &["`defaults.schedule`"],
+        ),
+        (
+            "cron out of range",
+            policy(&[
+                "version = 1",
+                BASE_MIXPANEL,
+                SINK,
+                &format!("{ETL}schedule = \"0 25 * * *\""),
+            ]),
+            &["`integrations[0].schedule`"],
+        ),
+        (
+            "duplicate names",
+            policy(&[
+                "version = 1",
+                BASE_MIXPANEL,
+                SINK,
+                ETL,
+                &ETL.replace("etl.json", "etl2.json").replace("1001", "1002"),
+            ]),
+            &["`integrations[1].name`", "unique"],
+        ),
+        (
+            "name unusable in usernames",
+            policy(&[
+                "version = 1",
+                BASE_MIXPANEL,
+                SINK,
+                &ETL.replace("name = \"etl\"", "name = \"ETL job\""),
+            ]),
+            &["`integrations[0].name`", "lowercase"],
+        ),
+        (
+            "bad namespace",
+            policy(&["version = 1\nnamespace = \"my-team\"", BASE_MIXPANEL, SINK, ETL]),
+            &["`namespace`"],
+        ),
+        (
+            "unknown sink",
+            policy(&[
+                "version = 1",
+                BASE_MIXPANEL,
+                SINK,
+                &ETL.replace("sink = \"local\"", "sink = \"vault\""),
+            ]),
+            &["`integrations[0].sink`", "[sinks.vault]"],
+        ),
+        (
+            "unknown sink type",
+            policy(&["version = 1", BASE_MIXPANEL, &SINK.replace("\"file\"", "\"s3\""), ETL]),
+            &["`sinks.local.type`", "s3"],
+        ),
+        (
+            "relative file sink dir",
+            policy(&[
+                "version = 1",
+                BASE_MIXPANEL,
+                &SINK.replace("/run/mixpanel-rotator", "creds"),
+                ETL,
+            ]),
+            &["`sinks.local.dir`", "absolute"],
+        ),
+        (
+            "path escaping the sink",
+            policy(&[
+                "version = 1",
+                BASE_MIXPANEL,
+                SINK,
+                &ETL.replace("etl.json", "../etc/passwd"),
+            ]),
+            &["`integrations[0].path`"],
+        ),
+        (
+            "unknown integration key",
+            policy(&["version = 1", BASE_MIXPANEL, SINK, &format!("{ETL}tll = \"30d\"")]),
+            &["`integrations[0].tll`", "unknown field"],
+        ),
+        (
+            "bad role",
+            policy(&[
+                "version = 1",
+                BASE_MIXPANEL,
+                SINK,
+                &format!("{ETL}role = \"superuser\""),
+            ]),
+            &["`integrations[0].role`", "superuser"],
+        ),
+        (
+            "bad projects",
+            policy(&["version = 1", BASE_MIXPANEL, SINK, &format!("{ETL}projects = \"all\"")]),
+            &["`integrations[0].projects`", "copy"],
+        ),
+        (
+            "bad project role",
+            policy(&[
+                "version = 1",
+                BASE_MIXPANEL,
+                SINK,
+                &format!("{ETL}projects = [{{ id = 1, role = \"boss\" }}]"),
+            ]),
+            &["`integrations[0].projects[0].role`"],
+        ),
+        (
+            "same project twice",
+            policy(&[
+                "version = 1",
+                BASE_MIXPANEL,
+                SINK,
+                &format!("{ETL}projects = [{{ id = 1, role = \"admin\" }}, {{ id = 1, role = \"analyst\" }}]"),
+            ]),
+            &["`integrations[0].projects`", "twice"],
+        ),
+        (
+            "tiny orphan_after",
+            policy(&[
+                "version = 1",
+                BASE_MIXPANEL,
+                SINK,
+                &format!("{ETL}orphan_after = \"10s\""),
+            ]),
+            &["`integrations[0].orphan_after`"],
+        ),
+        (
+            "two integrations, one path",
+            policy(&[
+                "version = 1",
+                BASE_MIXPANEL,
+                SINK,
+                ETL,
+                &ETL.replace("\"etl\"", "\"ci\"").replace("1001", "1002"),
+            ]),
+            &["`integrations[1].path`"],
+        ),
         ("not TOML", "version = 1\n[mixpanel\n".to_string(), &["TOML"]),
     ];
     let mut failures = vec![];

@@ -46,17 +46,34 @@ async fn full_rotation_into_file_sink_then_grace_deletes_old() {
     // Memberships = the old account's individual grants; the team grant is reported, not copied.
     let mut m = h.sim.memberships(rot.service_account_id);
     m.sort();
-    assert_eq!(m, vec![(101, Role::Analyst, TargetType::Individual), (102, Role::Admin, TargetType::Individual)]);
-    assert!(r.warnings.iter().any(|w| w.contains("project 103") && w.contains("team grant")), "{:?}", r.warnings);
+    assert_eq!(
+        m,
+        vec![
+            (101, Role::Analyst, TargetType::Individual),
+            (102, Role::Admin, TargetType::Individual)
+        ]
+    );
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("project 103") && w.contains("team grant")),
+        "{:?}",
+        r.warnings
+    );
 
     // Expires about now + ttl.
     let acct = h.sim.account(rot.service_account_id).unwrap();
     let expires = acct.expires.unwrap();
-    assert!((expires - (t(START) + Duration::days(30))).num_seconds().abs() <= 1, "{expires}");
+    assert!(
+        (expires - (t(START) + Duration::days(30))).num_seconds().abs() <= 1,
+        "{expires}"
+    );
 
     // Verified with the new credential before publishing.
     let reqs = h.sim.requests();
-    let verify = reqs.iter().position(|q| q.path == "/me" && q.caller.as_deref() == Some(rot.username.as_str()) && q.status == Some(200));
+    let verify = reqs
+        .iter()
+        .position(|q| q.path == "/me" && q.caller.as_deref() == Some(rot.username.as_str()) && q.status == Some(200));
     assert!(verify.is_some(), "GET /me with the new credential");
 
     // Payload fields.
@@ -82,10 +99,15 @@ async fn full_rotation_into_file_sink_then_grace_deletes_old() {
     assert_eq!(p["organization_id"], 1);
     assert_eq!(p["integration"], "etl");
     assert_eq!(p["previous_service_account_id"], legacy);
-    assert_eq!(p["projects"], serde_json::json!([{"id": 101, "role": "analyst"}, {"id": 102, "role": "admin"}]));
+    assert_eq!(
+        p["projects"],
+        serde_json::json!([{"id": 101, "role": "analyst"}, {"id": 102, "role": "admin"}])
+    );
     assert_eq!(p["retiring"][0]["id"], legacy);
     assert_eq!(p["rotation_id"].as_str().unwrap().len(), 36);
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(h.creds_dir().join("etl.json")).unwrap().permissions());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(h.creds_dir().join("etl.json")).unwrap().permissions(),
+    );
     assert_eq!(mode & 0o777, 0o600);
     // The published credential works.
     let me = h.consumer("etl.json").me().await.unwrap();
@@ -96,14 +118,23 @@ async fn full_rotation_into_file_sink_then_grace_deletes_old() {
     let r = h.pass(&engine).await;
     ok(&r);
     assert!(r.rotated.is_none() && r.deleted.is_empty());
-    assert!(h.sim.account(legacy).is_some(), "old account kept until grace has passed");
+    assert!(
+        h.sim.account(legacy).is_some(),
+        "old account kept until grace has passed"
+    );
     // ...and deleted by a later pass once it has passed.
     h.clock.advance(Duration::hours(1));
     let r = h.pass(&engine).await;
     ok(&r);
-    assert_eq!(r.deleted.iter().map(|d| (d.id, d.reason)).collect::<Vec<_>>(), vec![(legacy, DeleteReason::Retiring)]);
+    assert_eq!(
+        r.deleted.iter().map(|d| (d.id, d.reason)).collect::<Vec<_>>(),
+        vec![(legacy, DeleteReason::Retiring)]
+    );
     assert!(h.sim.account(legacy).is_none());
-    assert!(h.sim.account(rot.service_account_id).is_some(), "the published account is never deleted");
+    assert!(
+        h.sim.account(rot.service_account_id).is_some(),
+        "the published account is never deleted"
+    );
     // The credential still works.
     h.consumer("etl.json").me().await.unwrap();
 
@@ -112,7 +143,12 @@ async fn full_rotation_into_file_sink_then_grace_deletes_old() {
     let r = h.pass(&engine).await;
     ok(&r);
     let reqs = h.sim.requests();
-    assert_eq!(reqs.len(), 1, "{:?}", reqs.iter().map(|q| (&q.method, &q.path)).collect::<Vec<_>>());
+    assert_eq!(
+        reqs.len(),
+        1,
+        "{:?}",
+        reqs.iter().map(|q| (&q.method, &q.path)).collect::<Vec<_>>()
+    );
 
     // Renewal: 10 days (a third of ttl) before expiry, it rotates again, and
     // the lineage predecessor retires after grace.
@@ -120,15 +156,25 @@ async fn full_rotation_into_file_sink_then_grace_deletes_old() {
     let r2 = h.pass(&engine).await;
     ok(&r2);
     let rot2 = r2.rotated.clone().unwrap();
-    assert!(matches!(rot2.reason, RotateReason::ExpiresSoon { .. }), "{:?}", rot2.reason);
-    assert_eq!(h.payload("etl.json").unwrap()["previous_service_account_id"], rot.service_account_id);
+    assert!(
+        matches!(rot2.reason, RotateReason::ExpiresSoon { .. }),
+        "{:?}",
+        rot2.reason
+    );
+    assert_eq!(
+        h.payload("etl.json").unwrap()["previous_service_account_id"],
+        rot.service_account_id
+    );
     let mut m2 = h.sim.memberships(rot2.service_account_id);
     m2.sort();
     assert_eq!(m2, m, "memberships copied from the lineage account");
     h.clock.advance(Duration::hours(25));
     let r = h.pass(&engine).await;
     ok(&r);
-    assert_eq!(r.deleted.iter().map(|d| d.id).collect::<Vec<_>>(), vec![rot.service_account_id]);
+    assert_eq!(
+        r.deleted.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![rot.service_account_id]
+    );
     let lineage_left: Vec<_> = h.accounts_with_prefix("mpr-etl-").into_iter().map(|a| a.id).collect();
     assert_eq!(lineage_left, vec![rot2.service_account_id]);
     h.assert_no_secret_leaked(&[&r, &r2]);
@@ -142,7 +188,12 @@ async fn plan_makes_no_mutating_request() {
     let stale = Lineage::new("mpr", "etl").new_username(t(START) - Duration::hours(2));
     h.sim.add_account(&stale, Role::Consumer, None, &[]);
     h.sim.clear_requests();
-    let reports = engine.pass(&PassOptions { dry_run: true, ..Default::default() }).await;
+    let reports = engine
+        .pass(&PassOptions {
+            dry_run: true,
+            ..Default::default()
+        })
+        .await;
     let r = &reports[0];
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     let mutating: Vec<_> = h.sim.requests().into_iter().filter(|q| q.is_mutating()).collect();
@@ -175,7 +226,13 @@ projects = [{ id = 103, role = "consumer" }, { id = 101, role = "analyst" }]
     assert_eq!(rot.previous_service_account_id, None);
     let mut m = h.sim.memberships(rot.service_account_id);
     m.sort();
-    assert_eq!(m, vec![(101, Role::Analyst, TargetType::Individual), (103, Role::Consumer, TargetType::Individual)]);
+    assert_eq!(
+        m,
+        vec![
+            (101, Role::Analyst, TargetType::Individual),
+            (103, Role::Consumer, TargetType::Individual)
+        ]
+    );
     assert!(h.accounts_with_prefix("etl-legacy").len() == 1, "nothing else touched");
     assert_eq!(h.payload("ci.json").unwrap()["retiring"], serde_json::json!([]));
     // A second pass is quiet.
@@ -193,7 +250,10 @@ async fn revoke_old_deletes_the_old_account_at_once() {
     let r = h.force(&engine, "etl", true).await;
     ok(&r);
     assert!(h.sim.account(legacy).is_none(), "adopted account revoked at once");
-    assert_eq!(r.deleted.iter().map(|d| (d.id, d.reason)).collect::<Vec<_>>(), vec![(legacy, DeleteReason::Revoked)]);
+    assert_eq!(
+        r.deleted.iter().map(|d| (d.id, d.reason)).collect::<Vec<_>>(),
+        vec![(legacy, DeleteReason::Revoked)]
+    );
     let first = r.rotated.unwrap().service_account_id;
 
     // Again, now replacing a lineage account.
@@ -224,7 +284,13 @@ async fn current_deleted_behind_our_back_is_rotated_next_pass() {
     let mut m = h.sim.memberships(second.service_account_id);
     m.sort();
     // Taken from the payload's recorded projects.
-    assert_eq!(m, vec![(101, Role::Analyst, TargetType::Individual), (102, Role::Admin, TargetType::Individual)]);
+    assert_eq!(
+        m,
+        vec![
+            (101, Role::Analyst, TargetType::Individual),
+            (102, Role::Admin, TargetType::Individual)
+        ]
+    );
     assert!(r.warnings.iter().any(|w| w.contains("gone from Mixpanel")));
     h.consumer("etl.json").me().await.unwrap();
     h.assert_no_secret_leaked(&[&r]);
@@ -240,7 +306,11 @@ async fn expires_not_honoured_is_reported_and_rotation_still_scheduled() {
     let engine = h.engine(&etl("", &h));
     let r = h.pass(&engine).await;
     ok(&r);
-    assert!(r.warnings.iter().any(|w| w.contains("did not honour `expires`")), "{:?}", r.warnings);
+    assert!(
+        r.warnings.iter().any(|w| w.contains("did not honour `expires`")),
+        "{:?}",
+        r.warnings
+    );
     // The payload still records when we want it replaced, so renewal happens.
     h.clock.advance(Duration::days(21));
     let r = h.pass(&engine).await;
@@ -266,15 +336,26 @@ async fn two_rotators_racing_one_wins_the_loser_deletes_its_account() {
     ));
     let (ra, rb) = tokio::join!(h.force(&a, "etl", false), h.force(&b, "etl", false));
     let winners = [&ra, &rb].iter().filter(|r| r.rotated.is_some()).count();
-    assert_eq!(winners, 1, "exactly one publish wins: {:?} / {:?}", ra.errors, rb.errors);
+    assert_eq!(
+        winners, 1,
+        "exactly one publish wins: {:?} / {:?}",
+        ra.errors, rb.errors
+    );
     let loser = if ra.rotated.is_some() { &rb } else { &ra };
-    assert!(loser.errors[0].message.contains("another rotator published first"), "{}", loser.errors[0]);
+    assert!(
+        loser.errors[0].message.contains("another rotator published first"),
+        "{}",
+        loser.errors[0]
+    );
     assert!(loser.errors[0].message.contains("was deleted"), "{}", loser.errors[0]);
     let winner = if ra.rotated.is_some() { &ra } else { &rb };
     let after: Vec<_> = h.accounts_with_prefix("mpr-etl-").into_iter().map(|x| x.id).collect();
     let mut expected = before.clone();
     expected.push(winner.rotated.as_ref().unwrap().service_account_id);
     assert_eq!(after, expected, "the loser's account is gone");
-    assert_eq!(h.payload("etl.json").unwrap()["service_account_id"], winner.rotated.as_ref().unwrap().service_account_id);
+    assert_eq!(
+        h.payload("etl.json").unwrap()["service_account_id"],
+        winner.rotated.as_ref().unwrap().service_account_id
+    );
     h.assert_no_secret_leaked(&[&ra, &rb]);
 }
