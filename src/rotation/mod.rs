@@ -313,7 +313,41 @@ impl Engine {
                 return report;
             }
         };
+        if let Some((p, _)) = &published
+            && (p.integration != i.name || p.organization_id != self.client.organization_id())
+        {
+            report.errors.push(StepError::new(
+                i,
+                Step::ReadSink,
+                format!(
+                    "{} path `{}` holds the credential of integration `{}` in organization {}, not `{}` in {}: \
+                     two integrations or policies share this path; give `{}` a path of its own. Nothing is rotated or deleted",
+                    sink.describe(),
+                    i.path,
+                    p.integration,
+                    p.organization_id,
+                    i.name,
+                    self.client.organization_id(),
+                    i.key("path")
+                ),
+            ));
+            return report;
+        }
         let obs = Observation::new(i, &self.policy.namespace, accounts, published);
+        if let Some(a) = &obs.adopted
+            && (a.username == self.policy.mixpanel.username || a.base_username() == self.policy.mixpanel.username)
+        {
+            report.errors.push(StepError::new(
+                i,
+                Step::CopyMemberships,
+                format!(
+                    "`{}` names the rotator's own account ({}): adopting it would delete the rotator's credential after `grace`; adopt the account the integration uses",
+                    i.key("adopt"),
+                    a.username
+                ),
+            ));
+            return report;
+        }
         report.current = obs.published.as_ref().map(|p| CurrentView {
             service_account_id: p.payload.service_account_id,
             username: p.payload.username.clone(),

@@ -216,3 +216,84 @@ async fn simulator_refuses_non_loopback() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("not a loopback address"), "{}", stderr(&o));
 }
+
+#[tokio::test]
+async fn simulator_subcommand_serves_a_policy_and_stops_on_sigint() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use tokio::io::AsyncBufReadExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("sim.secret");
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "simulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--seed",
+            "demo",
+            "--admin-secret-file",
+        ])
+        .arg(&secret)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = String::new();
+    while let Some(line) = tokio::time::timeout(std::time::Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.starts_with("Ctrl-C") {
+            break;
+        }
+    }
+    assert!(printed.contains("SIMULATOR (not Mixpanel"), "{printed}");
+    assert_eq!(std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(!printed.contains(std::fs::read_to_string(&secret).unwrap().trim()));
+    // The printed snippet is a working [mixpanel] section.
+    let start = printed.find("[mixpanel]").unwrap();
+    let end = printed[start..].find("\n\n").unwrap() + start;
+    let adopt = printed
+        .lines()
+        .find(|l| l.starts_with("An account to adopt: "))
+        .unwrap();
+    let adopt = adopt
+        .trim_start_matches("An account to adopt: ")
+        .split('#')
+        .next()
+        .unwrap()
+        .trim();
+    let policy = format!(
+        "version = 1\n{}\n[sinks.local]\ntype = \"file\"\ndir = \"{}\"\n[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\n{adopt}\n",
+        &printed[start..end],
+        dir.path().join("creds").display()
+    );
+    let cfg = dir.path().join("policy.toml");
+    std::fs::write(&cfg, policy).unwrap();
+    let o = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["rotate-now", "etl"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    // SIGINT stops it and removes the secret file.
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(!secret.exists());
+}

@@ -283,3 +283,60 @@ async fn sink_unreadable_means_nothing_is_touched() {
     assert!(h.sim.account(stale.id).is_some());
     assert!(h.sim.requests().iter().all(|q| !q.is_mutating()));
 }
+
+#[tokio::test]
+async fn a_payload_of_another_integration_is_never_acted_on() {
+    let h = Harness::new(Seed::Demo).await;
+    let engine = h.engine(EXPLICIT);
+    let r = h.pass(&engine).await;
+    ok(&r);
+    // A second policy whose integration `ci` points at the same file.
+    let other = h.engine(&EXPLICIT.replace("name = \"etl\"", "name = \"ci\""));
+    let stale = Lineage::new("mpr", "ci").new_username(t(START) - Duration::hours(3));
+    let (stale, _) = h.sim.add_account(&stale, Role::Consumer, None, &[]);
+    h.sim.clear_requests();
+    let r = h.pass(&other).await;
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert!(
+        r.errors[0]
+            .message
+            .contains("holds the credential of integration `etl`"),
+        "{}",
+        r.errors[0]
+    );
+    assert!(h.sim.requests().iter().all(|q| !q.is_mutating()));
+    assert!(h.sim.account(stale.id).is_some());
+}
+
+#[tokio::test]
+async fn adopting_the_rotators_own_account_is_refused() {
+    let h = Harness::new(Seed::Demo).await;
+    let me = h.sim.admin().username;
+    let engine = h.engine(&format!(
+        "[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nadopt = \"{me}\"\n"
+    ));
+    let r = h.pass(&engine).await;
+    assert_eq!(r.errors.len(), 1);
+    assert!(r.errors[0].message.contains("rotator's own account"), "{}", r.errors[0]);
+    assert!(h.sim.requests().iter().all(|q| !q.is_mutating()));
+}
+
+#[tokio::test]
+async fn an_account_already_deleted_counts_as_deleted() {
+    let h = Harness::new(Seed::Demo).await;
+    let engine = h.engine(EXPLICIT);
+    let r = h.pass(&engine).await;
+    ok(&r);
+    let stale = Lineage::new("mpr", "etl").new_username(t(START) - Duration::hours(3));
+    let (stale, _) = h.sim.add_account(&stale, Role::Consumer, None, &[]);
+    h.clock.advance(Duration::hours(25));
+    // Someone else deletes it between our listing and our DELETE.
+    h.sim.inject(Fault::once(
+        "DELETE",
+        "/organizations/1/service-accounts/*",
+        FaultAction::Status(404),
+    ));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    assert_eq!(r.deleted.iter().map(|d| d.id).collect::<Vec<_>>(), vec![stale.id]);
+}

@@ -6,3 +6,4 @@ mod common;
 mod faults;
 mod policy_errors;
 mod rotation;
+mod simulator;
