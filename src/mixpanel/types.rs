@@ -46,15 +46,17 @@ impl fmt::Display for Role {
 pub struct ServiceAccount {
     pub id: u64,
     pub username: String,
-    #[serde(default)]
+    // Mixpanel may send `null`; the published description has no nullable
+    // fields, so absent values are left out when serialising (the simulator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used: Option<DateTime<Utc>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<DateTime<Utc>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creator: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<DateTime<Utc>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<u64>,
 }
 

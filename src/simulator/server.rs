@@ -165,5 +165,10 @@ async fn handle(
         std::future::pending::<()>().await;
     }
     log(Some(status), &path, caller);
-    Ok(respond(status, &answer, &[]))
+    let mut extra = vec![];
+    if status == 405 {
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        extra.push((header::ALLOW, super::state::allowed_methods(&segs).join(", ")));
+    }
+    Ok(respond(status, &answer, &extra))
 }

@@ -222,6 +222,13 @@ impl OrgState {
     ) -> Result<Answer, Answer> {
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let num = |s: &str| s.parse::<u64>().map_err(|_| error(404, "Not found"));
+        let allowed = allowed_methods(&segs);
+        if !allowed.is_empty() && !allowed.contains(&method) {
+            return Err(error(
+                405,
+                format!("Method not allowed; allowed: {}", allowed.join(", ")),
+            ));
+        }
         match (method, segs.as_slice()) {
             ("GET", ["me"]) => Ok(self.me(caller)),
             ("GET", ["organizations", org, "service-accounts"]) => {
@@ -369,6 +376,23 @@ impl OrgState {
             obj.insert("token".into(), json!(acct.token.expose()));
         }
         Ok((201, json!({"status": "ok", "results": results})))
+    }
+}
+
+/// The methods a known path accepts (empty: no such path).
+pub fn allowed_methods(segs: &[&str]) -> &'static [&'static str] {
+    match segs {
+        ["me"] => &["GET"],
+        ["organizations", _, "service-accounts"] => &["GET", "POST"],
+        [
+            "organizations",
+            _,
+            "service-accounts",
+            "add-to-project" | "remove-from-project",
+        ] => &["POST"],
+        ["organizations", _, "service-accounts", _] => &["GET", "DELETE"],
+        ["projects", _, "service-accounts"] => &["GET"],
+        _ => &[],
     }
 }
 

@@ -22,6 +22,11 @@ use super::{Payload, Sink, SinkError, Version};
 pub struct FileSinkConfig {
     /// Directory holding one file per integration (created 0700 if missing).
     pub dir: PathBuf,
+    /// Permissions of the credential files, as an octal string: `"0600"`
+    /// (default) or `"0640"` to let the directory's group (the consumers)
+    /// read them. Never readable by others.
+    #[serde(default)]
+    pub mode: Option<String>,
 }
 
 impl FileSinkConfig {
@@ -30,7 +35,20 @@ impl FileSinkConfig {
         if !self.dir.is_absolute() {
             return Err(("dir", format!("is `{}`: use an absolute path", self.dir.display())));
         }
-        Ok(())
+        self.file_mode().map(|_| ()).map_err(|m| ("mode", m))
+    }
+
+    /// The credential files' mode (default 0600).
+    pub fn file_mode(&self) -> Result<u32, String> {
+        let Some(m) = &self.mode else { return Ok(0o600) };
+        let bits = u32::from_str_radix(m.trim_start_matches("0o"), 8)
+            .map_err(|_| format!("is `{m}`: write an octal mode such as \"0600\" or \"0640\""))?;
+        if bits & 0o007 != 0 || bits & 0o400 == 0 || bits & 0o111 != 0 || bits > 0o777 {
+            return Err(format!(
+                "is `{m}`: credential files must be readable by their owner, never by others, and not executable (\"0600\" or \"0640\")"
+            ));
+        }
+        Ok(bits)
     }
 
     /// Checks an integration's `path` for this sink.
@@ -112,14 +130,15 @@ impl FileSink {
         let Some(bytes) = read_payload(&target).map_err(|e| self.io("read", &target, e))? else {
             return Ok(None);
         };
+        let allowed = self.config.file_mode().unwrap_or(0o600);
         if let Ok(meta) = fs::metadata(&target)
-            && meta.permissions().mode() & 0o077 != 0
+            && meta.permissions().mode() & 0o777 & !allowed != 0
         {
             tracing::warn!(
                 sink = %self.name,
                 path = %target.display(),
                 mode = format!("{:o}", meta.permissions().mode() & 0o777),
-                "Credential file is readable by group or others; it is rewritten 0600 at the next rotation."
+                "Credential file has wider permissions than the sink's `mode`; it is rewritten with `mode` at the next rotation."
             );
         }
         let payload = Payload::from_json(&bytes)
@@ -172,6 +191,10 @@ impl FileSink {
         }
 
         let json = payload.to_json()?;
+        let mode = self
+            .config
+            .file_mode()
+            .map_err(|m| SinkError::Backend(format!("file sink `{}`: `mode` {m}", self.name)))?;
         let file_name = target
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -180,6 +203,11 @@ impl FileSink {
         let write = || -> std::io::Result<()> {
             // 0600 from creation: the secret is never readable by others, not even briefly.
             let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            if mode != 0o600 {
+                // Widened (to the group at most) while the file is still empty,
+                // and regardless of the umask.
+                f.set_permissions(fs::Permissions::from_mode(mode))?;
+            }
             f.write_all(&json)?;
             f.sync_all()?;
             fs::rename(&tmp, &target)?;
@@ -279,6 +307,7 @@ mod tests {
             "t",
             FileSinkConfig {
                 dir: dir.path().join("creds"),
+                mode: None,
             },
         );
         assert!(sink.read_current("etl.json").await.unwrap().is_none());
@@ -307,6 +336,23 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 2, "{names:?}"); // etl.json + etl.json.lock
         assert!(sink.healthcheck("etl.json").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn group_readable_mode_when_asked_never_world() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = |m: &str| FileSinkConfig {
+            dir: dir.path().to_path_buf(),
+            mode: Some(m.into()),
+        };
+        let sink = FileSink::new("t", cfg("0640"));
+        sink.publish("etl.json", &payload("r1"), None).await.unwrap();
+        let mode = fs::metadata(dir.path().join("etl.json")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        for bad in ["0644", "0604", "0200", "0700", "rw", "01600"] {
+            assert!(cfg(bad).check().is_err(), "{bad}");
+        }
+        assert_eq!(cfg("0440").file_mode(), Ok(0o440));
     }
 
     #[test]

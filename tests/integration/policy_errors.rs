@@ -268,6 +268,11 @@ fn invalid_policies_name_the_key() {
             &["`sinks.local.dir`", "absolute"],
         ),
         (
+            "world-readable file mode",
+            policy(&["version = 1", BASE_MIXPANEL, &format!("{SINK}mode = \"0644\""), ETL]),
+            &["`sinks.local.mode`", "never by others"],
+        ),
+        (
             "path escaping the sink",
             policy(&[
                 "version = 1",

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The test command (README "Tests"; CI runs it through .ci/run):
+#   1. the simulator's conformance to Mixpanel's published OpenAPI
+#      description (docs/, a copy of Mixpanel's file), checked by
+#      schemathesis (from PyPI, installed into a cached virtualenv);
+#   2. the Rust tests (unit + the one integration-test binary), which start
+#      their own peers: the Mixpanel simulator in-process, the binary as a
+#      subprocess.
+# Any failure, including a tool that cannot be installed or a server that
+# does not start, fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${MIXPANEL_ROTATOR_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/mixpanel-rotator/venv}"
+SCHEMATHESIS_VERSION="4.32.5"
+SPEC="docs/mixpanel-service-accounts.openapi.yaml"
+
+echo "== simulator conformance (schemathesis ${SCHEMATHESIS_VERSION} against $SPEC)"
+if [ ! -x "$VENV/bin/st" ] || ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==${SCHEMATHESIS_VERSION}"
+fi
+
+work=$(mktemp -d)
+sim_pid=""
+cleanup() {
+  [ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cargo build --locked --quiet
+./target/debug/mixpanel-rotator simulator --listen 127.0.0.1:0 --seed demo \
+  --admin-secret-file "$work/admin.secret" >"$work/sim.out" 2>&1 &
+sim_pid=$!
+for _ in $(seq 1 50); do
+  grep -q '^listening on ' "$work/sim.out" 2>/dev/null && break
+  sleep 0.1
+done
+url=$(sed -n 's/^listening on //p' "$work/sim.out")
+if [ -z "$url" ]; then
+  echo "error: the simulator did not start:" >&2
+  cat "$work/sim.out" >&2
+  exit 1
+fi
+user=$(sed -n 's/^username = "\(.*\)"$/\1/p' "$work/sim.out")
+
+# Excluded checks, on purpose:
+# - positive_data_acceptance: the simulator is stricter than the published
+#   schema (it rejects unknown body fields, an empty username and a missing
+#   body, as the rotator's tests require), so "schema-valid" bodies that
+#   real clients never send are refused;
+# - negative_data_rejection: the fixed path parameters above turn the
+#   generated "invalid" identifiers into valid ones.
+SIM_USER="$user" SIM_SECRET="$(cat "$work/admin.secret")" \
+  "$VENV/bin/st" --config-file scripts/conformance.toml run "$SPEC" \
+  --url "$url" --max-time "${CONFORMANCE_SECONDS:-60}" --seed 1 \
+  --checks all --exclude-checks positive_data_acceptance,negative_data_rejection
+
+kill "$sim_pid" 2>/dev/null || true
+sim_pid=""
+
+echo "== cargo test"
+cargo test --locked "$@"
