@@ -582,13 +582,14 @@ impl Engine {
             }
         }
         for x in &d.delete_later {
+            let when = if x.due == DateTime::<Utc>::MAX_UTC {
+                "once the policy is fixed (nothing is deleted while blocked)".to_string()
+            } else {
+                format!("at {} ({})", rfc3339(x.due), relative(x.due, now))
+            };
             report.plan.push(format!(
-                "later: delete account {} ({}, {}) at {} ({})",
-                x.id,
-                x.username,
-                x.reason,
-                rfc3339(x.due),
-                relative(x.due, now)
+                "later: delete account {} ({}, {}) {when}",
+                x.id, x.username, x.reason
             ));
         }
     }

@@ -196,6 +196,23 @@ pub fn decide(i: &Integration, obs: &Observation, now: DateTime<Utc>, forced: bo
     if forced && d.rotate.is_none() && d.blocked.is_none() {
         d.rotate = Some(RotateReason::Forced);
     }
+    if obs.published.is_none() && !d.delete_now.is_empty() {
+        // Nothing published, yet lineage accounts exist: a rotation died before
+        // its first publish, or the sink was emptied while consumers still hold
+        // one of these credentials. The two cannot be told apart, so be gentle:
+        // when bootstrapping, they become older than the new current account and
+        // so retire after `grace`; when blocked, nothing is touched until a
+        // person fixes the policy.
+        let until = if d.rotate.is_some() {
+            now + i.grace
+        } else {
+            DateTime::<Utc>::MAX_UTC
+        };
+        for mut x in std::mem::take(&mut d.delete_now) {
+            x.due = x.due.max(until);
+            d.delete_later.push(x);
+        }
+    }
     d
 }
 
@@ -384,6 +401,22 @@ orphan_after = "15m"
         let explicit = integration("projects = [{ id = 101, role = \"analyst\" }]");
         let d = decide(&explicit, &obs(&explicit, vec![], None), now, false);
         assert_eq!(d.rotate, Some(RotateReason::Bootstrap));
+    }
+
+    #[test]
+    fn nothing_published_lineage_accounts_get_grace_not_orphan_treatment() {
+        let i = integration("");
+        let now = t("2026-11-28T04:00:00Z");
+        let leftover = sa(20, "mpr-etl-20261101T000000Z-0009", None);
+        let legacy = sa(5, "etl-legacy", None);
+        let d = decide(&i, &obs(&i, vec![leftover.clone(), legacy], None), now, false);
+        assert_eq!(d.rotate, Some(RotateReason::Bootstrap));
+        assert!(d.delete_now.is_empty());
+        assert_eq!(d.delete_later[0].due, now + Duration::hours(24));
+        // Blocked (nothing to adopt): nothing is deleted at all.
+        let d = decide(&i, &obs(&i, vec![leftover], None), now, false);
+        assert!(d.blocked.is_some());
+        assert!(d.delete_now.is_empty());
     }
 
     #[test]

@@ -359,3 +359,61 @@ async fn two_rotators_racing_one_wins_the_loser_deletes_its_account() {
     );
     h.assert_no_secret_leaked(&[&ra, &rb]);
 }
+
+#[tokio::test]
+async fn an_adopted_account_superseded_twice_within_grace_is_still_deleted() {
+    let h = Harness::new(Seed::Demo).await;
+    let legacy = legacy_id(&h);
+    let engine = h.engine(&etl("", &h));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    let first = r.rotated.unwrap().service_account_id;
+    h.clock.advance(Duration::hours(2));
+    let r = h.force(&engine, "etl", false).await;
+    ok(&r);
+    let second = r.rotated.unwrap().service_account_id;
+    // The adopted account is carried forward in `retiring`, with its own deadline.
+    let p = h.payload("etl.json").unwrap();
+    assert_eq!(p["retiring"][0]["id"], legacy);
+    assert_eq!(p["retiring"][0]["not_before"], "2026-11-29T04:00:00Z");
+    h.clock.advance(Duration::hours(22)); // 24h after the first publish
+    let r = h.pass(&engine).await;
+    ok(&r);
+    assert_eq!(r.deleted.iter().map(|d| d.id).collect::<Vec<_>>(), vec![legacy]);
+    assert!(
+        h.sim.account(first).is_some(),
+        "its successor's grace runs from the second publish"
+    );
+    h.clock.advance(Duration::hours(2));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    assert_eq!(r.deleted.iter().map(|d| d.id).collect::<Vec<_>>(), vec![first]);
+    assert!(h.sim.account(second).is_some());
+}
+
+#[tokio::test]
+async fn an_emptied_sink_does_not_delete_live_lineage_accounts_early() {
+    let h = Harness::new(Seed::Demo).await;
+    let engine = h.engine(&etl("", &h));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    let live = r.rotated.unwrap().service_account_id;
+    // Someone empties the sink; the old credential is still in use somewhere.
+    std::fs::remove_file(h.creds_dir().join("etl.json")).unwrap();
+    h.clock.advance(Duration::hours(1));
+    let engine = h.engine(&format!(
+        "[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nprojects = [{{ id = 101, role = \"analyst\" }}]\n"
+    ));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    assert_eq!(r.rotated.as_ref().unwrap().reason, RotateReason::Bootstrap);
+    assert!(h.sim.account(live).is_some(), "not deleted as an orphan");
+    h.clock.advance(Duration::hours(23));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    assert!(h.sim.account(live).is_some(), "kept for grace after the new publish");
+    h.clock.advance(Duration::hours(2));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    assert_eq!(r.deleted.iter().map(|d| d.id).collect::<Vec<_>>(), vec![live]);
+}
