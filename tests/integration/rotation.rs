@@ -401,9 +401,9 @@ async fn an_emptied_sink_does_not_delete_live_lineage_accounts_early() {
     // Someone empties the sink; the old credential is still in use somewhere.
     std::fs::remove_file(h.creds_dir().join("etl.json")).unwrap();
     h.clock.advance(Duration::hours(1));
-    let engine = h.engine(&format!(
-        "[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nprojects = [{{ id = 101, role = \"analyst\" }}]\n"
-    ));
+    let engine = h.engine(
+        "[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nprojects = [{ id = 101, role = \"analyst\" }]\n",
+    );
     let r = h.pass(&engine).await;
     ok(&r);
     assert_eq!(r.rotated.as_ref().unwrap().reason, RotateReason::Bootstrap);
