@@ -438,7 +438,8 @@ impl SinkConfig {
     }
 }
 
-/// `[[integrations]]`
+/// `[[integrations]]`. The overridable keys repeat [`DefaultsConfig`]'s on
+/// purpose: `#[serde(flatten)]` would switch off `deny_unknown_fields`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntegrationConfig {

@@ -105,6 +105,17 @@ impl FileSink {
         Ok(self.config.dir.join(path))
     }
 
+    /// Creates the target's directory (0700) if missing; returns it.
+    fn ensure_dir(&self, target: &Path) -> Result<PathBuf, SinkError> {
+        let dir = target.parent().unwrap_or(&self.config.dir).to_path_buf();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| self.io("create directory", &dir, e))?;
+        Ok(dir)
+    }
+
     fn io(&self, what: &str, p: &Path, e: std::io::Error) -> SinkError {
         SinkError::Backend(format!("file sink `{}`: cannot {what} {}: {e}", self.name, p.display()))
     }
@@ -154,12 +165,7 @@ impl FileSink {
         expected: Option<&Version>,
     ) -> Result<Version, SinkError> {
         let target = self.target(path)?;
-        let dir = target.parent().unwrap_or(&self.config.dir).to_path_buf();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| self.io("create directory", &dir, e))?;
+        let dir = self.ensure_dir(&target)?;
         let lock_file = lock_path(&target);
         let lock = OpenOptions::new()
             .read(true)
@@ -223,12 +229,7 @@ impl FileSink {
 
     fn health_blocking(&self, path: &str) -> Result<String, SinkError> {
         let target = self.target(path)?;
-        let dir = target.parent().unwrap_or(&self.config.dir).to_path_buf();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| self.io("create directory", &dir, e))?;
+        let dir = self.ensure_dir(&target)?;
         let probe = dir.join(format!(".health.{:08x}.tmp", rand::rng().random::<u32>()));
         OpenOptions::new()
             .write(true)
