@@ -436,6 +436,20 @@ impl SinkConfig {
             SinkConfig::File(_) => "file",
         }
     }
+
+    /// Checks a sink's own keys; returns the failing field and message.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        match self {
+            SinkConfig::File(c) => c.check(),
+        }
+    }
+
+    /// Checks an integration's `path` for this kind of sink.
+    pub fn check_path(&self, path: &str) -> Result<(), String> {
+        match self {
+            SinkConfig::File(_) => crate::sink::file::FileSinkConfig::check_path(path),
+        }
+    }
 }
 
 /// `[[integrations]]`. The overridable keys repeat [`DefaultsConfig`]'s on

@@ -68,22 +68,6 @@ impl FileSinkConfig {
     }
 }
 
-impl crate::policy::SinkConfig {
-    /// Checks a sink's own keys; returns the failing field and message.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
-        match self {
-            crate::policy::SinkConfig::File(c) => c.check(),
-        }
-    }
-
-    /// Checks an integration's `path` for this kind of sink.
-    pub fn check_path(&self, path: &str) -> Result<(), String> {
-        match self {
-            crate::policy::SinkConfig::File(_) => FileSinkConfig::check_path(path),
-        }
-    }
-}
-
 /// A file sink.
 #[derive(Debug)]
 pub struct FileSink {
