@@ -111,10 +111,12 @@ pub enum Command {
 /// Sets up logging to stderr.
 pub fn init_tracing(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
+    // vaultrs/rustify log every API error at ERROR, an expected CAS conflict
+    // included: quiet by default (RUST_LOG overrides everything).
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
-        .or_else(|| EnvFilter::try_new(level).ok())
+        .or_else(|| EnvFilter::try_new(format!("rustify=off,vaultrs=warn,{level}")).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

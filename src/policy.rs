@@ -427,6 +427,8 @@ pub struct DefaultsConfig {
 pub enum SinkConfig {
     /// A JSON file per integration under `dir`.
     File(crate::sink::file::FileSinkConfig),
+    /// HashiCorp Vault / OpenBao KV v2.
+    Vault(crate::sink::vault::VaultSinkConfig),
 }
 
 impl SinkConfig {
@@ -434,6 +436,7 @@ impl SinkConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SinkConfig::File(_) => "file",
+            SinkConfig::Vault(_) => "vault",
         }
     }
 
@@ -441,6 +444,7 @@ impl SinkConfig {
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         match self {
             SinkConfig::File(c) => c.check(),
+            SinkConfig::Vault(c) => c.check(),
         }
     }
 
@@ -448,6 +452,7 @@ impl SinkConfig {
     pub fn check_path(&self, path: &str) -> Result<(), String> {
         match self {
             SinkConfig::File(_) => crate::sink::file::FileSinkConfig::check_path(path),
+            SinkConfig::Vault(_) => crate::sink::vault::VaultSinkConfig::check_path(path),
         }
     }
 }
@@ -649,7 +654,7 @@ impl Policy {
                 String::new()
             }
             (Some(r), None) => r.base_url().to_string(),
-            (None, Some(u)) => match check_base_url(u) {
+            (None, Some(u)) => match check_url(u) {
                 Ok(u) => u,
                 Err(msg) => {
                     errs.push(PolicyError::invalid("mixpanel.base_url", msg));
@@ -855,7 +860,8 @@ impl Policy {
     }
 }
 
-fn check_base_url(u: &str) -> Result<String, String> {
+/// Checks a service URL: https, or plain http only to a loopback host; returns it without a trailing slash.
+pub fn check_url(u: &str) -> Result<String, String> {
     let url = reqwest::Url::parse(u).map_err(|e| format!("`{u}` is not a URL: {e}"))?;
     let host = url.host_str().unwrap_or_default();
     match url.scheme() {
@@ -863,7 +869,7 @@ fn check_base_url(u: &str) -> Result<String, String> {
         "http" if is_loopback_host(host) => {}
         "http" => {
             return Err(format!(
-                "`{u}` uses plain http to a non-loopback host: the rotator's secret would cross the network in clear; use https"
+                "`{u}` uses plain http to a non-loopback host: secrets would cross the network in clear; use https"
             ));
         }
         s => return Err(format!("`{u}` has scheme `{s}`: use https")),

@@ -7,6 +7,7 @@
 //! [`crate::policy::SinkConfig`] variant and one arm in [`build`].
 
 pub mod file;
+pub mod vault;
 
 use std::sync::Arc;
 
@@ -131,5 +132,6 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
 pub fn build(name: &str, config: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError> {
     Ok(match config {
         SinkConfig::File(c) => Arc::new(file::FileSink::new(name, c.clone())),
+        SinkConfig::Vault(c) => Arc::new(vault::VaultSink::new(name, c.clone())?),
     })
 }

@@ -1,0 +1,450 @@
+//! The `vault` sink: HashiCorp Vault or OpenBao, KV version 2, through
+//! `vaultrs`.
+//!
+//! - The payload is the secret's data at `{mount}/data/{path}`; publish is a
+//!   check-and-set write (`cas` = the version read, `0` when nothing exists),
+//!   so a lost race is [`SinkError::Conflict`].
+//! - `custom_metadata` on `{mount}/metadata/{path}` records integration,
+//!   rotation id, account id and expiry (never the secret).
+//! - Auth: `token` (a reference; a Vault Agent token file works, it is re-read
+//!   on re-login), `approle`, `kubernetes`. On 403 (token expired or revoked)
+//!   the sink logs in again and retries once.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use tokio::sync::Mutex;
+use vaultrs::api::kv2::requests::{ReadSecretRequest, SetSecretMetadataRequest, SetSecretRequestOptions};
+use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
+use vaultrs::error::ClientError;
+
+use super::{Payload, Sink, SinkError, Version};
+use crate::policy::{HumanDuration, SecretRef};
+use crate::secret::Secret;
+
+const K8S_JWT: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// `[sinks.NAME] type = "vault"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultSinkConfig {
+    /// Vault's address, e.g. `https://vault.internal:8200` (http only to loopback).
+    pub address: String,
+    /// The KV v2 mount (default `secret`).
+    #[serde(default = "default_mount")]
+    pub mount: String,
+    /// How to log in.
+    pub auth: VaultAuth,
+    /// Vault Enterprise / OpenBao namespace (sent as `X-Vault-Namespace`).
+    pub namespace: Option<String>,
+    /// PEM file of the CA that signed Vault's certificate.
+    pub ca_cert: Option<PathBuf>,
+    /// Timeout of one request (default `30s`).
+    pub timeout: Option<HumanDuration>,
+}
+
+fn default_mount() -> String {
+    "secret".into()
+}
+
+/// `auth = { method = ... }`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "method", rename_all = "lowercase", deny_unknown_fields)]
+pub enum VaultAuth {
+    /// A token, by reference (`{ env = "VAULT_TOKEN" }`, or a Vault Agent sink file).
+    Token { token: SecretRef },
+    /// AppRole login.
+    Approle {
+        role_id: SecretRef,
+        secret_id: SecretRef,
+        /// Auth mount (default `approle`).
+        #[serde(default = "approle_mount")]
+        mount: String,
+    },
+    /// Kubernetes login with the pod's service-account JWT.
+    Kubernetes {
+        role: String,
+        /// The JWT file (default the pod's service-account token).
+        #[serde(default = "k8s_jwt")]
+        jwt_path: PathBuf,
+        /// Auth mount (default `kubernetes`).
+        #[serde(default = "k8s_mount")]
+        mount: String,
+    },
+}
+
+fn approle_mount() -> String {
+    "approle".into()
+}
+fn k8s_mount() -> String {
+    "kubernetes".into()
+}
+fn k8s_jwt() -> PathBuf {
+    PathBuf::from(K8S_JWT)
+}
+
+impl VaultSinkConfig {
+    /// Checks the configuration; the error names the field.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        crate::policy::check_url(&self.address).map_err(|m| ("address", m))?;
+        if self.mount.is_empty() || self.mount.contains("..") {
+            return Err(("mount", format!("is `{}`: name the KV v2 mount, e.g. \"secret\"", self.mount)));
+        }
+        if let VaultAuth::Kubernetes { role, .. } = &self.auth
+            && role.is_empty()
+        {
+            return Err(("auth.role", "must name the Vault role to log in as".into()));
+        }
+        Ok(())
+    }
+
+    /// Checks an integration's `path` for this sink.
+    pub fn check_path(path: &str) -> Result<(), String> {
+        let ok = !path.is_empty()
+            && !path.starts_with('/')
+            && !path.ends_with('/')
+            && path.split('/').all(|s| !s.is_empty() && s != "." && s != "..");
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("is `{path}`: use a KV path below the mount, e.g. \"mixpanel/etl\""))
+        }
+    }
+}
+
+/// A Vault KV v2 sink.
+pub struct VaultSink {
+    name: String,
+    config: VaultSinkConfig,
+    /// Logged-in client, created on first use and replaced on re-login.
+    client: Mutex<Option<Arc<VaultClient>>>,
+    /// For `sys/capabilities-self`, which `vaultrs` does not wrap.
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for VaultSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultSink")
+            .field("name", &self.name)
+            .field("address", &self.config.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What went wrong, in words, and whether logging in again may help.
+fn describe(e: &ClientError) -> (Option<u16>, String) {
+    match e {
+        ClientError::APIError { code, errors } => (Some(*code), format!("HTTP {code}: {}", errors.join("; "))),
+        ClientError::RestClientError { source } => match source {
+            rustify::errors::ClientError::ServerResponseError { code, .. } => (Some(*code), format!("HTTP {code}")),
+            other => (None, other.to_string()),
+        },
+        other => (None, other.to_string()),
+    }
+}
+
+fn is_cas_conflict(e: &ClientError) -> bool {
+    matches!(e, ClientError::APIError { code: 400, errors } if errors.iter().any(|m| m.contains("check-and-set")))
+}
+
+fn is_not_found(e: &ClientError) -> bool {
+    matches!(describe(e).0, Some(404))
+}
+
+impl VaultSink {
+    /// A Vault sink called `name`.
+    pub fn new(name: &str, config: VaultSinkConfig) -> Result<Self, SinkError> {
+        let timeout = config.timeout.map(|t| t.to_std()).unwrap_or(std::time::Duration::from_secs(30));
+        let mut http = reqwest::Client::builder().timeout(timeout).redirect(reqwest::redirect::Policy::none());
+        if let Some(ca) = &config.ca_cert {
+            let pem = std::fs::read(ca)
+                .map_err(|e| SinkError::Backend(format!("vault sink `{name}`: cannot read `ca_cert` {}: {e}", ca.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| SinkError::Backend(format!("vault sink `{name}`: `ca_cert` {} is not PEM: {e}", ca.display())))?;
+            http = http.add_root_certificate(cert);
+        }
+        let http = http
+            .build()
+            .map_err(|e| SinkError::Backend(format!("vault sink `{name}`: cannot set up HTTP: {e}")))?;
+        Ok(Self {
+            name: name.into(),
+            config,
+            client: Mutex::new(None),
+            http,
+        })
+    }
+
+    fn err(&self, what: &str, path: &str, e: &ClientError) -> SinkError {
+        let (code, text) = describe(e);
+        let hint = match code {
+            Some(403) => ": the token lacks permission or was revoked; check the Vault policy (README, \"vault\" sink)",
+            Some(401) => ": not logged in; check `auth`",
+            _ => "",
+        };
+        SinkError::Backend(format!(
+            "vault sink `{}`: {what} {}/data/{path}: {text}{hint}",
+            self.name, self.config.mount
+        ))
+    }
+
+    fn base_client(&self, token: &str) -> Result<VaultClient, SinkError> {
+        let mut b = VaultClientSettingsBuilder::default();
+        b.address(self.config.address.as_str()).token(token).verify(true);
+        if let Some(t) = self.config.timeout {
+            b.timeout(Some(t.to_std()));
+        } else {
+            b.timeout(Some(std::time::Duration::from_secs(30)));
+        }
+        if let Some(ns) = &self.config.namespace {
+            b.namespace(Some(ns.clone()));
+        }
+        if let Some(ca) = &self.config.ca_cert {
+            b.ca_certs(vec![ca.display().to_string()]);
+        }
+        let settings = b
+            .build()
+            .map_err(|e| SinkError::Backend(format!("vault sink `{}`: bad settings: {e}", self.name)))?;
+        VaultClient::new(settings).map_err(|e| SinkError::Backend(format!("vault sink `{}`: {e}", self.name)))
+    }
+
+    /// Logs in with the configured method; returns a client carrying the token.
+    async fn login(&self) -> Result<VaultClient, SinkError> {
+        let key = |f: &str| format!("sinks.{}.auth.{f}", self.name);
+        let fail = |m: String| SinkError::Backend(format!("vault sink `{}`: login failed: {m}", self.name));
+        match &self.config.auth {
+            VaultAuth::Token { token } => {
+                let t = token.resolve(&key("token")).map_err(|e| fail(e.to_string()))?;
+                self.base_client(t.expose())
+            }
+            VaultAuth::Approle {
+                role_id,
+                secret_id,
+                mount,
+            } => {
+                let role = role_id.resolve(&key("role_id")).map_err(|e| fail(e.to_string()))?;
+                let sid = secret_id.resolve(&key("secret_id")).map_err(|e| fail(e.to_string()))?;
+                let mut c = self.base_client("")?;
+                let auth = vaultrs::auth::approle::login(&c, mount, role.expose(), sid.expose())
+                    .await
+                    .map_err(|e| fail(format!("AppRole at auth/{mount}: {}", describe(&e).1)))?;
+                let token = Secret::new(auth.client_token);
+                c.set_token(token.expose());
+                Ok(c)
+            }
+            VaultAuth::Kubernetes { role, jwt_path, mount } => {
+                let jwt = SecretRef::File(jwt_path.clone())
+                    .resolve(&key("jwt_path"))
+                    .map_err(|e| fail(e.to_string()))?;
+                let mut c = self.base_client("")?;
+                let auth = vaultrs::auth::kubernetes::login(&c, mount, role, jwt.expose())
+                    .await
+                    .map_err(|e| fail(format!("Kubernetes role `{role}` at auth/{mount}: {}", describe(&e).1)))?;
+                let token = Secret::new(auth.client_token);
+                c.set_token(token.expose());
+                Ok(c)
+            }
+        }
+    }
+
+    /// Runs `op` with a logged-in client; on 403 (token expired or revoked)
+    /// logs in again and retries once.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, Fail>
+    where
+        F: Fn(Arc<VaultClient>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let client = {
+            let mut guard = self.client.lock().await;
+            match guard.as_ref() {
+                Some(c) => c.clone(),
+                None => {
+                    let c = Arc::new(self.login().await.map_err(Fail::Login)?);
+                    *guard = Some(c.clone());
+                    c
+                }
+            }
+        };
+        match op(client.clone()).await {
+            Err(e) if describe(&e).0 == Some(403) => {
+                tracing::info!(sink = %self.name, "Vault answered 403; logging in again and retrying once.");
+                let fresh = {
+                    let mut guard = self.client.lock().await;
+                    // Another task may have logged in again already.
+                    match guard.as_ref() {
+                        Some(c) if !Arc::ptr_eq(c, &client) => c.clone(),
+                        _ => {
+                            let c = Arc::new(self.login().await.map_err(Fail::Login)?);
+                            *guard = Some(c.clone());
+                            c
+                        }
+                    }
+                };
+                op(fresh).await.map_err(Fail::Api)
+            }
+            other => other.map_err(Fail::Api),
+        }
+    }
+
+    async fn capabilities(&self, client: &VaultClient, paths: &[String]) -> Result<HashMap<String, Vec<String>>, String> {
+        let url = format!("{}/v1/sys/capabilities-self", self.config.address.trim_end_matches('/'));
+        let mut token = reqwest::header::HeaderValue::from_str(&client.settings().token)
+            .map_err(|_| "the token is not a valid header value".to_string())?;
+        token.set_sensitive(true);
+        let mut req = self.http.post(url).header("X-Vault-Token", token).json(&serde_json::json!({ "paths": paths }));
+        if let Some(ns) = &self.config.namespace {
+            req = req.header("X-Vault-Namespace", ns);
+        }
+        let resp = req.send().await.map_err(|e| format!("cannot reach Vault: {e}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(match status.as_u16() {
+                403 => "HTTP 403: the token is invalid, expired or revoked".to_string(),
+                code => format!("HTTP {code}"),
+            });
+        }
+        let body: serde_json::Value = resp.json().await.map_err(|e| format!("unexpected answer: {e}"))?;
+        let data = body.get("data").unwrap_or(&body);
+        Ok(paths
+            .iter()
+            .map(|p| {
+                let caps = data
+                    .get(p)
+                    .and_then(|v| v.as_array())
+                    .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+                    .unwrap_or_default();
+                (p.clone(), caps)
+            })
+            .collect())
+    }
+}
+
+/// A failed Vault operation.
+enum Fail {
+    Login(SinkError),
+    Api(ClientError),
+}
+
+#[async_trait::async_trait]
+impl Sink for VaultSink {
+    fn describe(&self) -> String {
+        format!("vault sink `{}` ({}, mount `{}`)", self.name, self.config.address, self.config.mount)
+    }
+
+    async fn read_current(&self, path: &str) -> Result<Option<(Payload, Version)>, SinkError> {
+        let mount = self.config.mount.as_str();
+        let result = self
+            .run(|c| async move {
+                let endpoint = ReadSecretRequest::builder()
+                    .mount(mount)
+                    .path(path)
+                    .build()
+                    .map_err(|_| ClientError::InvalidUpdateParameter)?;
+                vaultrs::api::exec_with_result(&*c, endpoint).await
+            })
+            .await;
+        let resp = match result {
+            Ok(r) => r,
+            Err(Fail::Api(e)) if is_not_found(&e) => return Ok(None),
+            Err(Fail::Api(e)) => return Err(self.err("cannot read", path, &e)),
+            Err(Fail::Login(e)) => return Err(e),
+        };
+        let bytes = zeroize::Zeroizing::new(
+            serde_json::to_vec(&resp.data).map_err(|e| SinkError::Corrupt(format!("vault sink `{}`: {e}", self.name)))?,
+        );
+        let payload = Payload::from_json(&bytes).map_err(|e| {
+            SinkError::Corrupt(format!("vault sink `{}`: {}/data/{path}: {e}", self.name, self.config.mount))
+        })?;
+        Ok(Some((payload, Version(resp.metadata.version.to_string()))))
+    }
+
+    async fn publish(&self, path: &str, payload: &Payload, expected: Option<&Version>) -> Result<Version, SinkError> {
+        let cas: u32 = match expected {
+            None => 0,
+            Some(v) => v
+                .0
+                .parse()
+                .map_err(|_| SinkError::Backend(format!("vault sink `{}`: version `{v}` is not a KV version", self.name)))?,
+        };
+        let mount = self.config.mount.as_str();
+        let json = payload.to_json()?;
+        let data: serde_json::Value =
+            serde_json::from_slice(&json).map_err(|e| SinkError::Backend(format!("vault sink `{}`: {e}", self.name)))?;
+        let data = &data;
+        let result = self
+            .run(|c| async move {
+                vaultrs::kv2::set_with_options(&*c, mount, path, data, SetSecretRequestOptions { cas }).await
+            })
+            .await;
+        let written = match result {
+            Ok(m) => m,
+            Err(Fail::Api(e)) if is_cas_conflict(&e) => {
+                return Err(SinkError::Conflict(format!(
+                    "vault sink `{}`: {mount}/data/{path} is no longer at version {cas}",
+                    self.name
+                )));
+            }
+            Err(Fail::Api(e)) => return Err(self.err("cannot write", path, &e)),
+            Err(Fail::Login(e)) => return Err(e),
+        };
+        // Bookkeeping for people browsing Vault; the publish has already happened.
+        let meta: HashMap<String, String> = [
+            ("integration", payload.integration.clone()),
+            ("rotation_id", payload.rotation_id.clone()),
+            ("service_account_id", payload.service_account_id.to_string()),
+            ("username", payload.username.clone()),
+            ("expires", payload.expires.map(crate::rotation::rfc3339).unwrap_or_default()),
+            ("managed_by", "mixpanel-rotator".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let meta = &meta;
+        let r = self
+            .run(|c| async move {
+                let endpoint = SetSecretMetadataRequest::builder()
+                    .mount(mount)
+                    .path(path)
+                    .custom_metadata(meta.clone())
+                    .build()
+                    .map_err(|_| ClientError::InvalidUpdateParameter)?;
+                vaultrs::api::exec_with_empty(&*c, endpoint).await
+            })
+            .await;
+        if let Err(Fail::Api(e)) = &r {
+            tracing::warn!(sink = %self.name, path, error = %describe(e).1, "Published, but could not set custom_metadata (needs update on the metadata path).");
+        }
+        Ok(Version(written.version.to_string()))
+    }
+
+    async fn healthcheck(&self, path: &str) -> Result<String, SinkError> {
+        let data_path = format!("{}/data/{path}", self.config.mount);
+        let meta_path = format!("{}/metadata/{path}", self.config.mount);
+        let paths = [data_path.clone(), meta_path.clone()];
+        let client = {
+            let mut guard = self.client.lock().await;
+            let c = Arc::new(self.login().await?);
+            *guard = Some(c.clone());
+            c
+        };
+        let caps = self
+            .capabilities(&client, &paths)
+            .await
+            .map_err(|m| SinkError::Backend(format!("vault sink `{}`: checking the token: {m}", self.name)))?;
+        let has = |p: &str, c: &str| caps.get(p).is_some_and(|v| v.iter().any(|x| x == c || x == "root"));
+        let missing: Vec<&str> = ["create", "update", "read"].into_iter().filter(|c| !has(&data_path, c)).collect();
+        if !missing.is_empty() {
+            return Err(SinkError::Backend(format!(
+                "vault sink `{}`: the token lacks {} on {data_path}: grant them in its Vault policy (README, \"vault\" sink)",
+                self.name,
+                missing.join(", ")
+            )));
+        }
+        let mut out = format!("logged in; create, update, read on {data_path}");
+        if !has(&meta_path, "update") && !has(&meta_path, "create") {
+            out.push_str(&format!(" (no update on {meta_path}: custom_metadata will not be written)"));
+        }
+        Ok(out)
+    }
+}
