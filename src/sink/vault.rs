@@ -90,7 +90,10 @@ impl VaultSinkConfig {
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         crate::policy::check_url(&self.address).map_err(|m| ("address", m))?;
         if self.mount.is_empty() || self.mount.contains("..") {
-            return Err(("mount", format!("is `{}`: name the KV v2 mount, e.g. \"secret\"", self.mount)));
+            return Err((
+                "mount",
+                format!("is `{}`: name the KV v2 mount, e.g. \"secret\"", self.mount),
+            ));
         }
         if let VaultAuth::Kubernetes { role, .. } = &self.auth
             && role.is_empty()
@@ -109,7 +112,9 @@ impl VaultSinkConfig {
         if ok {
             Ok(())
         } else {
-            Err(format!("is `{path}`: use a KV path below the mount, e.g. \"mixpanel/etl\""))
+            Err(format!(
+                "is `{path}`: use a KV path below the mount, e.g. \"mixpanel/etl\""
+            ))
         }
     }
 }
@@ -156,13 +161,26 @@ fn is_not_found(e: &ClientError) -> bool {
 impl VaultSink {
     /// A Vault sink called `name`.
     pub fn new(name: &str, config: VaultSinkConfig) -> Result<Self, SinkError> {
-        let timeout = config.timeout.map(|t| t.to_std()).unwrap_or(std::time::Duration::from_secs(30));
-        let mut http = reqwest::Client::builder().timeout(timeout).redirect(reqwest::redirect::Policy::none());
+        let timeout = config
+            .timeout
+            .map(|t| t.to_std())
+            .unwrap_or(std::time::Duration::from_secs(30));
+        let mut http = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &config.ca_cert {
-            let pem = std::fs::read(ca)
-                .map_err(|e| SinkError::Backend(format!("vault sink `{name}`: cannot read `ca_cert` {}: {e}", ca.display())))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| SinkError::Backend(format!("vault sink `{name}`: `ca_cert` {} is not PEM: {e}", ca.display())))?;
+            let pem = std::fs::read(ca).map_err(|e| {
+                SinkError::Backend(format!(
+                    "vault sink `{name}`: cannot read `ca_cert` {}: {e}",
+                    ca.display()
+                ))
+            })?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                SinkError::Backend(format!(
+                    "vault sink `{name}`: `ca_cert` {} is not PEM: {e}",
+                    ca.display()
+                ))
+            })?;
             http = http.add_root_certificate(cert);
         }
         let http = http
@@ -287,12 +305,20 @@ impl VaultSink {
         }
     }
 
-    async fn capabilities(&self, client: &VaultClient, paths: &[String]) -> Result<HashMap<String, Vec<String>>, String> {
+    async fn capabilities(
+        &self,
+        client: &VaultClient,
+        paths: &[String],
+    ) -> Result<HashMap<String, Vec<String>>, String> {
         let url = format!("{}/v1/sys/capabilities-self", self.config.address.trim_end_matches('/'));
         let mut token = reqwest::header::HeaderValue::from_str(&client.settings().token)
             .map_err(|_| "the token is not a valid header value".to_string())?;
         token.set_sensitive(true);
-        let mut req = self.http.post(url).header("X-Vault-Token", token).json(&serde_json::json!({ "paths": paths }));
+        let mut req = self
+            .http
+            .post(url)
+            .header("X-Vault-Token", token)
+            .json(&serde_json::json!({ "paths": paths }));
         if let Some(ns) = &self.config.namespace {
             req = req.header("X-Vault-Namespace", ns);
         }
@@ -300,7 +326,10 @@ impl VaultSink {
         let status = resp.status();
         if !status.is_success() {
             return Err(match status.as_u16() {
-                403 => "HTTP 403: the token is invalid, expired or revoked".to_string(),
+                403 => format!(
+                    "HTTP 403: the token is invalid, expired or revoked; renew it or fix `sinks.{}.auth`",
+                    self.name
+                ),
                 code => format!("HTTP {code}"),
             });
         }
@@ -329,7 +358,10 @@ enum Fail {
 #[async_trait::async_trait]
 impl Sink for VaultSink {
     fn describe(&self) -> String {
-        format!("vault sink `{}` ({}, mount `{}`)", self.name, self.config.address, self.config.mount)
+        format!(
+            "vault sink `{}` ({}, mount `{}`)",
+            self.name, self.config.address, self.config.mount
+        )
     }
 
     async fn read_current(&self, path: &str) -> Result<Option<(Payload, Version)>, SinkError> {
@@ -351,10 +383,14 @@ impl Sink for VaultSink {
             Err(Fail::Login(e)) => return Err(e),
         };
         let bytes = zeroize::Zeroizing::new(
-            serde_json::to_vec(&resp.data).map_err(|e| SinkError::Corrupt(format!("vault sink `{}`: {e}", self.name)))?,
+            serde_json::to_vec(&resp.data)
+                .map_err(|e| SinkError::Corrupt(format!("vault sink `{}`: {e}", self.name)))?,
         );
         let payload = Payload::from_json(&bytes).map_err(|e| {
-            SinkError::Corrupt(format!("vault sink `{}`: {}/data/{path}: {e}", self.name, self.config.mount))
+            SinkError::Corrupt(format!(
+                "vault sink `{}`: {}/data/{path}: {e}",
+                self.name, self.config.mount
+            ))
         })?;
         Ok(Some((payload, Version(resp.metadata.version.to_string()))))
     }
@@ -362,15 +398,14 @@ impl Sink for VaultSink {
     async fn publish(&self, path: &str, payload: &Payload, expected: Option<&Version>) -> Result<Version, SinkError> {
         let cas: u32 = match expected {
             None => 0,
-            Some(v) => v
-                .0
-                .parse()
-                .map_err(|_| SinkError::Backend(format!("vault sink `{}`: version `{v}` is not a KV version", self.name)))?,
+            Some(v) => v.0.parse().map_err(|_| {
+                SinkError::Backend(format!("vault sink `{}`: version `{v}` is not a KV version", self.name))
+            })?,
         };
         let mount = self.config.mount.as_str();
         let json = payload.to_json()?;
-        let data: serde_json::Value =
-            serde_json::from_slice(&json).map_err(|e| SinkError::Backend(format!("vault sink `{}`: {e}", self.name)))?;
+        let data: serde_json::Value = serde_json::from_slice(&json)
+            .map_err(|e| SinkError::Backend(format!("vault sink `{}`: {e}", self.name)))?;
         let data = &data;
         let result = self
             .run(|c| async move {
@@ -394,7 +429,10 @@ impl Sink for VaultSink {
             ("rotation_id", payload.rotation_id.clone()),
             ("service_account_id", payload.service_account_id.to_string()),
             ("username", payload.username.clone()),
-            ("expires", payload.expires.map(crate::rotation::rfc3339).unwrap_or_default()),
+            (
+                "expires",
+                payload.expires.map(crate::rotation::rfc3339).unwrap_or_default(),
+            ),
             ("managed_by", "mixpanel-rotator".into()),
         ]
         .into_iter()
@@ -431,9 +469,12 @@ impl Sink for VaultSink {
         let caps = self
             .capabilities(&client, &paths)
             .await
-            .map_err(|m| SinkError::Backend(format!("vault sink `{}`: checking the token: {m}", self.name)))?;
+            .map_err(|m| SinkError::Backend(format!("checking the token: {m}")))?;
         let has = |p: &str, c: &str| caps.get(p).is_some_and(|v| v.iter().any(|x| x == c || x == "root"));
-        let missing: Vec<&str> = ["create", "update", "read"].into_iter().filter(|c| !has(&data_path, c)).collect();
+        let missing: Vec<&str> = ["create", "update", "read"]
+            .into_iter()
+            .filter(|c| !has(&data_path, c))
+            .collect();
         if !missing.is_empty() {
             return Err(SinkError::Backend(format!(
                 "vault sink `{}`: the token lacks {} on {data_path}: grant them in its Vault policy (README, \"vault\" sink)",
@@ -443,7 +484,9 @@ impl Sink for VaultSink {
         }
         let mut out = format!("logged in; create, update, read on {data_path}");
         if !has(&meta_path, "update") && !has(&meta_path, "create") {
-            out.push_str(&format!(" (no update on {meta_path}: custom_metadata will not be written)"));
+            out.push_str(&format!(
+                " (no update on {meta_path}: custom_metadata will not be written)"
+            ));
         }
         Ok(out)
     }

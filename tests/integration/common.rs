@@ -208,6 +208,11 @@ dir = "{dir}"
     /// Fails if any token the simulator ever issued appears in the captured
     /// logs, in recorded command output, or in a report's Debug/JSON form.
     pub fn assert_no_secret_leaked(&self, reports: &[&Report]) {
+        self.assert_no_secret_leaked_with(reports, &[]);
+    }
+
+    /// As [`Harness::assert_no_secret_leaked`], also searching for `extra` secrets (Vault tokens, ...).
+    pub fn assert_no_secret_leaked_with(&self, reports: &[&Report], extra: &[&str]) {
         let mut haystack = self.logs.text();
         for o in self.outputs.lock().unwrap().iter() {
             haystack.push_str(o);
@@ -217,6 +222,9 @@ dir = "{dir}"
             haystack.push_str(&serde_json::to_string(r).unwrap());
         }
         assert!(!haystack.is_empty());
+        for s in extra {
+            assert!(!haystack.contains(s), "an extra secret appears in logs or output");
+        }
         let issued = self.sim.issued_secrets();
         assert!(!issued.is_empty());
         for s in issued {

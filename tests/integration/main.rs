@@ -7,3 +7,4 @@ mod faults;
 mod policy_errors;
 mod rotation;
 mod simulator;
+mod vault;
