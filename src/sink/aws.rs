@@ -1,0 +1,342 @@
+//! The `aws-secrets-manager` sink, following AWS's own rotation protocol.
+//!
+//! - Read: `GetSecretValue` with `VersionStage = AWSCURRENT` (always explicit:
+//!   moto answers with stale data without it; harmless on AWS). The version
+//!   is the `VersionId`.
+//! - Publish: `PutSecretValue` with `ClientRequestToken` = the rotation id and
+//!   stage `AWSPENDING` (this moves the label off any leftover version of a
+//!   crashed run), then `UpdateSecretVersionStage` moving `AWSCURRENT` to it
+//!   with `RemoveFromVersionId` = the version read: that is the
+//!   compare-and-swap, and a moved label is [`SinkError::Conflict`]. Then
+//!   `AWSPENDING` is removed. AWS labels the old version `AWSPREVIOUS`.
+//! - The secret is created on first publish (`CreateSecret`, optional KMS key
+//!   and tags) if absent.
+//! - Credentials: the standard AWS chain (environment, profile, web identity /
+//!   IRSA, ECS, IMDS); `profile` picks a named profile.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+
+use super::{Payload, Sink, SinkError, Version};
+use crate::policy::HumanDuration;
+
+const CURRENT: &str = "AWSCURRENT";
+const PENDING: &str = "AWSPENDING";
+
+/// `[sinks.NAME] type = "aws-secrets-manager"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSinkConfig {
+    /// AWS region, e.g. `us-east-1`.
+    pub region: String,
+    /// A named profile from the shared config files (default: the standard chain).
+    pub profile: Option<String>,
+    /// Another endpoint (tests, VPC endpoints); https, or http to loopback only.
+    pub endpoint_url: Option<String>,
+    /// KMS key for a secret the rotator creates (default: the account's `aws/secretsmanager` key).
+    pub kms_key_id: Option<String>,
+    /// Tags for a secret the rotator creates.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Timeout of one API call (default `30s`).
+    pub timeout: Option<HumanDuration>,
+}
+
+impl AwsSinkConfig {
+    /// Checks the configuration; the error names the field.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let r = &self.region;
+        if r.is_empty()
+            || !r
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(("region", format!("is `{r}`: write an AWS region such as \"us-east-1\"")));
+        }
+        if let Some(u) = &self.endpoint_url {
+            crate::policy::check_url(u).map_err(|m| ("endpoint_url", m))?;
+        }
+        Ok(())
+    }
+
+    /// Checks an integration's `path` (the secret's name) for this sink.
+    pub fn check_path(path: &str) -> Result<(), String> {
+        let ok = !path.is_empty()
+            && path.len() <= 512
+            && path
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_+=.@-".contains(&b));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "is `{path}`: use a secret name of letters, digits and /_+=.@- (at most 512 characters)"
+            ))
+        }
+    }
+}
+
+/// An AWS Secrets Manager sink.
+pub struct AwsSink {
+    name: String,
+    config: AwsSinkConfig,
+    client: OnceCell<Client>,
+}
+
+impl std::fmt::Debug for AwsSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsSink")
+            .field("name", &self.name)
+            .field("region", &self.config.region)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The error code and message of an AWS call, never the request.
+fn parts<E: ProvideErrorMetadata>(e: &E) -> (String, String) {
+    (
+        e.code().unwrap_or("unknown").to_string(),
+        e.message().unwrap_or("no message").to_string(),
+    )
+}
+
+impl AwsSink {
+    /// An AWS sink called `name`.
+    pub fn new(name: &str, config: AwsSinkConfig) -> Self {
+        Self {
+            name: name.into(),
+            config,
+            client: OnceCell::new(),
+        }
+    }
+
+    async fn client(&self) -> &Client {
+        self.client
+            .get_or_init(|| async {
+                let timeout = self
+                    .config
+                    .timeout
+                    .map(|t| t.to_std())
+                    .unwrap_or(std::time::Duration::from_secs(30));
+                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .region(aws_config::Region::new(self.config.region.clone()))
+                    .timeout_config(
+                        aws_config::timeout::TimeoutConfig::builder()
+                            .operation_attempt_timeout(timeout)
+                            .connect_timeout(timeout.min(std::time::Duration::from_secs(10)))
+                            .build(),
+                    );
+                if let Some(p) = &self.config.profile {
+                    loader = loader.profile_name(p);
+                }
+                if let Some(u) = &self.config.endpoint_url {
+                    loader = loader.endpoint_url(u);
+                }
+                Client::new(&loader.load().await)
+            })
+            .await
+    }
+
+    fn fail(&self, what: &str, path: &str, code: &str, message: &str) -> SinkError {
+        let hint = match code {
+            "AccessDeniedException" | "AccessDenied" => format!(
+                ": the rotator's AWS identity lacks secretsmanager:{what} on `{path}`; grant the IAM policy in the README (\"aws-secrets-manager\" sink)"
+            ),
+            "UnrecognizedClientException" | "InvalidSignatureException" | "ExpiredTokenException" => {
+                ": the AWS credentials were refused; check the credential chain (environment, `profile`, IRSA, instance role)"
+                    .into()
+            }
+            _ => String::new(),
+        };
+        SinkError::Backend(format!(
+            "aws sink `{}`: {what} `{path}` failed: {code}: {message}{hint}",
+            self.name
+        ))
+    }
+
+    /// Removes `AWSPENDING` from `version` (best effort: a leftover label
+    /// never blocks the next rotation, which moves it).
+    async fn drop_pending(&self, path: &str, version: &str) {
+        let r = self
+            .client()
+            .await
+            .update_secret_version_stage()
+            .secret_id(path)
+            .version_stage(PENDING)
+            .remove_from_version_id(version)
+            .send()
+            .await;
+        if let Err(e) = r {
+            let (code, message) = parts(&e);
+            tracing::warn!(sink = %self.name, path, code, message, "Could not remove AWSPENDING; the next rotation moves it.");
+        }
+    }
+
+    /// First publish: create the secret, or fill one created empty (by Terraform, say).
+    async fn create(&self, path: &str, payload: &Payload, body: &str) -> Result<Version, SinkError> {
+        let client = self.client().await;
+        let mut req = client
+            .create_secret()
+            .name(path)
+            .client_request_token(&payload.rotation_id)
+            .secret_string(body)
+            .description(format!(
+                "Mixpanel service-account credential of integration `{}`, managed by mixpanel-rotator",
+                payload.integration
+            ));
+        if let Some(k) = &self.config.kms_key_id {
+            req = req.kms_key_id(k);
+        }
+        for (k, v) in &self.config.tags {
+            req = req.tags(aws_sdk_secretsmanager::types::Tag::builder().key(k).value(v).build());
+        }
+        match req.send().await {
+            Ok(out) => return Ok(Version(out.version_id().unwrap_or(&payload.rotation_id).to_string())),
+            Err(e) => {
+                let (code, message) = parts(&e);
+                if code != "ResourceExistsException" {
+                    return Err(self.fail("CreateSecret", path, &code, &message));
+                }
+            }
+        }
+        // It exists: only fill it if nothing is current (else someone published first).
+        let described = client.describe_secret().secret_id(path).send().await.map_err(|e| {
+            let (code, message) = parts(&e);
+            self.fail("DescribeSecret", path, &code, &message)
+        })?;
+        let has_current = described
+            .version_ids_to_stages()
+            .is_some_and(|m| m.values().any(|stages| stages.iter().any(|s| s == CURRENT)));
+        if has_current {
+            return Err(SinkError::Conflict(format!(
+                "aws sink `{}`: `{path}` was published by someone else since it was read",
+                self.name
+            )));
+        }
+        let out = client
+            .put_secret_value()
+            .secret_id(path)
+            .client_request_token(&payload.rotation_id)
+            .secret_string(body)
+            .version_stages(CURRENT)
+            .send()
+            .await
+            .map_err(|e| {
+                let (code, message) = parts(&e);
+                self.fail("PutSecretValue", path, &code, &message)
+            })?;
+        Ok(Version(out.version_id().unwrap_or(&payload.rotation_id).to_string()))
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for AwsSink {
+    fn describe(&self) -> String {
+        format!("aws-secrets-manager sink `{}` ({})", self.name, self.config.region)
+    }
+
+    async fn read_current(&self, path: &str) -> Result<Option<(Payload, Version)>, SinkError> {
+        let out = match self
+            .client()
+            .await
+            .get_secret_value()
+            .secret_id(path)
+            .version_stage(CURRENT)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                let (code, message) = parts(&e);
+                if code == "ResourceNotFoundException" {
+                    return Ok(None);
+                }
+                return Err(self.fail("GetSecretValue", path, &code, &message));
+            }
+        };
+        let Some(body) = out.secret_string() else {
+            return Err(SinkError::Corrupt(format!(
+                "aws sink `{}`: `{path}` holds a binary secret, not a mixpanel-rotator payload",
+                self.name
+            )));
+        };
+        let payload = Payload::from_json(body.as_bytes())
+            .map_err(|e| SinkError::Corrupt(format!("aws sink `{}`: `{path}`: {e}", self.name)))?;
+        let version = out
+            .version_id()
+            .ok_or_else(|| SinkError::Backend(format!("aws sink `{}`: `{path}` has no version id", self.name)))?;
+        Ok(Some((payload, Version(version.to_string()))))
+    }
+
+    async fn publish(&self, path: &str, payload: &Payload, expected: Option<&Version>) -> Result<Version, SinkError> {
+        let json = payload.to_json()?;
+        let body = zeroize::Zeroizing::new(
+            String::from_utf8(json.to_vec()).map_err(|e| SinkError::Backend(format!("payload is not UTF-8: {e}")))?,
+        );
+        let Some(expected) = expected else {
+            return self.create(path, payload, &body).await;
+        };
+        let client = self.client().await;
+        // 1. The new version, labelled AWSPENDING (moving the label off any leftover).
+        let put = client
+            .put_secret_value()
+            .secret_id(path)
+            .client_request_token(&payload.rotation_id)
+            .secret_string(body.as_str())
+            .version_stages(PENDING)
+            .send()
+            .await
+            .map_err(|e| {
+                let (code, message) = parts(&e);
+                self.fail("PutSecretValue", path, &code, &message)
+            })?;
+        let new_version = put.version_id().unwrap_or(&payload.rotation_id).to_string();
+        // 2. The compare-and-swap: move AWSCURRENT from the version read to the new one.
+        let moved = client
+            .update_secret_version_stage()
+            .secret_id(path)
+            .version_stage(CURRENT)
+            .move_to_version_id(&new_version)
+            .remove_from_version_id(&expected.0)
+            .send()
+            .await;
+        if let Err(e) = moved {
+            let (code, message) = parts(&e);
+            self.drop_pending(path, &new_version).await;
+            if code == "InvalidParameterException" || code == "InvalidRequestException" {
+                // AWSCURRENT is no longer on the version read: someone else published.
+                return Err(SinkError::Conflict(format!(
+                    "aws sink `{}`: AWSCURRENT of `{path}` moved since version {expected} was read ({message})",
+                    self.name
+                )));
+            }
+            return Err(self.fail("UpdateSecretVersionStage", path, &code, &message));
+        }
+        // 3. Tidy: the new version is current, no longer pending.
+        self.drop_pending(path, &new_version).await;
+        Ok(Version(new_version))
+    }
+
+    async fn healthcheck(&self, path: &str) -> Result<String, SinkError> {
+        match self.client().await.describe_secret().secret_id(path).send().await {
+            Ok(d) => {
+                let versions = d.version_ids_to_stages().map(|m| m.len()).unwrap_or(0);
+                Ok(format!("secret `{path}` exists ({versions} version(s))"))
+            }
+            Err(e) => {
+                let (code, message) = parts(&e);
+                if code == "ResourceNotFoundException" {
+                    Ok(format!(
+                        "secret `{path}` does not exist yet; the first rotation creates it (needs secretsmanager:CreateSecret)"
+                    ))
+                } else {
+                    Err(self.fail("DescribeSecret", path, &code, &message))
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! The `aws-secrets-manager` sink against a real moto server, started by
+//! scripts/test.sh (MPR_TEST_MOTO_URL, and dummy AWS credentials in the
+//! environment, read through the standard chain). Without it these tests
+//! fail: they never skip.
+
+use aws_sdk_secretsmanager::Client;
+use chrono::Duration;
+use mixpanel_rotator::simulator::{Fault, FaultAction, Seed};
+use serde_json::Value;
+
+use crate::common::*;
+
+fn moto_url() -> String {
+    std::env::var("MPR_TEST_MOTO_URL").unwrap_or_else(|_| {
+        panic!(
+            "MPR_TEST_MOTO_URL is not set: moto is not running. Run the tests with scripts/test.sh, which starts it."
+        )
+    })
+}
+
+async fn aws() -> Client {
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(moto_url())
+        .load()
+        .await;
+    Client::new(&conf)
+}
+
+fn unique(prefix: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    format!("{prefix}-{:08x}", h.finish() as u32)
+}
+
+fn policy(h: &Harness, secret: &str) -> String {
+    format!(
+        "[sinks.aws]\ntype = \"aws-secrets-manager\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\ntags = {{ team = \"data\" }}\n\n\
+         [[integrations]]\nname = \"etl\"\nsink = \"aws\"\npath = \"{secret}\"\nrole = \"analyst\"\nadopt = {}\n",
+        moto_url(),
+        h.accounts_with_prefix("etl-legacy")[0].id
+    )
+}
+
+/// (payload, version id) at `stage`.
+async fn at_stage(c: &Client, secret: &str, stage: &str) -> (Value, String) {
+    let out = c
+        .get_secret_value()
+        .secret_id(secret)
+        .version_stage(stage)
+        .send()
+        .await
+        .unwrap();
+    (
+        serde_json::from_str(out.secret_string().unwrap()).unwrap(),
+        out.version_id().unwrap().to_string(),
+    )
+}
+
+async fn stages(c: &Client, secret: &str) -> Vec<(String, Vec<String>)> {
+    let d = c.describe_secret().secret_id(secret).send().await.unwrap();
+    let mut v: Vec<(String, Vec<String>)> = d
+        .version_ids_to_stages()
+        .unwrap()
+        .iter()
+        .map(|(k, s)| {
+            let mut s = s.clone();
+            s.sort();
+            (k.clone(), s)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn consumer(h: &Harness, data: &Value) -> mixpanel_rotator::mixpanel::Client {
+    mixpanel_rotator::mixpanel::Client::new(mixpanel_rotator::mixpanel::ClientSettings {
+        base_url: h.sim.base_url(),
+        organization_id: 1,
+        credentials: mixpanel_rotator::mixpanel::Credentials {
+            username: data["username"].as_str().unwrap().into(),
+            secret: mixpanel_rotator::secret::Secret::new(data["secret"].as_str().unwrap()),
+        },
+        max_concurrency: 1,
+        timeout: std::time::Duration::from_secs(5),
+        retry: fast_retry(),
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn full_rotation_into_aws_current_and_previous() {
+    let h = Harness::new(Seed::Demo).await;
+    let c = aws().await;
+    let secret = unique("mixpanel/etl");
+    let engine = h.engine(&policy(&h, &secret));
+    assert!(
+        engine
+            .sink("aws")
+            .unwrap()
+            .healthcheck(&secret)
+            .await
+            .unwrap()
+            .contains("does not exist yet"),
+        "healthcheck before the first publish"
+    );
+    let r1 = h.pass(&engine).await;
+    ok(&r1);
+    let first = r1.rotated.clone().unwrap();
+    let (data, v1) = at_stage(&c, &secret, "AWSCURRENT").await;
+    assert_eq!(data["service_account_id"], first.service_account_id);
+    consumer(&h, &data).me().await.unwrap();
+    let d = c.describe_secret().secret_id(&secret).send().await.unwrap();
+    assert_eq!(d.tags()[0].key(), Some("team"));
+
+    h.clock.advance(Duration::hours(1));
+    let r2 = h.force(&engine, "etl", false).await;
+    ok(&r2);
+    let second = r2.rotated.clone().unwrap();
+    let (cur, v2) = at_stage(&c, &secret, "AWSCURRENT").await;
+    let (prev, pv) = at_stage(&c, &secret, "AWSPREVIOUS").await;
+    assert_eq!(cur["service_account_id"], second.service_account_id);
+    assert_eq!(v2, second.rotation_id, "ClientRequestToken = rotation id");
+    assert_eq!(prev["service_account_id"], first.service_account_id);
+    assert_eq!(pv, v1);
+    consumer(&h, &cur).me().await.unwrap();
+    // No AWSPENDING left behind.
+    assert!(
+        stages(&c, &secret)
+            .await
+            .iter()
+            .all(|(_, s)| !s.contains(&"AWSPENDING".to_string()))
+    );
+
+    h.clock.advance(Duration::hours(1));
+    let r3 = h.force(&engine, "etl", false).await;
+    ok(&r3);
+    let (prev, _) = at_stage(&c, &secret, "AWSPREVIOUS").await;
+    assert_eq!(prev["service_account_id"], second.service_account_id);
+    h.assert_no_secret_leaked(&[&r1, &r2, &r3]);
+}
+
+#[tokio::test]
+async fn aws_cas_race_one_wins_loser_deletes_its_account() {
+    let h = Harness::new(Seed::Demo).await;
+    let c = aws().await;
+    let secret = unique("mixpanel/race");
+    let a = h.engine(&policy(&h, &secret));
+    let b = h.engine(&policy(&h, &secret));
+    let r = h.pass(&a).await;
+    ok(&r);
+    let before = h.accounts_with_prefix("mpr-etl-").len();
+    h.sim.inject(Fault::times(
+        "GET",
+        "/me",
+        FaultAction::Latency(std::time::Duration::from_millis(300)),
+        4,
+    ));
+    let (ra, rb) = tokio::join!(h.force(&a, "etl", false), h.force(&b, "etl", false));
+    assert_eq!(
+        [&ra, &rb].iter().filter(|r| r.rotated.is_some()).count(),
+        1,
+        "{:?} {:?}",
+        ra.errors,
+        rb.errors
+    );
+    let (winner, loser) = if ra.rotated.is_some() { (&ra, &rb) } else { (&rb, &ra) };
+    assert!(
+        loser.errors[0].message.contains("another rotator published first"),
+        "{}",
+        loser.errors[0]
+    );
+    assert!(loser.errors[0].message.contains("was deleted"), "{}", loser.errors[0]);
+    assert_eq!(h.accounts_with_prefix("mpr-etl-").len(), before + 1);
+    let (cur, _) = at_stage(&c, &secret, "AWSCURRENT").await;
+    assert_eq!(
+        cur["service_account_id"],
+        winner.rotated.as_ref().unwrap().service_account_id
+    );
+    h.assert_no_secret_leaked(&[&ra, &rb]);
+}
+
+#[tokio::test]
+async fn a_leftover_awspending_does_not_block_the_next_rotation() {
+    let h = Harness::new(Seed::Demo).await;
+    let c = aws().await;
+    let secret = unique("mixpanel/pending");
+    let engine = h.engine(&policy(&h, &secret));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    // A run that crashed after PutSecretValue: a version labelled AWSPENDING.
+    c.put_secret_value()
+        .secret_id(&secret)
+        .client_request_token("00000000-0000-4000-8000-000000000000")
+        .secret_string("{\"half\": \"done\"}")
+        .version_stages("AWSPENDING")
+        .send()
+        .await
+        .unwrap();
+    h.clock.advance(Duration::hours(1));
+    let r = h.force(&engine, "etl", false).await;
+    ok(&r);
+    let (cur, v) = at_stage(&c, &secret, "AWSCURRENT").await;
+    assert_eq!(
+        cur["service_account_id"],
+        r.rotated.as_ref().unwrap().service_account_id
+    );
+    assert_eq!(v, r.rotated.as_ref().unwrap().rotation_id);
+    let pending: Vec<_> = stages(&c, &secret)
+        .await
+        .into_iter()
+        .filter(|(_, s)| s.contains(&"AWSPENDING".to_string()))
+        .collect();
+    assert!(pending.is_empty(), "{pending:?}");
+}
+
+#[tokio::test]
+async fn a_secret_created_empty_beforehand_is_filled() {
+    let h = Harness::new(Seed::Demo).await;
+    let c = aws().await;
+    let secret = unique("mixpanel/precreated");
+    // Created by infrastructure code, without a value.
+    c.create_secret().name(&secret).send().await.unwrap();
+    let engine = h.engine(&policy(&h, &secret));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    let (cur, _) = at_stage(&c, &secret, "AWSCURRENT").await;
+    assert_eq!(
+        cur["service_account_id"],
+        r.rotated.as_ref().unwrap().service_account_id
+    );
+}
+
+#[tokio::test]
+async fn validate_online_reports_the_aws_sink() {
+    let h = Harness::new(Seed::Demo).await;
+    h.clock.set(mixpanel_rotator::clock::Clock::now(
+        &mixpanel_rotator::clock::SystemClock,
+    ));
+    let secret = unique("mixpanel/validate");
+    let cfg = h.policy_file(&policy(&h, &secret));
+    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_mixpanel-rotator"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["validate", "--online"])
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(0), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("ok    etl: aws-secrets-manager sink `aws`") && out.contains("does not exist yet"),
+        "{out}"
+    );
+}
