@@ -32,7 +32,9 @@ work=$(mktemp -d)
 sim_pid=""
 bao_pid=""
 moto_pid=""
+moto_iam_pid=""
 cleanup() {
+  [ -n "$moto_iam_pid" ] && kill "$moto_iam_pid" 2>/dev/null || true
   [ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null || true
   [ -n "$bao_pid" ] && kill "$bao_pid" 2>/dev/null || true
   [ -n "$moto_pid" ] && kill "$moto_pid" 2>/dev/null || true
@@ -115,6 +117,26 @@ export MPR_TEST_MOTO_URL="http://127.0.0.1:${moto_port}"
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_DISABLED=true
 unset AWS_PROFILE AWS_SESSION_TOKEN
 echo "moto $("$VENV/bin/python" -c 'import moto; print(moto.__version__)') at $MPR_TEST_MOTO_URL"
+
+# A second moto that enforces IAM after its first two calls, which create a
+# user without any policy: the tests check what a missing permission looks like.
+moto_iam_port=$(free_port)
+INITIAL_NO_AUTH_ACTION_COUNT=2 "$VENV/bin/moto_server" -H 127.0.0.1 -p "$moto_iam_port" >"$work/moto-iam.log" 2>&1 &
+moto_iam_pid=$!
+if ! wait_http "http://127.0.0.1:${moto_iam_port}/moto-api/"; then
+  cat "$work/moto-iam.log" >&2
+  exit 1
+fi
+export MPR_TEST_MOTO_IAM_URL="http://127.0.0.1:${moto_iam_port}"
+export MPR_TEST_MOTO_IAM_KEY_FILE="$work/moto-iam.key"
+"$VENV/bin/python" - "$MPR_TEST_MOTO_IAM_URL" "$MPR_TEST_MOTO_IAM_KEY_FILE" <<'PY'
+import json, sys, boto3
+iam = boto3.client("iam", region_name="us-east-1", endpoint_url=sys.argv[1])
+iam.create_user(UserName="rotator-without-permissions")
+key = iam.create_access_key(UserName="rotator-without-permissions")["AccessKey"]
+with open(sys.argv[2], "w") as f:
+    json.dump({"id": key["AccessKeyId"], "secret": key["SecretAccessKey"]}, f)
+PY
 
 echo "== cargo test"
 cargo test --locked "$@"

@@ -214,7 +214,15 @@ async fn passes(cli: &Cli, clock: SharedClock, mode: Mode) -> Result<Exit, Exit>
         }
     }
     let engine = engine(policy, clock.clone())?;
-    let reports = engine.pass(&opts).await;
+    let mut reports = engine.pass(&opts).await;
+    if matches!(mode, Mode::Status { .. }) {
+        // Status also says whether each sink would accept the next publish.
+        for r in &mut reports {
+            if let Some(e) = engine.sink_check(&r.integration).await {
+                r.errors.push(e);
+            }
+        }
+    }
     let now = clock.now();
     let mut out = std::io::stdout().lock();
     match mode {

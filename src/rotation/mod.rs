@@ -29,6 +29,7 @@ pub use observe::{MembershipCache, Observation};
 pub enum Step {
     ListAccounts,
     ReadSink,
+    SinkCheck,
     CopyMemberships,
     Create,
     ReadBack,
@@ -42,6 +43,7 @@ impl fmt::Display for Step {
         f.write_str(match self {
             Step::ListAccounts => "listing service accounts",
             Step::ReadSink => "reading the published credential",
+            Step::SinkCheck => "checking the sink",
             Step::CopyMemberships => "reading the memberships to copy",
             Step::Create => "creating the new account",
             Step::ReadBack => "reading the new account back",
@@ -247,6 +249,16 @@ impl Engine {
     /// The sink an integration publishes to.
     pub fn sink(&self, name: &str) -> Option<&Arc<dyn Sink>> {
         self.sinks.get(name)
+    }
+
+    /// Runs the sink's healthcheck for one integration; `None` when healthy.
+    pub async fn sink_check(&self, integration: &str) -> Option<StepError> {
+        let i = self.policy.integration(integration)?;
+        let sink = self.sinks.get(&i.sink)?;
+        match sink.healthcheck(&i.path).await {
+            Ok(_) => None,
+            Err(e) => Some(StepError::new(i, Step::SinkCheck, format!("{}: {e}", sink.describe()))),
+        }
     }
 
     /// One reconcile pass over the selected integrations, concurrently (the

@@ -17,7 +17,8 @@
 use std::collections::BTreeMap;
 
 use aws_sdk_secretsmanager::Client;
-use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
+use aws_sdk_secretsmanager::config::http::HttpResponse;
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
@@ -96,12 +97,20 @@ impl std::fmt::Debug for AwsSink {
     }
 }
 
-/// The error code and message of an AWS call, never the request.
-fn parts<E: ProvideErrorMetadata>(e: &E) -> (String, String) {
-    (
-        e.code().unwrap_or("unknown").to_string(),
-        e.message().unwrap_or("no message").to_string(),
-    )
+/// The error code and message of an AWS call, never the request. An
+/// unparsed 403 (an IAM denial answered in another format) counts as
+/// `AccessDenied`; a call that got no answer says so.
+fn parts<E: ProvideErrorMetadata + std::error::Error + 'static>(e: &SdkError<E, HttpResponse>) -> (String, String) {
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    match (e.code(), status) {
+        (Some(code), _) => (code.to_string(), e.message().unwrap_or("no message").to_string()),
+        (None, Some(403)) => ("AccessDenied".into(), "HTTP 403".into()),
+        (None, Some(s)) => ("HTTP".into(), format!("HTTP {s}")),
+        (None, None) => (
+            "NoAnswer".into(),
+            format!("{}", aws_sdk_secretsmanager::error::DisplayErrorContext(e)),
+        ),
+    }
 }
 
 impl AwsSink {

@@ -254,3 +254,65 @@ async fn validate_online_reports_the_aws_sink() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn the_binary_at_debug_level_never_logs_a_secret() {
+    let h = Harness::new(Seed::Demo).await;
+    h.clock.set(mixpanel_rotator::clock::Clock::now(
+        &mixpanel_rotator::clock::SystemClock,
+    ));
+    let secret = unique("mixpanel/debug");
+    let cfg = h.policy_file(&policy(&h, &secret));
+    for _ in 0..2 {
+        let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_mixpanel-rotator"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--log-level", "debug", "rotate-now", "etl"])
+            .env("RUST_LOG", "debug")
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        h.record(String::from_utf8_lossy(&o.stdout));
+        h.record(err.clone());
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        assert!(err.contains("aws_"), "AWS SDK debug logs were produced");
+    }
+    h.assert_no_secret_leaked(&[]);
+}
+
+/// A real IAM denial (moto enforcing IAM for a user without policies): one
+/// clear line naming the sink, the missing permission and the fix.
+#[tokio::test]
+async fn a_missing_aws_permission_is_one_clear_line() {
+    let h = Harness::new(Seed::Demo).await;
+    h.clock.set(mixpanel_rotator::clock::Clock::now(
+        &mixpanel_rotator::clock::SystemClock,
+    ));
+    let url = std::env::var("MPR_TEST_MOTO_IAM_URL")
+        .unwrap_or_else(|_| panic!("MPR_TEST_MOTO_IAM_URL is not set: run the tests with scripts/test.sh"));
+    let key: Value =
+        serde_json::from_str(&std::fs::read_to_string(std::env::var("MPR_TEST_MOTO_IAM_KEY_FILE").unwrap()).unwrap())
+            .unwrap();
+    let cfg = h.policy_file(&policy(&h, "mixpanel/denied").replace(&moto_url(), &url));
+    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_mixpanel-rotator"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["validate", "--online"])
+        .env("AWS_ACCESS_KEY_ID", key["id"].as_str().unwrap())
+        .env("AWS_SECRET_ACCESS_KEY", key["secret"].as_str().unwrap())
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    let fails: Vec<&str> = out.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(fails.len(), 2, "{out}"); // the healthcheck, and reading the current credential
+    assert!(
+        fails[0].contains("aws-secrets-manager sink `aws`")
+            && fails[0].contains("lacks secretsmanager:DescribeSecret")
+            && fails[0].contains("IAM policy in the README"),
+        "{out}"
+    );
+    assert!(!out.contains(key["secret"].as_str().unwrap()));
+}

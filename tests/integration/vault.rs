@@ -451,3 +451,43 @@ async fn kubernetes_login_sends_the_pod_jwt_and_uses_the_returned_token() {
     assert_eq!(seen[1].0, "/v1/sys/capabilities-self");
     assert_eq!(seen[1].2.as_deref(), Some("k8s-issued-token"));
 }
+
+#[tokio::test]
+async fn the_binary_at_debug_level_never_logs_a_secret_and_status_checks_the_sink() {
+    let h = Harness::new(Seed::Demo).await;
+    h.clock.set(mixpanel_rotator::clock::Clock::now(
+        &mixpanel_rotator::clock::SystemClock,
+    ));
+    let bao = Bao::from_env();
+    let (policy, path, token) = token_setup(&h, &bao).await;
+    let cfg = h.policy_file(&policy);
+    let bin = env!("CARGO_BIN_EXE_mixpanel-rotator");
+    let run = |args: &'static [&'static str], rust_log: Option<&'static str>| {
+        let mut c = tokio::process::Command::new(bin);
+        c.arg("--config").arg(&cfg).args(args);
+        match rust_log {
+            Some(l) => c.env("RUST_LOG", l),
+            None => c.env_remove("RUST_LOG"),
+        };
+        c.output()
+    };
+    let o = run(&["rotate-now", "etl"], Some("debug")).await.unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    h.record(String::from_utf8_lossy(&o.stdout));
+    h.record(err.clone());
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("DEBUG"), "debug logs were produced");
+    assert_eq!(bao.read(&path).await.1, 1);
+    let o = run(&["--log-level", "debug", "status"], None).await.unwrap();
+    h.record(String::from_utf8_lossy(&o.stdout));
+    h.record(String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
+    bao.revoke(&token).await;
+    let o = run(&["status"], None).await.unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    h.record(out.clone());
+    h.record(String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("error:") && out.contains("403"), "{out}");
+    h.assert_no_secret_leaked_with(&[], &[&token]);
+}
