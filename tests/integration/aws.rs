@@ -256,7 +256,7 @@ async fn validate_online_reports_the_aws_sink() {
 }
 
 #[tokio::test]
-async fn the_binary_at_debug_level_never_logs_a_secret() {
+async fn the_binary_at_trace_level_never_logs_a_secret() {
     let h = Harness::new(Seed::Demo).await;
     h.clock.set(mixpanel_rotator::clock::Clock::now(
         &mixpanel_rotator::clock::SystemClock,
@@ -268,7 +268,7 @@ async fn the_binary_at_debug_level_never_logs_a_secret() {
             .arg("--config")
             .arg(&cfg)
             .args(["--log-level", "debug", "rotate-now", "etl"])
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", "trace")
             .output()
             .await
             .unwrap();
@@ -276,7 +276,10 @@ async fn the_binary_at_debug_level_never_logs_a_secret() {
         h.record(String::from_utf8_lossy(&o.stdout));
         h.record(err.clone());
         assert_eq!(o.status.code(), Some(0), "{err}");
-        assert!(err.contains("aws_"), "AWS SDK debug logs were produced");
+        assert!(
+            err.contains("TRACE") && err.contains("aws_"),
+            "AWS SDK trace logs were produced"
+        );
     }
     h.assert_no_secret_leaked(&[]);
 }

@@ -453,7 +453,7 @@ async fn kubernetes_login_sends_the_pod_jwt_and_uses_the_returned_token() {
 }
 
 #[tokio::test]
-async fn the_binary_at_debug_level_never_logs_a_secret_and_status_checks_the_sink() {
+async fn the_binary_at_trace_level_never_logs_a_secret_and_status_checks_the_sink() {
     let h = Harness::new(Seed::Demo).await;
     h.clock.set(mixpanel_rotator::clock::Clock::now(
         &mixpanel_rotator::clock::SystemClock,
@@ -471,12 +471,16 @@ async fn the_binary_at_debug_level_never_logs_a_secret_and_status_checks_the_sin
         };
         c.output()
     };
-    let o = run(&["rotate-now", "etl"], Some("debug")).await.unwrap();
+    // Trace: the most verbose output there is, vaultrs, rustify, reqwest and hyper included.
+    let o = run(&["rotate-now", "etl"], Some("trace")).await.unwrap();
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     h.record(String::from_utf8_lossy(&o.stdout));
     h.record(err.clone());
     assert_eq!(o.status.code(), Some(0), "{err}");
-    assert!(err.contains("DEBUG"), "debug logs were produced");
+    assert!(
+        err.contains("TRACE") && err.contains("rustify"),
+        "trace logs were produced"
+    );
     assert_eq!(bao.read(&path).await.1, 1);
     let o = run(&["--log-level", "debug", "status"], None).await.unwrap();
     h.record(String::from_utf8_lossy(&o.stdout));
