@@ -167,6 +167,16 @@ impl AwsSink {
         ))
     }
 
+    fn sdk_fail<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        what: &str,
+        path: &str,
+        e: &SdkError<E, HttpResponse>,
+    ) -> SinkError {
+        let (code, message) = parts(e);
+        self.fail(what, path, &code, &message)
+    }
+
     /// Removes `AWSPENDING` from `version` (best effort: a leftover label
     /// never blocks the next rotation, which moves it).
     async fn drop_pending(&self, path: &str, version: &str) {
@@ -213,10 +223,12 @@ impl AwsSink {
             }
         }
         // It exists: only fill it if nothing is current (else someone published first).
-        let described = client.describe_secret().secret_id(path).send().await.map_err(|e| {
-            let (code, message) = parts(&e);
-            self.fail("DescribeSecret", path, &code, &message)
-        })?;
+        let described = client
+            .describe_secret()
+            .secret_id(path)
+            .send()
+            .await
+            .map_err(|e| self.sdk_fail("DescribeSecret", path, &e))?;
         let has_current = described
             .version_ids_to_stages()
             .is_some_and(|m| m.values().any(|stages| stages.iter().any(|s| s == CURRENT)));
@@ -234,10 +246,7 @@ impl AwsSink {
             .version_stages(CURRENT)
             .send()
             .await
-            .map_err(|e| {
-                let (code, message) = parts(&e);
-                self.fail("PutSecretValue", path, &code, &message)
-            })?;
+            .map_err(|e| self.sdk_fail("PutSecretValue", path, &e))?;
         Ok(Version(out.version_id().unwrap_or(&payload.rotation_id).to_string()))
     }
 }
@@ -299,10 +308,7 @@ impl Sink for AwsSink {
             .version_stages(PENDING)
             .send()
             .await
-            .map_err(|e| {
-                let (code, message) = parts(&e);
-                self.fail("PutSecretValue", path, &code, &message)
-            })?;
+            .map_err(|e| self.sdk_fail("PutSecretValue", path, &e))?;
         let new_version = put.version_id().unwrap_or(&payload.rotation_id).to_string();
         // 2. The compare-and-swap: move AWSCURRENT from the version read to the new one.
         let moved = client

@@ -5,7 +5,7 @@
 
 use aws_sdk_secretsmanager::Client;
 use chrono::Duration;
-use mixpanel_rotator::simulator::{Fault, FaultAction, Seed};
+use mixpanel_rotator::simulator::Seed;
 use serde_json::Value;
 
 use crate::common::*;
@@ -74,21 +74,6 @@ async fn stages(c: &Client, secret: &str) -> Vec<(String, Vec<String>)> {
     v
 }
 
-fn consumer(h: &Harness, data: &Value) -> mixpanel_rotator::mixpanel::Client {
-    mixpanel_rotator::mixpanel::Client::new(mixpanel_rotator::mixpanel::ClientSettings {
-        base_url: h.sim.base_url(),
-        organization_id: 1,
-        credentials: mixpanel_rotator::mixpanel::Credentials {
-            username: data["username"].as_str().unwrap().into(),
-            secret: mixpanel_rotator::secret::Secret::new(data["secret"].as_str().unwrap()),
-        },
-        max_concurrency: 1,
-        timeout: std::time::Duration::from_secs(5),
-        retry: fast_retry(),
-    })
-    .unwrap()
-}
-
 #[tokio::test]
 async fn full_rotation_into_aws_current_and_previous() {
     let h = Harness::new(Seed::Demo).await;
@@ -110,7 +95,7 @@ async fn full_rotation_into_aws_current_and_previous() {
     let first = r1.rotated.clone().unwrap();
     let (data, v1) = at_stage(&c, &secret, "AWSCURRENT").await;
     assert_eq!(data["service_account_id"], first.service_account_id);
-    consumer(&h, &data).me().await.unwrap();
+    h.client_for(&data).me().await.unwrap();
     let d = c.describe_secret().secret_id(&secret).send().await.unwrap();
     assert_eq!(d.tags()[0].key(), Some("team"));
 
@@ -124,7 +109,7 @@ async fn full_rotation_into_aws_current_and_previous() {
     assert_eq!(v2, second.rotation_id, "ClientRequestToken = rotation id");
     assert_eq!(prev["service_account_id"], first.service_account_id);
     assert_eq!(pv, v1);
-    consumer(&h, &cur).me().await.unwrap();
+    h.client_for(&cur).me().await.unwrap();
     // No AWSPENDING left behind.
     assert!(
         stages(&c, &secret)
@@ -150,35 +135,13 @@ async fn aws_cas_race_one_wins_loser_deletes_its_account() {
     let b = h.engine(&policy(&h, &secret));
     let r = h.pass(&a).await;
     ok(&r);
-    let before = h.accounts_with_prefix("mpr-etl-").len();
-    h.sim.inject(Fault::times(
-        "GET",
-        "/me",
-        FaultAction::Latency(std::time::Duration::from_millis(300)),
-        4,
-    ));
-    let (ra, rb) = tokio::join!(h.force(&a, "etl", false), h.force(&b, "etl", false));
-    assert_eq!(
-        [&ra, &rb].iter().filter(|r| r.rotated.is_some()).count(),
-        1,
-        "{:?} {:?}",
-        ra.errors,
-        rb.errors
-    );
-    let (winner, loser) = if ra.rotated.is_some() { (&ra, &rb) } else { (&rb, &ra) };
-    assert!(
-        loser.errors[0].message.contains("another rotator published first"),
-        "{}",
-        loser.errors[0]
-    );
-    assert!(loser.errors[0].message.contains("was deleted"), "{}", loser.errors[0]);
-    assert_eq!(h.accounts_with_prefix("mpr-etl-").len(), before + 1);
+    let (winner, loser) = h.race(&a, &b).await;
     let (cur, _) = at_stage(&c, &secret, "AWSCURRENT").await;
     assert_eq!(
         cur["service_account_id"],
         winner.rotated.as_ref().unwrap().service_account_id
     );
-    h.assert_no_secret_leaked(&[&ra, &rb]);
+    h.assert_no_secret_leaked(&[&winner, &loser]);
 }
 
 #[tokio::test]
@@ -240,13 +203,7 @@ async fn validate_online_reports_the_aws_sink() {
     ));
     let secret = unique("mixpanel/validate");
     let cfg = h.policy_file(&policy(&h, &secret));
-    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_mixpanel-rotator"))
-        .arg("--config")
-        .arg(&cfg)
-        .args(["validate", "--online"])
-        .output()
-        .await
-        .unwrap();
+    let o = h.run_bin(&cfg, &["validate", "--online"], &[]).await;
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert_eq!(o.status.code(), Some(0), "{out}{}", String::from_utf8_lossy(&o.stderr));
     assert!(
@@ -264,17 +221,8 @@ async fn the_binary_at_trace_level_never_logs_a_secret() {
     let secret = unique("mixpanel/debug");
     let cfg = h.policy_file(&policy(&h, &secret));
     for _ in 0..2 {
-        let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_mixpanel-rotator"))
-            .arg("--config")
-            .arg(&cfg)
-            .args(["--log-level", "debug", "rotate-now", "etl"])
-            .env("RUST_LOG", "trace")
-            .output()
-            .await
-            .unwrap();
+        let o = h.run_bin(&cfg, &["rotate-now", "etl"], &[("RUST_LOG", "trace")]).await;
         let err = String::from_utf8_lossy(&o.stderr).to_string();
-        h.record(String::from_utf8_lossy(&o.stdout));
-        h.record(err.clone());
         assert_eq!(o.status.code(), Some(0), "{err}");
         assert!(
             err.contains("TRACE") && err.contains("aws_"),
@@ -298,15 +246,16 @@ async fn a_missing_aws_permission_is_one_clear_line() {
         serde_json::from_str(&std::fs::read_to_string(std::env::var("MPR_TEST_MOTO_IAM_KEY_FILE").unwrap()).unwrap())
             .unwrap();
     let cfg = h.policy_file(&policy(&h, "mixpanel/denied").replace(&moto_url(), &url));
-    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_mixpanel-rotator"))
-        .arg("--config")
-        .arg(&cfg)
-        .args(["validate", "--online"])
-        .env("AWS_ACCESS_KEY_ID", key["id"].as_str().unwrap())
-        .env("AWS_SECRET_ACCESS_KEY", key["secret"].as_str().unwrap())
-        .output()
-        .await
-        .unwrap();
+    let o = h
+        .run_bin(
+            &cfg,
+            &["validate", "--online"],
+            &[
+                ("AWS_ACCESS_KEY_ID", key["id"].as_str().unwrap()),
+                ("AWS_SECRET_ACCESS_KEY", key["secret"].as_str().unwrap()),
+            ],
+        )
+        .await;
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert_eq!(o.status.code(), Some(1), "{out}");
     let fails: Vec<&str> = out.lines().filter(|l| l.starts_with("FAIL")).collect();

@@ -12,18 +12,7 @@ use crate::common::*;
 const BIN: &str = env!("CARGO_BIN_EXE_mixpanel-rotator");
 
 async fn run(h: &Harness, config: &Path, args: &[&str]) -> Output {
-    let out = tokio::process::Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("MIXPANEL_ROTATOR_CONFIG")
-        .output()
-        .await
-        .unwrap();
-    h.record(String::from_utf8_lossy(&out.stdout));
-    h.record(String::from_utf8_lossy(&out.stderr));
-    out
+    h.run_bin(config, args, &[]).await
 }
 
 fn stdout(o: &Output) -> String {

@@ -177,7 +177,11 @@ dir = "{dir}"
 
     /// A client acting as the credential published at `path`.
     pub fn consumer(&self, path: &str) -> Client {
-        let p = self.payload(path).expect("a published payload");
+        self.client_for(&self.payload(path).expect("a published payload"))
+    }
+
+    /// A client acting as the credential in a payload (as any sink stores it).
+    pub fn client_for(&self, p: &serde_json::Value) -> Client {
         Client::new(ClientSettings {
             base_url: self.sim.base_url(),
             organization_id: 1,
@@ -190,6 +194,59 @@ dir = "{dir}"
             retry: fast_retry(),
         })
         .unwrap()
+    }
+
+    /// Runs the real binary with `--config config` and `args`, `RUST_LOG`
+    /// and `MIXPANEL_ROTATOR_CONFIG` removed unless given in `env`; records its
+    /// output for the leak check.
+    pub async fn run_bin(&self, config: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_mixpanel-rotator"));
+        c.arg("--config")
+            .arg(config)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("MIXPANEL_ROTATOR_CONFIG");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().await.unwrap();
+        self.record(String::from_utf8_lossy(&out.stdout));
+        self.record(String::from_utf8_lossy(&out.stderr));
+        out
+    }
+
+    /// Two rotators forced at once from the same observed version (the
+    /// verification is slowed so both observe before either publishes).
+    /// Asserts that exactly one wins and the loser deleted its own account;
+    /// returns (winner, loser).
+    pub async fn race(&self, a: &Engine, b: &Engine) -> (Report, Report) {
+        let before = self.accounts_with_prefix("mpr-etl-").len();
+        self.sim.inject(mixpanel_rotator::simulator::Fault::times(
+            "GET",
+            "/me",
+            mixpanel_rotator::simulator::FaultAction::Latency(StdDuration::from_millis(300)),
+            4,
+        ));
+        let (ra, rb) = tokio::join!(self.force(a, "etl", false), self.force(b, "etl", false));
+        let winners = [&ra, &rb].iter().filter(|r| r.rotated.is_some()).count();
+        assert_eq!(
+            winners, 1,
+            "exactly one publish wins: {:?} / {:?}",
+            ra.errors, rb.errors
+        );
+        let (winner, loser) = if ra.rotated.is_some() { (ra, rb) } else { (rb, ra) };
+        assert!(
+            loser.errors[0].message.contains("another rotator published first"),
+            "{}",
+            loser.errors[0]
+        );
+        assert!(loser.errors[0].message.contains("was deleted"), "{}", loser.errors[0]);
+        assert_eq!(
+            self.accounts_with_prefix("mpr-etl-").len(),
+            before + 1,
+            "the loser's account is gone"
+        );
+        (winner, loser)
     }
 
     pub fn record(&self, output: impl Into<String>) {
