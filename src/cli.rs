@@ -112,11 +112,12 @@ pub enum Command {
 pub fn init_tracing(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
     // vaultrs/rustify log every API error at ERROR, an expected CAS conflict
-    // included: quiet by default (RUST_LOG overrides everything).
+    // or a not-yet-published path included; the vault sink reports every
+    // failure itself, so they are off by default (RUST_LOG overrides it).
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
-        .or_else(|| EnvFilter::try_new(format!("rustify=off,vaultrs=warn,{level}")).ok())
+        .or_else(|| EnvFilter::try_new(format!("rustify=off,vaultrs=off,{level}")).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

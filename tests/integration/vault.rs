@@ -405,6 +405,21 @@ async fn the_binary_at_trace_level_never_logs_a_secret_and_status_checks_the_sin
     let bao = Bao::from_env();
     let (policy, path, token) = token_setup(&h, &bao).await;
     let cfg = h.policy_file(&policy);
+    // Nothing is published yet: reading the path is a 404, which vaultrs and
+    // rustify log at ERROR; the default filter keeps that out of the way
+    // (with RUST_LOG=info it shows).
+    let o = h.run_bin(&cfg, &["plan"], &[]).await;
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("ERROR"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = h.run_bin(&cfg, &["plan"], &[("RUST_LOG", "info")]).await;
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("ERROR"),
+        "the filter is what hides them"
+    );
     // Trace: the most verbose output there is, vaultrs, rustify, reqwest and hyper included.
     let o = h.run_bin(&cfg, &["rotate-now", "etl"], &[("RUST_LOG", "trace")]).await;
     let err = String::from_utf8_lossy(&o.stderr).to_string();
