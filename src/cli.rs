@@ -56,6 +56,14 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The daemon: reconcile passes driven by each integration's deadlines
+    /// (schedule, expiry, grace, orphans, retries, a periodic resync). SIGHUP
+    /// reloads the policy; SIGTERM/SIGINT finish the step in flight and exit.
+    Run {
+        /// How long to wait for the step in flight on SIGTERM/SIGINT.
+        #[arg(long, default_value = "30s", value_name = "DURATION")]
+        shutdown_timeout: String,
+    },
     /// Check the policy; with --online, also reach Mixpanel and every sink.
     Validate {
         /// Also check the credentials, the rotator's rights, the sinks and bootstrap readiness.
@@ -157,6 +165,20 @@ pub async fn run(cli: Cli) -> Exit {
             allow_non_loopback,
             admin_secret_file,
         } => return simulator(*listen, *seed, *allow_non_loopback, admin_secret_file.clone()).await,
+        Command::Run { shutdown_timeout } => {
+            let timeout = match crate::policy::HumanDuration::parse(shutdown_timeout) {
+                Ok(d) => d.to_std(),
+                Err(e) => {
+                    eprintln!("error: --shutdown-timeout {e}");
+                    return Exit::Usage;
+                }
+            };
+            return crate::daemon::run(crate::daemon::RunOptions {
+                config: config_path(cli.config.as_deref()),
+                shutdown_timeout: timeout,
+            })
+            .await;
+        }
         Command::Validate { online } => validate(&cli, *online, clock).await,
         Command::Plan => passes(&cli, clock, Mode::Plan).await,
         Command::RotateNow { names, all, revoke_old } => {

@@ -10,10 +10,14 @@
 
 pub mod cli;
 pub mod clock;
+pub mod daemon;
 pub mod demo;
+pub mod metrics;
 pub mod mixpanel;
+pub mod notify;
 pub mod policy;
 pub mod rotation;
 pub mod secret;
+pub mod server;
 pub mod simulator;
 pub mod sink;

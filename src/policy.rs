@@ -202,6 +202,9 @@ pub enum SecretRef {
     Env(String),
     /// `{ file = "/path" }`: a file's contents (one trailing newline removed).
     File(PathBuf),
+    /// `{ credential = "name" }`: a systemd credential, `$CREDENTIALS_DIRECTORY/name`
+    /// (`LoadCredential=` / `SetCredentialEncrypted=` in the unit).
+    Credential(String),
 }
 
 impl SecretRef {
@@ -211,6 +214,18 @@ impl SecretRef {
             SecretRef::Env(name) => std::env::var(name).map_err(|_| {
                 PolicyError::invalid(key, format!("refers to environment variable `{name}`, which is not set: export it, or use {{ file = \"...\" }}"))
             })?,
+            SecretRef::Credential(name) => {
+                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                    PolicyError::invalid(
+                        key,
+                        format!("refers to systemd credential `{name}`, but $CREDENTIALS_DIRECTORY is not set: load it with LoadCredential={name}:/path in the unit"),
+                    )
+                })?;
+                let path = PathBuf::from(dir).join(name);
+                std::fs::read_to_string(&path).map_err(|e| {
+                    PolicyError::invalid(key, format!("refers to systemd credential `{name}` ({}), which cannot be read: {e}", path.display()))
+                })?
+            }
             SecretRef::File(path) => std::fs::read_to_string(path).map_err(|e| {
                 PolicyError::invalid(key, format!("refers to file {}, which cannot be read: {e}", path.display()))
             })?,
@@ -231,7 +246,7 @@ impl<'de> Deserialize<'de> for SecretRef {
         impl<'de> Visitor<'de> for V {
             type Value = SecretRef;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a secret reference: { env = \"NAME\" } or { file = \"/path\" }")
+                f.write_str("a secret reference: { env = \"NAME\" }, { file = \"/path\" } or { credential = \"name\" }")
             }
             fn visit_str<E: de::Error>(self, _: &str) -> Result<SecretRef, E> {
                 Err(E::custom(
@@ -244,13 +259,20 @@ impl<'de> Deserialize<'de> for SecretRef {
                 while let Some(k) = map.next_key::<String>()? {
                     if out.is_some() {
                         return Err(de::Error::custom(
-                            "a secret reference has exactly one key: `env` or `file`",
+                            "a secret reference has exactly one key: `env`, `file` or `credential`",
                         ));
                     }
                     out = Some(match k.as_str() {
                         "env" => SecretRef::Env(map.next_value()?),
                         "file" => SecretRef::File(map.next_value()?),
-                        other => return Err(de::Error::unknown_field(other, &["env", "file"])),
+                        "credential" => {
+                            let name: String = map.next_value()?;
+                            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                                return Err(de::Error::custom(format!("`{name}` is not a systemd credential name")));
+                            }
+                            SecretRef::Credential(name)
+                        }
+                        other => return Err(de::Error::unknown_field(other, &["env", "file", "credential"])),
                     });
                 }
                 out.ok_or_else(|| {
@@ -363,6 +385,29 @@ pub struct PolicyConfig {
     /// The managed integrations.
     #[serde(default)]
     pub integrations: Vec<IntegrationConfig>,
+    /// The HTTP endpoints of `run` (metrics, health).
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The scheduler of `run`.
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where `run` serves `/metrics`, `/healthz`, `/readyz` (off when absent).
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `[daemon]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// How often `run` makes a full pass even when nothing is due, to notice
+    /// changes made behind its back (default `10m`).
+    pub resync_interval: Option<HumanDuration>,
 }
 
 fn default_namespace() -> String {
@@ -547,6 +592,10 @@ impl Integration {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub namespace: String,
+    /// `[server] listen`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `[daemon] resync_interval` (default 10 minutes).
+    pub resync_interval: Duration,
     pub mixpanel: MixpanelSettings,
     pub sinks: BTreeMap<String, SinkConfig>,
     pub integrations: Vec<Integration>,
@@ -837,6 +886,11 @@ impl Policy {
             });
         }
 
+        if let Some(r) = c.daemon.resync_interval
+            && r.0 < Duration::seconds(10)
+        {
+            errs.push(PolicyError::invalid("daemon.resync_interval", "must be at least `10s`"));
+        }
         if !errs.is_empty() {
             return Err(if errs.len() == 1 {
                 errs.remove(0)
@@ -846,6 +900,8 @@ impl Policy {
         }
         Ok(Policy {
             namespace: c.namespace,
+            listen: c.server.listen,
+            resync_interval: c.daemon.resync_interval.map(|d| d.0).unwrap_or(Duration::minutes(10)),
             mixpanel: MixpanelSettings {
                 base_url,
                 organization_id: m.organization_id,

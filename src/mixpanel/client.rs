@@ -93,6 +93,7 @@ pub struct Client {
     auth: HeaderValue,
     limit: Arc<Semaphore>,
     retry: RetryPolicy,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -136,7 +137,14 @@ impl Client {
             auth: auth_header(&s.credentials)?,
             limit: Arc::new(Semaphore::new(s.max_concurrency.max(1))),
             retry: s.retry,
+            metrics: None,
         })
+    }
+
+    /// Counts every request in `metrics` (`api_requests_total{endpoint,status}`).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The same client (pool, limit, retries) acting as another account:
@@ -275,6 +283,9 @@ impl Client {
                     format!("connection failed: {}", error_chain(&e))
                 };
                 tracing::debug!(endpoint, method = %method, "Mixpanel request failed: {detail}");
+                if let Some(m) = &self.metrics {
+                    m.api_request(endpoint, 0);
+                }
                 return (
                     Err(MixpanelError::Transport {
                         endpoint,
@@ -286,6 +297,9 @@ impl Client {
             }
         };
         let status = resp.status();
+        if let Some(m) = &self.metrics {
+            m.api_request(endpoint, status.as_u16());
+        }
         let retry_after = resp
             .headers()
             .get(RETRY_AFTER)

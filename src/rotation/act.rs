@@ -144,6 +144,7 @@ impl Engine {
         warnings: &mut Vec<String>,
     ) -> Result<(Rotated, Revoked), StepError> {
         let rotation_id = new_rotation_id();
+        let started = std::time::Instant::now();
         let span = tracing::info_span!("rotation", integration = %i.name, rotation_id = %rotation_id);
         async {
             tracing::info!(reason = %reason, "Rotating.");
@@ -197,6 +198,9 @@ impl Engine {
                         projects: desired,
                         previous_service_account_id: previous,
                     };
+                    if let Some(m) = &self.metrics {
+                        m.rotation_done(&i.name, started.elapsed().as_secs_f64(), now);
+                    }
                     let revoked = if revoke_old { self.revoke_old(i, obs, new.id, &rotation_id).await } else { (vec![], vec![]) };
                     tracing::info!(account_id = new.id, username = %new.username, "Rotation complete.");
                     Ok((rotated, revoked))

@@ -38,6 +38,16 @@ pub enum Step {
     Delete,
 }
 
+impl Step {
+    /// Whether the step belongs to a rotation (as opposed to observing or deleting).
+    pub fn is_rotation(self) -> bool {
+        matches!(
+            self,
+            Step::CopyMemberships | Step::Create | Step::ReadBack | Step::Verify | Step::Publish
+        )
+    }
+}
+
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -99,6 +109,18 @@ pub struct PassOptions {
     pub only: Option<BTreeSet<String>>,
     /// Observe and decide, but do nothing (`plan`, `status`).
     pub dry_run: bool,
+    /// Set when the daemon is stopping: no deletion or rotation starts after
+    /// it is set; a rotation past its create runs to its end (published, or
+    /// its new account deleted).
+    pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl PassOptions {
+    fn stopping(&self) -> bool {
+        self.stop
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+    }
 }
 
 /// The published account, as a report shows it (never the secret).
@@ -171,6 +193,7 @@ pub struct Engine {
     sinks: BTreeMap<String, Arc<dyn Sink>>,
     clock: SharedClock,
     verify_retry: RetryPolicy,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl fmt::Debug for Engine {
@@ -233,7 +256,15 @@ impl Engine {
             sinks,
             clock,
             verify_retry: verify,
+            metrics: None,
         })
+    }
+
+    /// Records API requests, rotations and deletions in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.client = self.client.with_metrics(metrics.clone());
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The policy in force.
@@ -378,6 +409,11 @@ impl Engine {
             report.decision = decision;
             return report;
         }
+        if opts.stopping() {
+            report.warnings.push("shutting down: nothing started".into());
+            report.decision = decision;
+            return report;
+        }
         let protected = obs.published.as_ref().map(|p| p.payload.service_account_id);
         for d in &decision.delete_now {
             match self.delete(i, d, protected, None).await {
@@ -385,7 +421,7 @@ impl Engine {
                 Err(e) => report.errors.push(e),
             }
         }
-        if let Some(reason) = decision.rotate.clone() {
+        if let Some(reason) = decision.rotate.clone().filter(|_| !opts.stopping()) {
             let revoke = forced && opts.revoke_old;
             match self
                 .rotate(i, &obs, reason, revoke, &report.deleted, cache, &mut report.warnings)

@@ -4,6 +4,7 @@
 mod aws;
 mod cli;
 mod common;
+mod daemon;
 mod faults;
 mod policy_errors;
 mod rotation;
