@@ -8,10 +8,12 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod daemon;
 pub mod demo;
+pub mod hooks;
 pub mod metrics;
 pub mod mixpanel;
 pub mod notify;

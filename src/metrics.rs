@@ -31,6 +31,7 @@ pub struct Metrics {
     reload_failures: Counter,
     reloads: Counter,
     passes: Family<Labels, Counter>,
+    hook_failures: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -53,6 +54,12 @@ impl Metrics {
         let reload_failures = Counter::default();
         let reloads = Counter::default();
         let passes = Family::<Labels, Counter>::default();
+        let hook_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "hook_failures",
+            "Hooks that failed, by integration and hook",
+            hook_failures.clone(),
+        );
         registry.register(
             "rotations",
             "Rotations by integration and result (success, failure)",
@@ -107,6 +114,7 @@ impl Metrics {
             reload_failures,
             reloads,
             passes,
+            hook_failures,
         }
     }
 
@@ -172,6 +180,13 @@ impl Metrics {
             .next_rotation
             .get_or_create(&labels(&[("integration", integration)]));
         g.set(at.map(ts).unwrap_or(0.0));
+    }
+
+    /// A hook (`on_rotate`, `webhook`) failed.
+    pub fn hook_failure(&self, integration: &str, hook: &str) {
+        self.hook_failures
+            .get_or_create(&labels(&[("integration", integration), ("hook", hook)]))
+            .inc();
     }
 
     /// A policy reload was applied (`ok`) or rejected.

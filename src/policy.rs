@@ -391,6 +391,9 @@ pub struct PolicyConfig {
     /// The scheduler of `run`.
     #[serde(default)]
     pub daemon: DaemonConfig,
+    /// The audit trail.
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 /// `[server]`
@@ -464,6 +467,34 @@ pub struct DefaultsConfig {
     pub role: Option<Role>,
     /// `"copy"` (default) or an explicit list of project grants.
     pub projects: Option<ProjectsSpec>,
+    /// Drain-aware deletion: after `grace`, delete the old account only once
+    /// its `last_used` has not advanced for this long (off by default).
+    pub delete_when_idle: Option<HumanDuration>,
+    /// With `delete_when_idle`: delete anyway this long after the successor
+    /// was published (default `7d`).
+    pub max_grace: Option<HumanDuration>,
+    /// A webhook notified of rotations and failures.
+    pub webhook: Option<WebhookConfig>,
+    /// Timeout of the `on_rotate` command (default `30s`).
+    pub on_rotate_timeout: Option<HumanDuration>,
+}
+
+/// `webhook = { url = { env = "SLACK_WEBHOOK_URL" } }`: the URL is a secret
+/// (a Slack incoming-webhook URL is a credential), so it is a reference.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: SecretRef,
+    /// Timeout of one POST (default `10s`).
+    pub timeout: Option<HumanDuration>,
+}
+
+/// `[audit]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Also append every audit event to this file, as JSON lines (mode 0600).
+    pub path: Option<PathBuf>,
 }
 
 /// `[sinks.NAME]`: one variant per backend, chosen by `type`.
@@ -528,6 +559,12 @@ pub struct IntegrationConfig {
     pub jitter: Option<HumanDuration>,
     pub grace: Option<HumanDuration>,
     pub orphan_after: Option<HumanDuration>,
+    pub delete_when_idle: Option<HumanDuration>,
+    pub max_grace: Option<HumanDuration>,
+    /// A command run after each successful publish: an argv list, no shell.
+    pub on_rotate: Option<Vec<String>>,
+    pub on_rotate_timeout: Option<HumanDuration>,
+    pub webhook: Option<WebhookConfig>,
 }
 
 // ---------------------------------------------------------------------------
@@ -563,6 +600,13 @@ pub struct Integration {
     pub jitter: Duration,
     pub grace: Duration,
     pub orphan_after: Duration,
+    /// Drain-aware deletion (`None`: delete when `grace` ends).
+    pub delete_when_idle: Option<Duration>,
+    /// Hard cap of drain-aware deletion.
+    pub max_grace: Duration,
+    pub on_rotate: Option<Vec<String>>,
+    pub on_rotate_timeout: Duration,
+    pub webhook: Option<WebhookConfig>,
 }
 
 impl Integration {
@@ -596,6 +640,8 @@ pub struct Policy {
     pub listen: Option<std::net::SocketAddr>,
     /// `[daemon] resync_interval` (default 10 minutes).
     pub resync_interval: Duration,
+    /// `[audit] path`.
+    pub audit_path: Option<PathBuf>,
     pub mixpanel: MixpanelSettings,
     pub sinks: BTreeMap<String, SinkConfig>,
     pub integrations: Vec<Integration>,
@@ -869,6 +915,32 @@ impl Policy {
                     }
                 }
             }
+            let delete_when_idle = ic.delete_when_idle.or(d.delete_when_idle).map(|d| d.0);
+            let (max_grace, mg_key) = pick(ic.max_grace, d.max_grace, "max_grace", Duration::days(7));
+            if delete_when_idle.is_some() && max_grace < grace {
+                errs.push(PolicyError::invalid(
+                    mg_key,
+                    format!(
+                        "({}) must not be shorter than `grace` ({}, from `{grace_key}`)",
+                        format_duration(max_grace),
+                        format_duration(grace)
+                    ),
+                ));
+            }
+            if let Some(argv) = &ic.on_rotate
+                && argv.first().is_none_or(|a| a.is_empty())
+            {
+                errs.push(PolicyError::invalid(
+                    key("on_rotate"),
+                    "must name a command: an argv list such as [\"systemctl\", \"reload\", \"etl.service\"] (no shell)",
+                ));
+            }
+            let (on_rotate_timeout, _) = pick(
+                ic.on_rotate_timeout,
+                d.on_rotate_timeout,
+                "on_rotate_timeout",
+                Duration::seconds(30),
+            );
             integrations.push(Integration {
                 index: i,
                 name: ic.name.clone(),
@@ -883,6 +955,11 @@ impl Policy {
                 jitter,
                 grace,
                 orphan_after,
+                delete_when_idle,
+                max_grace,
+                on_rotate: ic.on_rotate.clone(),
+                on_rotate_timeout,
+                webhook: ic.webhook.clone().or_else(|| d.webhook.clone()),
             });
         }
 
@@ -901,6 +978,7 @@ impl Policy {
         Ok(Policy {
             namespace: c.namespace,
             listen: c.server.listen,
+            audit_path: c.audit.path.clone(),
             resync_interval: c.daemon.resync_interval.map(|d| d.0).unwrap_or(Duration::minutes(10)),
             mixpanel: MixpanelSettings {
                 base_url,

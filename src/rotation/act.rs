@@ -12,6 +12,7 @@ use super::decide::{DeleteReason, Disposal, RotateReason, relative};
 use super::lineage::{Lineage, new_rotation_id};
 use super::observe::{MembershipCache, Observation};
 use super::{Engine, Report, Rotated, Step, StepError};
+use crate::audit::AuditEvent;
 use crate::mixpanel::types::*;
 use crate::mixpanel::{Credentials, MixpanelError};
 use crate::policy::{Integration, ProjectsSpec, format_duration};
@@ -51,27 +52,34 @@ impl Engine {
         }
         match self.client.delete_account(d.id).await {
             Ok(existed) => {
-                tracing::info!(
-                    target: "audit",
-                    integration = %i.name,
-                    rotation_id,
-                    action = "delete",
-                    account_id = d.id,
-                    username = %d.username,
-                    reason = %d.reason,
-                    outcome = if existed { "deleted" } else { "already_gone" },
-                    "Deleted service account."
-                );
+                self.audit.record(&AuditEvent {
+                    reason: Some(d.reason.to_string()),
+                    ..self.audit_event(
+                        i,
+                        rotation_id,
+                        "delete",
+                        Some(d.id),
+                        Some(&d.username),
+                        if existed { "deleted" } else { "already_gone" },
+                    )
+                });
                 Ok(())
             }
-            Err(e) => Err(StepError::new(
-                i,
-                Step::Delete,
-                format!(
-                    "account {} ({}, {}): {e}; the next pass tries again",
-                    d.id, d.username, d.reason
-                ),
-            )),
+            Err(e) => Err({
+                self.audit.record(&AuditEvent {
+                    reason: Some(d.reason.to_string()),
+                    detail: Some(e.to_string()),
+                    ..self.audit_event(i, rotation_id, "delete", Some(d.id), Some(&d.username), "failed")
+                });
+                StepError::new(
+                    i,
+                    Step::Delete,
+                    format!(
+                        "account {} ({}, {}): {e}; the next pass tries again",
+                        d.id, d.username, d.reason
+                    ),
+                )
+            }),
         }
     }
 
@@ -173,16 +181,7 @@ impl Engine {
                 }
             };
             let new = created.account;
-            tracing::info!(
-                target: "audit",
-                integration = %i.name,
-                rotation_id = %rotation_id,
-                action = "create",
-                account_id = new.id,
-                username = %new.username,
-                outcome = "created",
-                "Created service account."
-            );
+            self.audit.record(&self.audit_event(i, Some(&rotation_id), "create", Some(new.id), Some(&new.username), "created"));
             let creds = Credentials {
                 username: new.username.clone(),
                 secret: created.token,
@@ -345,18 +344,18 @@ impl Engine {
         let expected = obs.published.as_ref().map(|p| &p.version);
         match sink.publish(&i.path, &payload, expected).await {
             Ok(version) => {
-                tracing::info!(
-                    target: "audit",
-                    integration = %i.name,
-                    rotation_id,
-                    action = "publish",
-                    account_id = new.id,
-                    previous_account_id = previous,
-                    sink = %i.sink,
-                    version = %version,
-                    outcome = "published",
-                    "Published new credential."
-                );
+                self.audit.record(&AuditEvent {
+                    previous_account_id: previous,
+                    detail: Some(format!("sink `{}` path `{}` version {version}", i.sink, i.path)),
+                    ..self.audit_event(
+                        i,
+                        Some(rotation_id),
+                        "publish",
+                        Some(new.id),
+                        Some(&new.username),
+                        "published",
+                    )
+                });
                 Ok((actual_expires, previous))
             }
             Err(SinkError::Conflict(m)) => Err(Failure::DeleteNew(StepError::new(
@@ -440,7 +439,10 @@ impl Engine {
                     format!("adding memberships {} to account {account}: {e}", grants_text(&missing)),
                 )
             })?;
-        tracing::info!(target: "audit", integration = %i.name, action = "add_to_project", account_id = account, projects = %grants_text(&missing), outcome = "added", "Added memberships.");
+        self.audit.record(&AuditEvent {
+            detail: Some(grants_text(&missing)),
+            ..self.audit_event(i, None, "add_to_project", Some(account), None, "added")
+        });
         Box::pin(self.check_memberships(i, account, desired, false)).await
     }
 
@@ -595,6 +597,31 @@ impl Engine {
                 "later: delete account {} ({}, {}) {when}",
                 x.id, x.username, x.reason
             ));
+        }
+    }
+}
+
+impl Engine {
+    fn audit_event<'a>(
+        &self,
+        i: &'a Integration,
+        rotation_id: Option<&'a str>,
+        action: &'a str,
+        account_id: Option<u64>,
+        username: Option<&'a str>,
+        outcome: &'a str,
+    ) -> AuditEvent<'a> {
+        AuditEvent {
+            at: self.clock.now(),
+            integration: &i.name,
+            rotation_id,
+            action,
+            account_id,
+            previous_account_id: None,
+            username,
+            reason: None,
+            outcome,
+            detail: None,
         }
     }
 }

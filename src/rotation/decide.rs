@@ -114,7 +114,11 @@ pub fn decide(i: &Integration, obs: &Observation, now: DateTime<Utc>, forced: bo
                 continue;
             }
             if *ts < cur_ts {
-                disposals.push(disposal(a, DeleteReason::Retiring, p.payload.rotated_at + i.grace));
+                disposals.push(disposal(
+                    a,
+                    DeleteReason::Retiring,
+                    drained(i, a, p.payload.rotated_at + i.grace),
+                ));
             } else {
                 disposals.push(disposal(a, DeleteReason::Orphan, *ts + i.orphan_after));
             }
@@ -124,7 +128,7 @@ pub fn decide(i: &Integration, obs: &Observation, now: DateTime<Utc>, forced: bo
                 continue;
             }
             if let Some(a) = obs.all.iter().find(|a| a.id == r.id) {
-                disposals.push(disposal(a, DeleteReason::Retiring, r.not_before));
+                disposals.push(disposal(a, DeleteReason::Retiring, drained(i, a, r.not_before)));
             }
         }
     } else {
@@ -214,6 +218,19 @@ pub fn decide(i: &Integration, obs: &Observation, now: DateTime<Utc>, forced: bo
         }
     }
     d
+}
+
+/// Drain-aware deletion: with `delete_when_idle`, a retiring account whose
+/// grace ended at `grace_end` goes only once its `last_used` has not advanced
+/// for that long, and at the latest `max_grace` after its successor was
+/// published.
+fn drained(i: &Integration, a: &ServiceAccount, grace_end: DateTime<Utc>) -> DateTime<Utc> {
+    let Some(idle) = i.delete_when_idle else {
+        return grace_end;
+    };
+    let cap = grace_end + (i.max_grace - i.grace);
+    let idle_since = a.last_used.map(|t| t + idle).unwrap_or(grace_end);
+    grace_end.max(idle_since).min(cap)
 }
 
 fn disposal(a: &ServiceAccount, reason: DeleteReason, due: DateTime<Utc>) -> Disposal {

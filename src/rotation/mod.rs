@@ -194,6 +194,7 @@ pub struct Engine {
     clock: SharedClock,
     verify_retry: RetryPolicy,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    audit: Arc<crate::audit::Audit>,
 }
 
 impl fmt::Debug for Engine {
@@ -242,6 +243,12 @@ impl Engine {
             timeout: m.timeout,
             retry: api,
         })?;
+        let audit = Arc::new(crate::audit::Audit::open(policy.audit_path.as_deref()).map_err(|e| {
+            SetupError::Policy(PolicyError::Invalid {
+                key: "audit.path".into(),
+                message: format!("cannot be opened for appending: {e}"),
+            })
+        })?);
         let mut sinks = BTreeMap::new();
         for (name, cfg) in &policy.sinks {
             let s = sink::build(name, cfg).map_err(|source| SetupError::Sink {
@@ -257,6 +264,7 @@ impl Engine {
             clock,
             verify_retry: verify,
             metrics: None,
+            audit,
         })
     }
 
@@ -428,14 +436,72 @@ impl Engine {
                 .await
             {
                 Ok((rotated, revoked)) => {
+                    let ev = crate::hooks::HookEvent {
+                        event: crate::hooks::EventKind::Rotated,
+                        integration: i.name.clone(),
+                        rotation_id: Some(rotated.rotation_id.clone()),
+                        service_account_id: Some(rotated.service_account_id),
+                        username: Some(rotated.username.clone()),
+                        previous_service_account_id: rotated.previous_service_account_id,
+                        expires: rotated.expires,
+                        sink: i.sink.clone(),
+                        path: i.path.clone(),
+                        error: None,
+                    };
                     report.rotated = Some(rotated);
                     report.deleted.extend(revoked.0);
                     report.errors.extend(revoked.1);
+                    self.run_hooks(i, &ev, true, &mut report.warnings).await;
                 }
-                Err(e) => report.errors.push(e),
+                Err(e) => {
+                    // The published credential is still good for a while: say how long.
+                    let expires = report.current.as_ref().and_then(|c| c.expires);
+                    let expiring = expires.is_some_and(|x| x - i.renew_before <= now);
+                    let ev = crate::hooks::HookEvent {
+                        event: if expiring {
+                            crate::hooks::EventKind::Expiring
+                        } else {
+                            crate::hooks::EventKind::RotationFailed
+                        },
+                        integration: i.name.clone(),
+                        rotation_id: None,
+                        service_account_id: report.current.as_ref().map(|c| c.service_account_id),
+                        username: report.current.as_ref().map(|c| c.username.clone()),
+                        previous_service_account_id: None,
+                        expires,
+                        sink: i.sink.clone(),
+                        path: i.path.clone(),
+                        error: Some(e.to_string()),
+                    };
+                    report.errors.push(e);
+                    self.run_hooks(i, &ev, false, &mut report.warnings).await;
+                }
             }
         }
         report.decision = decision;
         report
+    }
+
+    /// Runs the integration's hooks; a failure is a warning, never an error.
+    async fn run_hooks(
+        &self,
+        i: &Integration,
+        ev: &crate::hooks::HookEvent,
+        rotated: bool,
+        warnings: &mut Vec<String>,
+    ) {
+        let mut results = vec![("webhook", crate::hooks::webhook(i, ev).await)];
+        if rotated {
+            results.insert(0, ("on_rotate", crate::hooks::on_rotate(i, ev).await));
+        }
+        for (hook, r) in results {
+            if let Err(msg) = r {
+                tracing::warn!(integration = %i.name, hook, "Hook failed (the rotation stands): {msg}");
+                if let Some(m) = &self.metrics {
+                    m.hook_failure(&i.name, hook);
+                }
+                warnings.push(format!("{hook} hook failed (the rotation stands): {msg}"));
+            }
+        }
     }
 }

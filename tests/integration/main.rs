@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod daemon;
 mod faults;
+mod hooks;
 mod policy_errors;
 mod rotation;
 mod simulator;

@@ -389,3 +389,58 @@ async fn an_emptied_sink_does_not_delete_live_lineage_accounts_early() {
     ok(&r);
     assert_eq!(r.deleted.iter().map(|d| d.id).collect::<Vec<_>>(), vec![live]);
 }
+
+#[tokio::test]
+async fn drain_aware_deletion_waits_for_the_old_account_to_go_idle_up_to_max_grace() {
+    let h = Harness::new(Seed::Demo).await;
+    let grants = [(101, Role::Analyst, TargetType::Individual)];
+    let (old_a, creds_a) = h.sim.add_account("etl-a", Role::Analyst, None, &grants);
+    let (old_b, creds_b) = h.sim.add_account("etl-b", Role::Analyst, None, &grants);
+    let engine = h.engine(&format!(
+        "[defaults]\ngrace = \"24h\"\ndelete_when_idle = \"1h\"\nmax_grace = \"3d\"\n\
+         [[integrations]]\nname = \"a\"\nsink = \"local\"\npath = \"a.json\"\nadopt = {}\n\
+         [[integrations]]\nname = \"b\"\nsink = \"local\"\npath = \"b.json\"\nadopt = {}\n",
+        old_a.id, old_b.id
+    ));
+    let as_client = |c: &mixpanel_rotator::mixpanel::Credentials| {
+        mixpanel_rotator::mixpanel::Client::new(mixpanel_rotator::mixpanel::ClientSettings {
+            base_url: h.sim.base_url(),
+            organization_id: 1,
+            credentials: c.clone(),
+            max_concurrency: 1,
+            timeout: std::time::Duration::from_secs(5),
+            retry: fast_retry(),
+        })
+        .unwrap()
+    };
+    let (ca, cb) = (as_client(&creds_a), as_client(&creds_b));
+    for r in engine.pass(&PassOptions::default()).await {
+        ok(&r);
+    }
+    // `a`'s old account is still used half an hour before grace ends; `b`'s
+    // keeps being used, every 30 minutes, for days.
+    h.clock.advance(Duration::minutes(23 * 60 + 30));
+    ca.me().await.unwrap();
+    cb.me().await.unwrap();
+    h.clock.advance(Duration::minutes(30)); // grace has ended
+    engine.pass(&PassOptions::default()).await;
+    assert!(h.sim.account(old_a.id).is_some(), "used 30 minutes ago: kept");
+    cb.me().await.unwrap();
+    h.clock.advance(Duration::minutes(31));
+    let reports = engine.pass(&PassOptions::default()).await;
+    assert!(h.sim.account(old_a.id).is_none(), "idle for an hour: deleted");
+    assert!(reports.iter().any(|r| r.deleted.iter().any(|d| d.id == old_a.id)));
+    assert!(h.sim.account(old_b.id).is_some(), "used 31 minutes ago: kept");
+    // `b`: deleted at the hard cap, 3 days after the publish, busy or not.
+    let mut t = Duration::minutes(24 * 60 + 31);
+    while t < Duration::days(3) - Duration::minutes(30) {
+        cb.me().await.unwrap();
+        h.clock.advance(Duration::minutes(30));
+        t += Duration::minutes(30);
+        engine.pass(&PassOptions::default()).await;
+        assert!(h.sim.account(old_b.id).is_some(), "still in use at +{t}: kept");
+    }
+    h.clock.advance(Duration::days(3) - t);
+    engine.pass(&PassOptions::default()).await;
+    assert!(h.sim.account(old_b.id).is_none(), "max_grace reached: deleted");
+}

@@ -1,0 +1,84 @@
+//! The audit trail: every mutating call (create, delete, add to project,
+//! publish) is one structured event with target `audit`, and optionally one
+//! JSON line appended to `[audit] path` (created 0600).
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// One mutating call and its outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEvent<'a> {
+    pub at: DateTime<Utc>,
+    pub integration: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation_id: Option<&'a str>,
+    /// `create`, `delete`, `add_to_project`, `publish`.
+    pub action: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_account_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `created`, `deleted`, `already_gone`, `added`, `published`, `failed`.
+    pub outcome: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Where audit events go.
+#[derive(Debug, Default)]
+pub struct Audit {
+    file: Option<Mutex<std::fs::File>>,
+}
+
+impl Audit {
+    /// Events go to the log, and to `path` when given.
+    pub fn open(path: Option<&Path>) -> std::io::Result<Self> {
+        let file = match path {
+            None => None,
+            Some(p) => Some(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(p)?,
+            )),
+        };
+        Ok(Self { file })
+    }
+
+    /// Records one event.
+    pub fn record(&self, e: &AuditEvent<'_>) {
+        tracing::info!(
+            target: "audit",
+            integration = e.integration,
+            rotation_id = e.rotation_id,
+            action = e.action,
+            account_id = e.account_id,
+            previous_account_id = e.previous_account_id,
+            username = e.username,
+            reason = e.reason.as_deref(),
+            outcome = e.outcome,
+            detail = e.detail.as_deref(),
+            "Audit: {} {}.",
+            e.action,
+            e.outcome
+        );
+        if let Some(f) = &self.file {
+            let mut line = serde_json::to_vec(e).unwrap_or_default();
+            line.push(b'\n');
+            let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(err) = f.write_all(&line).and_then(|_| f.flush()) {
+                tracing::error!(error = %err, "Cannot append to the audit file.");
+            }
+        }
+    }
+}

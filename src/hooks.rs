@@ -1,0 +1,174 @@
+//! Hooks run after a rotation: `on_rotate` (a command, argv list, no shell)
+//! and `webhook` (a JSON POST, Slack-compatible `text` plus structured
+//! fields). Neither ever receives the secret; a failing hook is logged and
+//! counted and never undoes the rotation.
+
+use std::process::Stdio;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::policy::Integration;
+use crate::rotation::rfc3339;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A new credential was published.
+    Rotated,
+    /// A rotation failed; the published credential is still valid for a while.
+    RotationFailed,
+    /// A rotation failed and the published credential expires within `renew_before`.
+    Expiring,
+}
+
+/// The facts a hook gets (never the secret).
+#[derive(Debug, Clone, Serialize)]
+pub struct HookEvent {
+    pub event: EventKind,
+    pub integration: String,
+    pub rotation_id: Option<String>,
+    pub service_account_id: Option<u64>,
+    pub username: Option<String>,
+    pub previous_service_account_id: Option<u64>,
+    pub expires: Option<DateTime<Utc>>,
+    pub sink: String,
+    pub path: String,
+    pub error: Option<String>,
+}
+
+impl HookEvent {
+    /// A one-line summary, for Slack's `text`.
+    pub fn text(&self) -> String {
+        let exp = self.expires.map(rfc3339).unwrap_or_else(|| "unknown".into());
+        match self.event {
+            EventKind::Rotated => format!(
+                ":white_check_mark: mixpanel-rotator: `{}` rotated to service account {} ({}), expires {exp}.",
+                self.integration,
+                self.service_account_id.map(|i| i.to_string()).unwrap_or_default(),
+                self.username.as_deref().unwrap_or("")
+            ),
+            EventKind::RotationFailed => format!(
+                ":warning: mixpanel-rotator: rotating `{}` failed: {}",
+                self.integration,
+                self.error.as_deref().unwrap_or("unknown error")
+            ),
+            EventKind::Expiring => format!(
+                ":rotating_light: mixpanel-rotator: rotating `{}` keeps failing and its credential expires {exp}: {}",
+                self.integration,
+                self.error.as_deref().unwrap_or("unknown error")
+            ),
+        }
+    }
+}
+
+/// Runs `on_rotate`, if set. The child gets a clean environment: `PATH` and
+/// the `MPR_*` variables below, nothing of the rotator's own (which may hold
+/// its secret).
+pub async fn on_rotate(i: &Integration, ev: &HookEvent) -> Result<(), String> {
+    let Some(argv) = &i.on_rotate else { return Ok(()) };
+    let Some((cmd, args)) = argv.split_first() else {
+        return Ok(());
+    };
+    let mut c = tokio::process::Command::new(cmd);
+    c.args(args)
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+        )
+        .env("MPR_EVENT", "rotated")
+        .env("MPR_INTEGRATION", &ev.integration)
+        .env("MPR_SINK", &ev.sink)
+        .env("MPR_PATH", &ev.path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(v) = &ev.rotation_id {
+        c.env("MPR_ROTATION_ID", v);
+    }
+    if let Some(v) = ev.service_account_id {
+        c.env("MPR_SERVICE_ACCOUNT_ID", v.to_string());
+    }
+    if let Some(v) = &ev.username {
+        c.env("MPR_USERNAME", v);
+    }
+    if let Some(v) = ev.expires {
+        c.env("MPR_EXPIRES", rfc3339(v));
+    }
+    if let Some(v) = ev.previous_service_account_id {
+        c.env("MPR_PREVIOUS_SERVICE_ACCOUNT_ID", v.to_string());
+    }
+    let timeout = i
+        .on_rotate_timeout
+        .to_std()
+        .unwrap_or(std::time::Duration::from_secs(30));
+    let child = c.spawn().map_err(|e| format!("`on_rotate` {cmd}: cannot start: {e}"))?;
+    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => return Err(format!("`on_rotate` {cmd}: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "`on_rotate` {cmd}: still running after {}s; killed (`on_rotate_timeout`)",
+                timeout.as_secs()
+            ));
+        }
+    };
+    let tail = |b: &[u8]| {
+        let s = String::from_utf8_lossy(b);
+        let s = s.trim();
+        s.char_indices()
+            .rev()
+            .nth(500)
+            .map(|(i, _)| &s[i..])
+            .unwrap_or(s)
+            .to_string()
+    };
+    if out.status.success() {
+        tracing::info!(integration = %i.name, command = %cmd, stdout = %tail(&out.stdout), "on_rotate hook succeeded.");
+        Ok(())
+    } else {
+        Err(format!(
+            "`on_rotate` {cmd} exited with {}: {}",
+            out.status,
+            tail(&out.stderr)
+        ))
+    }
+}
+
+/// POSTs the event to the integration's webhook, if set.
+pub async fn webhook(i: &Integration, ev: &HookEvent) -> Result<(), String> {
+    let Some(w) = &i.webhook else { return Ok(()) };
+    let url = w.url.resolve(&i.key("webhook.url")).map_err(|e| e.to_string())?;
+    let timeout = w
+        .timeout
+        .map(|t| t.to_std())
+        .unwrap_or(std::time::Duration::from_secs(10));
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("webhook: {e}"))?;
+    let mut body = serde_json::to_value(ev).map_err(|e| format!("webhook: {e}"))?;
+    if let Some(o) = body.as_object_mut() {
+        o.insert("text".into(), serde_json::Value::String(ev.text()));
+    }
+    // The URL is a credential: errors are reported without it.
+    let resp = client
+        .post(url.expose())
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| format!("webhook of `{}`: {}", i.name, e.without_url()))?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "webhook of `{}` answered HTTP {}",
+            i.name,
+            resp.status().as_u16()
+        ))
+    }
+}
