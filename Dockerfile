@@ -1,7 +1,8 @@
-# mixpanel-rotator container image.
+# mixpanel-rotator container image: the daemon (`run`) by default.
 #   docker build -t mixpanel-rotator .
-# The default command runs one reconcile pass (a Kubernetes CronJob or a
-# scheduled task); mount the policy at /etc/mixpanel-rotator/policy.toml.
+# Mount the policy at /etc/mixpanel-rotator/policy.toml (or set
+# MIXPANEL_ROTATOR_CONFIG). For a one-shot pass (a CronJob), override the
+# command: `reconcile`.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -10,7 +11,8 @@ RUN cargo build --release --locked --bin mixpanel-rotator
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/mixpanel-rotator /usr/local/bin/mixpanel-rotator
-USER nonroot:nonroot
+USER 65532:65532
 ENV MIXPANEL_ROTATOR_CONFIG=/etc/mixpanel-rotator/policy.toml
+EXPOSE 9464
 ENTRYPOINT ["mixpanel-rotator"]
-CMD ["reconcile"]
+CMD ["run"]
