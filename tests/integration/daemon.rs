@@ -51,6 +51,7 @@ impl Daemon {
             .env_remove("RUST_LOG")
             .env("NOTIFY_SOCKET", &sock)
             .env("WATCHDOG_USEC", "400000")
+            .env("CREDENTIALS_DIRECTORY", h.dir.path().join("credentials"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .kill_on_drop(true)
@@ -138,7 +139,21 @@ async fn the_daemon_bootstraps_serves_deletes_after_grace_reloads_and_stops() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let cfg = h.dir.path().join("daemon.toml");
-    std::fs::write(&cfg, h.policy(&policy(legacy, port, "3s", ""))).unwrap();
+    // The rotator's secret as a systemd credential (LoadCredential=mixpanel:...).
+    std::fs::create_dir_all(h.dir.path().join("credentials")).unwrap();
+    std::fs::write(h.dir.path().join("credentials/mixpanel"), h.sim.admin().secret.expose()).unwrap();
+    let with_credential = |text: String| {
+        text.replace(
+            &format!(
+                "secret = {{ file = \"{}\" }}",
+                h.dir.path().join("admin.secret").display()
+            ),
+            "secret = { credential = \"mixpanel\" }",
+        )
+    };
+    let first = with_credential(h.policy(&policy(legacy, port, "3s", "")));
+    assert!(first.contains("credential = \"mixpanel\""));
+    std::fs::write(&cfg, first).unwrap();
     let mut d = Daemon::start(&h, &cfg);
     d.expect_note("READY=1").await;
 
@@ -174,7 +189,7 @@ async fn the_daemon_bootstraps_serves_deletes_after_grace_reloads_and_stops() {
 
     // SIGHUP with a new integration: it is rotated.
     let ci = "[[integrations]]\nname = \"ci\"\nsink = \"local\"\npath = \"ci.json\"\nprojects = [{ id = 101, role = \"consumer\" }]\n";
-    std::fs::write(&cfg, h.policy(&policy(legacy, port, "3s", ci))).unwrap();
+    std::fs::write(&cfg, with_credential(h.policy(&policy(legacy, port, "3s", ci)))).unwrap();
     d.signal("-HUP");
     d.expect_note("RELOADING=1").await;
     eventually(10, "ci published after SIGHUP", async || h.payload("ci.json").is_some()).await;

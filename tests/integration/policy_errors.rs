@@ -376,3 +376,42 @@ fn the_kubernetes_example_policy_loads() {
     assert_eq!(p.integrations.len(), 2);
     assert!(p.listen.is_some());
 }
+
+#[test]
+fn a_systemd_credential_needs_credentials_directory() {
+    let text = policy(&[
+        "version = 1",
+        &BASE_MIXPANEL.replace("{ env = \"MIXPANEL_ROTATOR_SECRET\" }", "{ credential = \"mixpanel\" }"),
+        SINK,
+        ETL,
+    ]);
+    let p = Policy::parse(&text).unwrap();
+    assert_eq!(
+        p.mixpanel.secret,
+        mixpanel_rotator::policy::SecretRef::Credential("mixpanel".into())
+    );
+    // Resolution without systemd's directory: the binary names the key and the fix.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mixpanel-rotator"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["validate", "--online"])
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("`mixpanel.secret`") && e.contains("LoadCredential=mixpanel"),
+        "{e}"
+    );
+    let bad = text.replace("credential = \"mixpanel\"", "credential = \"../etc/shadow\"");
+    assert!(
+        Policy::parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("`mixpanel.secret`")
+    );
+}
