@@ -414,29 +414,10 @@ mod tests {
 
     #[test]
     fn a_failing_integration_does_not_delay_the_others() {
-        let p = Policy::parse(
-            r#"version = 1
-[mixpanel]
-region = "us"
-organization_id = 1
-username = "u"
-secret = { env = "X" }
-[sinks.f]
-type = "file"
-dir = "/tmp"
-[[integrations]]
-name = "etl"
-sink = "f"
-path = "etl.json"
-adopt = 5
-[[integrations]]
-name = "ci"
-sink = "f"
-path = "ci.json"
-adopt = 6
-"#,
-        )
-        .unwrap();
+        let p = crate::policy::test_policy(
+            "[[integrations]]\nname = \"etl\"\nsink = \"f\"\npath = \"etl.json\"\nadopt = 5\n\
+             [[integrations]]\nname = \"ci\"\nsink = \"f\"\npath = \"ci.json\"\nadopt = 6\n",
+        );
         let now = t("2026-11-28T04:00:00Z");
         let mut s = Scheduler::default();
         s.reset(&p, now);

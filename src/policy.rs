@@ -1019,6 +1019,19 @@ pub fn check_url(u: &str) -> Result<String, String> {
     Ok(u.trim_end_matches('/').to_string())
 }
 
+/// A policy for unit tests: a US organization, a file sink `f`, and `integrations`.
+#[cfg(test)]
+pub(crate) fn test_policy(integrations: &str) -> Policy {
+    let text = format!(
+        "version = 1\n[mixpanel]\nregion = \"us\"\norganization_id = 1\nusername = \"u\"\nsecret = {{ env = \"X\" }}\n\
+         [sinks.f]\ntype = \"file\"\ndir = \"/tmp\"\n{integrations}"
+    );
+    match Policy::parse(&text) {
+        Ok(p) => p,
+        Err(e) => panic!("test policy: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1055,25 +1068,9 @@ mod tests {
 
     #[test]
     fn jitter_is_stable_and_bounded() {
-        let p = Policy::parse(
-            r#"version = 1
-[mixpanel]
-region = "us"
-organization_id = 1
-username = "u"
-secret = { env = "X" }
-[sinks.f]
-type = "file"
-dir = "/tmp"
-[[integrations]]
-name = "etl"
-sink = "f"
-path = "etl.json"
-adopt = 5
-jitter = "15m"
-"#,
-        )
-        .unwrap();
+        let p = test_policy(
+            "[[integrations]]\nname = \"etl\"\nsink = \"f\"\npath = \"etl.json\"\nadopt = 5\njitter = \"15m\"\n",
+        );
         let i = &p.integrations[0];
         let slot = DateTime::parse_from_rfc3339("2026-11-30T04:00:00Z")
             .unwrap()

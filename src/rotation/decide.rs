@@ -260,7 +260,6 @@ pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Policy;
     use crate::rotation::lineage::Lineage;
     use crate::secret::Secret;
     use crate::sink::{Payload, RetiringAccount, Version};
@@ -271,29 +270,11 @@ mod tests {
     }
 
     fn integration(extra: &str) -> Integration {
-        let p = Policy::parse(&format!(
-            r#"version = 1
-[mixpanel]
-region = "us"
-organization_id = 1
-username = "u"
-secret = {{ env = "X" }}
-[sinks.f]
-type = "file"
-dir = "/tmp"
-[[integrations]]
-name = "etl"
-sink = "f"
-path = "etl.json"
-adopt = 5
-ttl = "30d"
-grace = "24h"
-orphan_after = "15m"
-{extra}
-"#
+        crate::policy::test_policy(&format!(
+            "[[integrations]]\nname = \"etl\"\nsink = \"f\"\npath = \"etl.json\"\nadopt = 5\nttl = \"30d\"\ngrace = \"24h\"\norphan_after = \"15m\"\n{extra}\n"
         ))
-        .unwrap();
-        p.integrations[0].clone()
+        .integrations[0]
+            .clone()
     }
 
     fn sa(id: u64, username: &str, expires: Option<DateTime<Utc>>) -> ServiceAccount {
