@@ -4,7 +4,7 @@
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
@@ -36,23 +36,19 @@ pub struct AuditEvent<'a> {
 /// Where audit events go.
 #[derive(Debug, Default)]
 pub struct Audit {
-    file: Option<Mutex<std::fs::File>>,
+    path: Option<PathBuf>,
+    /// Opened on the first event, so read-only commands (`plan`, `status`)
+    /// neither create the file nor need to be allowed to write it.
+    file: Mutex<Option<std::fs::File>>,
 }
 
 impl Audit {
     /// Events go to the log, and to `path` when given.
-    pub fn open(path: Option<&Path>) -> std::io::Result<Self> {
-        let file = match path {
-            None => None,
-            Some(p) => Some(Mutex::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .open(p)?,
-            )),
-        };
-        Ok(Self { file })
+    pub fn new(path: Option<&Path>) -> Self {
+        Self {
+            path: path.map(Path::to_path_buf),
+            file: Mutex::new(None),
+        }
     }
 
     /// Records one event.
@@ -72,13 +68,28 @@ impl Audit {
             e.action,
             e.outcome
         );
-        if let Some(f) = &self.file {
-            let mut line = serde_json::to_vec(e).unwrap_or_default();
-            line.push(b'\n');
-            let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(err) = f.write_all(&line).and_then(|_| f.flush()) {
-                tracing::error!(error = %err, "Cannot append to the audit file.");
+        let Some(path) = &self.path else { return };
+        let mut line = serde_json::to_vec(e).unwrap_or_default();
+        line.push(b'\n');
+        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+            {
+                Ok(f) => *guard = Some(f),
+                Err(err) => {
+                    tracing::error!(path = %path.display(), error = %err, "Cannot open the audit file (`audit.path`).");
+                    return;
+                }
             }
+        }
+        if let Some(f) = guard.as_mut()
+            && let Err(err) = f.write_all(&line).and_then(|_| f.flush())
+        {
+            tracing::error!(path = %path.display(), error = %err, "Cannot append to the audit file.");
         }
     }
 }

@@ -243,12 +243,7 @@ impl Engine {
             timeout: m.timeout,
             retry: api,
         })?;
-        let audit = Arc::new(crate::audit::Audit::open(policy.audit_path.as_deref()).map_err(|e| {
-            SetupError::Policy(PolicyError::Invalid {
-                key: "audit.path".into(),
-                message: format!("cannot be opened for appending: {e}"),
-            })
-        })?);
+        let audit = Arc::new(crate::audit::Audit::new(policy.audit_path.as_deref()));
         let mut sinks = BTreeMap::new();
         for (name, cfg) in &policy.sinks {
             let s = sink::build(name, cfg).map_err(|source| SetupError::Sink {
