@@ -237,14 +237,15 @@ pub async fn run(opts: RunOptions) -> Exit {
             }
             let after = clock.now();
             sched.update(&reports, after, policy.resync_interval);
-            for i in &policy.integrations {
-                metrics.next_rotation(
-                    &i.name,
-                    reports
-                        .iter()
-                        .find(|r| r.integration == i.name)
-                        .and_then(|r| r.decision.next_rotation),
-                );
+            for r in &reports {
+                // After a rotation the decision predates it: the new account's renewal time counts.
+                let renewed = r
+                    .rotated
+                    .as_ref()
+                    .and_then(|x| x.expires)
+                    .zip(policy.integration(&r.integration))
+                    .map(|(e, i)| e - i.renew_before);
+                metrics.next_rotation(&r.integration, renewed.or(r.decision.next_rotation));
             }
             health.ready.store(reached_everything(&reports), Ordering::SeqCst);
             notify(&status_line(&summary(&reports, &sched)));
