@@ -30,14 +30,10 @@ fi
 
 work=$(mktemp -d)
 sim_pid=""
-bao_pid=""
-moto_pid=""
-moto_iam_pid=""
+server_pids=()
 cleanup() {
-  [ -n "$moto_iam_pid" ] && kill "$moto_iam_pid" 2>/dev/null || true
   [ -n "$sim_pid" ] && kill "$sim_pid" 2>/dev/null || true
-  [ -n "$bao_pid" ] && kill "$bao_pid" 2>/dev/null || true
-  [ -n "$moto_pid" ] && kill "$moto_pid" 2>/dev/null || true
+  for pid in "${server_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -77,14 +73,20 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# wait_http URL: until it answers, or fail.
-wait_http() {
+# start_server NAME URL CMD...: run CMD in the background (stopped on exit),
+# logging to $work/NAME.log, and wait until URL answers; fail loudly if not.
+start_server() {
+  local name=$1 url=$2
+  shift 2
+  "$@" >"$work/$name.log" 2>&1 &
+  server_pids+=("$!")
   for _ in $(seq 1 100); do
-    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    curl -fsS -o /dev/null "$url" 2>/dev/null && return 0
     sleep 0.1
   done
-  echo "error: $1 did not come up" >&2
-  return 1
+  echo "error: $name did not come up at $url:" >&2
+  cat "$work/$name.log" >&2
+  exit 1
 }
 
 echo "== OpenBao dev server"
@@ -93,25 +95,17 @@ bao_port=$(free_port)
 # tests through a 0600 file.
 umask 077
 python3 -c 'import secrets; print(secrets.token_hex(16))' >"$work/bao.token"
-BAO_DEV_ROOT_TOKEN_ID="$(cat "$work/bao.token")" "$VENV/bin/bao" server -dev \
-  -dev-listen-address="127.0.0.1:${bao_port}" -dev-no-store-token >"$work/bao.log" 2>&1 &
-bao_pid=$!
-if ! wait_http "http://127.0.0.1:${bao_port}/v1/sys/health"; then
-  cat "$work/bao.log" >&2
-  exit 1
-fi
+start_server bao "http://127.0.0.1:${bao_port}/v1/sys/health" \
+  env BAO_DEV_ROOT_TOKEN_ID="$(cat "$work/bao.token")" "$VENV/bin/bao" server -dev \
+  -dev-listen-address="127.0.0.1:${bao_port}" -dev-no-store-token
 export MPR_TEST_BAO_ADDR="http://127.0.0.1:${bao_port}"
 export MPR_TEST_BAO_TOKEN_FILE="$work/bao.token"
 echo "OpenBao $("$VENV/bin/bao" version | head -1) at $MPR_TEST_BAO_ADDR"
 
 echo "== moto server (AWS Secrets Manager)"
 moto_port=$(free_port)
-"$VENV/bin/moto_server" -H 127.0.0.1 -p "$moto_port" >"$work/moto.log" 2>&1 &
-moto_pid=$!
-if ! wait_http "http://127.0.0.1:${moto_port}/moto-api/"; then
-  cat "$work/moto.log" >&2
-  exit 1
-fi
+start_server moto "http://127.0.0.1:${moto_port}/moto-api/" \
+  "$VENV/bin/moto_server" -H 127.0.0.1 -p "$moto_port"
 export MPR_TEST_MOTO_URL="http://127.0.0.1:${moto_port}"
 # moto accepts any credentials; the tests read these through the standard AWS chain.
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_DISABLED=true
@@ -121,12 +115,8 @@ echo "moto $("$VENV/bin/python" -c 'import moto; print(moto.__version__)') at $M
 # A second moto that enforces IAM after its first two calls, which create a
 # user without any policy: the tests check what a missing permission looks like.
 moto_iam_port=$(free_port)
-INITIAL_NO_AUTH_ACTION_COUNT=2 "$VENV/bin/moto_server" -H 127.0.0.1 -p "$moto_iam_port" >"$work/moto-iam.log" 2>&1 &
-moto_iam_pid=$!
-if ! wait_http "http://127.0.0.1:${moto_iam_port}/moto-api/"; then
-  cat "$work/moto-iam.log" >&2
-  exit 1
-fi
+start_server moto-iam "http://127.0.0.1:${moto_iam_port}/moto-api/" \
+  env INITIAL_NO_AUTH_ACTION_COUNT=2 "$VENV/bin/moto_server" -H 127.0.0.1 -p "$moto_iam_port"
 export MPR_TEST_MOTO_IAM_URL="http://127.0.0.1:${moto_iam_port}"
 export MPR_TEST_MOTO_IAM_KEY_FILE="$work/moto-iam.key"
 "$VENV/bin/python" - "$MPR_TEST_MOTO_IAM_URL" "$MPR_TEST_MOTO_IAM_KEY_FILE" <<'PY'

@@ -197,10 +197,7 @@ async fn a_secret_created_empty_beforehand_is_filled() {
 
 #[tokio::test]
 async fn validate_online_reports_the_aws_sink() {
-    let h = Harness::new(Seed::Demo).await;
-    h.clock.set(mixpanel_rotator::clock::Clock::now(
-        &mixpanel_rotator::clock::SystemClock,
-    ));
+    let h = Harness::realtime(Seed::Demo).await;
     let secret = unique("mixpanel/validate");
     let cfg = h.policy_file(&policy(&h, &secret));
     let o = h.run_bin(&cfg, &["validate", "--online"], &[]).await;
@@ -214,10 +211,7 @@ async fn validate_online_reports_the_aws_sink() {
 
 #[tokio::test]
 async fn the_binary_at_trace_level_never_logs_a_secret() {
-    let h = Harness::new(Seed::Demo).await;
-    h.clock.set(mixpanel_rotator::clock::Clock::now(
-        &mixpanel_rotator::clock::SystemClock,
-    ));
+    let h = Harness::realtime(Seed::Demo).await;
     let secret = unique("mixpanel/debug");
     let cfg = h.policy_file(&policy(&h, &secret));
     for _ in 0..2 {
@@ -236,10 +230,7 @@ async fn the_binary_at_trace_level_never_logs_a_secret() {
 /// clear line naming the sink, the missing permission and the fix.
 #[tokio::test]
 async fn a_missing_aws_permission_is_one_clear_line() {
-    let h = Harness::new(Seed::Demo).await;
-    h.clock.set(mixpanel_rotator::clock::Clock::now(
-        &mixpanel_rotator::clock::SystemClock,
-    ));
+    let h = Harness::realtime(Seed::Demo).await;
     let url = std::env::var("MPR_TEST_MOTO_IAM_URL")
         .unwrap_or_else(|_| panic!("MPR_TEST_MOTO_IAM_URL is not set: run the tests with scripts/test.sh"));
     let key: Value =

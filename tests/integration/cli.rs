@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::process::Output;
 
-use mixpanel_rotator::clock::{Clock as _, SystemClock};
 use mixpanel_rotator::simulator::Seed;
 
 use crate::common::*;
@@ -23,13 +22,6 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A harness whose simulator clock follows the machine's, since the binary uses the real clock.
-async fn realtime() -> Harness {
-    let h = Harness::new(Seed::Demo).await;
-    h.clock.set(SystemClock.now());
-    h
-}
-
 fn etl(h: &Harness) -> String {
     format!(
         "[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nrole = \"analyst\"\nadopt = \"{}\"\n",
@@ -43,7 +35,7 @@ fn etl(h: &Harness) -> String {
 
 #[tokio::test]
 async fn validate_exit_codes_and_messages() {
-    let h = realtime().await;
+    let h = Harness::realtime(Seed::Demo).await;
     let good = h.policy_file(&etl(&h));
     let o = run(&h, &good, &["validate"]).await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -97,7 +89,7 @@ async fn validate_exit_codes_and_messages() {
 
 #[tokio::test]
 async fn plan_rotate_status_reconcile_through_the_binary() {
-    let h = realtime().await;
+    let h = Harness::realtime(Seed::Demo).await;
     let cfg = h.policy_file(&etl(&h));
 
     h.sim.clear_requests();
@@ -167,7 +159,7 @@ async fn plan_rotate_status_reconcile_through_the_binary() {
 
 #[tokio::test]
 async fn config_path_from_environment() {
-    let h = realtime().await;
+    let h = Harness::realtime(Seed::Demo).await;
     let cfg = h.policy_file(&etl(&h));
     let o = tokio::process::Command::new(BIN)
         .arg("validate")

@@ -98,6 +98,16 @@ impl Harness {
         }
     }
 
+    /// As [`Harness::new`], with the simulator's clock at the machine's time:
+    /// for tests that run the binary, which uses the real clock.
+    pub async fn realtime(seed: Seed) -> Self {
+        let h = Self::new(seed).await;
+        h.clock.set(mixpanel_rotator::clock::Clock::now(
+            &mixpanel_rotator::clock::SystemClock,
+        ));
+        h
+    }
+
     pub fn clock_now(&self) -> DateTime<Utc> {
         use mixpanel_rotator::clock::Clock as _;
         self.clock.now()

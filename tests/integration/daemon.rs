@@ -131,10 +131,7 @@ fn policy(legacy: u64, port: u16, grace: &str, extra: &str) -> String {
 
 #[tokio::test]
 async fn the_daemon_bootstraps_serves_deletes_after_grace_reloads_and_stops() {
-    let h = Harness::new(Seed::Demo).await;
-    h.clock.set(mixpanel_rotator::clock::Clock::now(
-        &mixpanel_rotator::clock::SystemClock,
-    ));
+    let h = Harness::realtime(Seed::Demo).await;
     let legacy = h.accounts_with_prefix("etl-legacy")[0].id;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
@@ -228,10 +225,7 @@ async fn the_daemon_bootstraps_serves_deletes_after_grace_reloads_and_stops() {
 
 #[tokio::test]
 async fn sigterm_during_a_rotation_finishes_it_and_exits_zero() {
-    let h = Harness::new(Seed::Demo).await;
-    h.clock.set(mixpanel_rotator::clock::Clock::now(
-        &mixpanel_rotator::clock::SystemClock,
-    ));
+    let h = Harness::realtime(Seed::Demo).await;
     let cfg = h.dir.path().join("daemon.toml");
     std::fs::write(
         &cfg,

@@ -29,10 +29,7 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
 
 #[tokio::test]
 async fn hooks_get_the_documented_environment_never_the_secret() {
-    let h = Harness::new(Seed::Demo).await;
-    h.clock.set(mixpanel_rotator::clock::Clock::now(
-        &mixpanel_rotator::clock::SystemClock,
-    ));
+    let h = Harness::realtime(Seed::Demo).await;
     let (url, got) = receiver().await;
     let url_file = h.dir.path().join("webhook.url");
     std::fs::write(&url_file, &url).unwrap();

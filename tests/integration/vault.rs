@@ -318,10 +318,7 @@ async fn token_revoked_then_replaced_in_its_file_logs_in_again() {
 
 #[tokio::test]
 async fn validate_online_with_good_and_bad_vault_tokens() {
-    let h = Harness::new(Seed::Demo).await;
-    h.clock.set(mixpanel_rotator::clock::Clock::now(
-        &mixpanel_rotator::clock::SystemClock,
-    ));
+    let h = Harness::realtime(Seed::Demo).await;
     let bao = Bao::from_env();
     let (policy, _path, token) = token_setup(&h, &bao).await;
     let cfg = h.policy_file(&policy);
@@ -398,10 +395,7 @@ async fn kubernetes_login_sends_the_pod_jwt_and_uses_the_returned_token() {
 
 #[tokio::test]
 async fn the_binary_at_trace_level_never_logs_a_secret_and_status_checks_the_sink() {
-    let h = Harness::new(Seed::Demo).await;
-    h.clock.set(mixpanel_rotator::clock::Clock::now(
-        &mixpanel_rotator::clock::SystemClock,
-    ));
+    let h = Harness::realtime(Seed::Demo).await;
     let bao = Bao::from_env();
     let (policy, path, token) = token_setup(&h, &bao).await;
     let cfg = h.policy_file(&policy);
