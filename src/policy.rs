@@ -510,15 +510,6 @@ pub enum SinkConfig {
 }
 
 impl SinkConfig {
-    /// The backend's name as written in `type`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SinkConfig::File(_) => "file",
-            SinkConfig::Vault(_) => "vault",
-            SinkConfig::AwsSecretsManager(_) => "aws-secrets-manager",
-        }
-    }
-
     /// Checks a sink's own keys; returns the failing field and message.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         match self {

@@ -24,11 +24,6 @@ impl Secret {
     pub fn expose(&self) -> &str {
         self.0.expose_secret()
     }
-
-    /// Whether the secret is empty (an empty secret file, say).
-    pub fn is_empty(&self) -> bool {
-        self.expose().is_empty()
-    }
 }
 
 impl fmt::Debug for Secret {
