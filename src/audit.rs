@@ -10,6 +10,59 @@ use std::sync::Mutex;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+/// The mutating call an audit event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// A service account was created.
+    Create,
+    /// A service account was deleted.
+    Delete,
+    /// Project memberships were added to an account.
+    AddToProject,
+    /// A credential was published to a sink.
+    Publish,
+}
+
+/// How the call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Created,
+    Deleted,
+    /// A delete found the account already gone.
+    AlreadyGone,
+    Added,
+    Published,
+    Failed,
+}
+
+impl Action {
+    /// The name used in logs and the audit file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Delete => "delete",
+            Action::AddToProject => "add_to_project",
+            Action::Publish => "publish",
+        }
+    }
+}
+
+impl Outcome {
+    /// The name used in logs and the audit file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Created => "created",
+            Outcome::Deleted => "deleted",
+            Outcome::AlreadyGone => "already_gone",
+            Outcome::Added => "added",
+            Outcome::Published => "published",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
 /// One mutating call and its outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditEvent<'a> {
@@ -17,8 +70,7 @@ pub struct AuditEvent<'a> {
     pub integration: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rotation_id: Option<&'a str>,
-    /// `create`, `delete`, `add_to_project`, `publish`.
-    pub action: &'a str,
+    pub action: Action,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account_id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -27,8 +79,7 @@ pub struct AuditEvent<'a> {
     pub username: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// `created`, `deleted`, `already_gone`, `added`, `published`, `failed`.
-    pub outcome: &'a str,
+    pub outcome: Outcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
@@ -57,16 +108,16 @@ impl Audit {
             target: "audit",
             integration = e.integration,
             rotation_id = e.rotation_id,
-            action = e.action,
+            action = e.action.as_str(),
             account_id = e.account_id,
             previous_account_id = e.previous_account_id,
             username = e.username,
             reason = e.reason.as_deref(),
-            outcome = e.outcome,
+            outcome = e.outcome.as_str(),
             detail = e.detail.as_deref(),
             "Audit: {} {}.",
-            e.action,
-            e.outcome
+            e.action.as_str(),
+            e.outcome.as_str()
         );
         let Some(path) = &self.path else { return };
         let mut line = serde_json::to_vec(e).unwrap_or_default();

@@ -1,5 +1,6 @@
-//! The command line: argument parsing, the commands, and their output.
-//! Exit codes: 0 success, 1 a rotation or check failed, 2 bad usage or policy.
+//! The command line: argument parsing and the commands. Output is rendered
+//! by [`crate::render`]; exit codes are [`Exit`] (0 success, 1 a rotation or
+//! check failed, 2 bad usage or policy).
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -7,25 +8,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::clock::{SharedClock, SystemClock};
+use crate::exit::Exit;
 use crate::policy::{Policy, config_path};
-use crate::rotation::decide::relative;
-use crate::rotation::{Engine, PassOptions, Report};
+use crate::render::{outcome_text, plan_text, status_table};
+use crate::rotation::{Engine, PassOptions, Report, Request};
 use crate::simulator::Seed;
-
-/// Exit status of a command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// Everything succeeded.
-    Ok = 0,
-    /// A rotation or a check failed.
-    Failed = 1,
-    /// Bad usage or an invalid policy.
-    Usage = 2,
-}
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -165,20 +155,7 @@ pub async fn run(cli: Cli) -> Exit {
             allow_non_loopback,
             admin_secret_file,
         } => return simulator(*listen, *seed, *allow_non_loopback, admin_secret_file.clone()).await,
-        Command::Run { shutdown_timeout } => {
-            let timeout = match crate::policy::HumanDuration::parse(shutdown_timeout) {
-                Ok(d) => d.to_std(),
-                Err(e) => {
-                    eprintln!("error: --shutdown-timeout {e}");
-                    return Exit::Usage;
-                }
-            };
-            return crate::daemon::run(crate::daemon::RunOptions {
-                config: config_path(cli.config.as_deref()),
-                shutdown_timeout: timeout,
-            })
-            .await;
-        }
+        Command::Run { shutdown_timeout } => return daemon(&cli, shutdown_timeout).await,
         Command::Validate { online } => validate(&cli, *online, clock).await,
         Command::Plan => passes(&cli, clock, Mode::Plan).await,
         Command::RotateNow { names, all, revoke_old } => {
@@ -246,7 +223,6 @@ async fn passes(cli: &Cli, clock: SharedClock, mode: Mode) -> Result<Exit, Exit>
             }
         }
     }
-    let now = clock.now();
     let mut out = std::io::stdout().lock();
     match mode {
         Mode::Status { json: true } => {
@@ -254,7 +230,7 @@ async fn passes(cli: &Cli, clock: SharedClock, mode: Mode) -> Result<Exit, Exit>
             let _ = writeln!(out);
         }
         Mode::Status { json: false } => {
-            let _ = write!(out, "{}", status_table(&reports, now));
+            let _ = write!(out, "{}", status_table(&reports));
         }
         Mode::Plan => {
             let _ = write!(out, "{}", plan_text(&reports));
@@ -263,144 +239,47 @@ async fn passes(cli: &Cli, clock: SharedClock, mode: Mode) -> Result<Exit, Exit>
             let _ = write!(out, "{}", outcome_text(&reports));
         }
     }
-    Ok(if reports.iter().any(Report::failed) {
-        Exit::Failed
-    } else {
-        Exit::Ok
-    })
+    Ok(Exit::from_failure(reports.iter().any(Report::failed)))
 }
 
-/// `plan` output: what each integration would do.
-pub fn plan_text(reports: &[Report]) -> String {
-    let mut s = String::new();
-    for r in reports {
-        s.push_str(&format!("{} (sink `{}`, path `{}`):\n", r.integration, r.sink, r.path));
-        for line in &r.plan {
-            s.push_str(&format!("  - {line}\n"));
+async fn daemon(cli: &Cli, shutdown_timeout: &str) -> Exit {
+    let timeout = match crate::values::HumanDuration::parse(shutdown_timeout) {
+        Ok(d) => d.to_std(),
+        Err(e) => {
+            eprintln!("error: --shutdown-timeout {e}");
+            return Exit::Usage;
         }
-        for w in &r.warnings {
-            s.push_str(&format!("  ! warning: {w}\n"));
+    };
+    let (control, _signals) = match crate::daemon::signals::install() {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return Exit::Failed;
         }
-        for e in &r.errors {
-            s.push_str(&format!("  ! error: {e}\n"));
-        }
-    }
-    s.push_str("(plan only: nothing was changed)\n");
-    s
+    };
+    crate::daemon::Daemon::new(config_path(cli.config.as_deref()), Arc::new(SystemClock))
+        .shutdown_timeout(timeout)
+        .notifier(crate::notify::Notifier::from_env())
+        .run(control)
+        .await
 }
 
-/// `reconcile` / `rotate-now` output: what was done.
-pub fn outcome_text(reports: &[Report]) -> String {
-    let mut s = String::new();
-    for r in reports {
-        match &r.rotated {
-            Some(rot) => s.push_str(&format!(
-                "{}: rotated ({}): now account {} ({}), expires {}, projects {}\n",
-                r.integration,
-                rot.reason,
-                rot.service_account_id,
-                rot.username,
-                rot.expires
-                    .map(crate::rotation::rfc3339)
-                    .unwrap_or_else(|| "never".into()),
-                crate::rotation::grants_text(&rot.projects)
-            )),
-            None if r.failed() => s.push_str(&format!("{}: FAILED\n", r.integration)),
-            None => s.push_str(&format!("{}: up to date\n", r.integration)),
-        }
-        for d in &r.deleted {
-            s.push_str(&format!("  deleted account {} ({}): {}\n", d.id, d.username, d.reason));
-        }
-        for w in &r.warnings {
-            s.push_str(&format!("  warning: {w}\n"));
-        }
-        for e in &r.errors {
-            s.push_str(&format!("  error: {e}\n"));
-        }
-    }
-    s
+/// The lines of `validate --online`: `ok` or `FAIL`, what, and the detail.
+#[derive(Default)]
+struct Checks {
+    failed: bool,
 }
 
-/// `status` output: one row per integration.
-pub fn status_table(reports: &[Report], now: DateTime<Utc>) -> String {
-    let header = [
-        "INTEGRATION",
-        "SINK",
-        "ACCOUNT",
-        "EXPIRES",
-        "NEXT ROTATION",
-        "RETIRING",
-        "ORPHANS",
-        "STATE",
-    ];
-    let mut rows: Vec<[String; 8]> = Vec::new();
-    for r in reports {
-        let d = &r.decision;
-        let count = |reason| {
-            d.delete_now
-                .iter()
-                .chain(&d.delete_later)
-                .filter(|x| x.reason == reason)
-                .count()
-                .to_string()
-        };
-        let account = r
-            .current
-            .as_ref()
-            .map(|c| format!("{}{}", c.service_account_id, if c.exists { "" } else { " (gone)" }))
-            .unwrap_or_else(|| "-".into());
-        let expires = r
-            .current
-            .as_ref()
-            .and_then(|c| c.expires)
-            .map(|e| format!("{} ({})", e.format("%Y-%m-%d %H:%M"), relative(e, now)))
-            .unwrap_or_else(|| "-".into());
-        let next = match (&d.rotate, d.next_rotation) {
-            (Some(_), _) => "now".to_string(),
-            (None, Some(t)) => format!("{} ({})", t.format("%Y-%m-%d %H:%M"), relative(t, now)),
-            (None, None) => "-".into(),
-        };
-        let state = if !r.errors.is_empty() {
-            format!("error: {}", r.errors[0].message)
-        } else if let Some(reason) = &d.rotate {
-            format!("due: {reason}")
-        } else {
-            "ok".into()
-        };
-        rows.push([
-            r.integration.clone(),
-            r.sink.clone(),
-            account,
-            expires,
-            next,
-            count(crate::rotation::DeleteReason::Retiring),
-            count(crate::rotation::DeleteReason::Orphan),
-            state,
-        ]);
-    }
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut s = String::new();
-    let line = |cells: Vec<&str>| {
-        let mut l = String::new();
-        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
-                l.push_str(c);
-            } else {
-                l.push_str(&format!("{c:<w$}  "));
+impl Checks {
+    fn check(&mut self, what: &str, result: Result<String, String>) {
+        match result {
+            Ok(detail) => println!("ok    {what}: {detail}"),
+            Err(e) => {
+                self.failed = true;
+                println!("FAIL  {what}: {e}");
             }
         }
-        l.trim_end().to_string() + "\n"
-    };
-    s.push_str(&line(header.to_vec()));
-    for row in &rows {
-        s.push_str(&line(row.iter().map(String::as_str).collect()));
     }
-    s
 }
 
 async fn validate(cli: &Cli, online: bool, clock: SharedClock) -> Result<Exit, Exit> {
@@ -416,67 +295,62 @@ async fn validate(cli: &Cli, online: bool, clock: SharedClock) -> Result<Exit, E
     if !online {
         return Ok(Exit::Ok);
     }
-    let engine = engine(policy, clock.clone())?;
-    let mut failed = false;
-    let mut check = |ok: Result<String, String>, what: &str| match ok {
-        Ok(detail) => println!("ok    {what}: {detail}"),
-        Err(e) => {
-            failed = true;
-            println!("FAIL  {what}: {e}");
-        }
-    };
+    let engine = engine(policy, clock)?;
+    let mut checks = Checks::default();
     let client = engine.client();
-    let org = client.organization_id();
-    let me = client.me().await;
-    let me_check = match &me {
-        Ok(me) => match me.organizations.values().find(|o| o.id == org) {
-            Some(o) if matches!(o.role.as_deref(), Some("admin" | "owner")) => Ok(format!(
-                "authenticated; role `{}` in organization {org}",
-                o.role.as_deref().unwrap_or("?")
-            )),
-            Some(o) => Err(format!(
-                "the rotator's account has role `{}` in organization {org}; it must be an organization admin or owner to create and delete service accounts",
-                o.role.as_deref().unwrap_or("unknown")
-            )),
-            None => Err(format!(
-                "the rotator's account does not belong to organization {org}: check `mixpanel.organization_id`"
-            )),
-        },
-        Err(e) => Err(e.to_string()),
-    };
-    check(me_check, &format!("mixpanel {}", client.base_url()));
+    checks.check(&format!("mixpanel {}", client.base_url()), rotator_role(client).await);
     let accounts = client.list_accounts().await;
-    check(
+    checks.check(
+        "mixpanel list service accounts",
         accounts
             .as_ref()
             .map(|a| format!("{} service account(s) listed", a.len()))
             .map_err(|e| e.to_string()),
-        "mixpanel list service accounts",
     );
     for i in &engine.policy().integrations {
         let Some(sink) = engine.sink(&i.sink) else { continue };
-        check(
-            sink.healthcheck(&i.path).await.map_err(|e| e.to_string()),
-            &format!("{}: {}", i.name, sink.describe()),
-        );
+        let health = sink.healthcheck(&i.path).await.map_err(|e| e.to_string());
+        checks.check(&format!("{}: {}", i.name, sink.describe()), health);
         if let Ok(accounts) = &accounts {
-            let published = sink.read_current(&i.path).await;
-            let readiness = match published {
-                Err(e) => Err(format!("cannot read the published credential: {e}")),
-                Ok(p) => {
-                    let obs = crate::rotation::Observation::new(i, &engine.policy().namespace, accounts, p);
-                    let d = crate::rotation::decide(i, &obs, clock.now(), false);
-                    match d.blocked {
-                        Some(b) => Err(b),
-                        None if obs.published.is_some() => Ok("credential published".into()),
-                        None => Ok("nothing published yet; the first pass bootstraps it".into()),
-                    }
-                }
-            };
-            check(readiness, &format!("{}: rotation readiness", i.name));
+            let readiness = readiness(&engine, i, accounts).await;
+            checks.check(&format!("{}: rotation readiness", i.name), readiness);
         }
     }
-    Ok(if failed { Exit::Failed } else { Exit::Ok })
+    Ok(Exit::from_failure(checks.failed))
+}
+
+/// Whether the rotator's own account may create and delete service accounts.
+async fn rotator_role(client: &crate::mixpanel::Client) -> Result<String, String> {
+    let org = client.organization_id();
+    let me = client.me().await.map_err(|e| e.to_string())?;
+    match me.organizations.values().find(|o| o.id == org) {
+        Some(o) if matches!(o.role.as_deref(), Some("admin" | "owner")) => Ok(format!(
+            "authenticated; role `{}` in organization {org}",
+            o.role.as_deref().unwrap_or("?")
+        )),
+        Some(o) => Err(format!(
+            "the rotator's account has role `{}` in organization {org}; it must be an organization admin or owner to create and delete service accounts",
+            o.role.as_deref().unwrap_or("unknown")
+        )),
+        None => Err(format!(
+            "the rotator's account does not belong to organization {org}: check `mixpanel.organization_id`"
+        )),
+    }
+}
+
+/// Whether a pass could work on `i`: the same observation and plan as a pass.
+async fn readiness(
+    engine: &Engine,
+    i: &crate::policy::Integration,
+    accounts: &[crate::mixpanel::ServiceAccount],
+) -> Result<String, String> {
+    let obs = engine.observe(i, accounts).await.map_err(|e| e.message())?;
+    let plan = engine.decide(i, &obs, Request::default());
+    match plan.blocked {
+        Some(b) => Err(b.to_string()),
+        None if obs.published.is_some() => Ok("credential published".into()),
+        None => Ok("nothing published yet; the first pass bootstraps it".into()),
+    }
 }
 
 async fn simulator(listen: SocketAddr, seed: Seed, allow_non_loopback: bool, secret_file: Option<PathBuf>) -> Exit {

@@ -1,14 +1,24 @@
-//! Time is a parameter: everything that reads the time takes a [`Clock`], so
-//! schedules, grace periods and expiry are tested without sleeping.
+//! Time is a parameter: everything that reads the time, or waits for it,
+//! takes a [`Clock`], so schedules, grace periods and expiry are tested
+//! without sleeping.
 
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
+use tokio::sync::watch;
 
-/// A source of the current time.
+/// A future that completes at a time of a [`Clock`].
+pub type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A source of the current time, and of waiting for a later one.
 pub trait Clock: Send + Sync {
     /// The current time.
     fn now(&self) -> DateTime<Utc>;
+
+    /// Completes once this clock has reached `at`.
+    fn sleep_until(&self, at: DateTime<Utc>) -> Wait;
 }
 
 /// The machine's clock.
@@ -20,35 +30,72 @@ impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
     }
+
+    fn sleep_until(&self, at: DateTime<Utc>) -> Wait {
+        let wait = (at - self.now()).to_std().unwrap_or_default();
+        Box::pin(tokio::time::sleep(wait))
+    }
 }
 
-/// A clock that only moves when told to (tests, the simulator's time travel).
+/// A clock that only moves when told to (tests, the simulator's time
+/// travel). Waiting on it completes when it is moved past the deadline.
 #[derive(Debug, Clone)]
-pub struct ManualClock(Arc<Mutex<DateTime<Utc>>>);
+pub struct ManualClock(Arc<watch::Sender<DateTime<Utc>>>);
 
 impl ManualClock {
     /// A clock stopped at `at`.
     pub fn new(at: DateTime<Utc>) -> Self {
-        Self(Arc::new(Mutex::new(at)))
+        Self(Arc::new(watch::Sender::new(at)))
     }
 
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
-        let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        *t += by;
+        self.0.send_modify(|t| *t += by);
     }
 
     /// Sets the clock.
     pub fn set(&self, at: DateTime<Utc>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = at;
+        self.0.send_replace(at);
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+        *self.0.borrow()
+    }
+
+    fn sleep_until(&self, at: DateTime<Utc>) -> Wait {
+        let mut rx = self.0.subscribe();
+        Box::pin(async move {
+            // The sender lives as long as any clone of this clock; if every
+            // clone is gone, nobody can move time any more: never complete.
+            if rx.wait_for(|t| *t >= at).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
     }
 }
 
 /// A shared clock handle.
 pub type SharedClock = Arc<dyn Clock>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt as _;
+
+    #[tokio::test]
+    async fn a_manual_clock_wakes_sleepers_when_moved_past_their_deadline() {
+        let start = DateTime::parse_from_rfc3339("2026-11-28T04:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let c = ManualClock::new(start);
+        let mut wait = c.sleep_until(start + Duration::minutes(10));
+        assert!((&mut wait).now_or_never().is_none());
+        c.advance(Duration::minutes(9));
+        assert!((&mut wait).now_or_never().is_none());
+        c.advance(Duration::minutes(1));
+        wait.await;
+        c.sleep_until(start).await; // already past: at once
+    }
+}

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::policy::Integration;
-use crate::rotation::rfc3339;
+use crate::text::rfc3339;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -71,6 +71,37 @@ pub async fn on_rotate(i: &Integration, ev: &HookEvent) -> Result<(), String> {
     let Some((cmd, args)) = argv.split_first() else {
         return Ok(());
     };
+    let timeout = i
+        .on_rotate_timeout
+        .to_std()
+        .unwrap_or(std::time::Duration::from_secs(30));
+    let child = command(cmd, args, ev)
+        .spawn()
+        .map_err(|e| format!("`on_rotate` {cmd}: cannot start: {e}"))?;
+    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => return Err(format!("`on_rotate` {cmd}: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "`on_rotate` {cmd}: still running after {}s; killed (`on_rotate_timeout`)",
+                timeout.as_secs()
+            ));
+        }
+    };
+    if out.status.success() {
+        tracing::info!(integration = %i.name, command = %cmd, stdout = %tail(&out.stdout), "on_rotate hook succeeded.");
+        Ok(())
+    } else {
+        Err(format!(
+            "`on_rotate` {cmd} exited with {}: {}",
+            out.status,
+            tail(&out.stderr)
+        ))
+    }
+}
+
+/// The hook's command: argv, a clean environment with the event's facts, no stdin.
+fn command(cmd: &str, args: &[String], ev: &HookEvent) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(cmd);
     c.args(args)
         .env_clear()
@@ -101,41 +132,19 @@ pub async fn on_rotate(i: &Integration, ev: &HookEvent) -> Result<(), String> {
     if let Some(v) = ev.previous_service_account_id {
         c.env("MPR_PREVIOUS_SERVICE_ACCOUNT_ID", v.to_string());
     }
-    let timeout = i
-        .on_rotate_timeout
-        .to_std()
-        .unwrap_or(std::time::Duration::from_secs(30));
-    let child = c.spawn().map_err(|e| format!("`on_rotate` {cmd}: cannot start: {e}"))?;
-    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(Ok(o)) => o,
-        Ok(Err(e)) => return Err(format!("`on_rotate` {cmd}: {e}")),
-        Err(_) => {
-            return Err(format!(
-                "`on_rotate` {cmd}: still running after {}s; killed (`on_rotate_timeout`)",
-                timeout.as_secs()
-            ));
-        }
-    };
-    let tail = |b: &[u8]| {
-        let s = String::from_utf8_lossy(b);
-        let s = s.trim();
-        s.char_indices()
-            .rev()
-            .nth(500)
-            .map(|(i, _)| &s[i..])
-            .unwrap_or(s)
-            .to_string()
-    };
-    if out.status.success() {
-        tracing::info!(integration = %i.name, command = %cmd, stdout = %tail(&out.stdout), "on_rotate hook succeeded.");
-        Ok(())
-    } else {
-        Err(format!(
-            "`on_rotate` {cmd} exited with {}: {}",
-            out.status,
-            tail(&out.stderr)
-        ))
-    }
+    c
+}
+
+/// The last 500 characters of a child's output.
+fn tail(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    let s = s.trim();
+    s.char_indices()
+        .rev()
+        .nth(500)
+        .map(|(i, _)| &s[i..])
+        .unwrap_or(s)
+        .to_string()
 }
 
 /// POSTs the event to the integration's webhook, if set.

@@ -4,22 +4,40 @@
 //! means replacing the account: create a fresh expiring one with the same
 //! project memberships, prove it works, publish it to a sink with a
 //! compare-and-swap, and delete the old account once a grace period has
-//! passed. See `README.md` for the protocol and its guarantees.
+//! passed. See `README.md` for the protocol and its guarantees, and
+//! `docs/architecture.md` for what each module owns and which way the
+//! dependencies go.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
+// Leaves: they import nothing of the crate (or only each other, downwards).
 pub mod audit;
-pub mod cli;
 pub mod clock;
+pub mod exit;
+pub mod metrics;
+pub mod notify;
+pub mod secret;
+pub mod text;
+pub mod values;
+
+// The outside world.
+pub mod mixpanel;
+pub mod sink;
+
+// The policy, and what the rotation engine calls out to.
+pub mod hooks;
+pub mod policy;
+
+// The engine.
+pub mod rotation;
+
+// Around the engine.
 pub mod daemon;
 pub mod demo;
-pub mod hooks;
-pub mod metrics;
-pub mod mixpanel;
-pub mod notify;
-pub mod policy;
-pub mod rotation;
-pub mod secret;
+pub mod render;
 pub mod server;
 pub mod simulator;
-pub mod sink;
+
+// The command line (uses everything above).
+pub mod cli;

@@ -6,7 +6,8 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use mixpanel_rotator::cli::{self, Cli, Exit};
+use mixpanel_rotator::cli::{self, Cli};
+use mixpanel_rotator::exit::Exit;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

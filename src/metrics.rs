@@ -43,78 +43,54 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh registry.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("mixpanel_rotator");
-        let rotations = Family::<Labels, Counter>::default();
-        let rotation_duration = Histogram::new([0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]);
-        let last_success = Family::<Labels, F64Gauge>::default();
-        let expiry = Family::<Labels, F64Gauge>::default();
-        let next_rotation = Family::<Labels, F64Gauge>::default();
-        let deleted = Family::<Labels, Counter>::default();
-        let api_requests = Family::<Labels, Counter>::default();
-        let reload_failures = Counter::default();
-        let reloads = Counter::default();
-        let passes = Family::<Labels, Counter>::default();
-        let hook_failures = Family::<Labels, Counter>::default();
-        registry.register(
-            "hook_failures",
-            "Hooks that failed, by integration and hook",
-            hook_failures.clone(),
-        );
-        registry.register(
-            "rotations",
-            "Rotations by integration and result (success, failure)",
-            rotations.clone(),
-        );
-        registry.register(
-            "rotation_duration_seconds",
-            "Time from create to publish of one rotation",
-            rotation_duration.clone(),
-        );
-        registry.register(
-            "last_success_timestamp_seconds",
-            "When the integration last rotated successfully (Unix time)",
-            last_success.clone(),
-        );
-        registry.register(
-            "credential_expiry_timestamp_seconds",
-            "When the published credential expires (Unix time)",
-            expiry.clone(),
-        );
-        registry.register(
-            "next_rotation_timestamp_seconds",
-            "When the next rotation is due (Unix time)",
-            next_rotation.clone(),
-        );
-        registry.register("accounts_deleted", "Old accounts deleted, by reason", deleted.clone());
-        registry.register(
-            "api_requests",
-            "Mixpanel API requests by endpoint and HTTP status",
-            api_requests.clone(),
-        );
-        registry.register(
-            "policy_reload_failures",
-            "Policy reloads rejected (the old policy stays)",
-            reload_failures.clone(),
-        );
-        registry.register("policy_reloads", "Policy reloads applied", reloads.clone());
-        registry.register(
-            "passes",
-            "Reconcile passes by integration and result (ok, error)",
-            passes.clone(),
-        );
+        let mut r = Registry::with_prefix("mixpanel_rotator");
         Self {
-            registry,
-            rotations,
-            rotation_duration,
-            last_success,
-            expiry,
-            next_rotation,
-            deleted,
-            api_requests,
-            reload_failures,
-            reloads,
-            passes,
-            hook_failures,
+            rotations: family(
+                &mut r,
+                "rotations",
+                "Rotations by integration and result (success, failure)",
+            ),
+            rotation_duration: register(
+                &mut r,
+                "rotation_duration_seconds",
+                "Time from create to publish of one rotation",
+                Histogram::new([0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]),
+            ),
+            last_success: family(
+                &mut r,
+                "last_success_timestamp_seconds",
+                "When the integration last rotated successfully (Unix time)",
+            ),
+            expiry: family(
+                &mut r,
+                "credential_expiry_timestamp_seconds",
+                "When the published credential expires (Unix time)",
+            ),
+            next_rotation: family(
+                &mut r,
+                "next_rotation_timestamp_seconds",
+                "When the next rotation is due (Unix time)",
+            ),
+            deleted: family(&mut r, "accounts_deleted", "Old accounts deleted, by reason"),
+            api_requests: family(
+                &mut r,
+                "api_requests",
+                "Mixpanel API requests by endpoint and HTTP status",
+            ),
+            reload_failures: register(
+                &mut r,
+                "policy_reload_failures",
+                "Policy reloads rejected (the old policy stays)",
+                Counter::default(),
+            ),
+            reloads: register(&mut r, "policy_reloads", "Policy reloads applied", Counter::default()),
+            passes: family(
+                &mut r,
+                "passes",
+                "Reconcile passes by integration and result (ok, error)",
+            ),
+            hook_failures: family(&mut r, "hook_failures", "Hooks that failed, by integration and hook"),
+            registry: r,
         }
     }
 
@@ -138,32 +114,34 @@ impl Metrics {
             .inc();
     }
 
-    /// A pass over one integration finished.
-    pub fn pass(&self, report: &crate::rotation::Report) {
-        let i = report.integration.as_str();
-        let result = if report.failed() { "error" } else { "ok" };
+    /// A pass over one integration finished, with or without an error.
+    pub fn pass(&self, integration: &str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
         self.passes
-            .get_or_create(&labels(&[("integration", i), ("result", result)]))
+            .get_or_create(&labels(&[("integration", integration), ("result", result)]))
             .inc();
-        if let Some(r) = &report.rotated {
-            self.rotations
-                .get_or_create(&labels(&[("integration", i), ("result", "success")]))
-                .inc();
-            if let Some(e) = r.expires {
-                self.expiry.get_or_create(&labels(&[("integration", i)])).set(ts(e));
-            }
-        } else if report.errors.iter().any(|e| e.step.is_rotation()) {
-            self.rotations
-                .get_or_create(&labels(&[("integration", i), ("result", "failure")]))
-                .inc();
-        } else if let Some(e) = report.current.as_ref().and_then(|c| c.expires) {
-            self.expiry.get_or_create(&labels(&[("integration", i)])).set(ts(e));
-        }
-        for d in &report.deleted {
-            self.deleted
-                .get_or_create(&labels(&[("integration", i), ("reason", &d.reason.to_string())]))
-                .inc();
-        }
+    }
+
+    /// A rotation ended: published (`success`) or failed.
+    pub fn rotation(&self, integration: &str, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.rotations
+            .get_or_create(&labels(&[("integration", integration), ("result", result)]))
+            .inc();
+    }
+
+    /// When the published credential of `integration` expires.
+    pub fn expiry(&self, integration: &str, at: DateTime<Utc>) {
+        self.expiry
+            .get_or_create(&labels(&[("integration", integration)]))
+            .set(ts(at));
+    }
+
+    /// An old account was deleted, for `reason` (`retiring`, `orphan`, `revoked`).
+    pub fn deleted(&self, integration: &str, reason: &str) {
+        self.deleted
+            .get_or_create(&labels(&[("integration", integration), ("reason", reason)]))
+            .inc();
     }
 
     /// A rotation published after `seconds`, at `at`.
@@ -197,6 +175,26 @@ impl Metrics {
             self.reload_failures.inc()
         };
     }
+}
+
+/// Registers `metric` under `name` and returns it (metrics are shared handles).
+fn register<M: prometheus_client::registry::Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    r.register(name, help, metric.clone());
+    metric
+}
+
+/// A labelled family of `M`, registered under `name`.
+fn family<M>(r: &mut Registry, name: &str, help: &str) -> Family<Labels, M>
+where
+    M: prometheus_client::metrics::TypedMetric
+        + prometheus_client::encoding::EncodeMetric
+        + Default
+        + Send
+        + Sync
+        + std::fmt::Debug
+        + 'static,
+{
+    register(r, name, help, Family::<Labels, M>::default())
 }
 
 fn ts(t: DateTime<Utc>) -> f64 {

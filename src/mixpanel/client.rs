@@ -241,7 +241,7 @@ impl Client {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let (result, retry_after) = self.once(&method, path, body, endpoint).await;
+            let Attempt { result, retry_after } = self.once(&method, path, body, endpoint).await;
             match result {
                 Ok(v) => return Ok(v),
                 Err(e) if retries && e.retryable() && attempt < self.retry.max_attempts => {
@@ -260,69 +260,40 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
         endpoint: &'static str,
-    ) -> (Result<T, MixpanelError>, Option<Duration>) {
-        let url = format!("{}{}", self.base_url, path);
-        let mut req = self
-            .http
-            .request(method.clone(), &url)
-            .header(AUTHORIZATION, self.auth.clone());
-        if let Some(b) = body {
-            req = req.json(b);
-        }
+    ) -> Attempt<T> {
         // The semaphore is never closed, so acquire only fails if it were; then run unlimited.
         let _permit = self.limit.acquire().await.ok();
         let started = Instant::now();
-        let resp = match req.send().await {
+        let resp = match self.send(method, path, body, endpoint).await {
             Ok(r) => r,
             Err(e) => {
-                let detail = if e.is_timeout() {
-                    "timed out".to_string()
-                } else if e.is_connect() {
-                    format!("cannot connect: {}", error_chain(&e))
-                } else {
-                    format!("connection failed: {}", error_chain(&e))
+                return Attempt {
+                    result: Err(e),
+                    retry_after: None,
                 };
-                tracing::debug!(endpoint, method = %method, "Mixpanel request failed: {detail}");
-                if let Some(m) = &self.metrics {
-                    m.api_request(endpoint, 0);
-                }
-                return (
-                    Err(MixpanelError::Transport {
-                        endpoint,
-                        detail,
-                        connect: e.is_connect(),
-                    }),
-                    None,
-                );
             }
         };
         let status = resp.status();
         if let Some(m) = &self.metrics {
             m.api_request(endpoint, status.as_u16());
         }
-        let retry_after = resp
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
+        let header = |name| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let retry_after = header(RETRY_AFTER)
             .and_then(|s| s.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let location = resp
-            .headers()
-            .get(reqwest::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let bytes = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) => {
-                return (
-                    Err(MixpanelError::Transport {
-                        endpoint,
-                        detail: format!("the response was cut off: {}", error_chain(&e)),
-                        connect: false,
-                    }),
-                    retry_after,
-                );
-            }
+        let location = header(reqwest::header::LOCATION);
+        let result = match resp.bytes().await {
+            Ok(bytes) => decode(endpoint, status, location, &bytes),
+            Err(e) => Err(MixpanelError::Transport {
+                endpoint,
+                detail: format!("the response was cut off: {}", error_chain(&e)),
+                connect: false,
+            }),
         };
         tracing::debug!(
             endpoint,
@@ -331,8 +302,50 @@ impl Client {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Mixpanel request done."
         );
-        (decode(endpoint, status, location, &bytes), retry_after)
+        Attempt { result, retry_after }
     }
+
+    /// Sends one request; a request that got no answer is a transport error.
+    async fn send(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+        endpoint: &'static str,
+    ) -> Result<reqwest::Response, MixpanelError> {
+        let url = format!("{}{}", self.base_url, path);
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .header(AUTHORIZATION, self.auth.clone());
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        req.send().await.map_err(|e| {
+            let detail = if e.is_timeout() {
+                "timed out".to_string()
+            } else if e.is_connect() {
+                format!("cannot connect: {}", error_chain(&e))
+            } else {
+                format!("connection failed: {}", error_chain(&e))
+            };
+            tracing::debug!(endpoint, method = %method, "Mixpanel request failed: {detail}");
+            if let Some(m) = &self.metrics {
+                m.api_request(endpoint, 0);
+            }
+            MixpanelError::Transport {
+                endpoint,
+                detail,
+                connect: e.is_connect(),
+            }
+        })
+    }
+}
+
+/// One attempt's outcome, and the server's `Retry-After` if it gave one.
+struct Attempt<T> {
+    result: Result<T, MixpanelError>,
+    retry_after: Option<Duration>,
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

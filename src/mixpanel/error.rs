@@ -1,7 +1,7 @@
 //! Errors of the Mixpanel client.
 
 /// A failed Mixpanel call: which endpoint, what happened, and a hint.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum MixpanelError {
     /// Mixpanel answered with an error status (`{"status":"error","error":..}`).
     #[error("Mixpanel {endpoint} answered HTTP {status}: {message}{}", hint(*.status))]

@@ -85,6 +85,23 @@ pub struct ProjectGrant {
     pub role: Role,
 }
 
+/// A list of grants for people: `[101 analyst, 102 admin]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Grants<'a>(pub &'a [ProjectGrant]);
+
+impl fmt::Display for Grants<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[")?;
+        for (n, g) in self.0.iter().enumerate() {
+            if n > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{} {}", g.id, g.role)?;
+        }
+        f.write_str("]")
+    }
+}
+
 /// Body of `POST /organizations/{org}/service-accounts`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,6 +215,11 @@ pub struct Me {
 }
 
 impl Me {
+    /// Whether the caller belongs to organization `org`.
+    pub fn sees(&self, org: u64) -> bool {
+        self.organizations.values().any(|o| o.id == org) || self.organizations.contains_key(&org.to_string())
+    }
+
     /// The ids of the projects of organization `org` that the caller sees.
     pub fn project_ids(&self, org: u64) -> Vec<u64> {
         let mut ids: Vec<u64> = self

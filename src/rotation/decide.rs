@@ -1,14 +1,54 @@
-//! Decide: from an [`Observation`] and the time, what is due. Pure: no I/O,
-//! so every rule is unit-tested with fixed times.
+//! Decide: from an [`Observation`], the time and what was asked, the whole
+//! [`Plan`] of a pass for one integration. Every rule of the rotator lives
+//! here (which accounts may be deleted and when, whether to rotate and why,
+//! what the next payload remembers, what `--revoke-old` deletes, when the
+//! next action is due, and when nothing may be done at all), so `plan`,
+//! `status`, `validate --online`, the daemon's scheduler, the metrics and
+//! the rotation itself read one answer. Pure: no I/O, so every rule is
+//! unit-tested with fixed times.
 
 use std::fmt;
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Serialize, Serializer};
 
-use super::observe::Observation;
-use crate::mixpanel::types::ServiceAccount;
-use crate::policy::{Integration, ProjectsSpec, format_duration};
+use super::error::Step;
+use super::observe::{Observation, Published};
+use crate::mixpanel::types::{ProjectGrant, Role, ServiceAccount};
+use crate::policy::{Integration, Policy, ProjectsSpec};
+use crate::sink::RetiringAccount;
+use crate::text::{format_duration, rfc3339};
+
+/// Who the rotator is: what every decision needs besides the integration.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// The lineage prefix (`namespace`).
+    pub namespace: String,
+    /// The organization whose accounts are managed.
+    pub organization_id: u64,
+    /// The rotator's own username: never adopted, never deleted.
+    pub rotator: String,
+}
+
+impl Scope {
+    /// The scope of a policy.
+    pub fn of(policy: &Policy) -> Self {
+        Self {
+            namespace: policy.namespace.clone(),
+            organization_id: policy.mixpanel.organization_id,
+            rotator: policy.mixpanel.username.clone(),
+        }
+    }
+}
+
+/// What was asked beyond the routine (`rotate-now [--revoke-old]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Request {
+    /// Rotate whatever the state.
+    pub force: bool,
+    /// With `force`: delete the superseded accounts as soon as the new one is published.
+    pub revoke_old: bool,
+}
 
 /// Why a rotation happens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -35,14 +75,14 @@ impl fmt::Display for RotateReason {
             RotateReason::Bootstrap => write!(f, "nothing published yet"),
             RotateReason::CurrentMissing => write!(f, "the published account no longer exists in Mixpanel"),
             RotateReason::Expired { expires } => {
-                write!(f, "the published account expired at {}", super::rfc3339(*expires))
+                write!(f, "the published account expired at {}", rfc3339(*expires))
             }
             RotateReason::ExpiresSoon { expires } => write!(
                 f,
                 "the published account expires at {}, within renew_before",
-                super::rfc3339(*expires)
+                rfc3339(*expires)
             ),
-            RotateReason::Scheduled { slot } => write!(f, "schedule slot {} passed", super::rfc3339(*slot)),
+            RotateReason::Scheduled { slot } => write!(f, "schedule slot {} passed", rfc3339(*slot)),
         }
     }
 }
@@ -59,393 +99,553 @@ pub enum DeleteReason {
     Revoked,
 }
 
-impl fmt::Display for DeleteReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl DeleteReason {
+    /// The name used in output, metrics and the audit trail.
+    pub fn as_str(self) -> &'static str {
+        match self {
             DeleteReason::Retiring => "retiring",
             DeleteReason::Orphan => "orphan",
             DeleteReason::Revoked => "revoked",
-        })
+        }
     }
 }
 
-/// An account this integration owns that is not current.
+impl fmt::Display for DeleteReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The rule that allows a deletion, and sets its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// A lineage account older than the published one: `grace` after that publish.
+    Grace,
+    /// An entry of the payload's `retiring` list: its own `not_before`.
+    NotBefore,
+    /// Drain-aware: its grace has passed and its `last_used` has not moved for `delete_when_idle`.
+    Idle,
+    /// Drain-aware: `max_grace` after its successor was published, in use or not.
+    MaxGrace,
+    /// A lineage account newer than the published one, never published: `orphan_after` after its creation.
+    OrphanAfter,
+    /// Nothing published while lineage accounts exist: they retire `grace` after the bootstrap.
+    BootstrapGrace,
+    /// Nothing published and the bootstrap is blocked: nothing is deleted until the policy is fixed.
+    Blocked,
+    /// `--revoke-old`: as soon as the new account is published.
+    RevokeOld,
+    /// A rotation failed before its publish: its own new account, at once.
+    FailedRotation,
+}
+
+/// An account this integration owns that is not current, and when it goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Disposal {
     pub id: u64,
     pub username: String,
     pub reason: DeleteReason,
-    /// When it may be deleted.
-    pub due: DateTime<Utc>,
+    pub rule: Rule,
+    /// When it may be deleted; `None`: not while the integration is blocked.
+    pub due: Option<DateTime<Utc>>,
 }
 
-/// What a pass should do for one integration.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Decision {
+impl Disposal {
+    /// A deletion of `a` for `reason` by `rule`, due at `due`.
+    pub fn of(a: &ServiceAccount, reason: DeleteReason, rule: Rule, due: DateTime<Utc>) -> Self {
+        Self {
+            id: a.id,
+            username: a.username.clone(),
+            reason,
+            rule,
+            due: Some(due),
+        }
+    }
+
+    fn is_due(&self, now: DateTime<Utc>) -> bool {
+        self.due.is_some_and(|d| d <= now)
+    }
+}
+
+/// Why nothing may be done for an integration until a person acts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "blocked", rename_all = "snake_case")]
+pub enum Blocked {
+    /// The sink path holds another integration's or organization's payload.
+    #[error("{0}")]
+    SharedPath(Box<SharedPath>),
+    /// `adopt` names the rotator's own account.
+    #[error(
+        "`{adopt_key}` names the rotator's own account ({username}): adopting it would delete the rotator's credential after `grace`; adopt the account the integration uses"
+    )]
+    OwnAccountAdopted { adopt_key: String, username: String },
+    /// Nothing is published and `adopt` matches no account.
+    #[error(
+        "nothing is published yet and `{adopt_key}` = {adopt} matches no account in organization: fix `adopt`, or list the memberships in `{projects_key}`"
+    )]
+    AdoptNotFound {
+        adopt_key: String,
+        adopt: String,
+        projects_key: String,
+    },
+    /// Nothing is published, `projects = "copy"`, and there is no `adopt`.
+    #[error(
+        "nothing is published yet and `{projects_key}` is \"copy\", so there is nothing to copy from: set `{adopt_key}` to the account in use today, or list the memberships in `{projects_key}`"
+    )]
+    NothingToCopy { adopt_key: String, projects_key: String },
+}
+
+/// A sink path that holds a payload of another integration or organization.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error(
+    "sink `{sink}` path `{path}` holds the credential of integration `{found_integration}` in organization {found_organization}, not `{integration}` in {organization}: two integrations or policies share this path; give `{integration}` a path of its own (`{path_key}`). Nothing is rotated or deleted"
+)]
+pub struct SharedPath {
+    pub sink: String,
+    pub path: String,
+    pub path_key: String,
+    pub integration: String,
+    pub organization: u64,
+    pub found_integration: String,
+    pub found_organization: u64,
+}
+
+impl Blocked {
+    /// The step a blocked integration reports as failed.
+    pub fn step(&self) -> Step {
+        match self {
+            Blocked::SharedPath(_) => Step::ReadSink,
+            _ => Step::CopyMemberships,
+        }
+    }
+}
+
+/// An account by id and username.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccountRef {
+    pub id: u64,
+    pub username: String,
+}
+
+impl AccountRef {
+    fn of(a: &ServiceAccount) -> Self {
+        Self {
+            id: a.id,
+            username: a.username.clone(),
+        }
+    }
+}
+
+/// Where the new account's project memberships come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "from", rename_all = "snake_case")]
+pub enum MembershipSource {
+    /// The policy's explicit `projects` list.
+    Explicit { grants: Vec<ProjectGrant> },
+    /// The individual grants of this account (the published or adopted one).
+    CopyFrom { account: AccountRef },
+    /// The published account is gone: the memberships recorded at the last rotation.
+    Recorded { gone: u64, grants: Vec<ProjectGrant> },
+}
+
+fn duration_text<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+/// The rotation a pass makes, and everything it must know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RotationPlan {
+    pub reason: RotateReason,
+    /// The new account's memberships.
+    pub memberships: MembershipSource,
+    /// The account the new one replaces (the published or adopted one).
+    pub replaces: Option<AccountRef>,
+    /// The new account's username, `{namespace}-{integration}-<timestamp>-<hex>`.
+    pub username_pattern: String,
+    pub role: Role,
+    #[serde(serialize_with = "duration_text")]
+    pub ttl: Duration,
+    #[serde(serialize_with = "duration_text")]
+    pub grace: Duration,
+    /// Entries of the payload's `retiring` list carried into the next payload.
+    pub carried: Vec<RetiringAccount>,
+    /// The replaced account, when it is not a lineage account (an adopted
+    /// one): the next payload remembers it, or it would never be deleted.
+    pub remember: Option<u64>,
+    /// `--revoke-old` was asked: the next payload's entries are due at once.
+    pub revoke_old: bool,
+    /// `--revoke-old`: delete these as soon as the new account is published.
+    pub revoke: Vec<Disposal>,
+}
+
+impl RotationPlan {
+    /// The next payload's `retiring` list for a publish at `at`, leaving out
+    /// what this pass has deleted already.
+    pub fn retiring(&self, at: DateTime<Utc>, deleted: &[Disposal]) -> Vec<RetiringAccount> {
+        let revoking = self.revoke_old;
+        let mut out: Vec<RetiringAccount> = self
+            .carried
+            .iter()
+            .filter(|r| !deleted.iter().any(|d| d.id == r.id))
+            .map(|r| RetiringAccount {
+                id: r.id,
+                not_before: if revoking { at } else { r.not_before },
+            })
+            .collect();
+        if let Some(id) = self.remember {
+            let not_before = if revoking { at } else { at + self.grace };
+            out.push(RetiringAccount { id, not_before });
+        }
+        out
+    }
+}
+
+/// The next schedule slot after the last rotation, and when it fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Slot {
+    pub slot: DateTime<Utc>,
+    /// The slot plus its jitter.
+    pub fires_at: DateTime<Utc>,
+}
+
+/// When the published credential is next due for rotation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Deadlines {
+    /// The published account's expiry (the earlier of Mixpanel's and the payload's).
+    pub expires: Option<DateTime<Utc>>,
+    /// `expires` minus `renew_before`.
+    pub renew_at: Option<DateTime<Utc>>,
+    /// The next schedule slot after the last rotation.
+    pub slot: Option<Slot>,
+}
+
+impl Deadlines {
+    /// The deadlines of a credential that expires at `expires` and was
+    /// rotated at `rotated_at`: the rule for "when is the next rotation".
+    pub fn of(i: &Integration, expires: Option<DateTime<Utc>>, rotated_at: DateTime<Utc>) -> Self {
+        let slot = i
+            .schedule
+            .as_ref()
+            .and_then(|s| s.next_after(rotated_at))
+            .map(|slot| Slot {
+                slot,
+                fires_at: slot + i.jitter_for(slot),
+            });
+        Self {
+            expires,
+            renew_at: expires.map(|e| e - i.renew_before),
+            slot,
+        }
+    }
+
+    /// The earliest of `renew_at` and the slot's firing time.
+    pub fn next_rotation(&self) -> Option<DateTime<Utc>> {
+        [self.renew_at, self.slot.map(|s| s.fires_at)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Whether the credential is within `renew_before` of its expiry at `now`.
+    pub fn in_renewal(&self, now: DateTime<Utc>) -> bool {
+        self.renew_at.is_some_and(|r| r <= now)
+    }
+}
+
+/// What a pass does for one integration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
     /// Accounts to delete now.
     pub delete_now: Vec<Disposal>,
-    /// Accounts that will be deleted later.
+    /// Accounts to delete later.
     pub delete_later: Vec<Disposal>,
-    /// Rotate now, and why.
-    pub rotate: Option<RotateReason>,
-    /// When the next rotation is due (expiry or schedule), if nothing is due now.
-    pub next_rotation: Option<DateTime<Utc>>,
-    /// A rotation is needed but impossible as configured (the message says what to do).
-    pub blocked: Option<String>,
+    /// The rotation to make now, if any.
+    pub rotate: Option<RotationPlan>,
+    /// When the published credential is due (empty when nothing is published).
+    pub deadlines: Deadlines,
+    /// Nothing may be done until a person acts (the message says what to do).
+    pub blocked: Option<Blocked>,
 }
 
-/// Decides what to do. `forced`: `rotate-now` was asked for.
-pub fn decide(i: &Integration, obs: &Observation, now: DateTime<Utc>, forced: bool) -> Decision {
-    let mut d = Decision::default();
-    let current_id = obs.published.as_ref().map(|p| p.payload.service_account_id);
+impl Plan {
+    /// When the next rotation is due, if none is due now.
+    pub fn next_rotation(&self) -> Option<DateTime<Utc>> {
+        if self.rotate.is_some() || self.blocked.is_some() {
+            return None;
+        }
+        self.deadlines.next_rotation()
+    }
 
-    // Accounts to dispose of. Only the lineage and the payload's `retiring`
-    // entries are candidates, and the published account never is.
-    let mut disposals: Vec<Disposal> = Vec::new();
-    if let Some(p) = &obs.published {
-        let cur_ts = obs
-            .lineage
+    /// When something is next due: a rotation or a deletion.
+    pub fn next_action(&self) -> Option<DateTime<Utc>> {
+        self.delete_later
             .iter()
-            .find(|(a, _)| Some(a.id) == current_id)
-            .map(|(_, t)| *t)
-            .unwrap_or(p.payload.created);
-        for (a, ts) in &obs.lineage {
-            if Some(a.id) == current_id {
-                continue;
-            }
-            if *ts < cur_ts {
-                disposals.push(disposal(
-                    a,
-                    DeleteReason::Retiring,
-                    drained(i, a, p.payload.rotated_at + i.grace),
-                ));
-            } else {
-                disposals.push(disposal(a, DeleteReason::Orphan, *ts + i.orphan_after));
-            }
-        }
-        for r in &p.payload.retiring {
-            if Some(r.id) == current_id || disposals.iter().any(|x| x.id == r.id) {
-                continue;
-            }
-            if let Some(a) = obs.all.iter().find(|a| a.id == r.id) {
-                disposals.push(disposal(a, DeleteReason::Retiring, drained(i, a, r.not_before)));
-            }
-        }
-    } else {
-        for (a, ts) in &obs.lineage {
-            disposals.push(disposal(a, DeleteReason::Orphan, *ts + i.orphan_after));
-        }
-    }
-    for x in disposals {
-        if x.due <= now {
-            d.delete_now.push(x)
-        } else {
-            d.delete_later.push(x)
-        }
+            .filter_map(|d| d.due)
+            .chain(self.next_rotation())
+            .min()
     }
 
-    // Rotation.
-    match &obs.published {
-        None => {
-            let explicit = matches!(i.projects, ProjectsSpec::Explicit(_));
-            match (&i.adopt, &obs.adopted) {
-                (Some(_), Some(_)) => d.rotate = Some(RotateReason::Bootstrap),
-                (Some(a), None) if !explicit => {
-                    d.blocked = Some(format!(
-                        "nothing is published yet and `{}` = {a} matches no account in organization: fix `adopt`, or list the memberships in `{}`",
-                        i.key("adopt"),
-                        i.key("projects")
-                    ))
-                }
-                (None, _) if !explicit => {
-                    d.blocked = Some(format!(
-                        "nothing is published yet and `{}` is \"copy\", so there is nothing to copy from: set `{}` to the account in use today, or list the memberships in `{}`",
-                        i.key("projects"),
-                        i.key("adopt"),
-                        i.key("projects")
-                    ))
-                }
-                _ => d.rotate = Some(RotateReason::Bootstrap),
-            }
-        }
+    /// The accounts waiting for deletion (now or later) for `reason`.
+    pub fn pending(&self, reason: DeleteReason) -> usize {
+        self.delete_now
+            .iter()
+            .chain(&self.delete_later)
+            .filter(|d| d.reason == reason)
+            .count()
+    }
+}
+
+/// Decides what a pass does for `i`, given what was observed at `now`.
+pub fn decide(i: &Integration, scope: &Scope, obs: &Observation, now: DateTime<Utc>, req: Request) -> Plan {
+    if let Some(blocked) = refuse(i, scope, obs) {
+        return Plan {
+            blocked: Some(blocked),
+            ..Plan::default()
+        };
+    }
+    let mut plan = Plan::default();
+    let reason = match &obs.published {
+        None => bootstrap(i, obs).map(|()| Some(RotateReason::Bootstrap)),
         Some(p) => {
             let expires = match (obs.current.as_ref().and_then(|c| c.expires), p.payload.expires) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let renew_at = expires.map(|e| e - i.renew_before);
-            let slot = i
-                .schedule
-                .as_ref()
-                .and_then(|s| s.next_after(p.payload.rotated_at))
-                .map(|slot| (slot, slot + i.jitter_for(slot)));
-            d.rotate = if forced {
-                Some(RotateReason::Forced)
-            } else if obs.current.is_none() {
-                Some(RotateReason::CurrentMissing)
-            } else if let Some(e) = expires.filter(|e| *e <= now) {
-                Some(RotateReason::Expired { expires: e })
-            } else if let Some(e) = expires.filter(|_| renew_at.is_some_and(|r| r <= now)) {
-                Some(RotateReason::ExpiresSoon { expires: e })
-            } else if let Some((slot, _)) = slot.filter(|(_, at)| *at <= now) {
-                Some(RotateReason::Scheduled { slot })
-            } else {
-                None
-            };
-            if d.rotate.is_none() {
-                d.next_rotation = [renew_at, slot.map(|(_, at)| at)].into_iter().flatten().min();
-            }
+            plan.deadlines = Deadlines::of(i, expires, p.payload.rotated_at);
+            Ok(due_reason(obs, &plan.deadlines, now, req.force))
         }
-    }
-    if forced && d.rotate.is_none() && d.blocked.is_none() {
-        d.rotate = Some(RotateReason::Forced);
-    }
-    if obs.published.is_none() && !d.delete_now.is_empty() {
-        // Nothing published, yet lineage accounts exist: a rotation died before
-        // its first publish, or the sink was emptied while consumers still hold
-        // one of these credentials. The two cannot be told apart, so be gentle:
-        // when bootstrapping, they become older than the new current account and
-        // so retire after `grace`; when blocked, nothing is touched until a
-        // person fixes the policy.
-        let until = if d.rotate.is_some() {
-            now + i.grace
+    };
+    let reason = reason.unwrap_or_else(|b| {
+        plan.blocked = Some(b);
+        None
+    });
+    let blocked = plan.blocked.is_some();
+    for d in disposals(i, obs, now, blocked) {
+        if d.is_due(now) {
+            plan.delete_now.push(d);
         } else {
-            DateTime::<Utc>::MAX_UTC
-        };
-        for mut x in std::mem::take(&mut d.delete_now) {
-            x.due = x.due.max(until);
-            d.delete_later.push(x);
+            plan.delete_later.push(d);
         }
     }
-    d
+    plan.rotate = reason.map(|reason| rotation(i, scope, obs, reason, now, req));
+    plan
 }
 
-/// Drain-aware deletion: with `delete_when_idle`, a retiring account whose
-/// grace ended at `grace_end` goes only once its `last_used` has not advanced
-/// for that long, and at the latest `max_grace` after its successor was
-/// published.
-fn drained(i: &Integration, a: &ServiceAccount, grace_end: DateTime<Utc>) -> DateTime<Utc> {
+/// Refusals that stop everything: a payload that is not ours, or adopting
+/// the rotator itself.
+fn refuse(i: &Integration, scope: &Scope, obs: &Observation) -> Option<Blocked> {
+    if let Some(p) = &obs.published
+        && (p.payload.integration != i.name || p.payload.organization_id != scope.organization_id)
+    {
+        return Some(Blocked::SharedPath(Box::new(SharedPath {
+            sink: i.sink.clone(),
+            path: i.path.clone(),
+            path_key: i.key("path"),
+            integration: i.name.clone(),
+            organization: scope.organization_id,
+            found_integration: p.payload.integration.clone(),
+            found_organization: p.payload.organization_id,
+        })));
+    }
+    let a = obs.adopted.as_ref()?;
+    (a.username == scope.rotator || a.base_username() == scope.rotator).then(|| Blocked::OwnAccountAdopted {
+        adopt_key: i.key("adopt"),
+        username: a.username.clone(),
+    })
+}
+
+/// Nothing published: bootstrapping needs an account to adopt or explicit projects.
+fn bootstrap(i: &Integration, obs: &Observation) -> Result<(), Blocked> {
+    if matches!(i.projects, ProjectsSpec::Explicit(_)) || obs.adopted.is_some() {
+        return Ok(());
+    }
+    Err(match &i.adopt {
+        Some(a) => Blocked::AdoptNotFound {
+            adopt_key: i.key("adopt"),
+            adopt: a.to_string(),
+            projects_key: i.key("projects"),
+        },
+        None => Blocked::NothingToCopy {
+            adopt_key: i.key("adopt"),
+            projects_key: i.key("projects"),
+        },
+    })
+}
+
+/// Whether a published credential is due for rotation, and why.
+fn due_reason(obs: &Observation, d: &Deadlines, now: DateTime<Utc>, force: bool) -> Option<RotateReason> {
+    if force {
+        Some(RotateReason::Forced)
+    } else if obs.current.is_none() {
+        Some(RotateReason::CurrentMissing)
+    } else if let Some(expires) = d.expires.filter(|e| *e <= now) {
+        Some(RotateReason::Expired { expires })
+    } else if let Some(expires) = d.expires.filter(|_| d.in_renewal(now)) {
+        Some(RotateReason::ExpiresSoon { expires })
+    } else {
+        d.slot
+            .filter(|s| s.fires_at <= now)
+            .map(|s| RotateReason::Scheduled { slot: s.slot })
+    }
+}
+
+/// Every account this integration may delete, with its rule and time.
+/// Candidates are the lineage and the payload's `retiring` entries; the
+/// published account never is.
+fn disposals(i: &Integration, obs: &Observation, now: DateTime<Utc>, blocked: bool) -> Vec<Disposal> {
+    let Some(p) = &obs.published else {
+        return unpublished(i, obs, now, blocked);
+    };
+    let current_id = p.payload.service_account_id;
+    let cur_ts = obs
+        .lineage
+        .iter()
+        .find(|(a, _)| a.id == current_id)
+        .map(|(_, t)| *t)
+        .unwrap_or(p.payload.created);
+    let mut out: Vec<Disposal> = Vec::new();
+    for (a, ts) in obs.lineage.iter().filter(|(a, _)| a.id != current_id) {
+        out.push(if *ts < cur_ts {
+            retiring(i, a, p.payload.rotated_at + i.grace, Rule::Grace)
+        } else {
+            Disposal::of(a, DeleteReason::Orphan, Rule::OrphanAfter, *ts + i.orphan_after)
+        });
+    }
+    for r in &p.payload.retiring {
+        if r.id == current_id || out.iter().any(|x| x.id == r.id) {
+            continue;
+        }
+        if let Some(a) = obs.all.iter().find(|a| a.id == r.id) {
+            out.push(retiring(i, a, r.not_before, Rule::NotBefore));
+        }
+    }
+    out
+}
+
+/// Nothing published, yet lineage accounts exist: a rotation died before
+/// its first publish, or the sink was emptied while consumers still hold one
+/// of these credentials. The two cannot be told apart, so be gentle: when
+/// bootstrapping, those due become older than the new account and retire
+/// after `grace`; when blocked, nothing is touched until a person fixes the
+/// policy.
+fn unpublished(i: &Integration, obs: &Observation, now: DateTime<Utc>, blocked: bool) -> Vec<Disposal> {
+    obs.lineage
+        .iter()
+        .map(|(a, ts)| {
+            let mut d = Disposal::of(a, DeleteReason::Orphan, Rule::OrphanAfter, *ts + i.orphan_after);
+            if d.is_due(now) {
+                (d.rule, d.due) = if blocked {
+                    (Rule::Blocked, None)
+                } else {
+                    (Rule::BootstrapGrace, Some(now + i.grace))
+                };
+            }
+            d
+        })
+        .collect()
+}
+
+/// A retiring account whose grace ends at `grace_end` by `rule`. With
+/// `delete_when_idle`, it goes only once its `last_used` has not advanced for
+/// that long, and at the latest `max_grace` after its successor was published.
+fn retiring(i: &Integration, a: &ServiceAccount, grace_end: DateTime<Utc>, rule: Rule) -> Disposal {
     let Some(idle) = i.delete_when_idle else {
-        return grace_end;
+        return Disposal::of(a, DeleteReason::Retiring, rule, grace_end);
     };
     let cap = grace_end + (i.max_grace - i.grace);
     let idle_since = a.last_used.map(|t| t + idle).unwrap_or(grace_end);
-    grace_end.max(idle_since).min(cap)
+    let due = grace_end.max(idle_since);
+    if due > cap {
+        Disposal::of(a, DeleteReason::Retiring, Rule::MaxGrace, cap)
+    } else {
+        Disposal::of(a, DeleteReason::Retiring, Rule::Idle, due)
+    }
 }
 
-fn disposal(a: &ServiceAccount, reason: DeleteReason, due: DateTime<Utc>) -> Disposal {
-    Disposal {
-        id: a.id,
-        username: a.username.clone(),
+/// The rotation: where memberships come from, what it replaces, what the
+/// next payload remembers, and what `--revoke-old` deletes.
+fn rotation(
+    i: &Integration,
+    scope: &Scope,
+    obs: &Observation,
+    reason: RotateReason,
+    now: DateTime<Utc>,
+    req: Request,
+) -> RotationPlan {
+    let replaced = obs.current.as_ref().or(obs.adopted.as_ref());
+    let is_lineage = |id: u64| obs.lineage.iter().any(|(a, _)| a.id == id);
+    let exists = |id: u64| obs.all.iter().any(|a| a.id == id);
+    let carried: Vec<RetiringAccount> = obs
+        .published
+        .iter()
+        .flat_map(|p| p.payload.retiring.iter())
+        .filter(|r| exists(r.id))
+        .cloned()
+        .collect();
+    let remember = replaced
+        .map(|a| a.id)
+        .filter(|id| !is_lineage(*id) && !carried.iter().any(|r| r.id == *id));
+    RotationPlan {
+        memberships: memberships(i, obs),
+        replaces: replaced.map(AccountRef::of),
+        username_pattern: format!("{}-{}-<timestamp>-<hex>", scope.namespace, i.name),
+        role: i.role,
+        ttl: i.ttl,
+        grace: i.grace,
+        revoke_old: req.force && req.revoke_old,
+        revoke: if req.force && req.revoke_old {
+            revoke_targets(obs, &carried, now)
+        } else {
+            vec![]
+        },
+        carried,
+        remember,
         reason,
-        due,
     }
 }
 
-/// "in 3d4h" / "2h ago", for people.
-pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
-    let d = t - now;
-    let rounded = chrono::Duration::seconds(if d.num_seconds().abs() > 3600 {
-        d.num_minutes() * 60
-    } else {
-        d.num_seconds()
-    });
-    if d >= chrono::Duration::zero() {
-        format!("in {}", format_duration(rounded))
-    } else {
-        format!("{} ago", format_duration(-rounded))
+fn memberships(i: &Integration, obs: &Observation) -> MembershipSource {
+    if let ProjectsSpec::Explicit(grants) = &i.projects {
+        return MembershipSource::Explicit { grants: grants.clone() };
     }
+    match (obs.current.as_ref().or(obs.adopted.as_ref()), &obs.published) {
+        (Some(a), _) => MembershipSource::CopyFrom {
+            account: AccountRef::of(a),
+        },
+        (None, Some(Published { payload, .. })) => MembershipSource::Recorded {
+            gone: payload.service_account_id,
+            grants: payload.projects.clone(),
+        },
+        // bootstrap() blocks this case; an empty explicit list is what it would mean.
+        (None, None) => MembershipSource::Explicit { grants: vec![] },
+    }
+}
+
+/// `--revoke-old`: the replaced account, older lineage accounts and the
+/// remembered retiring ones; orphans (possibly another rotator's work in
+/// flight) keep their own rule.
+fn revoke_targets(obs: &Observation, carried: &[RetiringAccount], now: DateTime<Utc>) -> Vec<Disposal> {
+    let revoked = |a: &ServiceAccount| Disposal::of(a, DeleteReason::Revoked, Rule::RevokeOld, now);
+    let current = obs.current.as_ref();
+    let cur_ts = current.and_then(|c| obs.lineage.iter().find(|(a, _)| a.id == c.id).map(|(_, t)| *t));
+    let mut out: Vec<Disposal> = current.or(obs.adopted.as_ref()).map(revoked).into_iter().collect();
+    out.extend(
+        obs.lineage
+            .iter()
+            .filter(|(_, ts)| cur_ts.is_some_and(|c| *ts < c))
+            .map(|(a, _)| revoked(a)),
+    );
+    out.extend(
+        carried
+            .iter()
+            .filter_map(|r| obs.all.iter().find(|a| a.id == r.id))
+            .map(revoked),
+    );
+    out.sort_by_key(|d| d.id);
+    out.dedup_by_key(|d| d.id);
+    out
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::rotation::lineage::Lineage;
-    use crate::secret::Secret;
-    use crate::sink::{Payload, RetiringAccount, Version};
-    use chrono::Duration;
-
-    fn t(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    fn integration(extra: &str) -> Integration {
-        crate::policy::test_policy(&format!(
-            "[[integrations]]\nname = \"etl\"\nsink = \"f\"\npath = \"etl.json\"\nadopt = 5\nttl = \"30d\"\ngrace = \"24h\"\norphan_after = \"15m\"\n{extra}\n"
-        ))
-        .integrations[0]
-            .clone()
-    }
-
-    fn sa(id: u64, username: &str, expires: Option<DateTime<Utc>>) -> ServiceAccount {
-        ServiceAccount {
-            id,
-            username: format!("{username}.abc123.mp-service-account"),
-            last_used: None,
-            expires,
-            creator: None,
-            created: None,
-            user: None,
-        }
-    }
-
-    fn payload(id: u64, rotated_at: DateTime<Utc>, expires: DateTime<Utc>, retiring: Vec<RetiringAccount>) -> Payload {
-        Payload {
-            username: "x".into(),
-            secret: Secret::new("s"),
-            service_account_id: id,
-            organization_id: 1,
-            integration: "etl".into(),
-            expires: Some(expires),
-            created: rotated_at,
-            rotated_at,
-            rotation_id: "r".into(),
-            previous_service_account_id: None,
-            projects: vec![],
-            retiring,
-        }
-    }
-
-    fn obs(i: &Integration, accounts: Vec<ServiceAccount>, p: Option<Payload>) -> Observation {
-        Observation::new(i, "mpr", &accounts, p.map(|p| (p, Version("v".into()))))
-    }
-
-    #[test]
-    fn quiet_when_fresh_and_next_rotation_is_expiry_minus_renew_before() {
-        let i = integration("");
-        let rot = t("2026-11-01T00:00:00Z");
-        let exp = rot + Duration::days(30);
-        let cur = sa(10, "mpr-etl-20261101T000000Z-aaaa", Some(exp));
-        let o = obs(&i, vec![cur], Some(payload(10, rot, exp, vec![])));
-        let d = decide(&i, &o, t("2026-11-10T00:00:00Z"), false);
-        assert_eq!(d.rotate, None);
-        assert!(d.delete_now.is_empty() && d.delete_later.is_empty());
-        assert_eq!(d.next_rotation, Some(exp - Duration::days(10)));
-        // renew_before defaults to a third of ttl: 10 days before expiry it rotates.
-        let d = decide(&i, &o, exp - Duration::days(10), false);
-        assert_eq!(d.rotate, Some(RotateReason::ExpiresSoon { expires: exp }));
-        let d = decide(&i, &o, exp, false);
-        assert_eq!(d.rotate, Some(RotateReason::Expired { expires: exp }));
-    }
-
-    #[test]
-    fn retiring_after_grace_orphans_after_orphan_after_never_current_or_foreign() {
-        let i = integration("");
-        let rot = t("2026-11-28T04:00:00Z");
-        let exp = rot + Duration::days(30);
-        let old = sa(9, "mpr-etl-20261028T040000Z-0001", Some(rot));
-        let cur = sa(10, "mpr-etl-20261128T040000Z-0002", Some(exp));
-        let orphan = sa(11, "mpr-etl-20261128T050000Z-0003", Some(exp));
-        let foreign = sa(12, "etl-legacy", None);
-        let other_ns = sa(13, "other-etl-20261028T040000Z-0004", None);
-        let adopted_before = sa(14, "legacy", None);
-        let p = payload(
-            10,
-            rot,
-            exp,
-            vec![RetiringAccount {
-                id: 14,
-                not_before: rot + Duration::hours(1),
-            }],
-        );
-        let o = obs(&i, vec![old, cur, orphan, foreign, other_ns, adopted_before], Some(p));
-
-        let d = decide(&i, &o, rot + Duration::minutes(30), false);
-        assert!(d.delete_now.is_empty());
-        assert_eq!(d.delete_later.len(), 3);
-
-        let d = decide(&i, &o, t("2026-11-28T05:20:00Z"), false);
-        let now_ids: Vec<u64> = d.delete_now.iter().map(|x| x.id).collect();
-        // The adopted account's own not_before (1h) and the orphan's 15 minutes have passed; the
-        // lineage predecessor waits for the 24h grace.
-        assert_eq!(now_ids, vec![11, 14]);
-        let d = decide(&i, &o, rot + Duration::hours(25), false);
-        let mut ids: Vec<(u64, DeleteReason)> = d.delete_now.iter().map(|x| (x.id, x.reason)).collect();
-        ids.sort();
-        assert_eq!(
-            ids,
-            vec![
-                (9, DeleteReason::Retiring),
-                (11, DeleteReason::Orphan),
-                (14, DeleteReason::Retiring)
-            ]
-        );
-        assert!(d.delete_later.is_empty());
-    }
-
-    #[test]
-    fn bootstrap_needs_adopt_or_explicit_projects() {
-        let i = integration("");
-        let now = t("2026-11-28T04:00:00Z");
-        let d = decide(&i, &obs(&i, vec![sa(5, "etl-legacy", None)], None), now, false);
-        assert_eq!(d.rotate, Some(RotateReason::Bootstrap));
-        let d = decide(&i, &obs(&i, vec![], None), now, false);
-        assert!(
-            d.blocked.as_deref().unwrap().contains("`integrations[0].adopt`"),
-            "{:?}",
-            d.blocked
-        );
-        assert_eq!(d.rotate, None);
-        let mut no_adopt = integration("");
-        no_adopt.adopt = None;
-        let d = decide(&no_adopt, &obs(&no_adopt, vec![], None), now, true);
-        assert!(
-            d.blocked
-                .as_deref()
-                .unwrap()
-                .contains("`integrations[0].projects` is \"copy\"")
-        );
-        assert_eq!(d.rotate, None, "forcing does not bypass a blocked bootstrap");
-        let explicit = integration("projects = [{ id = 101, role = \"analyst\" }]");
-        let d = decide(&explicit, &obs(&explicit, vec![], None), now, false);
-        assert_eq!(d.rotate, Some(RotateReason::Bootstrap));
-    }
-
-    #[test]
-    fn nothing_published_lineage_accounts_get_grace_not_orphan_treatment() {
-        let i = integration("");
-        let now = t("2026-11-28T04:00:00Z");
-        let leftover = sa(20, "mpr-etl-20261101T000000Z-0009", None);
-        let legacy = sa(5, "etl-legacy", None);
-        let d = decide(&i, &obs(&i, vec![leftover.clone(), legacy], None), now, false);
-        assert_eq!(d.rotate, Some(RotateReason::Bootstrap));
-        assert!(d.delete_now.is_empty());
-        assert_eq!(d.delete_later[0].due, now + Duration::hours(24));
-        // Blocked (nothing to adopt): nothing is deleted at all.
-        let d = decide(&i, &obs(&i, vec![leftover], None), now, false);
-        assert!(d.blocked.is_some());
-        assert!(d.delete_now.is_empty());
-    }
-
-    #[test]
-    fn missing_current_and_schedule() {
-        let i = integration("schedule = \"0 4 * * MON\"\njitter = \"15m\"");
-        let rot = t("2026-11-28T04:00:00Z"); // a Saturday
-        let exp = rot + Duration::days(30);
-        let p = payload(10, rot, exp, vec![]);
-        let cur = sa(10, "mpr-etl-20261128T040000Z-0002", Some(exp));
-        let d = decide(&i, &obs(&i, vec![], Some(p.clone())), rot, false);
-        assert_eq!(d.rotate, Some(RotateReason::CurrentMissing));
-        let o = obs(&i, vec![cur], Some(p));
-        let slot = t("2026-11-30T04:00:00Z");
-        let at = slot + i.jitter_for(slot);
-        let d = decide(&i, &o, rot + Duration::hours(1), false);
-        assert_eq!(d.next_rotation, Some(at));
-        let d = decide(&i, &o, at, false);
-        assert_eq!(d.rotate, Some(RotateReason::Scheduled { slot }));
-        // Slots missed for weeks still give one rotation (for the first missed slot).
-        let d = decide(&i, &o, t("2026-12-15T00:00:00Z"), false);
-        assert_eq!(d.rotate, Some(RotateReason::Scheduled { slot }));
-        let d = decide(&i, &o, rot + Duration::hours(1), true);
-        assert_eq!(d.rotate, Some(RotateReason::Forced));
-    }
-
-    #[test]
-    fn lineage_helper_matches_usernames_used_here() {
-        assert!(
-            Lineage::new("mpr", "etl")
-                .parse("mpr-etl-20261128T040000Z-0002")
-                .is_some()
-        );
-    }
-}
+mod tests;

@@ -44,7 +44,59 @@ pub enum FaultAction {
     RateLimit { retry_after_secs: u64 },
     /// Apply the request, then drop the connection without answering.
     CommitThenDrop,
+    /// Wait at the gate until it is opened, then handle the request normally.
+    Hold(Gate),
 }
+
+/// Where held requests wait ([`FaultAction::Hold`]): a test knows when a
+/// request has arrived, does what it must, then lets it through. No timing.
+#[derive(Debug, Clone)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<GateState>>);
+
+/// How many requests reached a gate, and whether it is open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GateState {
+    pub arrived: u32,
+    pub open: bool,
+}
+
+impl Gate {
+    /// A closed gate.
+    pub fn new() -> Self {
+        Self(Arc::new(tokio::sync::watch::Sender::new(GateState::default())))
+    }
+
+    /// Waits until at least `n` requests have reached the gate.
+    pub async fn arrived(&self, n: u32) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|s| s.arrived >= n).await;
+    }
+
+    /// Opens the gate: held requests and later ones go through.
+    pub fn open(&self) {
+        self.0.send_modify(|s| s.open = true);
+    }
+
+    async fn hold(&self) {
+        let mut rx = self.0.subscribe();
+        self.0.send_modify(|s| s.arrived += 1);
+        let _ = rx.wait_for(|s| s.open).await;
+    }
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PartialEq for Gate {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Gate {}
 
 /// A programmed fault: requests with `method` and a path matching `path`
 /// (below `/api/app`; `*` matches one segment) get `action`, `times` times

@@ -79,6 +79,91 @@ fn credentials(headers: &HeaderMap) -> Option<(String, zeroize::Zeroizing<String
     Some((u.to_string(), zeroize::Zeroizing::new(s.to_string())))
 }
 
+/// One request as it goes through the simulator, for the request log.
+struct Req<'a> {
+    ctx: &'a Ctx,
+    method: String,
+    received: Instant,
+    at: chrono::DateTime<chrono::Utc>,
+}
+
+/// What a programmed fault does to a request.
+enum Faulted {
+    /// Answered by the fault.
+    Answer(Response<Body>),
+    /// Apply the request, then drop the connection.
+    Drop,
+    /// Handle it normally.
+    Proceed,
+}
+
+impl Req<'_> {
+    fn log(&self, status: Option<u16>, path: &str, caller: Option<String>) {
+        let mut s = self.ctx.shared.lock().unwrap_or_else(|e| e.into_inner());
+        s.log.push(LoggedRequest {
+            method: self.method.clone(),
+            path: path.to_string(),
+            status,
+            caller,
+            received: self.received,
+            at: self.at,
+        });
+    }
+
+    /// Applies the first fault programmed for this request, if any.
+    async fn fault(&self, path: &str) -> Faulted {
+        let action = {
+            let mut s = self.ctx.shared.lock().unwrap_or_else(|e| e.into_inner());
+            let hit = s.faults.iter_mut().find(|f| f.matches(&self.method, path));
+            hit.map(|f| {
+                if let Some(n) = f.times.as_mut() {
+                    *n -= 1;
+                }
+                f.action.clone()
+            })
+        };
+        match action {
+            Some(FaultAction::Status(code)) => {
+                self.log(Some(code), path, None);
+                let (st, b) = error(code, "Injected fault");
+                Faulted::Answer(respond(st, &b, &[]))
+            }
+            Some(FaultAction::RateLimit { retry_after_secs }) => {
+                self.log(Some(429), path, None);
+                let (st, b) = error(429, "Too many requests");
+                Faulted::Answer(respond(st, &b, &[(header::RETRY_AFTER, retry_after_secs.to_string())]))
+            }
+            Some(FaultAction::Latency(d)) => {
+                tokio::time::sleep(d).await;
+                Faulted::Proceed
+            }
+            Some(FaultAction::Hold(gate)) => {
+                gate.hold().await;
+                Faulted::Proceed
+            }
+            Some(FaultAction::CommitThenDrop) => Faulted::Drop,
+            None => Faulted::Proceed,
+        }
+    }
+
+    /// Authenticates and applies the request: (status, body, caller).
+    fn answer(&self, headers: &HeaderMap, path: &str, body: &[u8]) -> (u16, serde_json::Value, Option<String>) {
+        let now = self.ctx.clock.now();
+        let mut s = self.ctx.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((user, secret)) = credentials(headers) else {
+            let (st, b) = error(401, "Authentication required");
+            return (st, b, None);
+        };
+        match s.org.authenticate(&user, &secret, now) {
+            Err((st, b)) => (st, b, None),
+            Ok(caller) => {
+                let (st, b) = s.org.handle(caller, &self.method, path, body, now);
+                (st, b, Some(user))
+            }
+        }
+    }
+}
+
 async fn handle(
     axum::extract::State(ctx): axum::extract::State<Ctx>,
     axum::Extension(killer): axum::Extension<Killer>,
@@ -87,84 +172,36 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response<Body>, Infallible> {
-    let received = Instant::now();
-    let method = method.as_str().to_string();
-    let full = uri.path().to_string();
-    let at = ctx.clock.now();
-    let log = |status: Option<u16>, path: &str, caller: Option<String>| {
-        let mut s = ctx.shared.lock().unwrap_or_else(|e| e.into_inner());
-        s.log.push(LoggedRequest {
-            method: method.clone(),
-            path: path.to_string(),
-            status,
-            caller,
-            received,
-            at,
-        });
+    let req = Req {
+        ctx: &ctx,
+        method: method.as_str().to_string(),
+        received: Instant::now(),
+        at: ctx.clock.now(),
     };
+    let full = uri.path().to_string();
     let Some(path) = full.strip_prefix(PREFIX).map(str::to_string) else {
         let (st, b) = error(404, "Not found");
-        log(Some(st), &full, None);
+        req.log(Some(st), &full, None);
         return Ok(respond(st, &b, &[]));
     };
     // Like some App API routes: a trailing slash is redirected.
     if path.len() > 1 && path.ends_with('/') {
-        log(Some(301), &path, None);
+        req.log(Some(301), &path, None);
         let to = format!("{PREFIX}{}", path.trim_end_matches('/'));
         return Ok(respond(301, &serde_json::json!({}), &[(header::LOCATION, to)]));
     }
-
-    // Faults.
-    let action = {
-        let mut s = ctx.shared.lock().unwrap_or_else(|e| e.into_inner());
-        let hit = s.faults.iter_mut().find(|f| f.matches(&method, &path));
-        hit.map(|f| {
-            if let Some(n) = f.times.as_mut() {
-                *n -= 1;
-            }
-            f.action.clone()
-        })
+    let drop_after = match req.fault(&path).await {
+        Faulted::Answer(resp) => return Ok(resp),
+        Faulted::Drop => true,
+        Faulted::Proceed => false,
     };
-    let mut drop_after = false;
-    match action {
-        Some(FaultAction::Status(code)) => {
-            log(Some(code), &path, None);
-            let (st, b) = error(code, "Injected fault");
-            return Ok(respond(st, &b, &[]));
-        }
-        Some(FaultAction::RateLimit { retry_after_secs }) => {
-            log(Some(429), &path, None);
-            let (st, b) = error(429, "Too many requests");
-            return Ok(respond(st, &b, &[(header::RETRY_AFTER, retry_after_secs.to_string())]));
-        }
-        Some(FaultAction::Latency(d)) => tokio::time::sleep(d).await,
-        Some(FaultAction::CommitThenDrop) => drop_after = true,
-        None => {}
-    }
-
-    let now = ctx.clock.now();
-    let (status, answer, caller) = {
-        let mut s = ctx.shared.lock().unwrap_or_else(|e| e.into_inner());
-        match credentials(&headers) {
-            None => {
-                let (st, b) = error(401, "Authentication required");
-                (st, b, None)
-            }
-            Some((user, secret)) => match s.org.authenticate(&user, &secret, now) {
-                Err((st, b)) => (st, b, None),
-                Ok(caller) => {
-                    let (st, b) = s.org.handle(caller, &method, &path, &body, now);
-                    (st, b, Some(user))
-                }
-            },
-        }
-    };
+    let (status, answer, caller) = req.answer(&headers, &path, &body);
     if drop_after {
-        log(None, &path, caller.clone());
+        req.log(None, &path, caller.clone());
         killer.0.notify_one();
         std::future::pending::<()>().await;
     }
-    log(Some(status), &path, caller);
+    req.log(Some(status), &path, caller);
     let mut extra = vec![];
     if status == 405 {
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();

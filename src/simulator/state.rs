@@ -245,39 +245,17 @@ impl OrgState {
             ("POST", ["organizations", org, "service-accounts", "add-to-project"]) => {
                 self.check_org(num(org)?)?;
                 self.require_admin(caller)?;
-                let req: AddToProjects = Self::parse(body)?;
-                self.check_projects(req.projects.iter().map(|p| p.id))?;
-                for id in &req.service_account_ids {
-                    if !self.accounts.contains_key(id) {
-                        return Err(error(400, format!("Service account {id} does not exist")));
-                    }
-                }
-                for p in &req.projects {
-                    for sa in &req.service_account_ids {
-                        self.grant(p.id, *sa, p.role, TargetType::Individual);
-                    }
-                }
-                Ok((200, json!({"status": "ok"})))
+                self.add_to_project(body)
             }
             ("POST", ["organizations", org, "service-accounts", "remove-from-project"]) => {
                 self.check_org(num(org)?)?;
                 self.require_admin(caller)?;
-                let req: RemoveFromProjects = Self::parse(body)?;
-                self.check_projects(req.projects.iter().map(|p| p.id))?;
-                for p in &req.projects {
-                    if let Some(proj) = self.projects.get_mut(&p.id) {
-                        for sa in &p.service_account_ids {
-                            proj.members.remove(sa);
-                        }
-                    }
-                }
-                Ok((200, json!({"status": "ok"})))
+                self.remove_from_project(body)
             }
             ("GET", ["organizations", org, "service-accounts", id]) => {
                 self.check_org(num(org)?)?;
-                let id = num(id)?;
                 // The published description shows a bare object here.
-                match self.accounts.get(&id) {
+                match self.accounts.get(&num(id)?) {
                     Some(a) => Ok((200, json!(a.public()))),
                     None => Err(error(404, "Service account not found")),
                 }
@@ -291,34 +269,64 @@ impl OrgState {
                     Err(error(404, "Service account not found"))
                 }
             }
-            ("GET", ["projects", project, "service-accounts"]) => {
-                let pid = num(project)?;
-                let caller_admin = self.require_admin(caller).is_ok();
-                let Some(p) = self.projects.get(&pid) else {
-                    return Err(error(404, "Project not found"));
-                };
-                if !caller_admin && !p.members.contains_key(&caller) {
-                    return Err(error(403, "User does not have access to this project"));
-                }
-                let rows: Vec<Value> = p
-                    .members
-                    .iter()
-                    .filter_map(|(id, m)| {
-                        let a = self.accounts.get(id)?;
-                        let mut row = json!(a.public());
-                        let obj = row.as_object_mut()?;
-                        obj.insert("role".into(), json!(m.role));
-                        obj.insert("target_type".into(), json!(m.target_type));
-                        obj.insert("hasSensitiveAccess".into(), json!(false));
-                        obj.insert("role_order".into(), json!(role_order(m.role)));
-                        obj.insert("email".into(), json!(format!("{}@serviceaccount.mixpanel.com", a.id)));
-                        Some(row)
-                    })
-                    .collect();
-                Ok(ok(Value::Array(rows)))
-            }
+            ("GET", ["projects", project, "service-accounts"]) => self.project_members(caller, num(project)?),
             _ => Err(error(404, "Not found")),
         }
+    }
+
+    fn add_to_project(&mut self, body: &[u8]) -> Result<Answer, Answer> {
+        let req: AddToProjects = Self::parse(body)?;
+        self.check_projects(req.projects.iter().map(|p| p.id))?;
+        for id in &req.service_account_ids {
+            if !self.accounts.contains_key(id) {
+                return Err(error(400, format!("Service account {id} does not exist")));
+            }
+        }
+        for p in &req.projects {
+            for sa in &req.service_account_ids {
+                self.grant(p.id, *sa, p.role, TargetType::Individual);
+            }
+        }
+        Ok((200, json!({"status": "ok"})))
+    }
+
+    fn remove_from_project(&mut self, body: &[u8]) -> Result<Answer, Answer> {
+        let req: RemoveFromProjects = Self::parse(body)?;
+        self.check_projects(req.projects.iter().map(|p| p.id))?;
+        for p in &req.projects {
+            if let Some(proj) = self.projects.get_mut(&p.id) {
+                for sa in &p.service_account_ids {
+                    proj.members.remove(sa);
+                }
+            }
+        }
+        Ok((200, json!({"status": "ok"})))
+    }
+
+    fn project_members(&self, caller: u64, pid: u64) -> Result<Answer, Answer> {
+        let caller_admin = self.require_admin(caller).is_ok();
+        let Some(p) = self.projects.get(&pid) else {
+            return Err(error(404, "Project not found"));
+        };
+        if !caller_admin && !p.members.contains_key(&caller) {
+            return Err(error(403, "User does not have access to this project"));
+        }
+        let rows: Vec<Value> = p
+            .members
+            .iter()
+            .filter_map(|(id, m)| {
+                let a = self.accounts.get(id)?;
+                let mut row = json!(a.public());
+                let obj = row.as_object_mut()?;
+                obj.insert("role".into(), json!(m.role));
+                obj.insert("target_type".into(), json!(m.target_type));
+                obj.insert("hasSensitiveAccess".into(), json!(false));
+                obj.insert("role_order".into(), json!(role_order(m.role)));
+                obj.insert("email".into(), json!(format!("{}@serviceaccount.mixpanel.com", a.id)));
+                Some(row)
+            })
+            .collect();
+        Ok(ok(Value::Array(rows)))
     }
 
     fn me(&self, caller: u64) -> Answer {

@@ -7,7 +7,7 @@
 //!   stage `AWSPENDING` (this moves the label off any leftover version of a
 //!   crashed run), then `UpdateSecretVersionStage` moving `AWSCURRENT` to it
 //!   with `RemoveFromVersionId` = the version read: that is the
-//!   compare-and-swap, and a moved label is [`SinkError::Conflict`]. Then
+//!   compare-and-swap, and a moved label is a [`super::SinkErrorKind::Conflict`]. Then
 //!   `AWSPENDING` is removed. AWS labels the old version `AWSPREVIOUS`.
 //! - The secret is created on first publish (`CreateSecret`, optional KMS key
 //!   and tags) if absent.
@@ -23,7 +23,7 @@ use serde::Deserialize;
 use tokio::sync::OnceCell;
 
 use super::{Payload, Sink, SinkError, Version};
-use crate::policy::HumanDuration;
+use crate::values::HumanDuration;
 
 const CURRENT: &str = "AWSCURRENT";
 const PENDING: &str = "AWSPENDING";
@@ -59,7 +59,7 @@ impl AwsSinkConfig {
             return Err(("region", format!("is `{r}`: write an AWS region such as \"us-east-1\"")));
         }
         if let Some(u) = &self.endpoint_url {
-            crate::policy::check_url(u).map_err(|m| ("endpoint_url", m))?;
+            crate::values::check_url(u).map_err(|m| ("endpoint_url", m))?;
         }
         Ok(())
     }
@@ -151,20 +151,22 @@ impl AwsSink {
     }
 
     fn fail(&self, what: &str, path: &str, code: &str, message: &str) -> SinkError {
-        let hint = match code {
-            "AccessDeniedException" | "AccessDenied" => format!(
+        let detail = |hint: &str| format!("{what} `{path}` failed: {code}: {message}{hint}");
+        match code {
+            "AccessDeniedException" | "AccessDenied" => SinkError::denied(detail(&format!(
                 ": the rotator's AWS identity lacks secretsmanager:{what} on `{path}`; grant the IAM policy in the README (\"aws-secrets-manager\" sink)"
-            ),
+            ))),
             "UnrecognizedClientException" | "InvalidSignatureException" | "ExpiredTokenException" => {
-                ": the AWS credentials were refused; check the credential chain (environment, `profile`, IRSA, instance role)"
-                    .into()
+                SinkError::denied(detail(
+                    ": the AWS credentials were refused; check the credential chain (environment, `profile`, IRSA, instance role)",
+                ))
             }
-            _ => String::new(),
-        };
-        SinkError::Backend(format!(
-            "aws sink `{}`: {what} `{path}` failed: {code}: {message}{hint}",
-            self.name
-        ))
+            "ResourceNotFoundException" => SinkError::not_found(detail("")),
+            "NoAnswer" | "HTTP" | "InternalServiceError" | "ThrottlingException" | "ServiceUnavailable" => {
+                SinkError::unavailable(detail(""))
+            }
+            _ => SinkError::invalid(detail("")),
+        }
     }
 
     fn sdk_fail<E: ProvideErrorMetadata + std::error::Error + 'static>(
@@ -233,9 +235,8 @@ impl AwsSink {
             .version_ids_to_stages()
             .is_some_and(|m| m.values().any(|stages| stages.iter().any(|s| s == CURRENT)));
         if has_current {
-            return Err(SinkError::Conflict(format!(
-                "aws sink `{}`: `{path}` was published by someone else since it was read",
-                self.name
+            return Err(SinkError::conflict(format!(
+                "`{path}` was published by someone else since it was read"
             )));
         }
         let out = client
@@ -277,23 +278,21 @@ impl Sink for AwsSink {
             }
         };
         let Some(body) = out.secret_string() else {
-            return Err(SinkError::Corrupt(format!(
-                "aws sink `{}`: `{path}` holds a binary secret, not a mixpanel-rotator payload",
-                self.name
+            return Err(SinkError::corrupt(format!(
+                "`{path}` holds a binary secret, not a mixpanel-rotator payload"
             )));
         };
-        let payload = Payload::from_json(body.as_bytes())
-            .map_err(|e| SinkError::Corrupt(format!("aws sink `{}`: `{path}`: {e}", self.name)))?;
+        let payload = Payload::from_json(body.as_bytes()).map_err(|e| e.context(format!("`{path}`")))?;
         let version = out
             .version_id()
-            .ok_or_else(|| SinkError::Backend(format!("aws sink `{}`: `{path}` has no version id", self.name)))?;
+            .ok_or_else(|| SinkError::corrupt(format!("`{path}` has no version id")))?;
         Ok(Some((payload, Version(version.to_string()))))
     }
 
     async fn publish(&self, path: &str, payload: &Payload, expected: Option<&Version>) -> Result<Version, SinkError> {
         let json = payload.to_json()?;
         let body = zeroize::Zeroizing::new(
-            String::from_utf8(json.to_vec()).map_err(|e| SinkError::Backend(format!("payload is not UTF-8: {e}")))?,
+            String::from_utf8(json.to_vec()).map_err(|e| SinkError::invalid(format!("payload is not UTF-8: {e}")))?,
         );
         let Some(expected) = expected else {
             return self.create(path, payload, &body).await;
@@ -324,9 +323,8 @@ impl Sink for AwsSink {
             self.drop_pending(path, &new_version).await;
             if code == "InvalidParameterException" || code == "InvalidRequestException" {
                 // AWSCURRENT is no longer on the version read: someone else published.
-                return Err(SinkError::Conflict(format!(
-                    "aws sink `{}`: AWSCURRENT of `{path}` moved since version {expected} was read ({message})",
-                    self.name
+                return Err(SinkError::conflict(format!(
+                    "AWSCURRENT of `{path}` moved since version {expected} was read ({message})"
                 )));
             }
             return Err(self.fail("UpdateSecretVersionStage", path, &code, &message));

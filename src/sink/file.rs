@@ -85,7 +85,7 @@ impl FileSink {
     }
 
     fn target(&self, path: &str) -> Result<PathBuf, SinkError> {
-        FileSinkConfig::check_path(path).map_err(|m| SinkError::Backend(format!("path {m}")))?;
+        FileSinkConfig::check_path(path).map_err(|m| SinkError::invalid(format!("path {m}")))?;
         Ok(self.config.dir.join(path))
     }
 
@@ -101,7 +101,12 @@ impl FileSink {
     }
 
     fn io(&self, what: &str, p: &Path, e: std::io::Error) -> SinkError {
-        SinkError::Backend(format!("file sink `{}`: cannot {what} {}: {e}", self.name, p.display()))
+        let detail = format!("cannot {what} {}: {e}", p.display());
+        match e.kind() {
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => SinkError::denied(detail),
+            std::io::ErrorKind::NotFound => SinkError::not_found(detail),
+            _ => SinkError::unavailable(detail),
+        }
     }
 }
 
@@ -136,8 +141,7 @@ impl FileSink {
                 "Credential file has wider permissions than the sink's `mode`; it is rewritten with `mode` at the next rotation."
             );
         }
-        let payload = Payload::from_json(&bytes)
-            .map_err(|e| SinkError::Corrupt(format!("file sink `{}`: {}: {e}", self.name, target.display())))?;
+        let payload = Payload::from_json(&bytes).map_err(|e| e.context(target.display()))?;
         let version = Version(payload.rotation_id.clone());
         Ok(Some((payload, version)))
     }
@@ -166,14 +170,13 @@ impl FileSink {
             None => None,
             Some(bytes) => Some(
                 Payload::from_json(&bytes)
-                    .map_err(|e| SinkError::Corrupt(format!("file sink `{}`: {}: {e}", self.name, target.display())))?
+                    .map_err(|e| e.context(target.display()))?
                     .rotation_id,
             ),
         };
         if found.as_deref() != expected.map(|v| v.0.as_str()) {
-            return Err(SinkError::Conflict(format!(
-                "file sink `{}`: {} holds rotation {}, expected {}",
-                self.name,
+            return Err(SinkError::conflict(format!(
+                "{} holds rotation {}, expected {}",
                 target.display(),
                 found.as_deref().unwrap_or("(none)"),
                 expected.map(|v| v.0.as_str()).unwrap_or("(none)")
@@ -184,7 +187,7 @@ impl FileSink {
         let mode = self
             .config
             .file_mode()
-            .map_err(|m| SinkError::Backend(format!("file sink `{}`: `mode` {m}", self.name)))?;
+            .map_err(|m| SinkError::invalid(format!("`mode` {m}")))?;
         let file_name = target
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -231,7 +234,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, SinkError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| SinkError::Backend(format!("file sink task failed: {e}")))?
+        .map_err(|e| SinkError::unavailable(format!("the file sink's task failed: {e}")))?
 }
 
 #[async_trait::async_trait]
@@ -307,10 +310,10 @@ mod tests {
         assert_eq!(dmode, 0o700);
         // A second writer that read "nothing" loses.
         let err = sink.publish("etl.json", &payload("r2"), None).await.unwrap_err();
-        assert!(matches!(err, SinkError::Conflict(_)), "{err}");
+        assert_eq!(err.kind, crate::sink::SinkErrorKind::Conflict, "{err}");
         let v2 = sink.publish("etl.json", &payload("r2"), Some(&v1)).await.unwrap();
         let err = sink.publish("etl.json", &payload("r3"), Some(&v1)).await.unwrap_err();
-        assert!(matches!(err, SinkError::Conflict(_)));
+        assert_eq!(err.kind, crate::sink::SinkErrorKind::Conflict);
         let (p, v) = sink.read_current("etl.json").await.unwrap().unwrap();
         assert_eq!(v, v2);
         assert_eq!(p.secret.expose(), "s3cr3t-value");

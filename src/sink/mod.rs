@@ -2,22 +2,70 @@
 //!
 //! A sink stores one [`Payload`] per integration path, and publishes with a
 //! compare-and-swap against the [`Version`] read earlier: when someone else
-//! published in between, `publish` fails with [`SinkError::Conflict`] and the
-//! engine deletes its own new account. Adding a backend is one new file, one
-//! [`crate::policy::SinkConfig`] variant and one arm in [`build`].
+//! published in between, `publish` fails with [`SinkErrorKind::Conflict`] and
+//! the engine deletes its own new account.
+//!
+//! Adding a backend is one new file (its config struct with `check` and
+//! `check_path`, and its [`Sink`] impl), one [`SinkConfig`] variant, and one
+//! arm in each match below.
+//!
+//! Errors carry a kind and the backend's own words; the sink's name and the
+//! path are added once, by the engine, when it reports them.
 
 pub mod aws;
 pub mod file;
 pub mod vault;
 
+use std::fmt;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::mixpanel::types::ProjectGrant;
-use crate::policy::SinkConfig;
 use crate::secret::Secret;
+
+/// `[sinks.NAME]`: one variant per backend, chosen by `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum SinkConfig {
+    /// A JSON file per integration under `dir`.
+    File(file::FileSinkConfig),
+    /// HashiCorp Vault / OpenBao KV v2.
+    Vault(vault::VaultSinkConfig),
+    /// AWS Secrets Manager.
+    AwsSecretsManager(aws::AwsSinkConfig),
+}
+
+impl SinkConfig {
+    /// Checks a sink's own keys; returns the failing field and message.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        match self {
+            SinkConfig::File(c) => c.check(),
+            SinkConfig::Vault(c) => c.check(),
+            SinkConfig::AwsSecretsManager(c) => c.check(),
+        }
+    }
+
+    /// Checks an integration's `path` for this kind of sink.
+    pub fn check_path(&self, path: &str) -> Result<(), String> {
+        match self {
+            SinkConfig::File(_) => file::FileSinkConfig::check_path(path),
+            SinkConfig::Vault(_) => vault::VaultSinkConfig::check_path(path),
+            SinkConfig::AwsSecretsManager(_) => aws::AwsSinkConfig::check_path(path),
+        }
+    }
+}
+
+/// Builds the sink named `name` from its configuration (the one place that
+/// chooses a backend by type).
+pub fn build(name: &str, config: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError> {
+    Ok(match config {
+        SinkConfig::File(c) => Arc::new(file::FileSink::new(name, c.clone())),
+        SinkConfig::Vault(c) => Arc::new(vault::VaultSink::new(name, c.clone())?),
+        SinkConfig::AwsSecretsManager(c) => Arc::new(aws::AwsSink::new(name, c.clone())),
+    })
+}
 
 /// A non-lineage account still to delete once `not_before` has passed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,7 +101,7 @@ impl Payload {
     pub fn to_json(&self) -> Result<zeroize::Zeroizing<Vec<u8>>, SinkError> {
         let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(1024));
         serde_json::to_writer_pretty(&mut *buf, self)
-            .map_err(|e| SinkError::Backend(format!("cannot encode the payload: {e}")))?;
+            .map_err(|e| SinkError::invalid(format!("cannot encode the payload: {e}")))?;
         buf.push(b'\n');
         Ok(buf)
     }
@@ -61,28 +109,18 @@ impl Payload {
     /// Parses a stored payload. The error never echoes the input.
     pub fn from_json(bytes: &[u8]) -> Result<Self, SinkError> {
         serde_json::from_slice(bytes).map_err(|e| {
-            SinkError::Corrupt(format!(
-                "the stored payload is not a mixpanel-rotator payload (line {}, column {}: {})",
+            let what = match e.classify() {
+                serde_json::error::Category::Io => "I/O error",
+                serde_json::error::Category::Syntax => "not JSON",
+                serde_json::error::Category::Data => "missing or mistyped field",
+                serde_json::error::Category::Eof => "truncated",
+            };
+            SinkError::corrupt(format!(
+                "the stored payload is not a mixpanel-rotator payload (line {}, column {}: {what})",
                 e.line(),
-                e.column(),
-                e.classify_name()
+                e.column()
             ))
         })
-    }
-}
-
-trait ClassifyName {
-    fn classify_name(&self) -> &'static str;
-}
-
-impl ClassifyName for serde_json::Error {
-    fn classify_name(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "I/O error",
-            serde_json::error::Category::Syntax => "not JSON",
-            serde_json::error::Category::Data => "missing or mistyped field",
-            serde_json::error::Category::Eof => "truncated",
-        }
     }
 }
 
@@ -91,30 +129,102 @@ impl ClassifyName for serde_json::Error {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Version(pub String);
 
-impl std::fmt::Display for Version {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-/// A sink failure.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
+/// What kind of failure a sink reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkErrorKind {
     /// Someone else published since the version was read.
-    #[error("compare-and-swap lost: {0}")]
-    Conflict(String),
+    Conflict,
+    /// Something the operation needs does not exist (a mount, a secret).
+    NotFound,
+    /// The backend refused the rotator's identity or permissions.
+    Denied,
+    /// The backend could not be reached or failed; trying again may work.
+    Unavailable,
     /// What is stored is not a payload this rotator understands.
-    #[error("{0}")]
-    Corrupt(String),
-    /// The backend refused or failed.
-    #[error("{0}")]
-    Backend(String),
+    Corrupt,
+    /// The request or the configuration is wrong (a bad CA file, a bad path).
+    Invalid,
+}
+
+/// A sink failure: its kind and the backend's words (never a secret).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SinkError {
+    pub kind: SinkErrorKind,
+    pub detail: String,
+}
+
+impl fmt::Display for SinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            SinkErrorKind::Conflict => write!(f, "another rotator published first ({})", self.detail),
+            _ => f.write_str(&self.detail),
+        }
+    }
+}
+
+impl SinkError {
+    fn new(kind: SinkErrorKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    /// [`SinkErrorKind::Conflict`].
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(SinkErrorKind::Conflict, detail)
+    }
+
+    /// [`SinkErrorKind::NotFound`].
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(SinkErrorKind::NotFound, detail)
+    }
+
+    /// [`SinkErrorKind::Denied`].
+    pub fn denied(detail: impl Into<String>) -> Self {
+        Self::new(SinkErrorKind::Denied, detail)
+    }
+
+    /// [`SinkErrorKind::Unavailable`].
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(SinkErrorKind::Unavailable, detail)
+    }
+
+    /// [`SinkErrorKind::Corrupt`].
+    pub fn corrupt(detail: impl Into<String>) -> Self {
+        Self::new(SinkErrorKind::Corrupt, detail)
+    }
+
+    /// [`SinkErrorKind::Invalid`].
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::new(SinkErrorKind::Invalid, detail)
+    }
+
+    /// Whether the same operation may succeed if tried again later.
+    pub fn retryable(&self) -> bool {
+        self.kind == SinkErrorKind::Unavailable
+    }
+
+    /// The same error with `context` in front of its detail.
+    pub fn context(self, context: impl fmt::Display) -> Self {
+        Self {
+            kind: self.kind,
+            detail: format!("{context}: {}", self.detail),
+        }
+    }
 }
 
 /// The contract every sink implements. `path` is the integration's `path`.
 #[async_trait::async_trait]
-pub trait Sink: Send + Sync + std::fmt::Debug {
-    /// A short description for messages, e.g. `file sink "local" (/run/x)`.
+pub trait Sink: Send + Sync + fmt::Debug {
+    /// A short description for messages, e.g. ``file sink `local` (/run/x)``.
     fn describe(&self) -> String;
 
     /// The published payload and its version, or `None` when nothing is published yet.
@@ -128,12 +238,28 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     async fn healthcheck(&self, path: &str) -> Result<String, SinkError>;
 }
 
-/// Builds the sink named `name` from its configuration (the one place that
-/// chooses a backend by type).
-pub fn build(name: &str, config: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError> {
-    Ok(match config {
-        SinkConfig::File(c) => Arc::new(file::FileSink::new(name, c.clone())),
-        SinkConfig::Vault(c) => Arc::new(vault::VaultSink::new(name, c.clone())?),
-        SinkConfig::AwsSecretsManager(c) => Arc::new(aws::AwsSink::new(name, c.clone())),
-    })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unavailable_is_retryable() {
+        assert!(SinkError::unavailable("down").retryable());
+        for e in [
+            SinkError::conflict("x"),
+            SinkError::not_found("x"),
+            SinkError::denied("x"),
+            SinkError::corrupt("x"),
+            SinkError::invalid("x"),
+        ] {
+            assert!(!e.retryable(), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn a_stored_payload_is_never_echoed() {
+        let e = Payload::from_json(br#"{"secret": "hunter2-secret"}"#).unwrap_err();
+        assert_eq!(e.kind, SinkErrorKind::Corrupt);
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
 }

@@ -3,7 +3,7 @@
 //!
 //! - The payload is the secret's data at `{mount}/data/{path}`; publish is a
 //!   check-and-set write (`cas` = the version read, `0` when nothing exists),
-//!   so a lost race is [`SinkError::Conflict`].
+//!   so a lost race is a [`super::SinkErrorKind::Conflict`].
 //! - `custom_metadata` on `{mount}/metadata/{path}` records integration,
 //!   rotation id, account id and expiry (never the secret).
 //! - Auth: `token` (a reference; a Vault Agent token file works, it is re-read
@@ -21,8 +21,8 @@ use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 
 use super::{Payload, Sink, SinkError, Version};
-use crate::policy::{HumanDuration, SecretRef};
 use crate::secret::Secret;
+use crate::values::{HumanDuration, SecretRef};
 
 const K8S_JWT: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
@@ -88,7 +88,7 @@ fn k8s_jwt() -> PathBuf {
 impl VaultSinkConfig {
     /// Checks the configuration; the error names the field.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
-        crate::policy::check_url(&self.address).map_err(|m| ("address", m))?;
+        crate::values::check_url(&self.address).map_err(|m| ("address", m))?;
         if self.mount.is_empty() || self.mount.contains("..") {
             return Err((
                 "mount",
@@ -150,6 +150,16 @@ fn describe(e: &ClientError) -> (Option<u16>, String) {
     }
 }
 
+/// The kind of a failure with HTTP status `code` (`None`: no answer).
+fn error_of(code: Option<u16>, detail: String) -> SinkError {
+    match code {
+        Some(401 | 403) => SinkError::denied(detail),
+        Some(404) => SinkError::not_found(detail),
+        Some(c) if c < 500 && c != 408 && c != 429 => SinkError::invalid(detail),
+        _ => SinkError::unavailable(detail),
+    }
+}
+
 fn is_cas_conflict(e: &ClientError) -> bool {
     matches!(e, ClientError::APIError { code: 400, errors } if errors.iter().any(|m| m.contains("check-and-set")))
 }
@@ -169,23 +179,15 @@ impl VaultSink {
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &config.ca_cert {
-            let pem = std::fs::read(ca).map_err(|e| {
-                SinkError::Backend(format!(
-                    "vault sink `{name}`: cannot read `ca_cert` {}: {e}",
-                    ca.display()
-                ))
-            })?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                SinkError::Backend(format!(
-                    "vault sink `{name}`: `ca_cert` {} is not PEM: {e}",
-                    ca.display()
-                ))
-            })?;
+            let pem = std::fs::read(ca)
+                .map_err(|e| SinkError::invalid(format!("cannot read `sinks.{name}.ca_cert` {}: {e}", ca.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| SinkError::invalid(format!("`sinks.{name}.ca_cert` {} is not PEM: {e}", ca.display())))?;
             http = http.add_root_certificate(cert);
         }
         let http = http
             .build()
-            .map_err(|e| SinkError::Backend(format!("vault sink `{name}`: cannot set up HTTP: {e}")))?;
+            .map_err(|e| SinkError::invalid(format!("cannot set up HTTP: {e}")))?;
         Ok(Self {
             name: name.into(),
             config,
@@ -201,10 +203,8 @@ impl VaultSink {
             Some(401) => ": not logged in; check `auth`",
             _ => "",
         };
-        SinkError::Backend(format!(
-            "vault sink `{}`: {what} {}/data/{path}: {text}{hint}",
-            self.name, self.config.mount
-        ))
+        let detail = format!("{what} {}/data/{path}: {text}{hint}", self.config.mount);
+        error_of(code, detail)
     }
 
     fn base_client(&self, token: &str) -> Result<VaultClient, SinkError> {
@@ -223,14 +223,18 @@ impl VaultSink {
         }
         let settings = b
             .build()
-            .map_err(|e| SinkError::Backend(format!("vault sink `{}`: bad settings: {e}", self.name)))?;
-        VaultClient::new(settings).map_err(|e| SinkError::Backend(format!("vault sink `{}`: {e}", self.name)))
+            .map_err(|e| SinkError::invalid(format!("bad settings: {e}")))?;
+        VaultClient::new(settings).map_err(|e| SinkError::invalid(e.to_string()))
     }
 
     /// Logs in with the configured method; returns a client carrying the token.
     async fn login(&self) -> Result<VaultClient, SinkError> {
         let key = |f: &str| format!("sinks.{}.auth.{f}", self.name);
-        let fail = |m: String| SinkError::Backend(format!("vault sink `{}`: login failed: {m}", self.name));
+        let fail = |m: String| SinkError::invalid(format!("login failed: {m}"));
+        let refused = |what: String, e: &ClientError| {
+            let (code, text) = describe(e);
+            error_of(code, format!("login failed: {what}: {text}"))
+        };
         match &self.config.auth {
             VaultAuth::Token { token } => {
                 let t = token.resolve(&key("token")).map_err(|e| fail(e.to_string()))?;
@@ -246,7 +250,7 @@ impl VaultSink {
                 let mut c = self.base_client("")?;
                 let auth = vaultrs::auth::approle::login(&c, mount, role.expose(), sid.expose())
                     .await
-                    .map_err(|e| fail(format!("AppRole at auth/{mount}: {}", describe(&e).1)))?;
+                    .map_err(|e| refused(format!("AppRole at auth/{mount}"), &e))?;
                 let token = Secret::new(auth.client_token);
                 c.set_token(token.expose());
                 Ok(c)
@@ -258,7 +262,7 @@ impl VaultSink {
                 let mut c = self.base_client("")?;
                 let auth = vaultrs::auth::kubernetes::login(&c, mount, role, jwt.expose())
                     .await
-                    .map_err(|e| fail(format!("Kubernetes role `{role}` at auth/{mount}: {}", describe(&e).1)))?;
+                    .map_err(|e| refused(format!("Kubernetes role `{role}` at auth/{mount}"), &e))?;
                 let token = Secret::new(auth.client_token);
                 c.set_token(token.expose());
                 Ok(c)
@@ -309,10 +313,10 @@ impl VaultSink {
         &self,
         client: &VaultClient,
         paths: &[String],
-    ) -> Result<HashMap<String, Vec<String>>, String> {
+    ) -> Result<HashMap<String, Vec<String>>, SinkError> {
         let url = format!("{}/v1/sys/capabilities-self", self.config.address.trim_end_matches('/'));
         let mut token = reqwest::header::HeaderValue::from_str(&client.settings().token)
-            .map_err(|_| "the token is not a valid header value".to_string())?;
+            .map_err(|_| SinkError::invalid("the token is not a valid header value"))?;
         token.set_sensitive(true);
         let mut req = self
             .http
@@ -322,18 +326,24 @@ impl VaultSink {
         if let Some(ns) = &self.config.namespace {
             req = req.header("X-Vault-Namespace", ns);
         }
-        let resp = req.send().await.map_err(|e| format!("cannot reach Vault: {e}"))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| SinkError::unavailable(format!("cannot reach Vault: {e}")))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(match status.as_u16() {
-                403 => format!(
+                403 => SinkError::denied(format!(
                     "HTTP 403: the token is invalid, expired or revoked; renew it or fix `sinks.{}.auth`",
                     self.name
-                ),
-                code => format!("HTTP {code}"),
+                )),
+                code => error_of(Some(code), format!("HTTP {code}")),
             });
         }
-        let body: serde_json::Value = resp.json().await.map_err(|e| format!("unexpected answer: {e}"))?;
+        let body: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| SinkError::unavailable(format!("unexpected answer: {e}")))?;
         let data = body.get("data").unwrap_or(&body);
         Ok(paths
             .iter()
@@ -382,30 +392,24 @@ impl Sink for VaultSink {
             Err(Fail::Api(e)) => return Err(self.err("cannot read", path, &e)),
             Err(Fail::Login(e)) => return Err(e),
         };
-        let bytes = zeroize::Zeroizing::new(
-            serde_json::to_vec(&resp.data)
-                .map_err(|e| SinkError::Corrupt(format!("vault sink `{}`: {e}", self.name)))?,
-        );
-        let payload = Payload::from_json(&bytes).map_err(|e| {
-            SinkError::Corrupt(format!(
-                "vault sink `{}`: {}/data/{path}: {e}",
-                self.name, self.config.mount
-            ))
-        })?;
+        let bytes =
+            zeroize::Zeroizing::new(serde_json::to_vec(&resp.data).map_err(|e| SinkError::corrupt(e.to_string()))?);
+        let payload =
+            Payload::from_json(&bytes).map_err(|e| e.context(format!("{}/data/{path}", self.config.mount)))?;
         Ok(Some((payload, Version(resp.metadata.version.to_string()))))
     }
 
     async fn publish(&self, path: &str, payload: &Payload, expected: Option<&Version>) -> Result<Version, SinkError> {
         let cas: u32 = match expected {
             None => 0,
-            Some(v) => v.0.parse().map_err(|_| {
-                SinkError::Backend(format!("vault sink `{}`: version `{v}` is not a KV version", self.name))
-            })?,
+            Some(v) => {
+                v.0.parse()
+                    .map_err(|_| SinkError::invalid(format!("version `{v}` is not a KV version")))?
+            }
         };
         let mount = self.config.mount.as_str();
         let json = payload.to_json()?;
-        let data: serde_json::Value = serde_json::from_slice(&json)
-            .map_err(|e| SinkError::Backend(format!("vault sink `{}`: {e}", self.name)))?;
+        let data: serde_json::Value = serde_json::from_slice(&json).map_err(|e| SinkError::invalid(e.to_string()))?;
         let data = &data;
         let result = self
             .run(|c| async move {
@@ -415,9 +419,8 @@ impl Sink for VaultSink {
         let written = match result {
             Ok(m) => m,
             Err(Fail::Api(e)) if is_cas_conflict(&e) => {
-                return Err(SinkError::Conflict(format!(
-                    "vault sink `{}`: {mount}/data/{path} is no longer at version {cas}",
-                    self.name
+                return Err(SinkError::conflict(format!(
+                    "{mount}/data/{path} is no longer at version {cas}"
                 )));
             }
             Err(Fail::Api(e)) => return Err(self.err("cannot write", path, &e)),
@@ -429,10 +432,7 @@ impl Sink for VaultSink {
             ("rotation_id", payload.rotation_id.clone()),
             ("service_account_id", payload.service_account_id.to_string()),
             ("username", payload.username.clone()),
-            (
-                "expires",
-                payload.expires.map(crate::rotation::rfc3339).unwrap_or_default(),
-            ),
+            ("expires", payload.expires.map(crate::text::rfc3339).unwrap_or_default()),
             ("managed_by", "mixpanel-rotator".into()),
         ]
         .into_iter()
@@ -469,16 +469,15 @@ impl Sink for VaultSink {
         let caps = self
             .capabilities(&client, &paths)
             .await
-            .map_err(|m| SinkError::Backend(format!("checking the token: {m}")))?;
+            .map_err(|e| e.context("checking the token"))?;
         let has = |p: &str, c: &str| caps.get(p).is_some_and(|v| v.iter().any(|x| x == c || x == "root"));
         let missing: Vec<&str> = ["create", "update", "read"]
             .into_iter()
             .filter(|c| !has(&data_path, c))
             .collect();
         if !missing.is_empty() {
-            return Err(SinkError::Backend(format!(
-                "vault sink `{}`: the token lacks {} on {data_path}: grant them in its Vault policy (README, \"vault\" sink)",
-                self.name,
+            return Err(SinkError::denied(format!(
+                "the token lacks {} on {data_path}: grant them in its Vault policy (README, \"vault\" sink)",
                 missing.join(", ")
             )));
         }

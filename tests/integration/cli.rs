@@ -135,7 +135,7 @@ async fn plan_rotate_status_reconcile_through_the_binary() {
     let o = run(&h, &cfg, &["status", "--json"]).await;
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v[0]["integration"], "etl");
-    assert_eq!(v[0]["decision"]["delete_later"][0]["reason"], "retiring");
+    assert_eq!(v[0]["plan"]["delete_later"][0]["reason"], "retiring");
 
     let o = run(&h, &cfg, &["reconcile"]).await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

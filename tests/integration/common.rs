@@ -245,12 +245,20 @@ dir = "{dir}"
             ra.errors, rb.errors
         );
         let (winner, loser) = if ra.rotated.is_some() { (ra, rb) } else { (rb, ra) };
-        assert!(
-            loser.errors[0].message.contains("another rotator published first"),
-            "{}",
-            loser.errors[0]
+        let e = &loser.errors[0];
+        assert_eq!(
+            e.cause.sink_error().map(|s| s.kind),
+            Some(mixpanel_rotator::sink::SinkErrorKind::Conflict),
+            "{e}"
         );
-        assert!(loser.errors[0].message.contains("was deleted"), "{}", loser.errors[0]);
+        assert!(e.to_string().contains("another rotator published first"), "{e}");
+        assert!(
+            matches!(
+                e.consequence,
+                Some(mixpanel_rotator::rotation::Consequence::NewDeleted { .. })
+            ),
+            "{e}"
+        );
         assert_eq!(
             self.accounts_with_prefix("mpr-etl-").len(),
             before + 1,

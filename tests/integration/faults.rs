@@ -3,9 +3,10 @@
 
 use chrono::Duration;
 use mixpanel_rotator::mixpanel::types::Role;
-use mixpanel_rotator::rotation::Step;
 use mixpanel_rotator::rotation::lineage::Lineage;
+use mixpanel_rotator::rotation::{Blocked, Cause, Consequence, Step};
 use mixpanel_rotator::simulator::{Fault, FaultAction, Quirks, Seed};
+use mixpanel_rotator::sink::SinkErrorKind;
 
 use crate::common::*;
 
@@ -33,7 +34,13 @@ async fn server_error_on_create_publishes_nothing_and_leaves_nothing() {
     assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
     assert_eq!(r.errors[0].step, Step::Create);
     assert!(r.errors[0].to_string().contains("integration `etl`"));
-    assert!(r.errors[0].message.contains("it was not created"), "{}", r.errors[0]);
+    assert_eq!(
+        r.errors[0].consequence,
+        Some(Consequence::NotCreated),
+        "{}",
+        r.errors[0]
+    );
+    assert!(r.errors[0].to_string().contains("it was not created"));
     assert!(h.payload("etl.json").is_none());
     assert_eq!(lineage_accounts(&h), 0);
     // Create is never retried automatically.
@@ -69,7 +76,12 @@ async fn server_error_on_add_to_project_deletes_the_new_account() {
     assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
     assert_eq!(r.errors[0].step, Step::ReadBack);
     assert!(
-        r.errors[0].message.contains("was deleted, nothing changed"),
+        matches!(r.errors[0].consequence, Some(Consequence::NewDeleted { .. })),
+        "{}",
+        r.errors[0]
+    );
+    assert!(
+        matches!(r.errors[0].cause, Cause::AddMemberships { .. }),
         "{}",
         r.errors[0]
     );
@@ -99,7 +111,11 @@ async fn server_error_on_verify_deletes_the_new_account() {
     let r = h.pass(&engine).await;
     assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
     assert_eq!(r.errors[0].step, Step::Verify);
-    assert!(r.errors[0].message.contains("was deleted"), "{}", r.errors[0]);
+    assert!(
+        matches!(r.errors[0].consequence, Some(Consequence::NewDeleted { .. })),
+        "{}",
+        r.errors[0]
+    );
     assert!(h.payload("etl.json").is_none());
     assert_eq!(lineage_accounts(&h), 0);
     h.assert_no_secret_leaked(&[&r]);
@@ -117,7 +133,11 @@ async fn create_committed_then_connection_dropped_stray_found_and_deleted() {
     let r = h.pass(&engine).await;
     assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
     assert_eq!(r.errors[0].step, Step::Create);
-    assert!(r.errors[0].message.contains("created anyway"), "{}", r.errors[0]);
+    assert!(
+        matches!(r.errors[0].consequence, Some(Consequence::StrayDeleted { .. })),
+        "{}",
+        r.errors[0]
+    );
     assert!(
         h.sim
             .requests()
@@ -275,10 +295,15 @@ async fn sink_unreadable_means_nothing_is_touched() {
     let r = h.pass(&engine).await;
     assert_eq!(r.errors.len(), 1);
     assert_eq!(r.errors[0].step, Step::ReadSink);
-    assert!(
-        r.errors[0].message.contains("nothing is rotated or deleted"),
+    assert_eq!(
+        r.errors[0].consequence,
+        Some(Consequence::NothingTouched),
         "{}",
         r.errors[0]
+    );
+    assert_eq!(
+        r.errors[0].cause.sink_error().map(|e| e.kind),
+        Some(SinkErrorKind::Corrupt)
     );
     assert!(h.sim.account(stale.id).is_some());
     assert!(h.sim.requests().iter().all(|q| !q.is_mutating()));
@@ -298,9 +323,7 @@ async fn a_payload_of_another_integration_is_never_acted_on() {
     let r = h.pass(&other).await;
     assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
     assert!(
-        r.errors[0]
-            .message
-            .contains("holds the credential of integration `etl`"),
+        matches!(&r.errors[0].cause, Cause::Blocked(Blocked::SharedPath(p)) if p.found_integration == "etl"),
         "{}",
         r.errors[0]
     );
@@ -317,7 +340,11 @@ async fn adopting_the_rotators_own_account_is_refused() {
     ));
     let r = h.pass(&engine).await;
     assert_eq!(r.errors.len(), 1);
-    assert!(r.errors[0].message.contains("rotator's own account"), "{}", r.errors[0]);
+    assert!(
+        matches!(r.errors[0].cause, Cause::Blocked(Blocked::OwnAccountAdopted { .. })),
+        "{}",
+        r.errors[0]
+    );
     assert!(h.sim.requests().iter().all(|q| !q.is_mutating()));
 }
 

@@ -388,7 +388,7 @@ fn a_systemd_credential_needs_credentials_directory() {
     let p = Policy::parse(&text).unwrap();
     assert_eq!(
         p.mixpanel.secret,
-        mixpanel_rotator::policy::SecretRef::Credential("mixpanel".into())
+        mixpanel_rotator::values::SecretRef::Credential("mixpanel".into())
     );
     // Resolution without systemd's directory: the binary names the key and the fix.
     let dir = tempfile::tempdir().unwrap();

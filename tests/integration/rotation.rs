@@ -199,7 +199,7 @@ async fn plan_makes_no_mutating_request() {
     let mutating: Vec<_> = h.sim.requests().into_iter().filter(|q| q.is_mutating()).collect();
     assert!(mutating.is_empty(), "plan mutated: {mutating:?}");
     assert!(!h.sim.requests().is_empty());
-    let text = mixpanel_rotator::cli::plan_text(&reports);
+    let text = mixpanel_rotator::render::plan_text(&reports);
     assert!(text.contains("rotate (nothing published yet)"), "{text}");
     assert!(text.contains("projects [101 analyst, 102 admin]"), "{text}");
     assert!(text.contains("orphan"), "{text}");

@@ -311,7 +311,7 @@ async fn token_revoked_then_replaced_in_its_file_logs_in_again() {
     h.clock.advance(Duration::hours(1));
     let r3 = h.force(&engine, "etl", false).await;
     assert!(!r3.errors.is_empty());
-    assert!(r3.errors[0].message.contains("403"), "{}", r3.errors[0]);
+    assert!(r3.errors[0].message().contains("403"), "{}", r3.errors[0]);
     assert_eq!(bao.read(&path).await.1, 2);
     h.assert_no_secret_leaked_with(&[&r, &r2, &r3], &[&token, &fresh]);
 }
@@ -375,7 +375,7 @@ async fn kubernetes_login_sends_the_pod_jwt_and_uses_the_returned_token() {
     let dir = tempfile::tempdir().unwrap();
     let jwt = dir.path().join("token");
     std::fs::write(&jwt, "eyJhbGciOiJSUzI1NiJ9.pod-jwt.sig\n").unwrap();
-    let cfg: mixpanel_rotator::policy::SinkConfig = toml::from_str(&format!(
+    let cfg: mixpanel_rotator::sink::SinkConfig = toml::from_str(&format!(
         "type = \"vault\"\naddress = \"http://{addr}\"\nauth = {{ method = \"kubernetes\", role = \"mixpanel-rotator\", jwt_path = \"{}\", mount = \"k8s-prod\" }}\n",
         jwt.display()
     ))

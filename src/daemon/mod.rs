@@ -1,0 +1,334 @@
+//! `run`: the long-lived loop over the reconcile engine.
+//!
+//! Each integration has a due time ([`scheduler`]); the loop sleeps on the
+//! injected clock until the earliest one (no polling), runs a pass over the
+//! integrations that are due, and schedules them again from what the pass
+//! planned. It is driven from outside through a [`Control`]: cancelling its
+//! shutdown token stops it (the step in flight finishes, bounded by the
+//! shutdown timeout), a message on its reload channel reloads the policy.
+//! [`signals`] maps SIGTERM/SIGINT and SIGHUP to those; tests drive them
+//! directly, in-process, under a manual clock.
+
+pub mod scheduler;
+pub mod signals;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use self::scheduler::Scheduler;
+use crate::clock::SharedClock;
+use crate::exit::Exit;
+use crate::metrics::Metrics;
+use crate::mixpanel::RetryPolicy;
+use crate::notify::{Notifier, status_line};
+use crate::policy::Policy;
+use crate::rotation::{Engine, PassOptions, Report};
+use crate::server::Health;
+use crate::text::rfc3339;
+
+/// How the daemon is told to stop or reload.
+#[derive(Debug)]
+pub struct Control {
+    /// Cancelled: finish the step in flight and exit.
+    pub shutdown: CancellationToken,
+    /// A message: reload the policy.
+    pub reload: mpsc::Receiver<()>,
+}
+
+impl Control {
+    /// A control, with the token and the sender that drive it.
+    pub fn new() -> (Self, CancellationToken, mpsc::Sender<()>) {
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = mpsc::channel(1);
+        (
+            Self {
+                shutdown: shutdown.clone(),
+                reload: rx,
+            },
+            shutdown,
+            tx,
+        )
+    }
+}
+
+/// Aborts a task when dropped.
+#[derive(Debug)]
+pub struct TaskGuard(pub tokio::task::JoinHandle<()>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What the daemon has done so far, published after every pass and reload.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Passes completed.
+    pub passes: u64,
+    /// The reports of the last pass.
+    pub reports: Vec<Report>,
+    /// When the daemon wakes up next, if it is idle.
+    pub wake_at: Option<DateTime<Utc>>,
+    /// Every integration's next due time.
+    pub due: BTreeMap<String, DateTime<Utc>>,
+    /// Reload requests handled (applied or rejected).
+    pub reloads: u64,
+    /// Why the last reload was rejected, if it was.
+    pub reload_error: Option<String>,
+}
+
+/// The daemon, before it runs.
+pub struct Daemon {
+    config: PathBuf,
+    clock: SharedClock,
+    shutdown_timeout: std::time::Duration,
+    notifier: Notifier,
+    retry: Option<(RetryPolicy, RetryPolicy)>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    progress: watch::Sender<Progress>,
+}
+
+/// The policy in force and what it drives.
+struct Running {
+    policy: Arc<Policy>,
+    engine: Engine,
+    sched: Scheduler,
+}
+
+impl Daemon {
+    /// A daemon reading the policy at `config`, on `clock`.
+    pub fn new(config: PathBuf, clock: SharedClock) -> Self {
+        Self {
+            config,
+            clock,
+            shutdown_timeout: std::time::Duration::from_secs(30),
+            notifier: Notifier::default(),
+            retry: None,
+            metrics: Metrics::shared(),
+            health: Arc::new(Health::default()),
+            progress: watch::Sender::new(Progress::default()),
+        }
+    }
+
+    /// How long the step in flight may take after shutdown is asked.
+    pub fn shutdown_timeout(mut self, t: std::time::Duration) -> Self {
+        self.shutdown_timeout = t;
+        self
+    }
+
+    /// Where to send systemd notifications.
+    pub fn notifier(mut self, n: Notifier) -> Self {
+        self.notifier = n;
+        self
+    }
+
+    /// Retry policies for API calls and for verifying new credentials (tests use short ones).
+    pub fn retry(mut self, api: RetryPolicy, verify: RetryPolicy) -> Self {
+        self.retry = Some((api, verify));
+        self
+    }
+
+    /// The metrics the daemon records (and `/metrics` serves).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Whether the last pass reached Mixpanel and every sink (`/readyz`).
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
+    /// A view of the daemon's progress.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    fn load(&self) -> Result<(Arc<Policy>, Engine), String> {
+        let policy = Policy::load(&self.config)
+            .map_err(|e| e.all().iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))?;
+        let policy = Arc::new(policy);
+        let engine = match &self.retry {
+            Some((api, verify)) => Engine::with_retry(policy.clone(), self.clock.clone(), api.clone(), verify.clone()),
+            None => Engine::from_policy(policy.clone(), self.clock.clone()),
+        }
+        .map_err(|e| e.to_string())?;
+        Ok((policy, engine.with_metrics(self.metrics.clone())))
+    }
+
+    /// Runs until `control.shutdown` is cancelled.
+    pub async fn run(self, mut control: Control) -> Exit {
+        let (policy, engine) = match self.load() {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("error: policy {}: {e}", self.config.display());
+                return Exit::Usage;
+            }
+        };
+        let _server = match self.serve(&policy).await {
+            Ok(s) => s,
+            Err(exit) => return exit,
+        };
+        let _watchdog = self.watchdog();
+        let mut state = Running {
+            policy,
+            engine,
+            sched: Scheduler::default(),
+        };
+        state.sched.reset(&state.policy, self.clock.now());
+        tracing::info!(
+            integrations = state.policy.integrations.len(),
+            "Started; the first pass runs now."
+        );
+        self.notifier
+            .notify(&format!("READY=1\n{}", status_line("started; first pass running")));
+        loop {
+            let now = self.clock.now();
+            let due = state.sched.due(now);
+            if !due.is_empty() {
+                if let Some(exit) = self.pass(&mut state, due, &control.shutdown).await {
+                    return exit;
+                }
+                continue;
+            }
+            let wake = state.sched.wake_at(now, state.policy.resync_interval);
+            tokio::select! {
+                () = self.clock.sleep_until(wake) => {}
+                () = control.shutdown.cancelled() => break,
+                Some(()) = control.reload.recv() => self.reload(&mut state),
+            }
+        }
+        self.notifier.notify("STOPPING=1");
+        tracing::info!("Stopped.");
+        Exit::Ok
+    }
+
+    /// Serves `/metrics`, `/healthz`, `/readyz` when `[server] listen` is set.
+    async fn serve(&self, policy: &Policy) -> Result<Option<TaskGuard>, Exit> {
+        let Some(addr) = policy.listen else { return Ok(None) };
+        match crate::server::serve(addr, self.metrics.clone(), self.health.clone()).await {
+            Ok((local, task)) => {
+                tracing::info!(listen = %local, "Serving /metrics, /healthz, /readyz.");
+                Ok(Some(TaskGuard(task)))
+            }
+            Err(e) => {
+                eprintln!("error: cannot listen on {addr} (`server.listen`): {e}");
+                Err(Exit::Failed)
+            }
+        }
+    }
+
+    /// Pings the systemd watchdog, when it is on.
+    fn watchdog(&self) -> Option<TaskGuard> {
+        let every = self.notifier.watchdog_interval()?;
+        let notifier = self.notifier.clone();
+        Some(TaskGuard(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                notifier.notify("WATCHDOG=1");
+            }
+        })))
+    }
+
+    /// One pass over the integrations `due`; `Some` when the daemon must exit.
+    async fn pass(&self, state: &mut Running, due: BTreeSet<String>, shutdown: &CancellationToken) -> Option<Exit> {
+        let opts = PassOptions {
+            only: Some(due),
+            stop: Some(shutdown.clone()),
+            ..Default::default()
+        };
+        let pass = state.engine.pass(&opts);
+        tokio::pin!(pass);
+        let reports = tokio::select! {
+            r = &mut pass => r,
+            () = shutdown.cancelled() => return Some(self.shut_down(pass).await),
+        };
+        for r in &reports {
+            for e in &r.errors {
+                tracing::error!(integration = %r.integration, step = ?e.step, "{e}");
+            }
+        }
+        let after = self.clock.now();
+        state.sched.update(&reports, after, state.policy.resync_interval);
+        self.health
+            .ready
+            .store(reports.iter().all(Report::reached_everything), Ordering::SeqCst);
+        let failing = reports.iter().filter(|r| r.failed()).count();
+        let wake = state.sched.wake_at(after, state.policy.resync_interval);
+        self.notifier.notify(&status_line(&format!(
+            "{} integration(s) in the last pass, {failing} failing; next pass {}",
+            reports.len(),
+            rfc3339(wake)
+        )));
+        self.progress.send_modify(|p| {
+            p.passes += 1;
+            p.reports = reports;
+            p.wake_at = Some(wake);
+            p.due = state.sched.due_times();
+        });
+        None
+    }
+
+    /// Shutdown asked during a pass: start nothing new, let what is in
+    /// flight finish (bounded), exit.
+    async fn shut_down(&self, pass: impl std::future::Future<Output = Vec<Report>>) -> Exit {
+        self.notifier.notify(&format!(
+            "STOPPING=1\n{}",
+            status_line("stopping: finishing the step in flight")
+        ));
+        tracing::info!(
+            timeout_s = self.shutdown_timeout.as_secs(),
+            "Stopping; letting the step in flight finish."
+        );
+        match tokio::time::timeout(self.shutdown_timeout, pass).await {
+            Ok(_) => {
+                tracing::info!("Stopped.");
+                Exit::Ok
+            }
+            Err(_) => {
+                tracing::error!(
+                    "The step in flight did not finish within --shutdown-timeout; an account it created may be left unpublished, and the next pass deletes it as an orphan."
+                );
+                Exit::Failed
+            }
+        }
+    }
+
+    /// Reloads the policy; a broken one is rejected and the old one stays.
+    fn reload(&self, state: &mut Running) {
+        self.notifier.notify("RELOADING=1");
+        let error = match self.load() {
+            Ok((policy, engine)) => {
+                if policy.listen != state.policy.listen {
+                    tracing::warn!("`server.listen` changed; it takes effect at the next restart.");
+                }
+                state.sched.reset(&policy, self.clock.now());
+                state.policy = policy;
+                state.engine = engine;
+                self.metrics.reload(true);
+                tracing::info!(integrations = state.policy.integrations.len(), "Policy reloaded.");
+                None
+            }
+            Err(e) => {
+                self.metrics.reload(false);
+                tracing::error!(config = %self.config.display(), "Policy reload rejected, the previous policy stays in force: {e}");
+                Some(e)
+            }
+        };
+        self.notifier
+            .notify(&format!("READY=1\n{}", status_line("policy reload handled")));
+        self.progress.send_modify(|p| {
+            p.reloads += 1;
+            p.reload_error = error;
+            p.wake_at = None;
+        });
+    }
+}

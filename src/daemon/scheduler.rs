@@ -1,0 +1,118 @@
+//! When each integration is next due: from what its last pass planned (the
+//! next rotation or deletion), a periodic resync, or, after a failure, a
+//! capped exponential backoff for that integration alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::policy::Policy;
+use crate::rotation::Report;
+
+/// First retry delay after a failure; doubled each time.
+pub const BACKOFF_BASE: Duration = Duration::seconds(30);
+/// Longest retry delay.
+pub const BACKOFF_CAP: Duration = Duration::hours(1);
+/// Shortest sleep between passes.
+pub const MIN_SLEEP: Duration = Duration::seconds(1);
+
+/// The delay before retry number `failures` (1-based): 30s doubling to 1h,
+/// spread by ±20% with `jitter` in [0, 1) so failing integrations do not
+/// retry in step; never above the cap.
+pub fn backoff(failures: u32, jitter: f64) -> Duration {
+    let exp = BACKOFF_BASE
+        .num_seconds()
+        .saturating_mul(1i64 << failures.saturating_sub(1).min(20));
+    let base = exp.min(BACKOFF_CAP.num_seconds()) as f64;
+    let spread = base * (0.8 + 0.4 * jitter.clamp(0.0, 1.0));
+    Duration::seconds(spread.min(BACKOFF_CAP.num_seconds() as f64) as i64)
+}
+
+/// When an integration is next due, after a pass at `now` produced `report`.
+/// `failures` counts consecutive failed passes, this one included.
+pub fn next_due(report: &Report, now: DateTime<Utc>, failures: u32, resync: Duration, jitter: f64) -> DateTime<Utc> {
+    if failures > 0 {
+        return now + backoff(failures, jitter);
+    }
+    // Something changed: look again right away, from the new state.
+    if report.rotated.is_some() || !report.deleted.is_empty() {
+        return now + MIN_SLEEP;
+    }
+    let resync_at = now + resync;
+    let due = report.plan.next_action().map_or(resync_at, |t| t.min(resync_at));
+    due.max(now + MIN_SLEEP)
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    due: DateTime<Utc>,
+    failures: u32,
+}
+
+/// Due times of every integration.
+#[derive(Debug, Default)]
+pub struct Scheduler {
+    slots: BTreeMap<String, Slot>,
+}
+
+impl Scheduler {
+    /// Every integration of `policy` due at `now`; integrations no longer in
+    /// the policy are forgotten, known ones keep their failure count.
+    pub fn reset(&mut self, policy: &Policy, now: DateTime<Utc>) {
+        let names: BTreeSet<&str> = policy.integrations.iter().map(|i| i.name.as_str()).collect();
+        self.slots.retain(|k, _| names.contains(k.as_str()));
+        for n in names {
+            let slot = self
+                .slots
+                .entry(n.to_string())
+                .or_insert(Slot { due: now, failures: 0 });
+            slot.due = now;
+        }
+    }
+
+    /// The integrations due at `now`.
+    pub fn due(&self, now: DateTime<Utc>) -> BTreeSet<String> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| s.due <= now)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// The earliest due time.
+    pub fn next_wake(&self) -> Option<DateTime<Utc>> {
+        self.slots.values().map(|s| s.due).min()
+    }
+
+    /// When to wake up next, seen from `now`: the earliest due time, at least
+    /// [`MIN_SLEEP`] and at most `resync` away.
+    pub fn wake_at(&self, now: DateTime<Utc>, resync: Duration) -> DateTime<Utc> {
+        let wake = self.next_wake().unwrap_or(now + resync);
+        now + (wake - now).clamp(MIN_SLEEP, resync.max(MIN_SLEEP))
+    }
+
+    /// Records a pass's reports.
+    pub fn update(&mut self, reports: &[Report], now: DateTime<Utc>, resync: Duration) {
+        for r in reports {
+            let slot = self
+                .slots
+                .entry(r.integration.clone())
+                .or_insert(Slot { due: now, failures: 0 });
+            slot.failures = if r.failed() { slot.failures.saturating_add(1) } else { 0 };
+            slot.due = next_due(r, now, slot.failures, resync, rand::random::<f64>());
+        }
+    }
+
+    /// When `integration` is next due.
+    pub fn due_of(&self, integration: &str) -> Option<DateTime<Utc>> {
+        self.slots.get(integration).map(|s| s.due)
+    }
+
+    /// Every integration's due time.
+    pub fn due_times(&self) -> BTreeMap<String, DateTime<Utc>> {
+        self.slots.iter().map(|(k, s)| (k.clone(), s.due)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

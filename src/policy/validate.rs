@@ -1,0 +1,370 @@
+//! Cross-checks of a parsed policy, and each integration's effective
+//! settings. Every problem is collected (not just the first) and names its
+//! key; where a value is inherited, the message says from where.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::Duration;
+
+use super::file::{DefaultsConfig, IntegrationConfig, MixpanelConfig, PolicyConfig, ProjectsSpec};
+use super::{Integration, MixpanelSettings, Policy, PolicyError};
+use crate::mixpanel::types::Role;
+use crate::sink::SinkConfig;
+use crate::text::format_duration;
+use crate::values::{HumanDuration, check_url};
+
+/// Checks `c` and resolves it into a [`Policy`].
+pub(super) fn resolve(c: PolicyConfig) -> Result<Policy, PolicyError> {
+    let mut errs = Vec::new();
+    check_namespace(&c.namespace, &mut errs);
+    let mixpanel = mixpanel_settings(&c.mixpanel, &mut errs);
+    for (name, sink) in &c.sinks {
+        if let Err((field, msg)) = sink.check() {
+            errs.push(PolicyError::invalid(format!("sinks.{name}.{field}"), msg));
+        }
+    }
+    let mut unique = Unique::default();
+    let integrations: Vec<Integration> = c
+        .integrations
+        .iter()
+        .enumerate()
+        .map(|(index, ic)| {
+            unique.check(index, ic, &c.sinks, &mut errs);
+            resolve_integration(index, ic, &c.defaults, &mut errs)
+        })
+        .collect();
+    if let Some(r) = c.daemon.resync_interval
+        && r.0 < Duration::seconds(10)
+    {
+        errs.push(PolicyError::invalid("daemon.resync_interval", "must be at least `10s`"));
+    }
+    if !errs.is_empty() {
+        return Err(if errs.len() == 1 {
+            errs.remove(0)
+        } else {
+            PolicyError::Many(errs)
+        });
+    }
+    Ok(Policy {
+        namespace: c.namespace,
+        listen: c.server.listen,
+        audit_path: c.audit.path,
+        resync_interval: c.daemon.resync_interval.map(|d| d.0).unwrap_or(Duration::minutes(10)),
+        mixpanel,
+        sinks: c.sinks,
+        integrations,
+    })
+}
+
+/// Names are part of usernames: lowercase letters, digits, single inner dashes.
+fn is_valid_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
+
+fn check_namespace(namespace: &str, errs: &mut Vec<PolicyError>) {
+    if !is_valid_name(namespace, 16) || namespace.contains('-') {
+        errs.push(PolicyError::invalid(
+            "namespace",
+            format!(
+                "is `{namespace}`: use 1 to 16 lowercase letters and digits (no `-`, so two namespaces can never produce the same username)"
+            ),
+        ));
+    }
+}
+
+fn base_url(m: &MixpanelConfig, errs: &mut Vec<PolicyError>) -> String {
+    let err = match (&m.region, &m.base_url) {
+        (Some(r), None) => return r.base_url().to_string(),
+        (None, Some(u)) => match check_url(u) {
+            Ok(u) => return u,
+            Err(msg) => PolicyError::invalid("mixpanel.base_url", msg),
+        },
+        (Some(_), Some(_)) => PolicyError::invalid("mixpanel.base_url", "and `mixpanel.region` are both set: keep one"),
+        (None, None) => PolicyError::invalid(
+            "mixpanel.region",
+            "is required (`us`, `eu` or `in`), or set `mixpanel.base_url`",
+        ),
+    };
+    errs.push(err);
+    String::new()
+}
+
+fn mixpanel_settings(m: &MixpanelConfig, errs: &mut Vec<PolicyError>) -> MixpanelSettings {
+    let base_url = base_url(m, errs);
+    if m.organization_id == 0 {
+        errs.push(PolicyError::invalid(
+            "mixpanel.organization_id",
+            "must be your organization's id (a positive integer)",
+        ));
+    }
+    if m.username.trim().is_empty() {
+        errs.push(PolicyError::invalid(
+            "mixpanel.username",
+            "must be the rotator's service account username",
+        ));
+    }
+    if m.max_concurrency == 0 || m.max_concurrency > 32 {
+        errs.push(PolicyError::invalid(
+            "mixpanel.max_concurrency",
+            "must be between 1 and 32",
+        ));
+    }
+    if m.timeout.0 < Duration::seconds(1) {
+        errs.push(PolicyError::invalid("mixpanel.timeout", "must be at least `1s`"));
+    }
+    MixpanelSettings {
+        base_url,
+        organization_id: m.organization_id,
+        username: m.username.clone(),
+        secret: m.secret.clone(),
+        max_concurrency: m.max_concurrency,
+        timeout: m.timeout.to_std(),
+    }
+}
+
+/// What must be unique across integrations: names, (sink, path), `adopt`s.
+#[derive(Default)]
+struct Unique {
+    names: BTreeSet<String>,
+    adopted: BTreeMap<String, usize>,
+    destinations: BTreeMap<(String, String), usize>,
+}
+
+impl Unique {
+    fn check(
+        &mut self,
+        i: usize,
+        ic: &IntegrationConfig,
+        sinks: &BTreeMap<String, SinkConfig>,
+        errs: &mut Vec<PolicyError>,
+    ) {
+        let key = |f: &str| format!("integrations[{i}].{f}");
+        if !is_valid_name(&ic.name, 32) {
+            errs.push(PolicyError::invalid(
+                key("name"),
+                format!("is `{}`: use 1 to 32 lowercase letters, digits and single dashes (it becomes part of account usernames)", ic.name),
+            ));
+        } else if !self.names.insert(ic.name.clone()) {
+            errs.push(PolicyError::invalid(
+                key("name"),
+                format!("`{}` is used by another integration: names must be unique", ic.name),
+            ));
+        }
+        match sinks.get(&ic.sink) {
+            None => {
+                let defined = if sinks.is_empty() {
+                    "none".to_string()
+                } else {
+                    sinks.keys().cloned().collect::<Vec<_>>().join(", ")
+                };
+                errs.push(PolicyError::invalid(
+                    key("sink"),
+                    format!(
+                        "is `{}`, but there is no `[sinks.{}]`; defined sinks: {defined}",
+                        ic.sink, ic.sink
+                    ),
+                ));
+            }
+            Some(s) => {
+                if let Err(msg) = s.check_path(&ic.path) {
+                    errs.push(PolicyError::invalid(key("path"), msg));
+                }
+                if let Some(j) = self.destinations.insert((ic.sink.clone(), ic.path.clone()), i) {
+                    errs.push(PolicyError::invalid(
+                        key("path"),
+                        format!(
+                            "is also used by `integrations[{j}]` in the same sink: each integration needs its own path"
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(a) = &ic.adopt
+            && let Some(j) = self.adopted.insert(a.to_string(), i)
+        {
+            errs.push(PolicyError::invalid(
+                key("adopt"),
+                format!("`{a}` is also adopted by `integrations[{j}]`"),
+            ));
+        }
+    }
+}
+
+/// An effective duration and the key it came from (for messages).
+struct Picked {
+    value: Duration,
+    from: String,
+}
+
+/// Picks an integration's own value, else the default's, else `fallback`.
+fn pick(i: usize, own: Option<HumanDuration>, def: Option<HumanDuration>, field: &str, fallback: Duration) -> Picked {
+    match (own, def) {
+        (Some(v), _) => Picked {
+            value: v.0,
+            from: format!("integrations[{i}].{field}"),
+        },
+        (None, Some(v)) => Picked {
+            value: v.0,
+            from: format!("defaults.{field}"),
+        },
+        (None, None) => Picked {
+            value: fallback,
+            from: format!("{field} (default)"),
+        },
+    }
+}
+
+/// The effective durations of one integration.
+struct Durations {
+    ttl: Picked,
+    renew_before: Picked,
+    grace: Picked,
+    orphan_after: Picked,
+    jitter: Picked,
+    max_grace: Picked,
+    delete_when_idle: Option<Duration>,
+    on_rotate_timeout: Duration,
+}
+
+impl Durations {
+    fn pick(i: usize, ic: &IntegrationConfig, d: &DefaultsConfig) -> Self {
+        let ttl = pick(i, ic.ttl, d.ttl, "ttl", Duration::days(30));
+        let third = ttl.value / 3;
+        Self {
+            renew_before: pick(i, ic.renew_before, d.renew_before, "renew_before", third),
+            ttl,
+            grace: pick(i, ic.grace, d.grace, "grace", Duration::hours(24)),
+            orphan_after: pick(
+                i,
+                ic.orphan_after,
+                d.orphan_after,
+                "orphan_after",
+                Duration::minutes(15),
+            ),
+            jitter: pick(i, ic.jitter, d.jitter, "jitter", Duration::zero()),
+            max_grace: pick(i, ic.max_grace, d.max_grace, "max_grace", Duration::days(7)),
+            delete_when_idle: ic.delete_when_idle.or(d.delete_when_idle).map(|d| d.0),
+            on_rotate_timeout: pick(
+                i,
+                ic.on_rotate_timeout,
+                d.on_rotate_timeout,
+                "on_rotate_timeout",
+                Duration::seconds(30),
+            )
+            .value,
+        }
+    }
+
+    /// The relations between durations; `key` names the integration's keys.
+    fn check(&self, key: &dyn Fn(&str) -> String, errs: &mut Vec<PolicyError>) {
+        let (ttl, rb, grace) = (&self.ttl, &self.renew_before, &self.grace);
+        let f = format_duration;
+        if ttl.value < Duration::minutes(1) {
+            errs.push(PolicyError::invalid(
+                ttl.from.clone(),
+                format!("is {}: must be at least `1m`", f(ttl.value)),
+            ));
+        }
+        if ttl.value <= rb.value {
+            errs.push(PolicyError::invalid(
+                key("ttl"),
+                format!(
+                    "({}, from `{}`) must be longer than `renew_before` ({}, from `{}`), or every new account would be due for renewal at once",
+                    f(ttl.value), ttl.from, f(rb.value), rb.from
+                ),
+            ));
+        }
+        if grace.value >= ttl.value {
+            errs.push(PolicyError::invalid(
+                key("grace"),
+                format!(
+                    "({}, from `{}`) must be shorter than `ttl` ({}, from `{}`): the old account would expire before its grace ends",
+                    f(grace.value), grace.from, f(ttl.value), ttl.from
+                ),
+            ));
+        }
+        for p in [rb, grace, &self.orphan_after, &self.jitter] {
+            if p.value < Duration::zero() {
+                errs.push(PolicyError::invalid(p.from.clone(), "must not be negative"));
+            }
+        }
+        if self.orphan_after.value < Duration::minutes(1) {
+            errs.push(PolicyError::invalid(
+                self.orphan_after.from.clone(),
+                "must be at least `1m`, so a rotation in flight in another rotator is never mistaken for an orphan",
+            ));
+        }
+        if self.delete_when_idle.is_some() && self.max_grace.value < grace.value {
+            errs.push(PolicyError::invalid(
+                self.max_grace.from.clone(),
+                format!(
+                    "({}) must not be shorter than `grace` ({}, from `{}`)",
+                    f(self.max_grace.value),
+                    f(grace.value),
+                    grace.from
+                ),
+            ));
+        }
+    }
+}
+
+fn check_projects(projects: &ProjectsSpec, key: &dyn Fn(&str) -> String, errs: &mut Vec<PolicyError>) {
+    if let ProjectsSpec::Explicit(list) = projects {
+        let mut seen = BTreeSet::new();
+        for g in list {
+            if !seen.insert(g.id) {
+                errs.push(PolicyError::invalid(
+                    key("projects"),
+                    format!("lists project {} twice", g.id),
+                ));
+            }
+        }
+    }
+}
+
+fn resolve_integration(
+    index: usize,
+    ic: &IntegrationConfig,
+    d: &DefaultsConfig,
+    errs: &mut Vec<PolicyError>,
+) -> Integration {
+    let key = |f: &str| format!("integrations[{index}].{f}");
+    let t = Durations::pick(index, ic, d);
+    t.check(&key, errs);
+    let projects = ic.projects.clone().or_else(|| d.projects.clone()).unwrap_or_default();
+    check_projects(&projects, &key, errs);
+    if let Some(argv) = &ic.on_rotate
+        && argv.first().is_none_or(|a| a.is_empty())
+    {
+        errs.push(PolicyError::invalid(
+            key("on_rotate"),
+            "must name a command: an argv list such as [\"systemctl\", \"reload\", \"etl.service\"] (no shell)",
+        ));
+    }
+    Integration {
+        index,
+        name: ic.name.clone(),
+        sink: ic.sink.clone(),
+        path: ic.path.clone(),
+        role: ic.role.or(d.role).unwrap_or(Role::Consumer),
+        projects,
+        adopt: ic.adopt.clone(),
+        ttl: t.ttl.value,
+        renew_before: t.renew_before.value,
+        schedule: ic.schedule.clone().or_else(|| d.schedule.clone()),
+        jitter: t.jitter.value,
+        grace: t.grace.value,
+        orphan_after: t.orphan_after.value,
+        delete_when_idle: t.delete_when_idle,
+        max_grace: t.max_grace.value,
+        on_rotate: ic.on_rotate.clone(),
+        on_rotate_timeout: t.on_rotate_timeout,
+        webhook: ic.webhook.clone().or_else(|| d.webhook.clone()),
+    }
+}

@@ -1,0 +1,184 @@
+//! Reports as people read them: `plan`, `reconcile`/`rotate-now` and
+//! `status`. Pure functions of [`Report`]s; nothing here decides anything.
+
+use chrono::{DateTime, Utc};
+
+use crate::mixpanel::types::Grants;
+use crate::rotation::{DeleteReason, Disposal, Report, RotationPlan};
+use crate::text::{format_duration, relative, rfc3339};
+
+/// `plan` output: what each integration would do.
+pub fn plan_text(reports: &[Report]) -> String {
+    let mut s = String::new();
+    for r in reports {
+        s.push_str(&format!("{} (sink `{}`, path `{}`):\n", r.integration, r.sink, r.path));
+        for line in plan_lines(r) {
+            s.push_str(&format!("  - {line}\n"));
+        }
+        for w in &r.warnings {
+            s.push_str(&format!("  ! warning: {w}\n"));
+        }
+        for e in &r.errors {
+            s.push_str(&format!("  ! error: {e}\n"));
+        }
+    }
+    s.push_str("(plan only: nothing was changed)\n");
+    s
+}
+
+/// One line per action the plan of `r` would take.
+fn plan_lines(r: &Report) -> Vec<String> {
+    let (p, now) = (&r.plan, r.at);
+    let mut lines: Vec<String> = p
+        .delete_now
+        .iter()
+        .map(|x| format!("delete account {} ({}): {}", x.id, x.username, x.reason))
+        .collect();
+    if let Some(rp) = &p.rotate {
+        lines.extend(rotation_lines(rp, r.preview.as_deref(), r, now));
+    } else if p.blocked.is_none() {
+        lines.push(match p.next_rotation() {
+            Some(t) => format!("no rotation due; next at {} ({})", rfc3339(t), relative(t, now)),
+            None => "no rotation due".into(),
+        });
+    }
+    lines.extend(p.delete_later.iter().map(|x| later_line(x, now)));
+    lines
+}
+
+fn rotation_lines(
+    rp: &RotationPlan,
+    desired: Option<&[crate::mixpanel::types::ProjectGrant]>,
+    r: &Report,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let desired = desired
+        .map(|g| Grants(g).to_string())
+        .unwrap_or_else(|| "(unknown: see error)".into());
+    let mut lines = vec![format!(
+        "rotate ({}): create {} with role `{}`, expires {} (ttl {}), projects {desired}; verify it; publish to sink `{}` at `{}`",
+        rp.reason,
+        rp.username_pattern,
+        rp.role,
+        rfc3339(now + rp.ttl),
+        format_duration(rp.ttl),
+        r.sink,
+        r.path
+    )];
+    if let Some(old) = &rp.replaces {
+        lines.push(format!(
+            "keep the old account {} ({}) for `grace` ({}), then delete it",
+            old.id,
+            old.username,
+            format_duration(rp.grace)
+        ));
+    }
+    lines
+}
+
+fn later_line(x: &Disposal, now: DateTime<Utc>) -> String {
+    let when = match x.due {
+        None => "once the policy is fixed (nothing is deleted while blocked)".to_string(),
+        Some(due) => format!("at {} ({})", rfc3339(due), relative(due, now)),
+    };
+    format!("later: delete account {} ({}, {}) {when}", x.id, x.username, x.reason)
+}
+
+/// `reconcile` / `rotate-now` output: what was done.
+pub fn outcome_text(reports: &[Report]) -> String {
+    let mut s = String::new();
+    for r in reports {
+        match &r.rotated {
+            Some(rot) => s.push_str(&format!(
+                "{}: rotated ({}): now account {} ({}), expires {}, projects {}\n",
+                r.integration,
+                rot.reason,
+                rot.service_account_id,
+                rot.username,
+                rot.expires.map(rfc3339).unwrap_or_else(|| "never".into()),
+                Grants(&rot.projects)
+            )),
+            None if r.failed() => s.push_str(&format!("{}: FAILED\n", r.integration)),
+            None => s.push_str(&format!("{}: up to date\n", r.integration)),
+        }
+        for d in &r.deleted {
+            s.push_str(&format!("  deleted account {} ({}): {}\n", d.id, d.username, d.reason));
+        }
+        for w in &r.warnings {
+            s.push_str(&format!("  warning: {w}\n"));
+        }
+        for e in &r.errors {
+            s.push_str(&format!("  error: {e}\n"));
+        }
+    }
+    s
+}
+
+const STATUS_HEADER: [&str; 8] = [
+    "INTEGRATION",
+    "SINK",
+    "ACCOUNT",
+    "EXPIRES",
+    "NEXT ROTATION",
+    "RETIRING",
+    "ORPHANS",
+    "STATE",
+];
+
+/// `status` output: one row per integration.
+pub fn status_table(reports: &[Report]) -> String {
+    let rows: Vec<[String; 8]> = reports.iter().map(status_row).collect();
+    let mut widths = STATUS_HEADER.map(str::len);
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        l.trim_end().to_string() + "\n"
+    };
+    let mut s = line(STATUS_HEADER.to_vec());
+    for row in &rows {
+        s.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    s
+}
+
+fn status_row(r: &Report) -> [String; 8] {
+    let (p, now) = (&r.plan, r.at);
+    let when = |t: DateTime<Utc>| format!("{} ({})", t.format("%Y-%m-%d %H:%M"), relative(t, now));
+    let account = r
+        .current
+        .as_ref()
+        .map(|c| format!("{}{}", c.service_account_id, if c.exists { "" } else { " (gone)" }))
+        .unwrap_or_else(|| "-".into());
+    let expires = r.current.as_ref().and_then(|c| c.expires).map(when);
+    let next = match (&p.rotate, p.next_rotation()) {
+        (Some(_), _) => "now".to_string(),
+        (None, Some(t)) => when(t),
+        (None, None) => "-".into(),
+    };
+    let state = match (r.errors.first(), &p.rotate) {
+        (Some(e), _) => format!("error: {}", e.message()),
+        (None, Some(rp)) => format!("due: {}", rp.reason),
+        (None, None) => "ok".into(),
+    };
+    [
+        r.integration.clone(),
+        r.sink.clone(),
+        account,
+        expires.unwrap_or_else(|| "-".into()),
+        next,
+        p.pending(DeleteReason::Retiring).to_string(),
+        p.pending(DeleteReason::Orphan).to_string(),
+        state,
+    ]
+}

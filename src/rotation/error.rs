@@ -1,0 +1,234 @@
+//! What can go wrong in a pass, typed: the step, the cause, and what was
+//! done about it. The integration is named once, here, at the boundary;
+//! a sink's name and path once, in [`Cause::Sink`].
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+use super::decide::{Blocked, DeleteReason};
+use crate::mixpanel::MixpanelError;
+use crate::mixpanel::types::{Grants, ProjectGrant};
+use crate::policy::PolicyError;
+use crate::sink::SinkError;
+
+/// The step a pass failed at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    ListAccounts,
+    ReadSink,
+    SinkCheck,
+    CopyMemberships,
+    Create,
+    ReadBack,
+    Verify,
+    Publish,
+    Delete,
+}
+
+impl Step {
+    /// Whether the step belongs to a rotation (as opposed to observing or deleting).
+    pub fn is_rotation(self) -> bool {
+        matches!(
+            self,
+            Step::CopyMemberships | Step::Create | Step::ReadBack | Step::Verify | Step::Publish
+        )
+    }
+
+    /// Whether failing at this step means Mixpanel or a sink could not be reached or read.
+    pub fn is_observation(self) -> bool {
+        matches!(self, Step::ListAccounts | Step::ReadSink)
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::ListAccounts => "listing service accounts",
+            Step::ReadSink => "reading the published credential",
+            Step::SinkCheck => "checking the sink",
+            Step::CopyMemberships => "reading the memberships to copy",
+            Step::Create => "creating the new account",
+            Step::ReadBack => "reading the new account back",
+            Step::Verify => "verifying the new credential",
+            Step::Publish => "publishing",
+            Step::Delete => "deleting an old account",
+        })
+    }
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Cause {
+    /// A Mixpanel call failed.
+    #[error("{0}")]
+    Mixpanel(MixpanelError),
+    /// A Mixpanel call about one account failed.
+    #[error("account {id}: {source}")]
+    Account { id: u64, source: MixpanelError },
+    /// A Mixpanel call about one project failed.
+    #[error("project {id}: {source}")]
+    Project { id: u64, source: MixpanelError },
+    /// A sink operation failed.
+    #[error("{sink} path `{path}`: {source}")]
+    Sink {
+        /// The sink as [`crate::sink::Sink::describe`] says it.
+        sink: String,
+        path: String,
+        source: SinkError,
+    },
+    /// Nothing may be done until the policy or the sink is fixed.
+    #[error("{0}")]
+    Blocked(Blocked),
+    /// Adding the missing memberships failed.
+    #[error("adding memberships {} to account {account}: {source}", Grants(.missing))]
+    AddMemberships {
+        account: u64,
+        missing: Vec<ProjectGrant>,
+        source: MixpanelError,
+    },
+    /// Memberships are still missing after the repair.
+    #[error("account {account} still lacks memberships {} after repair", Grants(.missing))]
+    MembershipsMissing { account: u64, missing: Vec<ProjectGrant> },
+    /// The new credential authenticates but does not see the organization.
+    #[error("the new credential works but does not see organization {organization}")]
+    WrongOrganization { organization: u64 },
+    /// The new credential was still refused after every attempt.
+    #[error("{last} (after {attempts} attempts)")]
+    NotAccepted { attempts: u32, last: Box<Cause> },
+    /// Deleting an old account failed.
+    #[error("account {id} ({username}, {reason}): {source}; the next pass tries again")]
+    Delete {
+        id: u64,
+        username: String,
+        reason: DeleteReason,
+        source: MixpanelError,
+    },
+    /// The published account was about to be deleted (the last line of defence).
+    #[error("refused to delete account {id} because it is the published credential")]
+    Protected { id: u64 },
+}
+
+impl Cause {
+    /// The sink error, if this is one.
+    pub fn sink_error(&self) -> Option<&SinkError> {
+        match self {
+            Cause::Sink { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// What was done after the failure, or what happens next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Consequence {
+    /// The sink could not be read: the integration is left alone.
+    NothingTouched,
+    /// Create failed and the account was not created.
+    NotCreated,
+    /// Create failed, yet the account had been created; it was found and deleted.
+    StrayDeleted { id: u64 },
+    /// As `StrayDeleted`, but deleting it failed.
+    StrayDeleteFailed { id: u64, error: String },
+    /// Whether create took effect could not be checked.
+    Unchecked { error: String },
+    /// The new account was deleted: nothing changed.
+    NewDeleted { id: u64 },
+    /// Deleting the new account failed: the next pass deletes it as an orphan.
+    NewDeleteFailed { id: u64, error: String },
+    /// The publish may have landed (the sink could not be read back): the new account is kept.
+    NewKept { id: u64, read_error: String },
+}
+
+impl fmt::Display for Consequence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Consequence::NothingTouched => write!(f, "; nothing is rotated or deleted until it can be read"),
+            Consequence::NotCreated => write!(f, "; it was not created"),
+            Consequence::StrayDeleted { id } => write!(
+                f,
+                "; it had been created anyway (account {id}) and was deleted, since its token was lost"
+            ),
+            Consequence::StrayDeleteFailed { id, error } => write!(
+                f,
+                "; it had been created anyway (account {id}) and deleting it failed ({error}): the next pass deletes it as an orphan"
+            ),
+            Consequence::Unchecked { error } => write!(
+                f,
+                "; could not check whether it was created anyway ({error}): the next pass deletes it as an orphan if it was"
+            ),
+            Consequence::NewDeleted { id } => write!(f, "; the new account {id} was deleted, nothing changed"),
+            Consequence::NewDeleteFailed { id, error } => write!(
+                f,
+                "; deleting the new account {id} failed too ({error}): the next pass deletes it as an orphan once `orphan_after` has passed"
+            ),
+            Consequence::NewKept { id, read_error } => write!(
+                f,
+                "; reading it back failed too ({read_error}), so the new account {id} is kept (it may be published); the next pass sorts it out"
+            ),
+        }
+    }
+}
+
+/// A failure: which integration, at which step, why, and what was done about it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("integration `{integration}`: {step} failed: {}", self.message())]
+pub struct StepError {
+    pub integration: String,
+    pub step: Step,
+    pub cause: Cause,
+    pub consequence: Option<Consequence>,
+}
+
+impl StepError {
+    /// A failure of `integration` at `step`.
+    pub fn new(integration: &str, step: Step, cause: Cause) -> Self {
+        Self {
+            integration: integration.to_string(),
+            step,
+            cause,
+            consequence: None,
+        }
+    }
+
+    /// The same failure, with what was done about it.
+    pub fn then(mut self, consequence: Consequence) -> Self {
+        self.consequence = Some(consequence);
+        self
+    }
+
+    /// The cause and its consequence, without the integration and step.
+    pub fn message(&self) -> String {
+        match &self.consequence {
+            Some(c) => format!("{}{c}", self.cause),
+            None => self.cause.to_string(),
+        }
+    }
+}
+
+impl Serialize for StepError {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut st = s.serialize_struct("StepError", 3)?;
+        st.serialize_field("integration", &self.integration)?;
+        st.serialize_field("step", &self.step)?;
+        st.serialize_field("message", &self.message())?;
+        st.end()
+    }
+}
+
+/// Setting the engine up failed (secret unreadable, sink unusable).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Mixpanel(#[from] MixpanelError),
+    #[error("sink `{name}`: {source}")]
+    Sink {
+        name: String,
+        #[source]
+        source: SinkError,
+    },
+}

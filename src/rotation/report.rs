@@ -1,0 +1,112 @@
+//! What a pass did for one integration: the plan it followed and what came
+//! of it. Commands render it ([`crate::render`]), the daemon schedules from it.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::decide::{Disposal, Plan, RotateReason};
+use super::error::StepError;
+use super::observe::Observation;
+use crate::mixpanel::types::ProjectGrant;
+use crate::policy::Integration;
+
+/// The published account, as a report shows it (never the secret).
+#[derive(Debug, Clone, Serialize)]
+pub struct CurrentView {
+    pub service_account_id: u64,
+    pub username: String,
+    pub expires: Option<DateTime<Utc>>,
+    pub rotated_at: DateTime<Utc>,
+    pub rotation_id: String,
+    /// Whether the account still exists in Mixpanel.
+    pub exists: bool,
+}
+
+impl CurrentView {
+    /// The published account of an observation, with the expiry the plan uses.
+    pub fn of(obs: &Observation, plan: &Plan) -> Option<Self> {
+        obs.published.as_ref().map(|p| CurrentView {
+            service_account_id: p.payload.service_account_id,
+            username: p.payload.username.clone(),
+            expires: plan.deadlines.expires.or(p.payload.expires),
+            rotated_at: p.payload.rotated_at,
+            rotation_id: p.payload.rotation_id.clone(),
+            exists: obs.current.is_some(),
+        })
+    }
+}
+
+/// A completed rotation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rotated {
+    pub rotation_id: String,
+    pub reason: RotateReason,
+    pub service_account_id: u64,
+    pub username: String,
+    pub expires: Option<DateTime<Utc>>,
+    pub projects: Vec<ProjectGrant>,
+    pub previous_service_account_id: Option<u64>,
+    /// When the new credential is due for rotation (same rule as the plan's).
+    pub next_rotation: Option<DateTime<Utc>>,
+    /// When it was published (the payload's `rotated_at`).
+    pub rotated_at: DateTime<Utc>,
+    /// From the start of the rotation to its publish.
+    pub duration_seconds: f64,
+}
+
+/// One integration's outcome of a pass.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub integration: String,
+    pub sink: String,
+    pub path: String,
+    /// When the pass observed the world and made its plan.
+    pub at: DateTime<Utc>,
+    pub current: Option<CurrentView>,
+    pub plan: Plan,
+    /// A dry run's answer to "which memberships would the new account get".
+    pub preview: Option<Vec<ProjectGrant>>,
+    /// Accounts deleted in this pass.
+    pub deleted: Vec<Disposal>,
+    pub rotated: Option<Rotated>,
+    pub warnings: Vec<String>,
+    pub errors: Vec<StepError>,
+}
+
+impl Report {
+    /// An empty report for `i`, at `at`.
+    pub fn new(i: &Integration, at: DateTime<Utc>) -> Self {
+        Self {
+            integration: i.name.clone(),
+            sink: i.sink.clone(),
+            path: i.path.clone(),
+            at,
+            current: None,
+            plan: Plan::default(),
+            preview: None,
+            deleted: vec![],
+            rotated: None,
+            warnings: vec![],
+            errors: vec![],
+        }
+    }
+
+    /// Whether anything failed.
+    pub fn failed(&self) -> bool {
+        !self.errors.is_empty()
+    }
+
+    /// When the integration's credential is next due for rotation: the new
+    /// credential's after a rotation, else the plan's.
+    pub fn next_rotation(&self) -> Option<DateTime<Utc>> {
+        match &self.rotated {
+            Some(r) => r.next_rotation,
+            None => self.plan.next_rotation(),
+        }
+    }
+
+    /// Whether the pass reached Mixpanel and the sink.
+    pub fn reached_everything(&self) -> bool {
+        !self.errors.iter().any(|e| e.step.is_observation())
+    }
+}

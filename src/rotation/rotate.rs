@@ -1,0 +1,389 @@
+//! One rotation, one step per method: choose the memberships, create the
+//! account, read it back, verify the credential, publish it, and clean up on
+//! failure. The new token exists once, in memory ([`NewAccount`]), between
+//! create and publish; on any failure in that window the new account is
+//! deleted (or, if even that fails, left to the next pass, which finds it by
+//! its lineage name).
+
+use std::time::Instant;
+
+use chrono::{DateTime, SubsecRound as _, Utc};
+use tracing::Instrument as _;
+
+use super::decide::{Deadlines, DeleteReason, Disposal, RotationPlan, Rule};
+use super::engine::Engine;
+use super::error::{Cause, Consequence, Step, StepError};
+use super::lineage::{Lineage, new_rotation_id};
+use super::observe::{MembershipCache, Observation};
+use super::report::Rotated;
+use crate::audit::{Action, AuditEvent, Outcome};
+use crate::mixpanel::types::{AddToProjects, CreateServiceAccount, Grants, ProjectGrant, ServiceAccount, TargetType};
+use crate::mixpanel::{Credentials, MixpanelError};
+use crate::policy::Integration;
+use crate::secret::Secret;
+use crate::sink::{Payload, SinkErrorKind};
+use crate::text::rfc3339;
+
+/// A rotation in progress: what its steps share.
+pub(super) struct Rotation<'a> {
+    engine: &'a Engine,
+    i: &'a Integration,
+    obs: &'a Observation,
+    plan: &'a RotationPlan,
+    id: String,
+    /// When it started, in whole seconds (Mixpanel's timestamps have no fractions).
+    at: DateTime<Utc>,
+    started: Instant,
+    warnings: Vec<String>,
+}
+
+/// The rotation's result, and what it warned about on the way.
+pub(super) struct RotationOutcome {
+    pub result: Result<Rotated, StepError>,
+    pub warnings: Vec<String>,
+}
+
+/// The new account between its creation and its publish: the only place its token lives.
+struct NewAccount {
+    account: ServiceAccount,
+    creds: Credentials,
+    desired: Vec<ProjectGrant>,
+    /// The expiry asked for.
+    asked: DateTime<Utc>,
+    /// The expiry Mixpanel recorded (or, if it ignored it, the one asked for).
+    expires: Option<DateTime<Utc>>,
+}
+
+/// How a failure after create must be cleaned up.
+enum Failure {
+    /// Delete the new account: it was never published.
+    DeleteNew(StepError),
+    /// Leave it: it may have been published (the sink could not tell).
+    KeepNew(StepError),
+}
+
+impl<'a> Rotation<'a> {
+    /// A rotation of `i` following `plan`, starting now.
+    pub fn new(engine: &'a Engine, i: &'a Integration, obs: &'a Observation, plan: &'a RotationPlan) -> Self {
+        Self {
+            engine,
+            i,
+            obs,
+            plan,
+            id: new_rotation_id(),
+            at: engine.clock.now().trunc_subsecs(0),
+            started: Instant::now(),
+            warnings: vec![],
+        }
+    }
+
+    /// Runs every step, in one span carrying the integration and the rotation id.
+    pub async fn run(mut self, cache: &MembershipCache, deleted: &[Disposal]) -> RotationOutcome {
+        let span = tracing::info_span!("rotation", integration = %self.i.name, rotation_id = %self.id);
+        let result = self.steps(cache, deleted).instrument(span).await;
+        RotationOutcome {
+            result,
+            warnings: self.warnings,
+        }
+    }
+
+    fn fail(&self, step: Step, cause: Cause) -> StepError {
+        StepError::new(&self.i.name, step, cause)
+    }
+
+    fn warn(&mut self, w: String) {
+        tracing::warn!("{w}");
+        self.warnings.push(w);
+    }
+
+    async fn steps(&mut self, cache: &MembershipCache, deleted: &[Disposal]) -> Result<Rotated, StepError> {
+        tracing::info!(reason = %self.plan.reason, "Rotating.");
+        let desired = self
+            .engine
+            .desired_memberships(self.i, &self.plan.memberships, cache, &mut self.warnings)
+            .await?;
+        if desired.is_empty() {
+            self.warnings.push(
+                "the new account has no project memberships (the account it replaces had none that could be copied)"
+                    .into(),
+            );
+        }
+        let mut new = self.create(desired).await?;
+        let done = async {
+            self.read_back(&mut new).await?;
+            self.verify(&new).await?;
+            self.publish(&new, deleted).await
+        };
+        match done.await {
+            Ok(()) => {
+                tracing::info!(account_id = new.account.id, username = %new.account.username, "Rotation complete.");
+                Ok(self.rotated(new))
+            }
+            Err(f) => Err(self.clean_up(&new, f).await),
+        }
+    }
+
+    /// Creates the account. Create is never retried: when its answer was
+    /// lost, the account is looked for by its unique name and deleted.
+    async fn create(&mut self, desired: Vec<ProjectGrant>) -> Result<NewAccount, StepError> {
+        let username = Lineage::new(&self.engine.scope.namespace, &self.i.name).new_username(self.at);
+        let asked = self.at + self.plan.ttl;
+        let body = CreateServiceAccount {
+            username: username.clone(),
+            role: Some(self.plan.role),
+            expires: Some(asked),
+            projects: Some(desired.clone()),
+        };
+        let created = match self.engine.client.create_account(&body).await {
+            Ok(c) => c,
+            Err(e) => {
+                let err = self.fail(Step::Create, Cause::Mixpanel(e.clone()));
+                return Err(if e.maybe_applied() {
+                    err.then(self.recover_lost_create(&username).await)
+                } else {
+                    err
+                });
+            }
+        };
+        let account = created.account;
+        self.engine.audit(AuditEvent {
+            rotation_id: Some(&self.id),
+            account_id: Some(account.id),
+            username: Some(&account.username),
+            ..self.engine.audit_event(&self.i.name, Action::Create, Outcome::Created)
+        });
+        Ok(NewAccount {
+            creds: Credentials {
+                username: account.username.clone(),
+                secret: created.token,
+            },
+            account,
+            desired,
+            asked,
+            expires: None,
+        })
+    }
+
+    /// After an ambiguous create failure: the account may exist, with its
+    /// token lost. Find it by its unique username and delete it.
+    async fn recover_lost_create(&self, username: &str) -> Consequence {
+        let accounts = match self.engine.client.list_accounts().await {
+            Ok(a) => a,
+            Err(e) => return Consequence::Unchecked { error: e.to_string() },
+        };
+        let Some(stray) = accounts.iter().find(|a| a.base_username() == username) else {
+            return Consequence::NotCreated;
+        };
+        let d = Disposal::of(stray, DeleteReason::Orphan, Rule::FailedRotation, self.at);
+        match self.engine.delete(self.i, &d, None, Some(&self.id)).await {
+            Ok(()) => Consequence::StrayDeleted { id: stray.id },
+            Err(e) => Consequence::StrayDeleteFailed {
+                id: stray.id,
+                error: e.message(),
+            },
+        }
+    }
+
+    /// Reads the account back: is `expires` honoured, are the memberships there?
+    async fn read_back(&mut self, new: &mut NewAccount) -> Result<(), Failure> {
+        let id = new.account.id;
+        let back = self
+            .engine
+            .client
+            .get_account(id)
+            .await
+            .map_err(|e| Failure::DeleteNew(self.fail(Step::ReadBack, Cause::Account { id, source: e })))?;
+        new.expires = match back.expires {
+            Some(e) if (e - new.asked).num_seconds().abs() <= 60 => Some(e),
+            other => {
+                self.warn(format!(
+                    "Mixpanel did not honour `expires` (asked {}, got {}): the account does not expire by itself; the rotator still rotates it on schedule",
+                    rfc3339(new.asked),
+                    other.map(rfc3339).unwrap_or_else(|| "none".into())
+                ));
+                other.or(Some(new.asked)).map(|e| e.min(new.asked))
+            }
+        };
+        self.repair_memberships(id, &new.desired)
+            .await
+            .map_err(Failure::DeleteNew)
+    }
+
+    /// The desired grants `account` lacks, read from each project's members.
+    async fn missing(&self, account: u64, desired: &[ProjectGrant]) -> Result<Vec<ProjectGrant>, StepError> {
+        let mut missing = Vec::new();
+        for g in desired {
+            let rows = self
+                .engine
+                .client
+                .list_project_members(g.id)
+                .await
+                .map_err(|e| self.fail(Step::ReadBack, Cause::Project { id: g.id, source: e }))?;
+            let ok = rows
+                .iter()
+                .any(|r| r.account.id == account && r.role == g.role && r.target_type == TargetType::Individual);
+            if !ok {
+                missing.push(*g);
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Memberships equal to the desired set, repaired once if not.
+    async fn repair_memberships(&self, account: u64, desired: &[ProjectGrant]) -> Result<(), StepError> {
+        let missing = self.missing(account, desired).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(account_id = account, missing = %Grants(&missing), "Memberships missing after create; adding them.");
+        let body = AddToProjects {
+            projects: missing.clone(),
+            service_account_ids: vec![account],
+        };
+        if let Err(source) = self.engine.client.add_to_projects(&body).await {
+            return Err(self.fail(
+                Step::ReadBack,
+                Cause::AddMemberships {
+                    account,
+                    missing,
+                    source,
+                },
+            ));
+        }
+        self.engine.audit(AuditEvent {
+            account_id: Some(account),
+            detail: Some(Grants(&missing).to_string()),
+            ..self
+                .engine
+                .audit_event(&self.i.name, Action::AddToProject, Outcome::Added)
+        });
+        let missing = self.missing(account, desired).await?;
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(self.fail(Step::ReadBack, Cause::MembershipsMissing { account, missing }))
+        }
+    }
+
+    /// Proves the new credential works: `GET /me` with it, with retries (a
+    /// fresh account may take a moment to be accepted).
+    async fn verify(&self, new: &NewAccount) -> Result<(), Failure> {
+        let fail = |cause| Failure::DeleteNew(self.fail(Step::Verify, cause));
+        let client = self
+            .engine
+            .client
+            .with_credentials(&new.creds)
+            .map_err(|e| fail(Cause::Mixpanel(e)))?;
+        let organization = self.engine.client.organization_id();
+        let retry = &self.engine.verify_retry;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let last = match client.me().await {
+                Ok(me) if me.sees(organization) => {
+                    tracing::info!(account_id = new.account.id, "New credential verified.");
+                    return Ok(());
+                }
+                Ok(_) => Cause::WrongOrganization { organization },
+                Err(e @ MixpanelError::Api { status: 401 | 403, .. }) => Cause::Mixpanel(e),
+                Err(e) if e.retryable() => Cause::Mixpanel(e),
+                Err(e) => return Err(fail(Cause::Mixpanel(e))),
+            };
+            if attempt >= retry.max_attempts {
+                return Err(fail(Cause::NotAccepted {
+                    attempts: attempt,
+                    last: Box::new(last),
+                }));
+            }
+            tracing::debug!(attempt, error = %last, "New credential not accepted yet; retrying.");
+            tokio::time::sleep(retry.delay(attempt, None)).await;
+        }
+    }
+
+    /// Publishes the new credential with compare-and-swap: the commit point.
+    async fn publish(&self, new: &NewAccount, deleted: &[Disposal]) -> Result<(), Failure> {
+        let i = self.i;
+        let sink = self
+            .engine
+            .sink_for(i)
+            .map_err(|c| Failure::DeleteNew(self.fail(Step::Publish, c)))?;
+        let payload = Payload {
+            username: new.creds.username.clone(),
+            secret: Secret::clone(&new.creds.secret),
+            service_account_id: new.account.id,
+            organization_id: self.engine.scope.organization_id,
+            integration: i.name.clone(),
+            expires: new.expires,
+            created: new.account.created.unwrap_or(self.at),
+            rotated_at: self.at,
+            rotation_id: self.id.clone(),
+            previous_service_account_id: self.plan.replaces.as_ref().map(|a| a.id),
+            projects: new.desired.clone(),
+            retiring: self.plan.retiring(self.at, deleted),
+        };
+        let expected = self.obs.published.as_ref().map(|p| &p.version);
+        let e = match sink.publish(&i.path, &payload, expected).await {
+            Ok(version) => {
+                self.engine.audit(AuditEvent {
+                    rotation_id: Some(&self.id),
+                    account_id: Some(new.account.id),
+                    username: Some(&new.account.username),
+                    previous_account_id: payload.previous_service_account_id,
+                    detail: Some(format!("sink `{}` path `{}` version {version}", i.sink, i.path)),
+                    ..self.engine.audit_event(&i.name, Action::Publish, Outcome::Published)
+                });
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        let failed = self.fail(Step::Publish, self.engine.sink_cause(i, e.clone()));
+        if e.kind == SinkErrorKind::Conflict {
+            return Err(Failure::DeleteNew(failed));
+        }
+        // Did the write land anyway? Only delete the new account if it surely did not.
+        match sink.read_current(&i.path).await {
+            Ok(Some((p, _))) if p.rotation_id == self.id => {
+                tracing::warn!(error = %e, "Publish reported an error but the credential is published.");
+                Ok(())
+            }
+            Ok(_) => Err(Failure::DeleteNew(failed)),
+            Err(re) => Err(Failure::KeepNew(failed.then(Consequence::NewKept {
+                id: new.account.id,
+                read_error: re.to_string(),
+            }))),
+        }
+    }
+
+    /// After a failure past create: delete the new account unless it may be published.
+    async fn clean_up(&self, new: &NewAccount, failure: Failure) -> StepError {
+        let e = match failure {
+            Failure::KeepNew(e) => return e,
+            Failure::DeleteNew(e) => e,
+        };
+        let id = new.account.id;
+        let d = Disposal::of(&new.account, DeleteReason::Orphan, Rule::FailedRotation, self.at);
+        let protected = self.obs.published.as_ref().map(|p| p.payload.service_account_id);
+        match self.engine.delete(self.i, &d, protected, Some(&self.id)).await {
+            Ok(()) => e.then(Consequence::NewDeleted { id }),
+            Err(de) => e.then(Consequence::NewDeleteFailed {
+                id,
+                error: de.message(),
+            }),
+        }
+    }
+
+    fn rotated(&self, new: NewAccount) -> Rotated {
+        Rotated {
+            rotation_id: self.id.clone(),
+            reason: self.plan.reason.clone(),
+            service_account_id: new.account.id,
+            username: new.account.username,
+            expires: new.expires,
+            projects: new.desired,
+            previous_service_account_id: self.plan.replaces.as_ref().map(|a| a.id),
+            next_rotation: Deadlines::of(self.i, new.expires, self.at).next_rotation(),
+            rotated_at: self.at,
+            duration_seconds: self.started.elapsed().as_secs_f64(),
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Formatting of times and durations for people and for the policy: one
+//! place, so every message writes them the same way. A leaf: it imports
+//! nothing of the crate.
+
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+
+/// A time as RFC 3339 in whole seconds, `2026-11-28T04:00:00Z`.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Formats a duration the way the policy writes it (`30d`, `1h30m`, `0s`).
+pub fn format_duration(d: Duration) -> String {
+    let mut secs = d.num_seconds();
+    if secs == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    if secs < 0 {
+        out.push('-');
+        secs = -secs;
+    }
+    for (unit, len) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+        if secs >= len {
+            out.push_str(&format!("{}{unit}", secs / len));
+            secs %= len;
+        }
+    }
+    out
+}
+
+/// "in 3d4h" / "2h ago", for people (to the minute beyond an hour).
+pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let d = t - now;
+    let rounded = Duration::seconds(if d.num_seconds().abs() > 3600 {
+        d.num_minutes() * 60
+    } else {
+        d.num_seconds()
+    });
+    if d >= Duration::zero() {
+        format!("in {}", format_duration(rounded))
+    } else {
+        format!("{} ago", format_duration(-rounded))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_relative_times() {
+        assert_eq!(format_duration(Duration::minutes(90)), "1h30m");
+        assert_eq!(format_duration(Duration::days(30)), "30d");
+        assert_eq!(format_duration(Duration::zero()), "0s");
+        let now = DateTime::parse_from_rfc3339("2026-11-28T04:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(relative(now + Duration::seconds(90), now), "in 1m30s");
+        assert_eq!(relative(now - Duration::hours(2), now), "2h ago");
+        assert_eq!(rfc3339(now), "2026-11-28T04:00:00Z");
+    }
+}

@@ -1,0 +1,312 @@
+//! Value types of the configuration, shared by the policy and the sinks:
+//! durations, cron schedules, secret references and service URLs. They know
+//! nothing of the policy's layout; errors that need a key take it from the
+//! caller ([`KeyError`]).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Duration, Utc};
+use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+
+use crate::secret::Secret;
+use crate::text::format_duration;
+
+/// A problem with the value of one configuration key: `` `key` message ``.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}` {message}")]
+pub struct KeyError {
+    /// The key, e.g. `mixpanel.secret`.
+    pub key: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl KeyError {
+    /// An error about `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A duration written as `30s`, `15m`, `24h`, `30d` (or a sum such as `1h30m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    /// Parses `30s`, `15m`, `24h`, `30d`, `1h30m`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let err = || format!("`{s}` is not a duration: write a number and a unit, e.g. `30s`, `15m`, `24h`, `30d`");
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(err());
+        }
+        let mut total = Duration::zero();
+        let mut digits = String::new();
+        for c in s.chars() {
+            if c.is_ascii_digit() {
+                digits.push(c);
+                continue;
+            }
+            let n: i64 = digits.parse().map_err(|_| err())?;
+            digits.clear();
+            let unit = match c {
+                's' => Duration::try_seconds(n),
+                'm' => Duration::try_minutes(n),
+                'h' => Duration::try_hours(n),
+                'd' => Duration::try_days(n),
+                _ => None,
+            }
+            .ok_or_else(err)?;
+            total = total.checked_add(&unit).ok_or_else(err)?;
+        }
+        if !digits.is_empty() {
+            return Err(err());
+        }
+        Ok(Self(total))
+    }
+
+    /// As a `std::time::Duration` (never negative).
+    pub fn to_std(self) -> std::time::Duration {
+        self.0.to_std().unwrap_or_default()
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        HumanDuration::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+/// A standard 5-field cron expression (minute hour day-of-month month
+/// day-of-week, POSIX weekdays: 0 or 7 = Sunday, 1 = Monday), evaluated in UTC.
+#[derive(Clone)]
+pub struct Schedule {
+    text: String,
+    cron: Cron,
+}
+
+impl fmt::Debug for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Schedule({:?})", self.text)
+    }
+}
+
+impl Schedule {
+    /// Parses a 5-field cron line; seconds and years are rejected.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let fields = s.split_whitespace().count();
+        if !s.trim_start().starts_with('@') && fields != 5 {
+            return Err(format!(
+                "`{s}` has {fields} fields; write a standard 5-field cron line (minute hour day-of-month month day-of-week), e.g. `0 4 * * MON`"
+            ));
+        }
+        let cron = CronParser::builder()
+            .seconds(Seconds::Disallowed)
+            .year(Year::Disallowed)
+            .build()
+            .parse(s)
+            .map_err(|e| format!("`{s}` is not a valid cron line: {e}"))?;
+        Ok(Self {
+            text: s.to_string(),
+            cron,
+        })
+    }
+
+    /// The expression as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The first slot strictly after `t`.
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron.find_next_occurrence(&t, false).ok()
+    }
+}
+
+impl<'de> Deserialize<'de> for Schedule {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Schedule::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+/// A reference to a secret: never the secret itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// `{ env = "NAME" }`: the value of an environment variable of the rotator.
+    Env(String),
+    /// `{ file = "/path" }`: a file's contents (one trailing newline removed).
+    File(PathBuf),
+    /// `{ credential = "name" }`: a systemd credential, `$CREDENTIALS_DIRECTORY/name`
+    /// (`LoadCredential=` / `SetCredentialEncrypted=` in the unit).
+    Credential(String),
+}
+
+impl SecretRef {
+    /// Reads the secret. `key` names the configuration key in errors.
+    pub fn resolve(&self, key: &str) -> Result<Secret, KeyError> {
+        let value = zeroize::Zeroizing::new(self.read().map_err(|m| KeyError::new(key, m))?);
+        let trimmed = value.strip_suffix('\n').unwrap_or(&value);
+        let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+        if trimmed.is_empty() {
+            return Err(KeyError::new(key, "refers to an empty secret"));
+        }
+        Ok(Secret::new(trimmed))
+    }
+
+    fn read(&self) -> Result<String, String> {
+        match self {
+            SecretRef::Env(name) => std::env::var(name).map_err(|_| {
+                format!(
+                    "refers to environment variable `{name}`, which is not set: export it, or use {{ file = \"...\" }}"
+                )
+            }),
+            SecretRef::Credential(name) => {
+                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                    format!("refers to systemd credential `{name}`, but $CREDENTIALS_DIRECTORY is not set: load it with LoadCredential={name}:/path in the unit")
+                })?;
+                let path = PathBuf::from(dir).join(name);
+                std::fs::read_to_string(&path).map_err(|e| {
+                    format!(
+                        "refers to systemd credential `{name}` ({}), which cannot be read: {e}",
+                        path.display()
+                    )
+                })
+            }
+            SecretRef::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("refers to file {}, which cannot be read: {e}", path.display())),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SecretRefVisitor)
+    }
+}
+
+struct SecretRefVisitor;
+
+impl<'de> Visitor<'de> for SecretRefVisitor {
+    type Value = SecretRef;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a secret reference: { env = \"NAME\" }, { file = \"/path\" } or { credential = \"name\" }")
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<SecretRef, E> {
+        Err(E::custom(
+            "secrets are never written inline in the policy (it gets copied, committed and printed): \
+             use { env = \"NAME\" } or { file = \"/path/to/secret\" }",
+        ))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SecretRef, A::Error> {
+        let mut out = None;
+        while let Some(k) = map.next_key::<String>()? {
+            if out.is_some() {
+                return Err(de::Error::custom(
+                    "a secret reference has exactly one key: `env`, `file` or `credential`",
+                ));
+            }
+            out = Some(match k.as_str() {
+                "env" => SecretRef::Env(map.next_value()?),
+                "file" => SecretRef::File(map.next_value()?),
+                "credential" => {
+                    let name: String = map.next_value()?;
+                    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                        return Err(de::Error::custom(format!("`{name}` is not a systemd credential name")));
+                    }
+                    SecretRef::Credential(name)
+                }
+                other => return Err(de::Error::unknown_field(other, &["env", "file", "credential"])),
+            });
+        }
+        out.ok_or_else(|| de::Error::custom("empty secret reference: use { env = \"NAME\" } or { file = \"/path\" }"))
+    }
+}
+
+/// Checks a service URL: https, or plain http only to a loopback host; returns it without a trailing slash.
+pub fn check_url(u: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(u).map_err(|e| format!("`{u}` is not a URL: {e}"))?;
+    let host = url.host_str().unwrap_or_default();
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback_host(host) => {}
+        "http" => {
+            return Err(format!(
+                "`{u}` uses plain http to a non-loopback host: secrets would cross the network in clear; use https"
+            ));
+        }
+        s => return Err(format!("`{u}` has scheme `{s}`: use https")),
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("`{u}` must not have a query or fragment"));
+    }
+    Ok(u.trim_end_matches('/').to_string())
+}
+
+/// Whether a URL host is a loopback address (plain http is allowed only there).
+fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(HumanDuration::parse("30s").map(|d| d.0), Ok(Duration::seconds(30)));
+        assert_eq!(HumanDuration::parse("15m").map(|d| d.0), Ok(Duration::minutes(15)));
+        assert_eq!(HumanDuration::parse("24h").map(|d| d.0), Ok(Duration::hours(24)));
+        assert_eq!(HumanDuration::parse("30d").map(|d| d.0), Ok(Duration::days(30)));
+        assert_eq!(HumanDuration::parse("1h30m").map(|d| d.0), Ok(Duration::minutes(90)));
+        for bad in ["", "30", "d", "3x", "1.5h", "-1h", "h30"] {
+            assert!(HumanDuration::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn schedule_is_standard_five_field_cron() {
+        let s = Schedule::parse("0 4 * * MON").unwrap();
+        // 2026-11-28 is a Saturday; the next Monday is 2026-11-30.
+        let t = DateTime::parse_from_rfc3339("2026-11-28T05:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(s.next_after(t).unwrap().to_rfc3339(), "2026-11-30T04:00:00+00:00");
+        // POSIX numbering: 1 is Monday too.
+        let s1 = Schedule::parse("0 4 * * 1").unwrap();
+        assert_eq!(s1.next_after(t), s.next_after(t));
+        assert!(Schedule::parse("0 0 4 * * MON").is_err(), "seconds are rejected");
+        assert!(Schedule::parse("0 4 * *").is_err());
+        assert!(Schedule::parse("61 4 * * *").is_err());
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            check_url("http://127.0.0.1:8080/api/app/").unwrap(),
+            "http://127.0.0.1:8080/api/app"
+        );
+        assert!(check_url("http://example.com").is_err());
+        assert!(check_url("https://example.com?x=1").is_err());
+        assert!(check_url("ftp://example.com").is_err());
+    }
+}
