@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::Duration;
 
+use super::error::PolicyError;
 use super::file::{DefaultsConfig, IntegrationConfig, MixpanelConfig, PolicyConfig, ProjectsSpec};
-use super::{Integration, MixpanelSettings, Policy, PolicyError};
+use super::model::{Integration, MixpanelSettings, Policy};
 use crate::mixpanel::types::Role;
 use crate::sink::SinkConfig;
 use crate::text::format_duration;

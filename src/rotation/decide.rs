@@ -12,7 +12,6 @@ use std::fmt;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Serialize, Serializer};
 
-use super::error::Step;
 use super::observe::{Observation, Published};
 use crate::mixpanel::types::{ProjectGrant, Role, ServiceAccount};
 use crate::policy::{Integration, Policy, ProjectsSpec};
@@ -209,16 +208,6 @@ pub struct SharedPath {
     pub organization: u64,
     pub found_integration: String,
     pub found_organization: u64,
-}
-
-impl Blocked {
-    /// The step a blocked integration reports as failed.
-    pub fn step(&self) -> Step {
-        match self {
-            Blocked::SharedPath(_) => Step::ReadSink,
-            _ => Step::CopyMemberships,
-        }
-    }
 }
 
 /// An account by id and username.

@@ -1,15 +1,15 @@
 //! Deleting one account: the published credential is refused here too (the
 //! last line of defence behind [`super::decide`]), and every call is audited.
 
+use super::context::Context;
 use super::decide::Disposal;
-use super::engine::Engine;
 use super::error::{Cause, Step, StepError};
 use crate::audit::{Action, AuditEvent, Outcome};
 use crate::policy::Integration;
 
-impl Engine {
+impl Context {
     /// Deletes the account of `d`, refusing `protected` (the published one).
-    pub(super) async fn delete(
+    pub async fn delete(
         &self,
         i: &Integration,
         d: &Disposal,

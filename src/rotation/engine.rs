@@ -1,26 +1,26 @@
 //! The engine: one reconcile pass over the selected integrations, and what
 //! each integration's pass reports to the metrics and the hooks.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use super::decide::{Blocked, MembershipSource, Plan, Request, Scope, decide};
+use super::context::Context;
+use super::decide::{Blocked, Plan, Request, decide};
 use super::error::{Cause, Consequence, SetupError, Step, StepError};
+use super::memberships::desired;
 use super::observe::{MembershipCache, Observation};
 use super::report::{CurrentView, Report, Rotated};
 use super::rotate::Rotation;
-use crate::audit::{Action, Audit, AuditEvent, Outcome};
 use crate::clock::SharedClock;
 use crate::hooks::{EventKind, HookEvent};
 use crate::metrics::Metrics;
-use crate::mixpanel::types::{ProjectGrant, ServiceAccount, TargetType};
-use crate::mixpanel::{Client, ClientSettings, Credentials, RetryPolicy};
-use crate::policy::{Integration, Policy, PolicyError};
-use crate::sink::{self, Sink, SinkError};
+use crate::mixpanel::types::ServiceAccount;
+use crate::mixpanel::{Client, RetryPolicy};
+use crate::policy::{Integration, Policy};
+use crate::sink::Sink;
 
 /// What to do in a pass.
 #[derive(Debug, Clone, Default)]
@@ -55,23 +55,9 @@ impl PassOptions {
 }
 
 /// The reconcile engine.
+#[derive(Debug)]
 pub struct Engine {
-    pub(super) policy: Arc<Policy>,
-    pub(super) scope: Scope,
-    pub(super) client: Client,
-    sinks: BTreeMap<String, Arc<dyn Sink>>,
-    pub(super) clock: SharedClock,
-    pub(super) verify_retry: RetryPolicy,
-    metrics: Option<Arc<Metrics>>,
-    audit: Arc<Audit>,
-}
-
-impl fmt::Debug for Engine {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Engine")
-            .field("client", &self.client)
-            .finish_non_exhaustive()
-    }
+    ctx: Context,
 }
 
 /// How long to keep retrying the verification of a new credential by default.
@@ -99,93 +85,42 @@ impl Engine {
         api: RetryPolicy,
         verify: RetryPolicy,
     ) -> Result<Self, SetupError> {
-        let m = &policy.mixpanel;
-        let secret = m.secret.resolve("mixpanel.secret").map_err(PolicyError::from)?;
-        let client = Client::new(ClientSettings {
-            base_url: m.base_url.clone(),
-            organization_id: m.organization_id,
-            credentials: Credentials {
-                username: m.username.clone(),
-                secret,
-            },
-            max_concurrency: m.max_concurrency,
-            timeout: m.timeout,
-            retry: api,
-        })?;
-        let mut sinks = BTreeMap::new();
-        for (name, cfg) in &policy.sinks {
-            let s = sink::build(name, cfg).map_err(|source| SetupError::Sink {
-                name: name.clone(),
-                source,
-            })?;
-            sinks.insert(name.clone(), s);
-        }
         Ok(Self {
-            audit: Arc::new(Audit::new(policy.audit_path.as_deref())),
-            scope: Scope::of(&policy),
-            policy,
-            client,
-            sinks,
-            clock,
-            verify_retry: verify,
-            metrics: None,
+            ctx: Context::new(policy, clock, api, verify)?,
         })
     }
 
     /// Records API requests, rotations and deletions in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.client = self.client.with_metrics(metrics.clone());
-        self.metrics = Some(metrics);
+        self.ctx.client = self.ctx.client.clone().with_metrics(metrics.clone());
+        self.ctx.metrics = Some(metrics);
         self
     }
 
     /// The policy in force.
     pub fn policy(&self) -> &Policy {
-        &self.policy
+        &self.ctx.policy
     }
 
     /// The Mixpanel client.
     pub fn client(&self) -> &Client {
-        &self.client
+        &self.ctx.client
     }
 
     /// The sink an integration publishes to.
     pub fn sink(&self, name: &str) -> Option<&Arc<dyn Sink>> {
-        self.sinks.get(name)
-    }
-
-    /// The integration's sink, or why there is none.
-    pub(super) fn sink_for(&self, i: &Integration) -> Result<&Arc<dyn Sink>, Cause> {
-        // Policy validation guarantees every integration's sink exists.
-        self.sinks.get(&i.sink).ok_or_else(|| Cause::Sink {
-            sink: format!("sink `{}`", i.sink),
-            path: i.path.clone(),
-            source: SinkError::invalid("no such sink is defined"),
-        })
-    }
-
-    /// A sink failure of `i`, with the sink's name and the path (added here, once).
-    pub(super) fn sink_cause(&self, i: &Integration, source: SinkError) -> Cause {
-        Cause::Sink {
-            sink: self
-                .sinks
-                .get(&i.sink)
-                .map(|s| s.describe())
-                .unwrap_or_else(|| format!("sink `{}`", i.sink)),
-            path: i.path.clone(),
-            source,
-        }
+        self.ctx.sinks.get(name)
     }
 
     /// Runs the sink's healthcheck for one integration; `None` when healthy.
     pub async fn sink_check(&self, integration: &str) -> Option<StepError> {
-        let i = self.policy.integration(integration)?;
+        let i = self.ctx.policy.integration(integration)?;
         let fail = |cause| Some(StepError::new(&i.name, Step::SinkCheck, cause));
-        match self.sink_for(i) {
+        match self.ctx.sink_for(i) {
             Err(c) => fail(c),
             Ok(sink) => match sink.healthcheck(&i.path).await {
                 Ok(_) => None,
-                Err(e) => fail(self.sink_cause(i, e)),
+                Err(e) => fail(self.ctx.sink_cause(i, e)),
             },
         }
     }
@@ -193,30 +128,31 @@ impl Engine {
     /// Reads what the integration's sink has published, and builds its observation.
     pub async fn observe(&self, i: &Integration, accounts: &[ServiceAccount]) -> Result<Observation, StepError> {
         let fail = |cause| StepError::new(&i.name, Step::ReadSink, cause).then(Consequence::NothingTouched);
-        let sink = self.sink_for(i).map_err(fail)?;
+        let sink = self.ctx.sink_for(i).map_err(fail)?;
         let published = sink
             .read_current(&i.path)
             .await
-            .map_err(|e| fail(self.sink_cause(i, e)))?;
-        Ok(Observation::new(i, &self.scope.namespace, accounts, published))
+            .map_err(|e| fail(self.ctx.sink_cause(i, e)))?;
+        Ok(Observation::new(i, &self.ctx.scope.namespace, accounts, published))
     }
 
     /// The plan for `i` now, as a pass would make it.
     pub fn decide(&self, i: &Integration, obs: &Observation, req: Request) -> Plan {
-        decide(i, &self.scope, obs, self.clock.now(), req)
+        decide(i, &self.ctx.scope, obs, self.ctx.clock.now(), req)
     }
 
     /// One reconcile pass over the selected integrations, concurrently (the
     /// client's concurrency limit bounds the load on Mixpanel).
     pub async fn pass(&self, opts: &PassOptions) -> Vec<Report> {
-        let now = self.clock.now();
+        let now = self.ctx.clock.now();
         let selected: Vec<&Integration> = self
+            .ctx
             .policy
             .integrations
             .iter()
             .filter(|i| opts.only.as_ref().is_none_or(|o| o.contains(&i.name)))
             .collect();
-        let accounts = match self.client.list_accounts().await {
+        let accounts = match self.ctx.client.list_accounts().await {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(error = %e, "Cannot list service accounts; nothing is done in this pass.");
@@ -253,7 +189,7 @@ impl Engine {
         match self.observe(i, accounts).await {
             Err(e) => report.errors.push(e),
             Ok(obs) => {
-                let plan = decide(i, &self.scope, &obs, now, opts.request_for(&i.name));
+                let plan = decide(i, &self.ctx.scope, &obs, now, opts.request_for(&i.name));
                 if !matches!(plan.blocked, Some(Blocked::SharedPath(_))) {
                     report.current = CurrentView::of(&obs, &plan);
                 }
@@ -279,10 +215,7 @@ impl Engine {
     /// A dry run: which memberships the planned rotation would give (reads only).
     async fn preview(&self, i: &Integration, plan: &Plan, cache: &MembershipCache, report: &mut Report) {
         let Some(rp) = &plan.rotate else { return };
-        match self
-            .desired_memberships(i, &rp.memberships, cache, &mut report.warnings)
-            .await
-        {
+        match desired(&self.ctx, i, &rp.memberships, cache, &mut report.warnings).await {
             Ok(g) => report.preview = Some(g),
             Err(e) => report.errors.push(e),
         }
@@ -301,7 +234,7 @@ impl Engine {
     ) {
         let protected = obs.published.as_ref().map(|p| p.payload.service_account_id);
         for d in &plan.delete_now {
-            match self.delete(i, d, protected, None).await {
+            match self.ctx.delete(i, d, protected, None).await {
                 Ok(()) => report.deleted.push(d.clone()),
                 Err(e) => report.errors.push(e),
             }
@@ -309,13 +242,13 @@ impl Engine {
         let Some(rp) = plan.rotate.as_ref().filter(|_| !opts.stopping()) else {
             return;
         };
-        let outcome = Rotation::new(self, i, obs, rp).run(cache, &report.deleted).await;
+        let outcome = Rotation::new(&self.ctx, i, obs, rp).run(cache, &report.deleted).await;
         report.warnings.extend(outcome.warnings);
         let event = match outcome.result {
             Ok(rotated) => {
                 let new_id = rotated.service_account_id;
                 for d in rp.revoke.iter().filter(|d| d.id != new_id) {
-                    match self.delete(i, d, Some(new_id), Some(&rotated.rotation_id)).await {
+                    match self.ctx.delete(i, d, Some(new_id), Some(&rotated.rotation_id)).await {
                         Ok(()) => report.deleted.push(d.clone()),
                         Err(e) => report.errors.push(e),
                     }
@@ -339,53 +272,6 @@ impl Engine {
         self.run_hooks(i, &event, &mut report.warnings).await;
     }
 
-    /// The memberships a new account gets from `source`; team and
-    /// organization grants cannot be copied and become warnings.
-    pub(super) async fn desired_memberships(
-        &self,
-        i: &Integration,
-        source: &MembershipSource,
-        cache: &MembershipCache,
-        warnings: &mut Vec<String>,
-    ) -> Result<Vec<ProjectGrant>, StepError> {
-        let src = match source {
-            MembershipSource::Explicit { grants } => return Ok(grants.clone()),
-            MembershipSource::Recorded { gone, grants } => {
-                warnings.push(format!(
-                    "account {gone} is gone from Mixpanel; the new account gets the memberships recorded at the last rotation"
-                ));
-                return Ok(grants.clone());
-            }
-            MembershipSource::CopyFrom { account } => account,
-        };
-        let rows = cache
-            .memberships_of(&self.client, src.id)
-            .await
-            .map_err(|e| StepError::new(&i.name, Step::CopyMemberships, Cause::Account { id: src.id, source: e }))?;
-        let mut out = Vec::new();
-        for (project, row) in rows {
-            if row.target_type == TargetType::Individual {
-                out.push(ProjectGrant {
-                    id: project,
-                    role: row.role,
-                });
-                continue;
-            }
-            let w = format!(
-                "project {project}: {} has role `{}` there through a {} grant, which cannot be copied: grant it to the new account yourself, or list the project in `{}`",
-                src.username,
-                row.role,
-                row.target_type,
-                i.key("projects")
-            );
-            tracing::warn!(integration = %i.name, project, "{w}");
-            warnings.push(w);
-        }
-        out.sort();
-        out.dedup_by_key(|g| g.id);
-        Ok(out)
-    }
-
     /// Runs the integration's hooks; a failure is a warning, never an error.
     async fn run_hooks(&self, i: &Integration, ev: &HookEvent, warnings: &mut Vec<String>) {
         let mut results = vec![("webhook", crate::hooks::webhook(i, ev).await)];
@@ -395,7 +281,7 @@ impl Engine {
         for (hook, r) in results {
             if let Err(msg) = r {
                 tracing::warn!(integration = %i.name, hook, "Hook failed (the rotation stands): {msg}");
-                if let Some(m) = &self.metrics {
+                if let Some(m) = &self.ctx.metrics {
                     m.hook_failure(&i.name, hook);
                 }
                 warnings.push(format!("{hook} hook failed (the rotation stands): {msg}"));
@@ -405,7 +291,7 @@ impl Engine {
 
     /// Records one integration's pass in the metrics.
     fn record(&self, r: &Report) {
-        let Some(m) = &self.metrics else { return };
+        let Some(m) = &self.ctx.metrics else { return };
         let i = r.integration.as_str();
         m.pass(i, !r.failed());
         if let Some(rot) = &r.rotated {
@@ -423,27 +309,6 @@ impl Engine {
             m.deleted(i, d.reason.as_str());
         }
         m.next_rotation(i, r.next_rotation());
-    }
-
-    /// Writes one audit event.
-    pub(super) fn audit(&self, e: AuditEvent<'_>) {
-        self.audit.record(&e);
-    }
-
-    /// An audit event of `integration`, now; callers fill in the rest.
-    pub(super) fn audit_event<'a>(&self, integration: &'a str, action: Action, outcome: Outcome) -> AuditEvent<'a> {
-        AuditEvent {
-            at: self.clock.now(),
-            integration,
-            rotation_id: None,
-            action,
-            account_id: None,
-            previous_account_id: None,
-            username: None,
-            reason: None,
-            outcome,
-            detail: None,
-        }
     }
 }
 

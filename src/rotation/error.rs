@@ -58,6 +58,16 @@ impl fmt::Display for Step {
     }
 }
 
+impl Blocked {
+    /// The step a blocked integration reports as failed.
+    pub fn step(&self) -> Step {
+        match self {
+            Blocked::SharedPath(_) => Step::ReadSink,
+            _ => Step::CopyMemberships,
+        }
+    }
+}
+
 /// What went wrong.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Cause {

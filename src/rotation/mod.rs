@@ -9,11 +9,13 @@
 //! - [`report`]: what a pass did ([`Report`]);
 //! - [`lineage`]: the usernames this rotator owns.
 
+mod context;
 pub mod decide;
 mod delete;
 pub mod engine;
 pub mod error;
 pub mod lineage;
+mod memberships;
 pub mod observe;
 pub mod report;
 mod rotate;

@@ -1,5 +1,5 @@
 //! What a pass did for one integration: the plan it followed and what came
-//! of it. Commands render it ([`crate::render`]), the daemon schedules from it.
+//! of it. Commands render it, the daemon schedules from it.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

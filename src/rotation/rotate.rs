@@ -10,10 +10,11 @@ use std::time::Instant;
 use chrono::{DateTime, SubsecRound as _, Utc};
 use tracing::Instrument as _;
 
+use super::context::Context;
 use super::decide::{Deadlines, DeleteReason, Disposal, RotationPlan, Rule};
-use super::engine::Engine;
 use super::error::{Cause, Consequence, Step, StepError};
 use super::lineage::{Lineage, new_rotation_id};
+use super::memberships::desired;
 use super::observe::{MembershipCache, Observation};
 use super::report::Rotated;
 use crate::audit::{Action, AuditEvent, Outcome};
@@ -26,7 +27,7 @@ use crate::text::rfc3339;
 
 /// A rotation in progress: what its steps share.
 pub(super) struct Rotation<'a> {
-    engine: &'a Engine,
+    ctx: &'a Context,
     i: &'a Integration,
     obs: &'a Observation,
     plan: &'a RotationPlan,
@@ -64,14 +65,14 @@ enum Failure {
 
 impl<'a> Rotation<'a> {
     /// A rotation of `i` following `plan`, starting now.
-    pub fn new(engine: &'a Engine, i: &'a Integration, obs: &'a Observation, plan: &'a RotationPlan) -> Self {
+    pub fn new(ctx: &'a Context, i: &'a Integration, obs: &'a Observation, plan: &'a RotationPlan) -> Self {
         Self {
-            engine,
+            ctx,
             i,
             obs,
             plan,
             id: new_rotation_id(),
-            at: engine.clock.now().trunc_subsecs(0),
+            at: ctx.clock.now().trunc_subsecs(0),
             started: Instant::now(),
             warnings: vec![],
         }
@@ -98,10 +99,7 @@ impl<'a> Rotation<'a> {
 
     async fn steps(&mut self, cache: &MembershipCache, deleted: &[Disposal]) -> Result<Rotated, StepError> {
         tracing::info!(reason = %self.plan.reason, "Rotating.");
-        let desired = self
-            .engine
-            .desired_memberships(self.i, &self.plan.memberships, cache, &mut self.warnings)
-            .await?;
+        let desired = desired(self.ctx, self.i, &self.plan.memberships, cache, &mut self.warnings).await?;
         if desired.is_empty() {
             self.warnings.push(
                 "the new account has no project memberships (the account it replaces had none that could be copied)"
@@ -126,7 +124,7 @@ impl<'a> Rotation<'a> {
     /// Creates the account. Create is never retried: when its answer was
     /// lost, the account is looked for by its unique name and deleted.
     async fn create(&mut self, desired: Vec<ProjectGrant>) -> Result<NewAccount, StepError> {
-        let username = Lineage::new(&self.engine.scope.namespace, &self.i.name).new_username(self.at);
+        let username = Lineage::new(&self.ctx.scope.namespace, &self.i.name).new_username(self.at);
         let asked = self.at + self.plan.ttl;
         let body = CreateServiceAccount {
             username: username.clone(),
@@ -134,7 +132,7 @@ impl<'a> Rotation<'a> {
             expires: Some(asked),
             projects: Some(desired.clone()),
         };
-        let created = match self.engine.client.create_account(&body).await {
+        let created = match self.ctx.client.create_account(&body).await {
             Ok(c) => c,
             Err(e) => {
                 let err = self.fail(Step::Create, Cause::Mixpanel(e.clone()));
@@ -146,11 +144,11 @@ impl<'a> Rotation<'a> {
             }
         };
         let account = created.account;
-        self.engine.audit(AuditEvent {
+        self.ctx.audit(AuditEvent {
             rotation_id: Some(&self.id),
             account_id: Some(account.id),
             username: Some(&account.username),
-            ..self.engine.audit_event(&self.i.name, Action::Create, Outcome::Created)
+            ..self.ctx.audit_event(&self.i.name, Action::Create, Outcome::Created)
         });
         Ok(NewAccount {
             creds: Credentials {
@@ -167,7 +165,7 @@ impl<'a> Rotation<'a> {
     /// After an ambiguous create failure: the account may exist, with its
     /// token lost. Find it by its unique username and delete it.
     async fn recover_lost_create(&self, username: &str) -> Consequence {
-        let accounts = match self.engine.client.list_accounts().await {
+        let accounts = match self.ctx.client.list_accounts().await {
             Ok(a) => a,
             Err(e) => return Consequence::Unchecked { error: e.to_string() },
         };
@@ -175,7 +173,7 @@ impl<'a> Rotation<'a> {
             return Consequence::NotCreated;
         };
         let d = Disposal::of(stray, DeleteReason::Orphan, Rule::FailedRotation, self.at);
-        match self.engine.delete(self.i, &d, None, Some(&self.id)).await {
+        match self.ctx.delete(self.i, &d, None, Some(&self.id)).await {
             Ok(()) => Consequence::StrayDeleted { id: stray.id },
             Err(e) => Consequence::StrayDeleteFailed {
                 id: stray.id,
@@ -188,7 +186,7 @@ impl<'a> Rotation<'a> {
     async fn read_back(&mut self, new: &mut NewAccount) -> Result<(), Failure> {
         let id = new.account.id;
         let back = self
-            .engine
+            .ctx
             .client
             .get_account(id)
             .await
@@ -214,7 +212,7 @@ impl<'a> Rotation<'a> {
         let mut missing = Vec::new();
         for g in desired {
             let rows = self
-                .engine
+                .ctx
                 .client
                 .list_project_members(g.id)
                 .await
@@ -240,7 +238,7 @@ impl<'a> Rotation<'a> {
             projects: missing.clone(),
             service_account_ids: vec![account],
         };
-        if let Err(source) = self.engine.client.add_to_projects(&body).await {
+        if let Err(source) = self.ctx.client.add_to_projects(&body).await {
             return Err(self.fail(
                 Step::ReadBack,
                 Cause::AddMemberships {
@@ -250,12 +248,10 @@ impl<'a> Rotation<'a> {
                 },
             ));
         }
-        self.engine.audit(AuditEvent {
+        self.ctx.audit(AuditEvent {
             account_id: Some(account),
             detail: Some(Grants(&missing).to_string()),
-            ..self
-                .engine
-                .audit_event(&self.i.name, Action::AddToProject, Outcome::Added)
+            ..self.ctx.audit_event(&self.i.name, Action::AddToProject, Outcome::Added)
         });
         let missing = self.missing(account, desired).await?;
         if missing.is_empty() {
@@ -270,12 +266,12 @@ impl<'a> Rotation<'a> {
     async fn verify(&self, new: &NewAccount) -> Result<(), Failure> {
         let fail = |cause| Failure::DeleteNew(self.fail(Step::Verify, cause));
         let client = self
-            .engine
+            .ctx
             .client
             .with_credentials(&new.creds)
             .map_err(|e| fail(Cause::Mixpanel(e)))?;
-        let organization = self.engine.client.organization_id();
-        let retry = &self.engine.verify_retry;
+        let organization = self.ctx.client.organization_id();
+        let retry = &self.ctx.verify_retry;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -304,14 +300,14 @@ impl<'a> Rotation<'a> {
     async fn publish(&self, new: &NewAccount, deleted: &[Disposal]) -> Result<(), Failure> {
         let i = self.i;
         let sink = self
-            .engine
+            .ctx
             .sink_for(i)
             .map_err(|c| Failure::DeleteNew(self.fail(Step::Publish, c)))?;
         let payload = Payload {
             username: new.creds.username.clone(),
             secret: Secret::clone(&new.creds.secret),
             service_account_id: new.account.id,
-            organization_id: self.engine.scope.organization_id,
+            organization_id: self.ctx.scope.organization_id,
             integration: i.name.clone(),
             expires: new.expires,
             created: new.account.created.unwrap_or(self.at),
@@ -324,19 +320,19 @@ impl<'a> Rotation<'a> {
         let expected = self.obs.published.as_ref().map(|p| &p.version);
         let e = match sink.publish(&i.path, &payload, expected).await {
             Ok(version) => {
-                self.engine.audit(AuditEvent {
+                self.ctx.audit(AuditEvent {
                     rotation_id: Some(&self.id),
                     account_id: Some(new.account.id),
                     username: Some(&new.account.username),
                     previous_account_id: payload.previous_service_account_id,
                     detail: Some(format!("sink `{}` path `{}` version {version}", i.sink, i.path)),
-                    ..self.engine.audit_event(&i.name, Action::Publish, Outcome::Published)
+                    ..self.ctx.audit_event(&i.name, Action::Publish, Outcome::Published)
                 });
                 return Ok(());
             }
             Err(e) => e,
         };
-        let failed = self.fail(Step::Publish, self.engine.sink_cause(i, e.clone()));
+        let failed = self.fail(Step::Publish, self.ctx.sink_cause(i, e.clone()));
         if e.kind == SinkErrorKind::Conflict {
             return Err(Failure::DeleteNew(failed));
         }
@@ -363,7 +359,7 @@ impl<'a> Rotation<'a> {
         let id = new.account.id;
         let d = Disposal::of(&new.account, DeleteReason::Orphan, Rule::FailedRotation, self.at);
         let protected = self.obs.published.as_ref().map(|p| p.payload.service_account_id);
-        match self.engine.delete(self.i, &d, protected, Some(&self.id)).await {
+        match self.ctx.delete(self.i, &d, protected, Some(&self.id)).await {
             Ok(()) => e.then(Consequence::NewDeleted { id }),
             Err(de) => e.then(Consequence::NewDeleteFailed {
                 id,

@@ -12,8 +12,8 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
 use tower::ServiceExt as _;
 
+use super::shared::{FaultAction, LoggedRequest, Shared};
 use super::state::error;
-use super::{FaultAction, LoggedRequest, Shared};
 use crate::clock::SharedClock;
 
 const PREFIX: &str = "/api/app";

@@ -7,7 +7,7 @@
 //!   stage `AWSPENDING` (this moves the label off any leftover version of a
 //!   crashed run), then `UpdateSecretVersionStage` moving `AWSCURRENT` to it
 //!   with `RemoveFromVersionId` = the version read: that is the
-//!   compare-and-swap, and a moved label is a [`super::SinkErrorKind::Conflict`]. Then
+//!   compare-and-swap, and a moved label is a [`super::contract::SinkErrorKind::Conflict`]. Then
 //!   `AWSPENDING` is removed. AWS labels the old version `AWSPREVIOUS`.
 //! - The secret is created on first publish (`CreateSecret`, optional KMS key
 //!   and tags) if absent.
@@ -22,7 +22,7 @@ use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-use super::{Payload, Sink, SinkError, Version};
+use super::contract::{Payload, Sink, SinkError, Version};
 use crate::values::HumanDuration;
 
 const CURRENT: &str = "AWSCURRENT";

@@ -14,7 +14,7 @@ use std::path::{Component, Path, PathBuf};
 use rand::Rng as _;
 use serde::Deserialize;
 
-use super::{Payload, Sink, SinkError, Version};
+use super::contract::{Payload, Sink, SinkError, Version};
 
 /// `[sinks.NAME] type = "file"`
 #[derive(Debug, Clone, Deserialize)]
@@ -310,10 +310,10 @@ mod tests {
         assert_eq!(dmode, 0o700);
         // A second writer that read "nothing" loses.
         let err = sink.publish("etl.json", &payload("r2"), None).await.unwrap_err();
-        assert_eq!(err.kind, crate::sink::SinkErrorKind::Conflict, "{err}");
+        assert_eq!(err.kind, crate::sink::contract::SinkErrorKind::Conflict, "{err}");
         let v2 = sink.publish("etl.json", &payload("r2"), Some(&v1)).await.unwrap();
         let err = sink.publish("etl.json", &payload("r3"), Some(&v1)).await.unwrap_err();
-        assert_eq!(err.kind, crate::sink::SinkErrorKind::Conflict);
+        assert_eq!(err.kind, crate::sink::contract::SinkErrorKind::Conflict);
         let (p, v) = sink.read_current("etl.json").await.unwrap().unwrap();
         assert_eq!(v, v2);
         assert_eq!(p.secret.expose(), "s3cr3t-value");

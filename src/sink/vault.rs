@@ -3,7 +3,7 @@
 //!
 //! - The payload is the secret's data at `{mount}/data/{path}`; publish is a
 //!   check-and-set write (`cas` = the version read, `0` when nothing exists),
-//!   so a lost race is a [`super::SinkErrorKind::Conflict`].
+//!   so a lost race is a [`super::contract::SinkErrorKind::Conflict`].
 //! - `custom_metadata` on `{mount}/metadata/{path}` records integration,
 //!   rotation id, account id and expiry (never the secret).
 //! - Auth: `token` (a reference; a Vault Agent token file works, it is re-read
@@ -20,7 +20,7 @@ use vaultrs::api::kv2::requests::{ReadSecretRequest, SetSecretMetadataRequest, S
 use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 
-use super::{Payload, Sink, SinkError, Version};
+use super::contract::{Payload, Sink, SinkError, Version};
 use crate::secret::Secret;
 use crate::values::{HumanDuration, SecretRef};
 

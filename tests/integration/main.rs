@@ -1,6 +1,7 @@
 //! The one integration-test binary (one binary keeps linking fast: add
 //! modules here, not new files under `tests/`).
 
+mod architecture;
 mod aws;
 mod cli;
 mod common;

@@ -1,6 +1,7 @@
 //! Every rule of [`decide`], with fixed times.
 
 use super::*;
+use crate::rotation::error::Step;
 use crate::rotation::lineage::Lineage;
 use crate::secret::Secret;
 use crate::sink::{Payload, Version};

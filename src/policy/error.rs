@@ -1,0 +1,40 @@
+//! Errors of the policy: which key, what is wrong, and what to do.
+
+use std::path::PathBuf;
+
+use crate::values::KeyError;
+
+/// An error in the policy: which key, what is wrong, and (in the message) what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("cannot read policy {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a value has the wrong type or an unknown key.
+    #[error("`{key}`: {message}")]
+    Parse { key: String, message: String },
+    /// A value is well-formed but not acceptable.
+    #[error(transparent)]
+    Invalid(#[from] KeyError),
+    /// Several errors at once.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<PolicyError>),
+}
+
+impl PolicyError {
+    pub(super) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid(KeyError::new(key, message))
+    }
+
+    /// Every individual error (flattening [`PolicyError::Many`]).
+    pub fn all(&self) -> Vec<&PolicyError> {
+        match self {
+            PolicyError::Many(v) => v.iter().flat_map(|e| e.all()).collect(),
+            e => vec![e],
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The resolved policy: what the rest of the program reads, with every
+//! default applied and every value checked.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::file::{AdoptRef, ProjectsSpec, WebhookConfig};
+use crate::mixpanel::types::Role;
+use crate::sink::SinkConfig;
+use crate::values::{Schedule, SecretRef};
+
+/// Where to reach Mixpanel, checked.
+#[derive(Debug, Clone)]
+pub struct MixpanelSettings {
+    /// API base, without a trailing slash.
+    pub base_url: String,
+    pub organization_id: u64,
+    pub username: String,
+    pub secret: SecretRef,
+    pub max_concurrency: usize,
+    pub timeout: std::time::Duration,
+}
+
+/// One integration with every default applied.
+#[derive(Debug, Clone)]
+pub struct Integration {
+    /// Position in `[[integrations]]` (for error messages naming keys).
+    pub index: usize,
+    pub name: String,
+    pub sink: String,
+    pub path: String,
+    pub role: Role,
+    pub projects: ProjectsSpec,
+    pub adopt: Option<AdoptRef>,
+    pub ttl: Duration,
+    pub renew_before: Duration,
+    pub schedule: Option<Schedule>,
+    pub jitter: Duration,
+    pub grace: Duration,
+    pub orphan_after: Duration,
+    /// Drain-aware deletion (`None`: delete when `grace` ends).
+    pub delete_when_idle: Option<Duration>,
+    /// Hard cap of drain-aware deletion.
+    pub max_grace: Duration,
+    pub on_rotate: Option<Vec<String>>,
+    pub on_rotate_timeout: Duration,
+    pub webhook: Option<WebhookConfig>,
+}
+
+impl Integration {
+    /// The policy key of one of this integration's fields.
+    pub fn key(&self, field: &str) -> String {
+        format!("integrations[{}].{field}", self.index)
+    }
+
+    /// The stable jitter of the schedule slot `slot`: the same integration and
+    /// slot always get the same delay, within `[0, jitter)`.
+    pub fn jitter_for(&self, slot: DateTime<Utc>) -> Duration {
+        let span = self.jitter.num_seconds();
+        if span <= 0 {
+            return Duration::zero();
+        }
+        // FNV-1a: stable across builds and platforms, unlike std's hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.name.bytes().chain(slot.timestamp().to_le_bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        Duration::seconds((h % span as u64) as i64)
+    }
+}
+
+/// A loaded, checked policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub namespace: String,
+    /// `[server] listen`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `[daemon] resync_interval` (default 10 minutes).
+    pub resync_interval: Duration,
+    /// `[audit] path`.
+    pub audit_path: Option<PathBuf>,
+    pub mixpanel: MixpanelSettings,
+    pub sinks: BTreeMap<String, SinkConfig>,
+    pub integrations: Vec<Integration>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn jitter_is_stable_and_bounded() {
+        let p = crate::policy::test_policy(
+            "[[integrations]]\nname = \"etl\"\nsink = \"f\"\npath = \"etl.json\"\nadopt = 5\njitter = \"15m\"\n",
+        );
+        let i = &p.integrations[0];
+        let slot = DateTime::parse_from_rfc3339("2026-11-30T04:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let j = i.jitter_for(slot);
+        assert_eq!(j, i.jitter_for(slot));
+        let mut distinct = BTreeSet::new();
+        for k in 0..200 {
+            let j = i.jitter_for(slot + Duration::days(7 * k));
+            assert!(j >= Duration::zero() && j < Duration::minutes(15));
+            distinct.insert(j);
+        }
+        assert!(distinct.len() > 50, "jitter should spread slots: {}", distinct.len());
+    }
+}

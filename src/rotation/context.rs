@@ -1,0 +1,123 @@
+//! What every step of a pass shares: the policy, who the rotator is, the
+//! Mixpanel client, the sinks, the clock, the metrics and the audit trail.
+//! Built once per policy; the engine and each rotation borrow it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use super::decide::Scope;
+use super::error::{Cause, SetupError};
+use crate::audit::{Action, Audit, AuditEvent, Outcome};
+use crate::clock::SharedClock;
+use crate::metrics::Metrics;
+use crate::mixpanel::{Client, ClientSettings, Credentials, RetryPolicy};
+use crate::policy::{Integration, Policy, PolicyError};
+use crate::sink::{self, Sink, SinkError};
+
+/// The services of a pass.
+pub struct Context {
+    pub policy: Arc<Policy>,
+    pub scope: Scope,
+    pub client: Client,
+    pub sinks: BTreeMap<String, Arc<dyn Sink>>,
+    pub clock: SharedClock,
+    /// How long to keep trying a new credential before giving up.
+    pub verify_retry: RetryPolicy,
+    pub metrics: Option<Arc<Metrics>>,
+    audit: Audit,
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// Reads the rotator's secret, sets up the client and every sink.
+    pub fn new(
+        policy: Arc<Policy>,
+        clock: SharedClock,
+        api: RetryPolicy,
+        verify: RetryPolicy,
+    ) -> Result<Self, SetupError> {
+        let m = &policy.mixpanel;
+        let secret = m.secret.resolve("mixpanel.secret").map_err(PolicyError::from)?;
+        let client = Client::new(ClientSettings {
+            base_url: m.base_url.clone(),
+            organization_id: m.organization_id,
+            credentials: Credentials {
+                username: m.username.clone(),
+                secret,
+            },
+            max_concurrency: m.max_concurrency,
+            timeout: m.timeout,
+            retry: api,
+        })?;
+        let mut sinks = BTreeMap::new();
+        for (name, cfg) in &policy.sinks {
+            let s = sink::build(name, cfg).map_err(|source| SetupError::Sink {
+                name: name.clone(),
+                source,
+            })?;
+            sinks.insert(name.clone(), s);
+        }
+        Ok(Self {
+            audit: Audit::new(policy.audit_path.as_deref()),
+            scope: Scope::of(&policy),
+            policy,
+            client,
+            sinks,
+            clock,
+            verify_retry: verify,
+            metrics: None,
+        })
+    }
+
+    /// The integration's sink, or why there is none.
+    pub fn sink_for(&self, i: &Integration) -> Result<&Arc<dyn Sink>, Cause> {
+        // Policy validation guarantees every integration's sink exists.
+        self.sinks.get(&i.sink).ok_or_else(|| Cause::Sink {
+            sink: format!("sink `{}`", i.sink),
+            path: i.path.clone(),
+            source: SinkError::invalid("no such sink is defined"),
+        })
+    }
+
+    /// A sink failure of `i`, with the sink's name and the path (added here, once).
+    pub fn sink_cause(&self, i: &Integration, source: SinkError) -> Cause {
+        Cause::Sink {
+            sink: self
+                .sinks
+                .get(&i.sink)
+                .map(|s| s.describe())
+                .unwrap_or_else(|| format!("sink `{}`", i.sink)),
+            path: i.path.clone(),
+            source,
+        }
+    }
+
+    /// Writes one audit event.
+    pub fn audit(&self, e: AuditEvent<'_>) {
+        self.audit.record(&e);
+    }
+
+    /// An audit event of `integration`, now; callers fill in the rest.
+    pub fn audit_event<'a>(&self, integration: &'a str, action: Action, outcome: Outcome) -> AuditEvent<'a> {
+        AuditEvent {
+            at: self.clock.now(),
+            integration,
+            rotation_id: None,
+            action,
+            account_id: None,
+            previous_account_id: None,
+            username: None,
+            reason: None,
+            outcome,
+            detail: None,
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The contract every sink implements ([`Sink`]), what it stores
+//! ([`Payload`]), and how it fails ([`SinkError`]): the part of a sink that
+//! does not depend on any backend.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::mixpanel::types::ProjectGrant;
+use crate::secret::Secret;
+
+/// A non-lineage account still to delete once `not_before` has passed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiringAccount {
+    pub id: u64,
+    pub not_before: DateTime<Utc>,
+}
+
+/// What a sink stores: identical JSON in every sink. `username` + `secret`
+/// are what a consumer uses for Basic auth; the rest is bookkeeping the
+/// rotator reads back (it keeps no local state).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Payload {
+    pub username: String,
+    #[serde(serialize_with = "crate::secret::serialize_exposed")]
+    pub secret: Secret,
+    pub service_account_id: u64,
+    pub organization_id: u64,
+    pub integration: String,
+    pub expires: Option<DateTime<Utc>>,
+    pub created: DateTime<Utc>,
+    pub rotated_at: DateTime<Utc>,
+    pub rotation_id: String,
+    pub previous_service_account_id: Option<u64>,
+    #[serde(default)]
+    pub projects: Vec<ProjectGrant>,
+    #[serde(default)]
+    pub retiring: Vec<RetiringAccount>,
+}
+
+impl Payload {
+    /// The payload as JSON, in a buffer wiped on drop.
+    pub fn to_json(&self) -> Result<zeroize::Zeroizing<Vec<u8>>, SinkError> {
+        let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(1024));
+        serde_json::to_writer_pretty(&mut *buf, self)
+            .map_err(|e| SinkError::invalid(format!("cannot encode the payload: {e}")))?;
+        buf.push(b'\n');
+        Ok(buf)
+    }
+
+    /// Parses a stored payload. The error never echoes the input.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, SinkError> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            let what = match e.classify() {
+                serde_json::error::Category::Io => "I/O error",
+                serde_json::error::Category::Syntax => "not JSON",
+                serde_json::error::Category::Data => "missing or mistyped field",
+                serde_json::error::Category::Eof => "truncated",
+            };
+            SinkError::corrupt(format!(
+                "the stored payload is not a mixpanel-rotator payload (line {}, column {}: {what})",
+                e.line(),
+                e.column()
+            ))
+        })
+    }
+}
+
+/// The version a payload was read at, for compare-and-swap. Opaque: each
+/// sink decides what it holds (a KV version, a version id, a rotation id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version(pub String);
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What kind of failure a sink reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkErrorKind {
+    /// Someone else published since the version was read.
+    Conflict,
+    /// Something the operation needs does not exist (a mount, a secret).
+    NotFound,
+    /// The backend refused the rotator's identity or permissions.
+    Denied,
+    /// The backend could not be reached or failed; trying again may work.
+    Unavailable,
+    /// What is stored is not a payload this rotator understands.
+    Corrupt,
+    /// The request or the configuration is wrong (a bad CA file, a bad path).
+    Invalid,
+}
+
+/// A sink failure: its kind and the backend's words (never a secret).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SinkError {
+    pub kind: SinkErrorKind,
+    pub detail: String,
+}
+
+impl fmt::Display for SinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            SinkErrorKind::Conflict => write!(f, "another rotator published first ({})", self.detail),
+            _ => f.write_str(&self.detail),
+        }
+    }
+}
+
+impl SinkError {
+    fn new(kind: SinkErrorKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    /// [`SinkErrorKind::Conflict`].
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(SinkErrorKind::Conflict, detail)
+    }
+
+    /// [`SinkErrorKind::NotFound`].
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(SinkErrorKind::NotFound, detail)
+    }
+
+    /// [`SinkErrorKind::Denied`].
+    pub fn denied(detail: impl Into<String>) -> Self {
+        Self::new(SinkErrorKind::Denied, detail)
+    }
+
+    /// [`SinkErrorKind::Unavailable`].
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(SinkErrorKind::Unavailable, detail)
+    }
+
+    /// [`SinkErrorKind::Corrupt`].
+    pub fn corrupt(detail: impl Into<String>) -> Self {
+        Self::new(SinkErrorKind::Corrupt, detail)
+    }
+
+    /// [`SinkErrorKind::Invalid`].
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::new(SinkErrorKind::Invalid, detail)
+    }
+
+    /// Whether the same operation may succeed if tried again later.
+    pub fn retryable(&self) -> bool {
+        self.kind == SinkErrorKind::Unavailable
+    }
+
+    /// The same error with `context` in front of its detail.
+    pub fn context(self, context: impl fmt::Display) -> Self {
+        Self {
+            kind: self.kind,
+            detail: format!("{context}: {}", self.detail),
+        }
+    }
+}
+
+/// The contract every sink implements. `path` is the integration's `path`.
+#[async_trait::async_trait]
+pub trait Sink: Send + Sync + fmt::Debug {
+    /// A short description for messages, e.g. ``file sink `local` (/run/x)``.
+    fn describe(&self) -> String;
+
+    /// The published payload and its version, or `None` when nothing is published yet.
+    async fn read_current(&self, path: &str) -> Result<Option<(Payload, Version)>, SinkError>;
+
+    /// Publishes `payload` if the stored version is still `expected`
+    /// (`None`: nothing may be stored yet). Returns the new version.
+    async fn publish(&self, path: &str, payload: &Payload, expected: Option<&Version>) -> Result<Version, SinkError>;
+
+    /// Whether the sink is reachable and writable for `path`.
+    async fn healthcheck(&self, path: &str) -> Result<String, SinkError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unavailable_is_retryable() {
+        assert!(SinkError::unavailable("down").retryable());
+        for e in [
+            SinkError::conflict("x"),
+            SinkError::not_found("x"),
+            SinkError::denied("x"),
+            SinkError::corrupt("x"),
+            SinkError::invalid("x"),
+        ] {
+            assert!(!e.retryable(), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn a_stored_payload_is_never_echoed() {
+        let e = Payload::from_json(br#"{"secret": "hunter2-secret"}"#).unwrap_err();
+        assert_eq!(e.kind, SinkErrorKind::Corrupt);
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+}
