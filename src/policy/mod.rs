@@ -6,7 +6,7 @@
 //! - [`validate`]: the cross-checks, and each integration's effective
 //!   settings (defaults overridden per integration);
 //! - [`model`]: the resolved [`Policy`] and [`Integration`];
-//! - [`error`]: [`PolicyError`];
+//! - [`error`]: the errors ([`PolicyError`]);
 //! - this module: finding and loading the file.
 //!
 //! Every error names the key, e.g. `` `integrations[1].ttl` ``.
