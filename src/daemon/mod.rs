@@ -325,10 +325,13 @@ impl Daemon {
         };
         self.notifier
             .notify(&format!("READY=1\n{}", status_line("policy reload handled")));
+        let now = self.clock.now();
+        let idle = state.sched.due(now).is_empty();
+        let wake = idle.then(|| state.sched.wake_at(now, state.policy.resync_interval));
         self.progress.send_modify(|p| {
             p.reloads += 1;
             p.reload_error = error;
-            p.wake_at = None;
+            p.wake_at = wake;
         });
     }
 }

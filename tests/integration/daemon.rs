@@ -1,13 +1,23 @@
-//! `run` as a real subprocess: scheduling without outside nudges, HTTP
-//! endpoints, signals, and systemd notifications on a test NOTIFY_SOCKET.
+//! `run`, two ways. In-process, under a manual clock and driven through its
+//! `Control`: scheduling (grace deletion, resync, backoff), reload, and
+//! shutdown in the middle of a rotation, without sleeping for time. As a
+//! real subprocess: the real signals, the HTTP endpoints, and systemd
+//! notifications on a test NOTIFY_SOCKET.
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mixpanel_rotator::mixpanel::types::Role;
-use mixpanel_rotator::simulator::{Fault, FaultAction, Seed};
+use chrono::Duration as Span;
+use mixpanel_rotator::daemon::{self, Control, Progress};
+use mixpanel_rotator::exit::Exit;
+use mixpanel_rotator::metrics::Metrics;
+use mixpanel_rotator::rotation::RotateReason;
+use mixpanel_rotator::simulator::{Fault, FaultAction, Gate, Seed};
 use tokio::net::UnixDatagram;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::common::*;
 
@@ -130,7 +140,7 @@ fn policy(legacy: u64, port: u16, grace: &str, extra: &str) -> String {
 }
 
 #[tokio::test]
-async fn the_daemon_bootstraps_serves_deletes_after_grace_reloads_and_stops() {
+async fn the_daemon_as_a_process_notifies_serves_reloads_on_sighup_and_stops_on_sigterm() {
     let h = Harness::realtime(Seed::Demo).await;
     let legacy = h.accounts_with_prefix("etl-legacy")[0].id;
     let port = free_port();
@@ -148,13 +158,13 @@ async fn the_daemon_bootstraps_serves_deletes_after_grace_reloads_and_stops() {
             "secret = { credential = \"mixpanel\" }",
         )
     };
-    let first = with_credential(h.policy(&policy(legacy, port, "3s", "")));
+    let first = with_credential(h.policy(&policy(legacy, port, "1h", "")));
     assert!(first.contains("credential = \"mixpanel\""));
     std::fs::write(&cfg, first).unwrap();
     let mut d = Daemon::start(&h, &cfg);
     d.expect_note("READY=1").await;
 
-    // It bootstraps on its own and says so on /readyz.
+    // It bootstraps on its own and says so on /readyz and /metrics.
     eventually(10, "etl published", async || h.payload("etl.json").is_some()).await;
     eventually(10, "/readyz 200", async || {
         get(&format!("{base}/readyz")).await.is_some_and(|(s, _)| s == 200)
@@ -162,17 +172,9 @@ async fn the_daemon_bootstraps_serves_deletes_after_grace_reloads_and_stops() {
     .await;
     assert_eq!(get(&format!("{base}/healthz")).await.unwrap().0, 200);
     assert!(h.sim.account(legacy).is_some(), "the old account is kept during grace");
-    // The old account goes when grace ends, without any outside nudge.
-    let published = Instant::now();
-    eventually(10, "old account deleted after grace", async || {
-        h.sim.account(legacy).is_none()
-    })
-    .await;
-    assert!(published.elapsed() >= Duration::from_secs(1), "not before grace");
     let (_, metrics) = get(&format!("{base}/metrics")).await.unwrap();
     for needle in [
         "mixpanel_rotator_rotations_total{integration=\"etl\",result=\"success\"} 1",
-        "mixpanel_rotator_accounts_deleted_total{integration=\"etl\",reason=\"retiring\"} 1",
         "mixpanel_rotator_api_requests_total{endpoint=\"create-service-account\",status=\"201\"} 1",
         "mixpanel_rotator_credential_expiry_timestamp_seconds{integration=\"etl\"}",
         "mixpanel_rotator_next_rotation_timestamp_seconds{integration=\"etl\"}",
@@ -186,7 +188,7 @@ async fn the_daemon_bootstraps_serves_deletes_after_grace_reloads_and_stops() {
 
     // SIGHUP with a new integration: it is rotated.
     let ci = "[[integrations]]\nname = \"ci\"\nsink = \"local\"\npath = \"ci.json\"\nprojects = [{ id = 101, role = \"consumer\" }]\n";
-    std::fs::write(&cfg, with_credential(h.policy(&policy(legacy, port, "3s", ci)))).unwrap();
+    std::fs::write(&cfg, with_credential(h.policy(&policy(legacy, port, "1h", ci)))).unwrap();
     d.signal("-HUP");
     d.expect_note("RELOADING=1").await;
     eventually(10, "ci published after SIGHUP", async || h.payload("ci.json").is_some()).await;
@@ -198,23 +200,7 @@ async fn the_daemon_bootstraps_serves_deletes_after_grace_reloads_and_stops() {
         d.log_text().contains("Policy reload rejected")
     })
     .await;
-    let (_, metrics) = get(&format!("{base}/metrics")).await.unwrap();
-    assert!(
-        metrics.contains("mixpanel_rotator_policy_reload_failures_total 1"),
-        "{metrics}"
-    );
     assert_eq!(get(&format!("{base}/healthz")).await.unwrap().0, 200);
-    h.sim
-        .delete_account(h.payload("ci.json").unwrap()["service_account_id"].as_u64().unwrap());
-    eventually(
-        15,
-        "the old policy still rotates ci (resync notices the deletion)",
-        async || {
-            h.payload("ci.json")
-                .is_some_and(|p| h.sim.account(p["service_account_id"].as_u64().unwrap()).is_some())
-        },
-    )
-    .await;
 
     d.signal("-TERM");
     assert_eq!(d.wait_exit(10).await, Some(0));
@@ -223,41 +209,217 @@ async fn the_daemon_bootstraps_serves_deletes_after_grace_reloads_and_stops() {
     h.assert_no_secret_leaked(&[]);
 }
 
-#[tokio::test]
-async fn sigterm_during_a_rotation_finishes_it_and_exits_zero() {
-    let h = Harness::realtime(Seed::Demo).await;
-    let cfg = h.dir.path().join("daemon.toml");
-    std::fs::write(
-        &cfg,
-        h.policy(&format!(
-            "[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nprojects = [{{ id = 101, role = \"analyst\" }}]\n\
-             [server]\nlisten = \"127.0.0.1:{}\"\n",
-            free_port()
-        )),
+/// The daemon in-process, under the harness's manual clock, driven through its `Control`.
+struct InProcess {
+    progress: watch::Receiver<Progress>,
+    shutdown: CancellationToken,
+    reload: mpsc::Sender<()>,
+    metrics: Arc<Metrics>,
+    task: tokio::task::JoinHandle<Exit>,
+}
+
+impl InProcess {
+    fn start(h: &Harness, config: &Path, shutdown_timeout: Duration) -> Self {
+        let daemon = daemon::Daemon::new(config.to_path_buf(), Arc::new(h.clock.clone()))
+            .retry(fast_retry(), fast_retry())
+            .shutdown_timeout(shutdown_timeout);
+        let (progress, metrics) = (daemon.progress(), daemon.metrics());
+        let (control, shutdown, reload) = Control::new();
+        Self {
+            progress,
+            shutdown,
+            reload,
+            metrics,
+            task: tokio::spawn(daemon.run(control)),
+        }
+    }
+
+    /// Waits until the daemon has completed `n` passes (a hang guard, not a timing).
+    async fn passes(&mut self, n: u64) -> Progress {
+        let wait = self.progress.wait_for(|p| p.passes >= n);
+        match tokio::time::timeout(Duration::from_secs(20), wait).await {
+            Ok(Ok(p)) => p.clone(),
+            _ => panic!("the daemon did not complete pass {n}"),
+        }
+    }
+
+    /// Moves the clock to the daemon's next wake-up and waits for the pass it runs.
+    async fn tick(&mut self, h: &Harness) -> Progress {
+        let p = self.progress.borrow().clone();
+        let wake = p.wake_at.expect("the daemon is idle, with a wake-up time");
+        assert!(wake > h.clock_now(), "wake-ups are in the future");
+        h.clock.set(wake);
+        self.passes(p.passes + 1).await
+    }
+
+    async fn stop(self) -> Exit {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("the daemon stops")
+            .expect("the daemon task does not panic")
+    }
+}
+
+fn etl_policy(h: &Harness, extra: &str) -> String {
+    format!(
+        "[daemon]\nresync_interval = \"30m\"\n[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nrole = \"analyst\"\ngrace = \"2h\"\nadopt = {}\n{extra}",
+        h.accounts_with_prefix("etl-legacy")[0].id
     )
-    .unwrap();
-    // The verification of the new credential (the only GET /me here) takes 2s.
-    h.sim
-        .inject(Fault::once("GET", "/me", FaultAction::Latency(Duration::from_secs(2))));
-    let mut d = Daemon::start(&h, &cfg);
-    eventually(10, "account created", async || {
-        !h.accounts_with_prefix("mpr-etl-").is_empty()
-    })
-    .await;
+}
+
+#[tokio::test]
+async fn in_process_the_old_account_goes_when_grace_ends_on_the_daemons_own_schedule() {
+    let h = Harness::new(Seed::Demo).await;
+    let legacy = h.accounts_with_prefix("etl-legacy")[0].id;
+    let cfg = h.policy_file(&etl_policy(&h, ""));
+    let mut d = InProcess::start(&h, &cfg, Duration::from_secs(5));
+    let p = d.passes(1).await;
+    let rotated = p.reports[0].rotated.clone().expect("bootstrapped on the first pass");
+    assert_eq!(rotated.reason, RotateReason::Bootstrap);
+    assert_eq!(p.wake_at, Some(h.clock_now() + Span::seconds(1)), "after a change: look again soon");
+    let published = h.clock_now();
+    // Each wake-up is the earliest of the resync (30m) and the grace end (2h).
+    let mut wakes = vec![];
+    while h.sim.account(legacy).is_some() {
+        let p = d.tick(&h).await;
+        wakes.push(h.clock_now() - published);
+        assert!(h.clock_now() - published <= Span::hours(3), "still not deleted at {wakes:?}");
+        if h.sim.account(legacy).is_none() {
+            assert_eq!(p.reports[0].deleted[0].id, legacy);
+        }
+    }
+    assert_eq!(
+        wakes,
+        vec![
+            Span::seconds(1),
+            Span::seconds(1) + Span::minutes(30),
+            Span::seconds(1) + Span::minutes(60),
+            Span::seconds(1) + Span::minutes(90),
+            Span::hours(2),
+        ],
+        "woken by the resync, then exactly at the grace end"
+    );
+    let m = d.metrics.render();
+    assert!(
+        m.contains("mixpanel_rotator_accounts_deleted_total{integration=\"etl\",reason=\"retiring\"} 1"),
+        "{m}"
+    );
+    assert_eq!(d.stop().await, Exit::Ok);
+    h.assert_no_secret_leaked(&[]);
+}
+
+#[tokio::test]
+async fn in_process_reload_applies_a_good_policy_and_rejects_a_broken_one() {
+    let h = Harness::new(Seed::Demo).await;
+    let cfg = h.dir.path().join("daemon.toml");
+    std::fs::write(&cfg, h.policy(&etl_policy(&h, ""))).unwrap();
+    let mut d = InProcess::start(&h, &cfg, Duration::from_secs(5));
+    d.passes(1).await;
+    let ci = "[[integrations]]\nname = \"ci\"\nsink = \"local\"\npath = \"ci.json\"\nprojects = [{ id = 101, role = \"consumer\" }]\n";
+    std::fs::write(&cfg, h.policy(&etl_policy(&h, ci))).unwrap();
+    d.reload.send(()).await.unwrap();
+    // A reload makes every integration due at once.
+    let p = d.passes(2).await;
+    assert_eq!(p.reloads, 1);
+    assert_eq!(p.reload_error, None);
+    assert!(p.reports.iter().any(|r| r.integration == "ci" && r.rotated.is_some()));
+    let ci_account = h.payload("ci.json").unwrap()["service_account_id"].as_u64().unwrap();
+
+    std::fs::write(&cfg, "version = 1\n[mixpanel]\nregion = \"mars\"\n").unwrap();
+    d.reload.send(()).await.unwrap();
+    let p = d.progress.wait_for(|p| p.reloads == 2).await.unwrap().clone();
+    assert!(p.reload_error.as_deref().is_some_and(|e| e.contains("mixpanel.region")), "{p:?}");
+    assert!(d.metrics.render().contains("mixpanel_rotator_policy_reload_failures_total 1"));
+    // The previous policy stays in force: the resync notices ci's account is gone and rotates it.
+    h.sim.delete_account(ci_account);
+    loop {
+        let p = d.tick(&h).await;
+        if let Some(r) = p.reports.iter().find(|r| r.integration == "ci" && r.rotated.is_some()) {
+            assert_eq!(r.rotated.as_ref().unwrap().reason, RotateReason::CurrentMissing);
+            break;
+        }
+    }
+    assert_eq!(d.stop().await, Exit::Ok);
+}
+
+#[tokio::test]
+async fn in_process_shutdown_during_a_rotation_finishes_it() {
+    let h = Harness::new(Seed::Demo).await;
+    let cfg = h.policy_file(
+        "[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nprojects = [{ id = 101, role = \"analyst\" }]\n",
+    );
+    // The verification of the new credential (the only GET /me here) waits at a gate.
+    let gate = Gate::new();
+    h.sim.inject(Fault::once("GET", "/me", FaultAction::Hold(gate.clone())));
+    let d = InProcess::start(&h, &cfg, Duration::from_secs(20));
+    gate.arrived(1).await;
+    assert_eq!(h.accounts_with_prefix("mpr-etl-").len(), 1, "created");
     assert!(h.payload("etl.json").is_none(), "not published yet");
-    d.signal("-TERM");
-    let stopped = Instant::now();
-    assert_eq!(d.wait_exit(20).await, Some(0), "{}", d.log_text());
-    assert!(stopped.elapsed() < Duration::from_secs(10));
+    d.shutdown.cancel();
+    gate.open();
+    assert_eq!(d.stop().await, Exit::Ok);
     // Finished, not abandoned: published, working, and no account leaked.
     let p = h.payload("etl.json").expect("the rotation in flight was published");
     h.consumer("etl.json").me().await.unwrap();
     let lineage: Vec<u64> = h.accounts_with_prefix("mpr-etl-").iter().map(|a| a.id).collect();
     assert_eq!(lineage, vec![p["service_account_id"].as_u64().unwrap()]);
-    // Nothing else was started after SIGTERM.
-    let log = d.log_text();
-    assert!(log.contains("Stopping; letting the step in flight finish."), "{log}");
-    let _ = Role::Admin;
-    h.record(log);
+    assert!(h.logs.text().contains("Stopping; letting the step in flight finish."));
     h.assert_no_secret_leaked(&[]);
+}
+
+#[tokio::test]
+async fn in_process_a_rotation_stuck_past_the_shutdown_timeout_fails_and_the_next_run_cleans_up() {
+    let h = Harness::new(Seed::Demo).await;
+    let cfg = h.policy_file(
+        "[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nprojects = [{ id = 101, role = \"analyst\" }]\n",
+    );
+    let gate = Gate::new();
+    h.sim.inject(Fault::once("GET", "/me", FaultAction::Hold(gate.clone())));
+    let d = InProcess::start(&h, &cfg, Duration::from_millis(200));
+    gate.arrived(1).await;
+    let stray = h.accounts_with_prefix("mpr-etl-")[0].id;
+    assert_eq!(d.stop().await, Exit::Failed);
+    assert!(h.logs.text().contains("did not finish within --shutdown-timeout"));
+    gate.open();
+    // The next run: the unpublished account is an orphan, deleted after `orphan_after`.
+    let mut d = InProcess::start(&h, &cfg, Duration::from_secs(5));
+    let p = d.passes(1).await;
+    assert!(h.sim.account(stray).is_some(), "an orphan younger than orphan_after is left alone");
+    assert!(p.reports[0].plan.delete_later.iter().any(|x| x.id == stray));
+    while h.sim.account(stray).is_some() {
+        d.tick(&h).await;
+        assert!(h.clock_now() <= t(START) + Span::hours(1), "the orphan was never deleted");
+    }
+    assert!(h.clock_now() >= t(START) + Span::minutes(15));
+    assert_eq!(d.stop().await, Exit::Ok);
+}
+
+#[tokio::test]
+async fn in_process_failures_back_off_exponentially_and_recover() {
+    let h = Harness::new(Seed::Demo).await;
+    let cfg = h.policy_file(
+        "[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nprojects = [{ id = 101, role = \"analyst\" }]\n",
+    );
+    h.sim.inject(Fault::always(
+        "POST",
+        "/organizations/1/service-accounts",
+        FaultAction::Status(500),
+    ));
+    let mut d = InProcess::start(&h, &cfg, Duration::from_secs(5));
+    let p = d.passes(1).await;
+    assert!(p.reports[0].failed());
+    let first = p.due["etl"] - h.clock_now();
+    assert!(first >= Span::seconds(24) && first <= Span::seconds(36), "{first}");
+    let p = d.tick(&h).await;
+    assert!(p.reports[0].failed());
+    let second = p.due["etl"] - h.clock_now();
+    assert!(second >= Span::seconds(48) && second <= Span::seconds(72), "{second}");
+    h.sim.clear_faults();
+    let p = d.tick(&h).await;
+    assert!(p.reports[0].rotated.is_some(), "{:?}", p.reports[0].errors);
+    assert_eq!(p.due["etl"] - h.clock_now(), Span::seconds(1), "success resets the backoff");
+    let m = d.metrics.render();
+    assert!(m.contains("mixpanel_rotator_rotations_total{integration=\"etl\",result=\"failure\"} 2"), "{m}");
+    assert_eq!(d.stop().await, Exit::Ok);
 }
