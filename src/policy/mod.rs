@@ -108,3 +108,45 @@ pub(crate) fn test_policy(integrations: &str) -> Policy {
         Err(e) => panic!("test policy: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A policy with `rest` after a valid head, parsed; the error's text.
+    fn error_of(rest: &str) -> String {
+        let text = format!(
+            "version = 1\n[mixpanel]\nregion = \"us\"\norganization_id = 1\nusername = \"u\"\nsecret = {{ env = \"X\" }}\n\
+             [sinks.f]\ntype = \"file\"\ndir = \"/tmp\"\n{rest}"
+        );
+        match Policy::parse(&text) {
+            Ok(_) => panic!("accepted: {rest}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// The text of representative policy errors, snapshot-tested so that
+    /// wording changes are reviewed.
+    #[test]
+    fn user_facing_policy_errors() {
+        let etl = "[[integrations]]\nname = \"etl\"\nsink = \"f\"\npath = \"etl.json\"\nadopt = 5\n";
+        let cases = [
+            "[mixpanel2]\nx = 1\n".to_string(),
+            format!("{etl}ttl = \"10d\"\nrenew_before = \"10d\"\n"),
+            format!("{etl}grace = \"40d\"\n"),
+            format!("{etl}schedule = \"0 0 4 * * MON\"\n"),
+            format!("{etl}orphan_after = \"30s\"\n"),
+            format!("{etl}ttl = \"thirty days\"\n"),
+            "[[integrations]]\nname = \"Etl\"\nsink = \"nope\"\npath = \"../x\"\n".to_string(),
+            format!("{etl}{}", etl.replace("adopt = 5", "adopt = 6")),
+            "[sinks.v]\ntype = \"vault\"\naddress = \"http://vault.example.com\"\nauth = { method = \"token\", token = \"s3cr3t\" }\n".to_string(),
+            "[sinks.g]\ntype = \"gcs\"\n".to_string(),
+        ];
+        let text: Vec<String> = cases.iter().map(|c| error_of(c)).collect();
+        insta::assert_snapshot!("policy_errors", text.join("\n\n"));
+        let secret = crate::values::SecretRef::Env("MPR_TEST_SURELY_UNSET".into())
+            .resolve("mixpanel.secret")
+            .unwrap_err();
+        insta::assert_snapshot!("secret_reference_error", secret.to_string());
+    }
+}

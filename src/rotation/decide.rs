@@ -181,7 +181,7 @@ pub enum Blocked {
     OwnAccountAdopted { adopt_key: String, username: String },
     /// Nothing is published and `adopt` matches no account.
     #[error(
-        "nothing is published yet and `{adopt_key}` = {adopt} matches no account in organization: fix `adopt`, or list the memberships in `{projects_key}`"
+        "nothing is published yet and `{adopt_key}` = {adopt} matches no account of the organization: fix `adopt`, or list the memberships in `{projects_key}`"
     )]
     AdoptNotFound {
         adopt_key: String,

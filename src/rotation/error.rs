@@ -242,3 +242,6 @@ pub enum SetupError {
         source: SinkError,
     },
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,6 +14,8 @@
 //! - Credentials: the standard AWS chain (environment, profile, web identity /
 //!   IRSA, ECS, IMDS); `profile` picks a named profile.
 
+#![warn(missing_docs)]
+
 use std::collections::BTreeMap;
 
 use aws_sdk_secretsmanager::Client;

@@ -6,6 +6,8 @@
 //! sibling lock file; the compare-and-swap compares the stored payload's
 //! `rotation_id` under that lock.
 
+#![warn(missing_docs)]
+
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};

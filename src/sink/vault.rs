@@ -10,6 +10,8 @@
 //!   on re-login), `approle`, `kubernetes`. On 403 (token expired or revoked)
 //!   the sink logs in again and retries once.
 
+#![warn(missing_docs)]
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -54,10 +56,15 @@ fn default_mount() -> String {
 #[serde(tag = "method", rename_all = "lowercase", deny_unknown_fields)]
 pub enum VaultAuth {
     /// A token, by reference (`{ env = "VAULT_TOKEN" }`, or a Vault Agent sink file).
-    Token { token: SecretRef },
+    Token {
+        /// The token, by reference; re-read at every login, so a Vault Agent's sink file works.
+        token: SecretRef,
+    },
     /// AppRole login.
     Approle {
+        /// The role id, by reference.
         role_id: SecretRef,
+        /// The secret id, by reference.
         secret_id: SecretRef,
         /// Auth mount (default `approle`).
         #[serde(default = "approle_mount")]
@@ -65,6 +72,7 @@ pub enum VaultAuth {
     },
     /// Kubernetes login with the pod's service-account JWT.
     Kubernetes {
+        /// The Vault role to log in as.
         role: String,
         /// The JWT file (default the pod's service-account token).
         #[serde(default = "k8s_jwt")]

@@ -277,14 +277,21 @@ async fn in_process_the_old_account_goes_when_grace_ends_on_the_daemons_own_sche
     let p = d.passes(1).await;
     let rotated = p.reports[0].rotated.clone().expect("bootstrapped on the first pass");
     assert_eq!(rotated.reason, RotateReason::Bootstrap);
-    assert_eq!(p.wake_at, Some(h.clock_now() + Span::seconds(1)), "after a change: look again soon");
+    assert_eq!(
+        p.wake_at,
+        Some(h.clock_now() + Span::seconds(1)),
+        "after a change: look again soon"
+    );
     let published = h.clock_now();
     // Each wake-up is the earliest of the resync (30m) and the grace end (2h).
     let mut wakes = vec![];
     while h.sim.account(legacy).is_some() {
         let p = d.tick(&h).await;
         wakes.push(h.clock_now() - published);
-        assert!(h.clock_now() - published <= Span::hours(3), "still not deleted at {wakes:?}");
+        assert!(
+            h.clock_now() - published <= Span::hours(3),
+            "still not deleted at {wakes:?}"
+        );
         if h.sim.account(legacy).is_none() {
             assert_eq!(p.reports[0].deleted[0].id, legacy);
         }
@@ -329,8 +336,15 @@ async fn in_process_reload_applies_a_good_policy_and_rejects_a_broken_one() {
     std::fs::write(&cfg, "version = 1\n[mixpanel]\nregion = \"mars\"\n").unwrap();
     d.reload.send(()).await.unwrap();
     let p = d.progress.wait_for(|p| p.reloads == 2).await.unwrap().clone();
-    assert!(p.reload_error.as_deref().is_some_and(|e| e.contains("mixpanel.region")), "{p:?}");
-    assert!(d.metrics.render().contains("mixpanel_rotator_policy_reload_failures_total 1"));
+    assert!(
+        p.reload_error.as_deref().is_some_and(|e| e.contains("mixpanel.region")),
+        "{p:?}"
+    );
+    assert!(
+        d.metrics
+            .render()
+            .contains("mixpanel_rotator_policy_reload_failures_total 1")
+    );
     // The previous policy stays in force: the resync notices ci's account is gone and rotates it.
     h.sim.delete_account(ci_account);
     loop {
@@ -385,11 +399,17 @@ async fn in_process_a_rotation_stuck_past_the_shutdown_timeout_fails_and_the_nex
     // The next run: the unpublished account is an orphan, deleted after `orphan_after`.
     let mut d = InProcess::start(&h, &cfg, Duration::from_secs(5));
     let p = d.passes(1).await;
-    assert!(h.sim.account(stray).is_some(), "an orphan younger than orphan_after is left alone");
+    assert!(
+        h.sim.account(stray).is_some(),
+        "an orphan younger than orphan_after is left alone"
+    );
     assert!(p.reports[0].plan.delete_later.iter().any(|x| x.id == stray));
     while h.sim.account(stray).is_some() {
         d.tick(&h).await;
-        assert!(h.clock_now() <= t(START) + Span::hours(1), "the orphan was never deleted");
+        assert!(
+            h.clock_now() <= t(START) + Span::hours(1),
+            "the orphan was never deleted"
+        );
     }
     assert!(h.clock_now() >= t(START) + Span::minutes(15));
     assert_eq!(d.stop().await, Exit::Ok);
@@ -418,8 +438,15 @@ async fn in_process_failures_back_off_exponentially_and_recover() {
     h.sim.clear_faults();
     let p = d.tick(&h).await;
     assert!(p.reports[0].rotated.is_some(), "{:?}", p.reports[0].errors);
-    assert_eq!(p.due["etl"] - h.clock_now(), Span::seconds(1), "success resets the backoff");
+    assert_eq!(
+        p.due["etl"] - h.clock_now(),
+        Span::seconds(1),
+        "success resets the backoff"
+    );
     let m = d.metrics.render();
-    assert!(m.contains("mixpanel_rotator_rotations_total{integration=\"etl\",result=\"failure\"} 2"), "{m}");
+    assert!(
+        m.contains("mixpanel_rotator_rotations_total{integration=\"etl\",result=\"failure\"} 2"),
+        "{m}"
+    );
     assert_eq!(d.stop().await, Exit::Ok);
 }
