@@ -41,19 +41,25 @@ pub struct Control {
     pub reload: mpsc::Receiver<()>,
 }
 
+/// The other end of a [`Control`]: what a signal handler (or a test) uses.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    /// Cancel to stop the daemon.
+    pub shutdown: CancellationToken,
+    /// Send to reload the policy (one request may be queued).
+    pub reload: mpsc::Sender<()>,
+}
+
 impl Control {
-    /// A control, with the token and the sender that drive it.
-    pub fn new() -> (Self, CancellationToken, mpsc::Sender<()>) {
+    /// A control and the handle that drives it, like a channel's two ends.
+    pub fn new() -> (Self, Handle) {
         let shutdown = CancellationToken::new();
         let (tx, rx) = mpsc::channel(1);
-        (
-            Self {
-                shutdown: shutdown.clone(),
-                reload: rx,
-            },
-            shutdown,
-            tx,
-        )
+        let control = Self {
+            shutdown: shutdown.clone(),
+            reload: rx,
+        };
+        (control, Handle { shutdown, reload: tx })
     }
 }
 
@@ -96,11 +102,16 @@ pub struct Daemon {
     progress: watch::Sender<Progress>,
 }
 
-/// The policy in force and what it drives.
+/// The engine of the policy in force, and its schedule.
 struct Running {
-    policy: Arc<Policy>,
     engine: Engine,
     sched: Scheduler,
+}
+
+impl Running {
+    fn policy(&self) -> &Policy {
+        self.engine.policy()
+    }
 }
 
 impl Daemon {
@@ -151,7 +162,7 @@ impl Daemon {
         self.progress.subscribe()
     }
 
-    fn load(&self) -> Result<(Arc<Policy>, Engine), String> {
+    fn load(&self) -> Result<Engine, String> {
         let policy = Policy::load(&self.config)
             .map_err(|e| e.all().iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))?;
         let policy = Arc::new(policy);
@@ -160,31 +171,30 @@ impl Daemon {
             None => Engine::from_policy(policy.clone(), self.clock.clone()),
         }
         .map_err(|e| e.to_string())?;
-        Ok((policy, engine.with_metrics(self.metrics.clone())))
+        Ok(engine.with_metrics(self.metrics.clone()))
     }
 
     /// Runs until `control.shutdown` is cancelled.
     pub async fn run(self, mut control: Control) -> Exit {
-        let (policy, engine) = match self.load() {
+        let engine = match self.load() {
             Ok(x) => x,
             Err(e) => {
                 eprintln!("error: policy {}: {e}", self.config.display());
                 return Exit::Usage;
             }
         };
-        let _server = match self.serve(&policy).await {
+        let _server = match self.serve(engine.policy()).await {
             Ok(s) => s,
             Err(exit) => return exit,
         };
         let _watchdog = self.watchdog();
         let mut state = Running {
-            policy,
             engine,
             sched: Scheduler::default(),
         };
-        state.sched.reset(&state.policy, self.clock.now());
+        state.sched.reset(state.engine.policy(), self.clock.now());
         tracing::info!(
-            integrations = state.policy.integrations.len(),
+            integrations = state.policy().integrations.len(),
             "Started; the first pass runs now."
         );
         self.notifier
@@ -198,7 +208,7 @@ impl Daemon {
                 }
                 continue;
             }
-            let wake = state.sched.wake_at(now, state.policy.resync_interval);
+            let wake = state.sched.wake_at(now, state.policy().resync_interval);
             tokio::select! {
                 () = self.clock.sleep_until(wake) => {}
                 () = control.shutdown.cancelled() => break,
@@ -257,12 +267,12 @@ impl Daemon {
             }
         }
         let after = self.clock.now();
-        state.sched.update(&reports, after, state.policy.resync_interval);
+        state.sched.update(&reports, after, state.policy().resync_interval);
         self.health
             .ready
             .store(reports.iter().all(Report::reached_everything), Ordering::SeqCst);
         let failing = reports.iter().filter(|r| r.failed()).count();
-        let wake = state.sched.wake_at(after, state.policy.resync_interval);
+        let wake = state.sched.wake_at(after, state.policy().resync_interval);
         self.notifier.notify(&status_line(&format!(
             "{} integration(s) in the last pass, {failing} failing; next pass {}",
             reports.len(),
@@ -306,15 +316,14 @@ impl Daemon {
     fn reload(&self, state: &mut Running) {
         self.notifier.notify("RELOADING=1");
         let error = match self.load() {
-            Ok((policy, engine)) => {
-                if policy.listen != state.policy.listen {
+            Ok(engine) => {
+                if engine.policy().listen != state.policy().listen {
                     tracing::warn!("`server.listen` changed; it takes effect at the next restart.");
                 }
-                state.sched.reset(&policy, self.clock.now());
-                state.policy = policy;
+                state.sched.reset(engine.policy(), self.clock.now());
                 state.engine = engine;
                 self.metrics.reload(true);
-                tracing::info!(integrations = state.policy.integrations.len(), "Policy reloaded.");
+                tracing::info!(integrations = state.policy().integrations.len(), "Policy reloaded.");
                 None
             }
             Err(e) => {
@@ -327,7 +336,7 @@ impl Daemon {
             .notify(&format!("READY=1\n{}", status_line("policy reload handled")));
         let now = self.clock.now();
         let idle = state.sched.due(now).is_empty();
-        let wake = idle.then(|| state.sched.wake_at(now, state.policy.resync_interval));
+        let wake = idle.then(|| state.sched.wake_at(now, state.policy().resync_interval));
         self.progress.send_modify(|p| {
             p.reloads += 1;
             p.reload_error = error;

@@ -4,7 +4,7 @@
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use super::{Control, TaskGuard};
+use super::{Control, Handle, TaskGuard};
 
 /// Installs the handlers and returns the daemon's [`Control`]; the handlers
 /// stop with the returned guard.
@@ -12,7 +12,7 @@ pub fn install() -> std::io::Result<(Control, TaskGuard)> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let (control, shutdown, reload) = Control::new();
+    let (control, Handle { shutdown, reload }) = Control::new();
     let task = tokio::spawn(async move {
         loop {
             tokio::select! {

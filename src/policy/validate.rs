@@ -20,8 +20,8 @@ pub(super) fn resolve(c: PolicyConfig) -> Result<Policy, PolicyError> {
     check_namespace(&c.namespace, &mut errs);
     let mixpanel = mixpanel_settings(&c.mixpanel, &mut errs);
     for (name, sink) in &c.sinks {
-        if let Err((field, msg)) = sink.check() {
-            errs.push(PolicyError::invalid(format!("sinks.{name}.{field}"), msg));
+        if let Err(e) = sink.check() {
+            errs.push(PolicyError::invalid(format!("sinks.{name}.{}", e.key), e.message));
         }
     }
     let mut unique = Unique::default();

@@ -146,22 +146,37 @@ impl Req<'_> {
         }
     }
 
-    /// Authenticates and applies the request: (status, body, caller).
-    fn answer(&self, headers: &HeaderMap, path: &str, body: &[u8]) -> (u16, serde_json::Value, Option<String>) {
+    /// Authenticates and applies the request.
+    fn answer(&self, headers: &HeaderMap, path: &str, body: &[u8]) -> Answered {
         let now = self.ctx.clock.now();
         let mut s = self.ctx.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let refused = |(status, body): (u16, serde_json::Value)| Answered {
+            status,
+            body,
+            caller: None,
+        };
         let Some((user, secret)) = credentials(headers) else {
-            let (st, b) = error(401, "Authentication required");
-            return (st, b, None);
+            return refused(error(401, "Authentication required"));
         };
         match s.org.authenticate(&user, &secret, now) {
-            Err((st, b)) => (st, b, None),
+            Err(answer) => refused(answer),
             Ok(caller) => {
-                let (st, b) = s.org.handle(caller, &self.method, path, body, now);
-                (st, b, Some(user))
+                let (status, body) = s.org.handle(caller, &self.method, path, body, now);
+                Answered {
+                    status,
+                    body,
+                    caller: Some(user),
+                }
             }
         }
     }
+}
+
+/// The simulator's answer to a request, and who asked.
+struct Answered {
+    status: u16,
+    body: serde_json::Value,
+    caller: Option<String>,
 }
 
 async fn handle(
@@ -195,7 +210,11 @@ async fn handle(
         Faulted::Drop => true,
         Faulted::Proceed => false,
     };
-    let (status, answer, caller) = req.answer(&headers, &path, &body);
+    let Answered {
+        status,
+        body: answer,
+        caller,
+    } = req.answer(&headers, &path, &body);
     if drop_after {
         req.log(None, &path, caller.clone());
         killer.0.notify_one();

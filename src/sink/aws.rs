@@ -25,7 +25,7 @@ use serde::Deserialize;
 use tokio::sync::OnceCell;
 
 use super::contract::{Payload, Sink, SinkError, Version};
-use crate::values::HumanDuration;
+use crate::values::{HumanDuration, KeyError};
 
 const CURRENT: &str = "AWSCURRENT";
 const PENDING: &str = "AWSPENDING";
@@ -51,17 +51,20 @@ pub struct AwsSinkConfig {
 
 impl AwsSinkConfig {
     /// Checks the configuration; the error names the field.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
+    pub fn check(&self) -> Result<(), KeyError> {
         let r = &self.region;
         if r.is_empty()
             || !r
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
-            return Err(("region", format!("is `{r}`: write an AWS region such as \"us-east-1\"")));
+            return Err(KeyError::new(
+                "region",
+                format!("is `{r}`: write an AWS region such as \"us-east-1\""),
+            ));
         }
         if let Some(u) = &self.endpoint_url {
-            crate::values::check_url(u).map_err(|m| ("endpoint_url", m))?;
+            crate::values::check_url(u).map_err(|m| KeyError::new("endpoint_url", m))?;
         }
         Ok(())
     }
@@ -102,9 +105,15 @@ impl std::fmt::Debug for AwsSink {
 /// The error code and message of an AWS call, never the request. An
 /// unparsed 403 (an IAM denial answered in another format) counts as
 /// `AccessDenied`; a call that got no answer says so.
-fn parts<E: ProvideErrorMetadata + std::error::Error + 'static>(e: &SdkError<E, HttpResponse>) -> (String, String) {
+/// The error code and message of a failed AWS call.
+struct Parts {
+    code: String,
+    message: String,
+}
+
+fn parts<E: ProvideErrorMetadata + std::error::Error + 'static>(e: &SdkError<E, HttpResponse>) -> Parts {
     let status = e.raw_response().map(|r| r.status().as_u16());
-    match (e.code(), status) {
+    let (code, message) = match (e.code(), status) {
         (Some(code), _) => (code.to_string(), e.message().unwrap_or("no message").to_string()),
         (None, Some(403)) => ("AccessDenied".into(), "HTTP 403".into()),
         (None, Some(s)) => ("HTTP".into(), format!("HTTP {s}")),
@@ -112,7 +121,8 @@ fn parts<E: ProvideErrorMetadata + std::error::Error + 'static>(e: &SdkError<E, 
             "NoAnswer".into(),
             format!("{}", aws_sdk_secretsmanager::error::DisplayErrorContext(e)),
         ),
-    }
+    };
+    Parts { code, message }
 }
 
 impl AwsSink {
@@ -177,7 +187,7 @@ impl AwsSink {
         path: &str,
         e: &SdkError<E, HttpResponse>,
     ) -> SinkError {
-        let (code, message) = parts(e);
+        let Parts { code, message } = parts(e);
         self.fail(what, path, &code, &message)
     }
 
@@ -194,7 +204,7 @@ impl AwsSink {
             .send()
             .await;
         if let Err(e) = r {
-            let (code, message) = parts(&e);
+            let Parts { code, message } = parts(&e);
             tracing::warn!(sink = %self.name, path, code, message, "Could not remove AWSPENDING; the next rotation moves it.");
         }
     }
@@ -220,7 +230,7 @@ impl AwsSink {
         match req.send().await {
             Ok(out) => return Ok(Version(out.version_id().unwrap_or(&payload.rotation_id).to_string())),
             Err(e) => {
-                let (code, message) = parts(&e);
+                let Parts { code, message } = parts(&e);
                 if code != "ResourceExistsException" {
                     return Err(self.fail("CreateSecret", path, &code, &message));
                 }
@@ -272,7 +282,7 @@ impl Sink for AwsSink {
         {
             Ok(o) => o,
             Err(e) => {
-                let (code, message) = parts(&e);
+                let Parts { code, message } = parts(&e);
                 if code == "ResourceNotFoundException" {
                     return Ok(None);
                 }
@@ -321,7 +331,7 @@ impl Sink for AwsSink {
             .send()
             .await;
         if let Err(e) = moved {
-            let (code, message) = parts(&e);
+            let Parts { code, message } = parts(&e);
             self.drop_pending(path, &new_version).await;
             if code == "InvalidParameterException" || code == "InvalidRequestException" {
                 // AWSCURRENT is no longer on the version read: someone else published.
@@ -343,7 +353,7 @@ impl Sink for AwsSink {
                 Ok(format!("secret `{path}` exists ({versions} version(s))"))
             }
             Err(e) => {
-                let (code, message) = parts(&e);
+                let Parts { code, message } = parts(&e);
                 if code == "ResourceNotFoundException" {
                     Ok(format!(
                         "secret `{path}` does not exist yet; the first rotation creates it (needs secretsmanager:CreateSecret)"

@@ -17,6 +17,7 @@ use rand::Rng as _;
 use serde::Deserialize;
 
 use super::contract::{Payload, Sink, SinkError, Version};
+use crate::values::KeyError;
 
 /// `[sinks.NAME] type = "file"`
 #[derive(Debug, Clone, Deserialize)]
@@ -33,11 +34,14 @@ pub struct FileSinkConfig {
 
 impl FileSinkConfig {
     /// Checks the configuration; the error names the field.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
+    pub fn check(&self) -> Result<(), KeyError> {
         if !self.dir.is_absolute() {
-            return Err(("dir", format!("is `{}`: use an absolute path", self.dir.display())));
+            return Err(KeyError::new(
+                "dir",
+                format!("is `{}`: use an absolute path", self.dir.display()),
+            ));
         }
-        self.file_mode().map(|_| ()).map_err(|m| ("mode", m))
+        self.file_mode().map(|_| ()).map_err(|m| KeyError::new("mode", m))
     }
 
     /// The credential files' mode (default 0600).

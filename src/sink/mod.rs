@@ -21,6 +21,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::values::KeyError;
+
 pub use self::contract::{Payload, RetiringAccount, Sink, SinkError, SinkErrorKind, Version};
 
 /// `[sinks.NAME]`: one variant per backend, chosen by `type`.
@@ -36,8 +38,8 @@ pub enum SinkConfig {
 }
 
 impl SinkConfig {
-    /// Checks a sink's own keys; returns the failing field and message.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
+    /// Checks a sink's own keys; the error names the key below `[sinks.NAME]`.
+    pub fn check(&self) -> Result<(), KeyError> {
         match self {
             SinkConfig::File(c) => c.check(),
             SinkConfig::Vault(c) => c.check(),

@@ -24,7 +24,7 @@ use vaultrs::error::ClientError;
 
 use super::contract::{Payload, Sink, SinkError, Version};
 use crate::secret::Secret;
-use crate::values::{HumanDuration, SecretRef};
+use crate::values::{HumanDuration, KeyError, SecretRef};
 
 const K8S_JWT: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
@@ -95,10 +95,10 @@ fn k8s_jwt() -> PathBuf {
 
 impl VaultSinkConfig {
     /// Checks the configuration; the error names the field.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
-        crate::values::check_url(&self.address).map_err(|m| ("address", m))?;
+    pub fn check(&self) -> Result<(), KeyError> {
+        crate::values::check_url(&self.address).map_err(|m| KeyError::new("address", m))?;
         if self.mount.is_empty() || self.mount.contains("..") {
-            return Err((
+            return Err(KeyError::new(
                 "mount",
                 format!("is `{}`: name the KV v2 mount, e.g. \"secret\"", self.mount),
             ));
@@ -106,7 +106,7 @@ impl VaultSinkConfig {
         if let VaultAuth::Kubernetes { role, .. } = &self.auth
             && role.is_empty()
         {
-            return Err(("auth.role", "must name the Vault role to log in as".into()));
+            return Err(KeyError::new("auth.role", "must name the Vault role to log in as"));
         }
         Ok(())
     }
@@ -147,15 +147,22 @@ impl std::fmt::Debug for VaultSink {
 }
 
 /// What went wrong, in words, and whether logging in again may help.
-fn describe(e: &ClientError) -> (Option<u16>, String) {
-    match e {
+/// A failed Vault call: its HTTP status (`None`: no answer) and what it said.
+struct Described {
+    code: Option<u16>,
+    text: String,
+}
+
+fn describe(e: &ClientError) -> Described {
+    let (code, text) = match e {
         ClientError::APIError { code, errors } => (Some(*code), format!("HTTP {code}: {}", errors.join("; "))),
         ClientError::RestClientError { source } => match source {
             rustify::errors::ClientError::ServerResponseError { code, .. } => (Some(*code), format!("HTTP {code}")),
             other => (None, other.to_string()),
         },
         other => (None, other.to_string()),
-    }
+    };
+    Described { code, text }
 }
 
 /// The kind of a failure with HTTP status `code` (`None`: no answer).
@@ -173,7 +180,7 @@ fn is_cas_conflict(e: &ClientError) -> bool {
 }
 
 fn is_not_found(e: &ClientError) -> bool {
-    matches!(describe(e).0, Some(404))
+    matches!(describe(e).code, Some(404))
 }
 
 impl VaultSink {
@@ -205,7 +212,7 @@ impl VaultSink {
     }
 
     fn err(&self, what: &str, path: &str, e: &ClientError) -> SinkError {
-        let (code, text) = describe(e);
+        let Described { code, text } = describe(e);
         let hint = match code {
             Some(403) => ": the token lacks permission or was revoked; check the Vault policy (README, \"vault\" sink)",
             Some(401) => ": not logged in; check `auth`",
@@ -240,7 +247,7 @@ impl VaultSink {
         let key = |f: &str| format!("sinks.{}.auth.{f}", self.name);
         let fail = |m: String| SinkError::invalid(format!("login failed: {m}"));
         let refused = |what: String, e: &ClientError| {
-            let (code, text) = describe(e);
+            let Described { code, text } = describe(e);
             error_of(code, format!("login failed: {what}: {text}"))
         };
         match &self.config.auth {
@@ -297,7 +304,7 @@ impl VaultSink {
             }
         };
         match op(client.clone()).await {
-            Err(e) if describe(&e).0 == Some(403) => {
+            Err(e) if describe(&e).code == Some(403) => {
                 tracing::info!(sink = %self.name, "Vault answered 403; logging in again and retrying once.");
                 let fresh = {
                     let mut guard = self.client.lock().await;
@@ -459,7 +466,7 @@ impl Sink for VaultSink {
             })
             .await;
         if let Err(Fail::Api(e)) = &r {
-            tracing::warn!(sink = %self.name, path, error = %describe(e).1, "Published, but could not set custom_metadata (needs update on the metadata path).");
+            tracing::warn!(sink = %self.name, path, error = %describe(e).text, "Published, but could not set custom_metadata (needs update on the metadata path).");
         }
         Ok(Version(written.version.to_string()))
     }

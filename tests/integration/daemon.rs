@@ -224,11 +224,11 @@ impl InProcess {
             .retry(fast_retry(), fast_retry())
             .shutdown_timeout(shutdown_timeout);
         let (progress, metrics) = (daemon.progress(), daemon.metrics());
-        let (control, shutdown, reload) = Control::new();
+        let (control, handle) = Control::new();
         Self {
             progress,
-            shutdown,
-            reload,
+            shutdown: handle.shutdown,
+            reload: handle.reload,
             metrics,
             task: tokio::spawn(daemon.run(control)),
         }
