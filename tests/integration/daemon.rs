@@ -357,15 +357,21 @@ async fn in_process_reload_applies_a_good_policy_and_rejects_a_broken_one() {
     assert_eq!(d.stop().await, Exit::Ok);
 }
 
+const EXPLICIT_ETL: &str = "[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nprojects = [{ id = 101, role = \"analyst\" }]\n";
+
+/// Makes the verification of the next new credential (the only GET /me of a
+/// bootstrap with explicit projects) wait at a gate.
+fn hold_verification(h: &Harness) -> Gate {
+    let gate = Gate::new();
+    h.sim.inject(Fault::once("GET", "/me", FaultAction::Hold(gate.clone())));
+    gate
+}
+
 #[tokio::test]
 async fn in_process_shutdown_during_a_rotation_finishes_it() {
     let h = Harness::new(Seed::Demo).await;
-    let cfg = h.policy_file(
-        "[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nprojects = [{ id = 101, role = \"analyst\" }]\n",
-    );
-    // The verification of the new credential (the only GET /me here) waits at a gate.
-    let gate = Gate::new();
-    h.sim.inject(Fault::once("GET", "/me", FaultAction::Hold(gate.clone())));
+    let cfg = h.policy_file(EXPLICIT_ETL);
+    let gate = hold_verification(&h);
     let d = InProcess::start(&h, &cfg, Duration::from_secs(20));
     gate.arrived(1).await;
     assert_eq!(h.accounts_with_prefix("mpr-etl-").len(), 1, "created");
@@ -385,11 +391,8 @@ async fn in_process_shutdown_during_a_rotation_finishes_it() {
 #[tokio::test]
 async fn in_process_a_rotation_stuck_past_the_shutdown_timeout_fails_and_the_next_run_cleans_up() {
     let h = Harness::new(Seed::Demo).await;
-    let cfg = h.policy_file(
-        "[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nprojects = [{ id = 101, role = \"analyst\" }]\n",
-    );
-    let gate = Gate::new();
-    h.sim.inject(Fault::once("GET", "/me", FaultAction::Hold(gate.clone())));
+    let cfg = h.policy_file(EXPLICIT_ETL);
+    let gate = hold_verification(&h);
     let d = InProcess::start(&h, &cfg, Duration::from_millis(200));
     gate.arrived(1).await;
     let stray = h.accounts_with_prefix("mpr-etl-")[0].id;
@@ -418,9 +421,7 @@ async fn in_process_a_rotation_stuck_past_the_shutdown_timeout_fails_and_the_nex
 #[tokio::test]
 async fn in_process_failures_back_off_exponentially_and_recover() {
     let h = Harness::new(Seed::Demo).await;
-    let cfg = h.policy_file(
-        "[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nprojects = [{ id = 101, role = \"analyst\" }]\n",
-    );
+    let cfg = h.policy_file(EXPLICIT_ETL);
     h.sim.inject(Fault::always(
         "POST",
         "/organizations/1/service-accounts",

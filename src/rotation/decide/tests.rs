@@ -120,14 +120,38 @@ fn the_earlier_of_mixpanels_and_the_payloads_expiry_counts() {
     assert_eq!(d.deadlines.expires, Some(exp - Duration::days(5)));
 }
 
+/// A lineage published at `rot`: its predecessor (9), the published account
+/// (10) and an orphan created an hour later (11).
+struct Lineage3 {
+    rot: DateTime<Utc>,
+    exp: DateTime<Utc>,
+    old: ServiceAccount,
+    cur: ServiceAccount,
+    orphan: ServiceAccount,
+}
+
+fn lineage3() -> Lineage3 {
+    let rot = t("2026-11-28T04:00:00Z");
+    let exp = rot + Duration::days(30);
+    Lineage3 {
+        rot,
+        exp,
+        old: sa(9, "mpr-etl-20261028T040000Z-0001", Some(rot)),
+        cur: sa(10, "mpr-etl-20261128T040000Z-0002", Some(exp)),
+        orphan: sa(11, "mpr-etl-20261128T050000Z-0003", Some(exp)),
+    }
+}
+
 #[test]
 fn retiring_after_grace_orphans_after_orphan_after_never_current_or_foreign() {
     let i = integration("");
-    let rot = t("2026-11-28T04:00:00Z");
-    let exp = rot + Duration::days(30);
-    let old = sa(9, "mpr-etl-20261028T040000Z-0001", Some(rot));
-    let cur = sa(10, "mpr-etl-20261128T040000Z-0002", Some(exp));
-    let orphan = sa(11, "mpr-etl-20261128T050000Z-0003", Some(exp));
+    let Lineage3 {
+        rot,
+        exp,
+        old,
+        cur,
+        orphan,
+    } = lineage3();
     let foreign = sa(12, "etl-legacy", None);
     let other_ns = sa(13, "other-etl-20261028T040000Z-0004", None);
     let adopted_before = sa(14, "legacy", None);
@@ -382,11 +406,13 @@ fn the_next_payload_carries_retiring_forward_and_remembers_an_adopted_account() 
 #[test]
 fn revoke_old_targets_the_replaced_older_lineage_and_retiring_never_orphans() {
     let i = integration("");
-    let rot = t("2026-11-28T04:00:00Z");
-    let exp = rot + Duration::days(30);
-    let old = sa(9, "mpr-etl-20261028T040000Z-0001", Some(rot));
-    let cur = sa(10, "mpr-etl-20261128T040000Z-0002", Some(exp));
-    let orphan = sa(11, "mpr-etl-20261128T050000Z-0003", Some(exp));
+    let Lineage3 {
+        rot,
+        exp,
+        old,
+        cur,
+        orphan,
+    } = lineage3();
     let legacy = sa(14, "legacy", None);
     let p = payload(
         10,
