@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::mixpanel::types::Grants;
-use crate::rotation::{DeleteReason, Disposal, Report, RotationPlan};
+use crate::rotation::{DeleteReason, Disposal, Report, RotationPlan, Rule};
 use crate::text::{format_duration, relative, rfc3339};
 
 /// `plan` output: what each integration would do.
@@ -32,8 +32,17 @@ fn plan_lines(r: &Report) -> Vec<String> {
     let mut lines: Vec<String> = p
         .delete_now
         .iter()
-        .map(|x| format!("delete account {} ({}): {}", x.id, x.username, x.reason))
+        .map(|x| format!("delete account {} ({}): {}, {}", x.id, x.username, x.reason, why(x)))
         .collect();
+    lines.extend(p.in_use.iter().map(|u| {
+        format!(
+            "keep account {} ({}): in use but not published here (last_used {}); deleted at {} if unused until then",
+            u.id,
+            u.username,
+            rfc3339(u.last_used),
+            rfc3339(u.idle_at)
+        )
+    }));
     if let Some(rp) = &p.rotate {
         lines.extend(rotation_lines(rp, r.preview.as_deref(), r, now));
     } else if p.blocked.is_none() {
@@ -81,7 +90,28 @@ fn later_line(x: &Disposal, now: DateTime<Utc>) -> String {
         None => "once the policy is fixed (nothing is deleted while blocked)".to_string(),
         Some(due) => format!("at {} ({})", rfc3339(due), relative(due, now)),
     };
-    format!("later: delete account {} ({}, {}) {when}", x.id, x.username, x.reason)
+    format!("later: delete account {} ({}, {}) {when}: {}", x.id, x.username, x.reason, why(x))
+}
+
+/// The rule that allows a deletion, and its evidence.
+fn why(x: &Disposal) -> String {
+    let used = x.last_used.map(rfc3339).unwrap_or_else(|| "never".into());
+    match x.rule {
+        Rule::Grace => "the predecessor of the published account, after `grace`".into(),
+        Rule::NotBefore => "in the payload's `retiring` list, after its `not_before`".into(),
+        Rule::Idle => format!("after `grace`, once idle for `delete_when_idle` (last_used {used})"),
+        Rule::MaxGrace => format!("`max_grace` after its successor's publish, in use or not (last_used {used})"),
+        Rule::NeverUsed => format!(
+            "of this lineage but neither published nor vouched for by the sink, and never used after its own verification (last_used {used}), after `orphan_after`"
+        ),
+        Rule::Unused => format!(
+            "of this lineage but neither published nor vouched for by the sink, and unused for `grace` (last_used {used})"
+        ),
+        Rule::Expired => "expired: it authenticates nobody".into(),
+        Rule::Blocked => "never while the integration is blocked".into(),
+        Rule::RevokeOld => "`--revoke-old`".into(),
+        Rule::FailedRotation => "created by a rotation that failed before its publish".into(),
+    }
 }
 
 /// `reconcile` / `rotate-now` output: what was done.

@@ -119,7 +119,7 @@ impl fmt::Display for DeleteReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rule {
-    /// A lineage account older than the published one: `grace` after that publish.
+    /// The payload's recorded predecessor (`previous_service_account_id`): `grace` after that publish.
     Grace,
     /// An entry of the payload's `retiring` list: its own `not_before`.
     NotBefore,
@@ -127,16 +127,27 @@ pub enum Rule {
     Idle,
     /// Drain-aware: `max_grace` after its successor was published, in use or not.
     MaxGrace,
-    /// A lineage account newer than the published one, never published: `orphan_after` after its creation.
-    OrphanAfter,
-    /// Nothing published while lineage accounts exist: they retire `grace` after the bootstrap.
-    BootstrapGrace,
+    /// A lineage account neither published nor vouched for by the payload, never used after its
+    /// own rotation's verification (Mixpanel's `last_used`): `orphan_after` after its creation.
+    NeverUsed,
+    /// A lineage account neither published nor vouched for, used after its verification but not
+    /// for `grace` since (Mixpanel's `last_used`).
+    Unused,
+    /// A lineage account neither published nor vouched for, and expired: it authenticates nobody.
+    Expired,
     /// Nothing published and the bootstrap is blocked: nothing is deleted until the policy is fixed.
     Blocked,
     /// `--revoke-old`: as soon as the new account is published.
     RevokeOld,
     /// A rotation failed before its publish: its own new account, at once.
     FailedRotation,
+}
+
+/// How long after its creation an account's use is put down to its own
+/// rotation (create, read back, verify with retries), not to a consumer:
+/// two minutes, or `orphan_after` if shorter.
+pub fn own_use_window(i: &Integration) -> Duration {
+    i.orphan_after.min(Duration::minutes(2))
 }
 
 /// An account this integration owns that is not current, and when it goes.
@@ -148,6 +159,8 @@ pub struct Disposal {
     pub rule: Rule,
     /// When it may be deleted; `None`: not while the integration is blocked.
     pub due: Option<DateTime<Utc>>,
+    /// The evidence of use: Mixpanel's `last_used` of the account, as observed.
+    pub last_used: Option<DateTime<Utc>>,
 }
 
 impl Disposal {
@@ -159,6 +172,7 @@ impl Disposal {
             reason,
             rule,
             due: Some(due),
+            last_used: a.last_used,
         }
     }
 
@@ -174,6 +188,17 @@ pub enum Blocked {
     /// The sink path holds another integration's or organization's payload.
     #[error("{0}")]
     SharedPath(Box<SharedPath>),
+    /// The published account is neither of this integration's lineage nor `adopt`.
+    #[error(
+        "sink `{sink}` path `{path}` publishes account {id} ({username}), which is neither of this integration's lineage nor the account `{adopt_key}` names: the rotator never copies from, replaces or deletes an account it does not own. Restore the payload, or set `{adopt_key}` to that account if it is this integration's. Nothing is rotated or deleted"
+    )]
+    ForeignCurrent {
+        sink: String,
+        path: String,
+        id: u64,
+        username: String,
+        adopt_key: String,
+    },
     /// `adopt` names the rotator's own account.
     #[error(
         "`{adopt_key}` names the rotator's own account ({username}): adopting it would delete the rotator's credential after `grace`; adopt the account the integration uses"
@@ -355,6 +380,42 @@ pub struct Plan {
     pub deadlines: Deadlines,
     /// Nothing may be done until a person acts (the message says what to do).
     pub blocked: Option<Blocked>,
+    /// Lineage accounts neither published here nor vouched for, yet in use: kept, and reported.
+    pub in_use: Vec<InUse>,
+    /// Accounts the payload names that the rotator does not own: reported, never acted on.
+    pub ignored: Vec<Ignored>,
+}
+
+/// A lineage account in use that this integration's sink neither publishes
+/// nor vouches for: most likely another rotator with the same namespace and
+/// integration publishes it elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InUse {
+    pub id: u64,
+    pub username: String,
+    pub last_used: DateTime<Utc>,
+    /// When it is deleted if nobody uses it again (`last_used` + `grace`).
+    pub idle_at: DateTime<Utc>,
+}
+
+/// Why an account named by the payload is not the rotator's to delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotOwned {
+    /// It is the rotator's own account.
+    Rotator,
+    /// It is neither of this integration's lineage nor the account `adopt` names.
+    Foreign,
+}
+
+/// An account named by the payload (in `field`) that is not the rotator's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ignored {
+    pub id: u64,
+    pub username: String,
+    /// `previous_service_account_id` or `retiring`.
+    pub field: &'static str,
+    pub why: NotOwned,
 }
 
 impl Plan {
@@ -409,20 +470,23 @@ pub fn decide(i: &Integration, scope: &Scope, obs: &Observation, now: DateTime<U
         plan.blocked = Some(b);
         None
     });
-    let blocked = plan.blocked.is_some();
-    for d in disposals(i, obs, now, blocked) {
+    let owners = Owners { i, scope, obs };
+    let sweep = owners.sweep(now, plan.blocked.is_some());
+    for d in sweep.disposals {
         if d.is_due(now) {
             plan.delete_now.push(d);
         } else {
             plan.delete_later.push(d);
         }
     }
-    plan.rotate = reason.map(|reason| rotation(i, scope, obs, reason, now, req));
+    plan.in_use = sweep.in_use;
+    plan.ignored = sweep.ignored;
+    plan.rotate = reason.map(|reason| owners.rotation(reason, now, req));
     plan
 }
 
-/// Refusals that stop everything: a payload that is not ours, or adopting
-/// the rotator itself.
+/// Refusals that stop everything: a payload that is not ours, a published
+/// account that is not ours, or adopting the rotator itself.
 fn refuse(i: &Integration, scope: &Scope, obs: &Observation) -> Option<Blocked> {
     if let Some(p) = &obs.published
         && (p.payload.integration != i.name || p.payload.organization_id != scope.organization_id)
@@ -437,11 +501,30 @@ fn refuse(i: &Integration, scope: &Scope, obs: &Observation) -> Option<Blocked> 
             found_organization: p.payload.organization_id,
         })));
     }
+    let owners = Owners { i, scope, obs };
+    if let Some(c) = &obs.current
+        && owners.owns(c).is_err()
+    {
+        return Some(Blocked::ForeignCurrent {
+            sink: i.sink.clone(),
+            path: i.path.clone(),
+            id: c.id,
+            username: c.username.clone(),
+            adopt_key: i.key("adopt"),
+        });
+    }
     let a = obs.adopted.as_ref()?;
-    (a.username == scope.rotator || a.base_username() == scope.rotator).then(|| Blocked::OwnAccountAdopted {
+    scope.is_rotator(a).then(|| Blocked::OwnAccountAdopted {
         adopt_key: i.key("adopt"),
         username: a.username.clone(),
     })
+}
+
+impl Scope {
+    /// Whether `a` is the rotator's own account.
+    pub fn is_rotator(&self, a: &ServiceAccount) -> bool {
+        a.username == self.rotator || a.base_username() == self.rotator
+    }
 }
 
 /// Nothing published: bootstrapping needs an account to adopt or explicit projects.
@@ -479,60 +562,187 @@ fn due_reason(obs: &Observation, d: &Deadlines, now: DateTime<Utc>, force: bool)
     }
 }
 
-/// Every account this integration may delete, with its rule and time.
-/// Candidates are the lineage and the payload's `retiring` entries; the
-/// published account never is.
-fn disposals(i: &Integration, obs: &Observation, now: DateTime<Utc>, blocked: bool) -> Vec<Disposal> {
-    let Some(p) = &obs.published else {
-        return unpublished(i, obs, now, blocked);
-    };
-    let current_id = p.payload.service_account_id;
-    let cur_ts = obs
-        .lineage
-        .iter()
-        .find(|(a, _)| a.id == current_id)
-        .map(|(_, t)| *t)
-        .unwrap_or(p.payload.created);
-    let mut out: Vec<Disposal> = Vec::new();
-    for (a, ts) in obs.lineage.iter().filter(|(a, _)| a.id != current_id) {
-        out.push(if *ts < cur_ts {
-            retiring(i, a, p.payload.rotated_at + i.grace, Rule::Grace)
-        } else {
-            Disposal::of(a, DeleteReason::Orphan, Rule::OrphanAfter, *ts + i.orphan_after)
-        });
-    }
-    for r in &p.payload.retiring {
-        if r.id == current_id || out.iter().any(|x| x.id == r.id) {
-            continue;
-        }
-        if let Some(a) = obs.all.iter().find(|a| a.id == r.id) {
-            out.push(retiring(i, a, r.not_before, Rule::NotBefore));
-        }
-    }
-    out
+/// An account the payload vouches for, and from when it may go.
+struct Vouched {
+    id: u64,
+    not_before: DateTime<Utc>,
+    rule: Rule,
+    field: &'static str,
 }
 
-/// Nothing published, yet lineage accounts exist: a rotation died before
-/// its first publish, or the sink was emptied while consumers still hold one
-/// of these credentials. The two cannot be told apart, so be gentle: when
-/// bootstrapping, those due become older than the new account and retire
-/// after `grace`; when blocked, nothing is touched until a person fixes the
-/// policy.
-fn unpublished(i: &Integration, obs: &Observation, now: DateTime<Utc>, blocked: bool) -> Vec<Disposal> {
-    obs.lineage
-        .iter()
-        .map(|(a, ts)| {
-            let mut d = Disposal::of(a, DeleteReason::Orphan, Rule::OrphanAfter, *ts + i.orphan_after);
-            if d.is_due(now) {
-                (d.rule, d.due) = if blocked {
-                    (Rule::Blocked, None)
-                } else {
-                    (Rule::BootstrapGrace, Some(now + i.grace))
-                };
+/// What a sweep of the integration's accounts finds.
+#[derive(Default)]
+struct Sweep {
+    disposals: Vec<Disposal>,
+    in_use: Vec<InUse>,
+    ignored: Vec<Ignored>,
+}
+
+/// Who owns what, for one integration: the rules of ownership.
+struct Owners<'a> {
+    i: &'a Integration,
+    scope: &'a Scope,
+    obs: &'a Observation,
+}
+
+impl Owners<'_> {
+    /// Whether the rotator may delete `a`: an account of this integration's
+    /// lineage, or the one `adopt` names; never the rotator's own.
+    fn owns(&self, a: &ServiceAccount) -> Result<(), NotOwned> {
+        if self.scope.is_rotator(a) {
+            Err(NotOwned::Rotator)
+        } else if self.obs.lineage.iter().any(|(l, _)| l.id == a.id)
+            || self.obs.adopt_target.as_ref().is_some_and(|t| t.id == a.id)
+        {
+            Ok(())
+        } else {
+            Err(NotOwned::Foreign)
+        }
+    }
+
+    fn account(&self, id: u64) -> Option<&ServiceAccount> {
+        self.obs.all.iter().find(|a| a.id == id)
+    }
+
+    fn current_id(&self) -> Option<u64> {
+        self.obs.published.as_ref().map(|p| p.payload.service_account_id)
+    }
+
+    /// The accounts the payload vouches for: its recorded predecessor, then
+    /// its `retiring` entries.
+    fn vouched(&self) -> Vec<Vouched> {
+        let Some(p) = &self.obs.published else { return vec![] };
+        let predecessor = p.payload.previous_service_account_id.map(|id| Vouched {
+            id,
+            not_before: p.payload.rotated_at + self.i.grace,
+            rule: Rule::Grace,
+            field: "previous_service_account_id",
+        });
+        let retiring = p.payload.retiring.iter().map(|r| Vouched {
+            id: r.id,
+            not_before: r.not_before,
+            rule: Rule::NotBefore,
+            field: "retiring",
+        });
+        predecessor
+            .into_iter()
+            .chain(retiring)
+            .filter(|v| Some(v.id) != self.current_id())
+            .collect()
+    }
+
+    /// Every account this integration may delete, with its rule, time and
+    /// evidence; those in use but unexplained; payload entries not ours.
+    fn sweep(&self, now: DateTime<Utc>, blocked: bool) -> Sweep {
+        let mut out = Sweep::default();
+        for v in self.vouched() {
+            let Some(a) = self.account(v.id) else { continue };
+            if out.disposals.iter().any(|d| d.id == a.id) || out.ignored.iter().any(|x| x.id == a.id) {
+                continue;
             }
-            d
-        })
-        .collect()
+            match self.owns(a) {
+                Ok(()) => out.disposals.push(retiring(self.i, a, v.not_before, v.rule)),
+                Err(why) => out.ignored.push(Ignored {
+                    id: a.id,
+                    username: a.username.clone(),
+                    field: v.field,
+                    why,
+                }),
+            }
+        }
+        for (a, ts) in &self.obs.lineage {
+            let explained = Some(a.id) == self.current_id() || out.disposals.iter().any(|d| d.id == a.id);
+            if explained || self.scope.is_rotator(a) {
+                continue;
+            }
+            let (mut d, in_use) = unexplained(self.i, a, *ts, now);
+            if blocked && d.is_due(now) {
+                (d.rule, d.due) = (Rule::Blocked, None);
+            }
+            out.disposals.push(d);
+            out.in_use.extend(in_use);
+        }
+        out
+    }
+
+    /// The rotation: where memberships come from, what it replaces, what the
+    /// next payload vouches for, and what `--revoke-old` deletes.
+    fn rotation(&self, reason: RotateReason, now: DateTime<Utc>, req: Request) -> RotationPlan {
+        let (i, obs) = (self.i, self.obs);
+        let replaced = obs.current.as_ref().or(obs.adopted.as_ref());
+        let mut carried: Vec<RetiringAccount> = Vec::new();
+        for v in self.vouched() {
+            let owned = self.account(v.id).is_some_and(|a| self.owns(a).is_ok());
+            if owned && !carried.iter().any(|r| r.id == v.id) {
+                carried.push(RetiringAccount {
+                    id: v.id,
+                    not_before: v.not_before,
+                });
+            }
+        }
+        let is_lineage = |id: u64| obs.lineage.iter().any(|(a, _)| a.id == id);
+        let remember = replaced
+            .map(|a| a.id)
+            .filter(|id| !is_lineage(*id) && !carried.iter().any(|r| r.id == *id));
+        let revoke_old = req.force && req.revoke_old;
+        let revoke = if revoke_old {
+            let revoked = |a: &ServiceAccount| Disposal::of(a, DeleteReason::Revoked, Rule::RevokeOld, now);
+            let mut v: Vec<Disposal> = replaced.map(revoked).into_iter().collect();
+            v.extend(carried.iter().filter_map(|r| self.account(r.id)).map(revoked));
+            v.sort_by_key(|d| d.id);
+            v.dedup_by_key(|d| d.id);
+            v
+        } else {
+            vec![]
+        };
+        RotationPlan {
+            memberships: memberships(i, obs),
+            replaces: replaced.map(AccountRef::of),
+            username_pattern: format!("{}-{}-<timestamp>-<hex>", self.scope.namespace, i.name),
+            role: i.role,
+            ttl: i.ttl,
+            grace: i.grace,
+            revoke_old,
+            revoke,
+            carried,
+            remember,
+            reason,
+        }
+    }
+}
+
+/// A lineage account that the sink neither publishes nor vouches for: it
+/// is deleted only when idle, by Mixpanel's `last_used` (principle 6). Never
+/// used after its own rotation's verification: `orphan_after` after its
+/// creation (a rotation elsewhere may still be in flight until then). Used
+/// since: once unused for `grace`; until then it is in use, kept and
+/// reported. Expired: at once, since it authenticates nobody.
+fn unexplained(
+    i: &Integration,
+    a: &ServiceAccount,
+    ts: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> (Disposal, Option<InUse>) {
+    if let Some(e) = a.expires.filter(|e| *e <= now) {
+        return (Disposal::of(a, DeleteReason::Orphan, Rule::Expired, e), None);
+    }
+    let settled = ts + i.orphan_after;
+    match a.last_used.filter(|u| *u > ts + own_use_window(i)) {
+        None => (Disposal::of(a, DeleteReason::Orphan, Rule::NeverUsed, settled), None),
+        Some(used) => {
+            let idle_at = used + i.grace;
+            let in_use = (idle_at > now).then(|| InUse {
+                id: a.id,
+                username: a.username.clone(),
+                last_used: used,
+                idle_at,
+            });
+            (
+                Disposal::of(a, DeleteReason::Orphan, Rule::Unused, settled.max(idle_at)),
+                in_use,
+            )
+        }
+    }
 }
 
 /// A retiring account whose grace ends at `grace_end` by `rule`. With
@@ -552,48 +762,6 @@ fn retiring(i: &Integration, a: &ServiceAccount, grace_end: DateTime<Utc>, rule:
     }
 }
 
-/// The rotation: where memberships come from, what it replaces, what the
-/// next payload remembers, and what `--revoke-old` deletes.
-fn rotation(
-    i: &Integration,
-    scope: &Scope,
-    obs: &Observation,
-    reason: RotateReason,
-    now: DateTime<Utc>,
-    req: Request,
-) -> RotationPlan {
-    let replaced = obs.current.as_ref().or(obs.adopted.as_ref());
-    let is_lineage = |id: u64| obs.lineage.iter().any(|(a, _)| a.id == id);
-    let exists = |id: u64| obs.all.iter().any(|a| a.id == id);
-    let carried: Vec<RetiringAccount> = obs
-        .published
-        .iter()
-        .flat_map(|p| p.payload.retiring.iter())
-        .filter(|r| exists(r.id))
-        .cloned()
-        .collect();
-    let remember = replaced
-        .map(|a| a.id)
-        .filter(|id| !is_lineage(*id) && !carried.iter().any(|r| r.id == *id));
-    RotationPlan {
-        memberships: memberships(i, obs),
-        replaces: replaced.map(AccountRef::of),
-        username_pattern: format!("{}-{}-<timestamp>-<hex>", scope.namespace, i.name),
-        role: i.role,
-        ttl: i.ttl,
-        grace: i.grace,
-        revoke_old: req.force && req.revoke_old,
-        revoke: if req.force && req.revoke_old {
-            revoke_targets(obs, &carried, now)
-        } else {
-            vec![]
-        },
-        carried,
-        remember,
-        reason,
-    }
-}
-
 fn memberships(i: &Integration, obs: &Observation) -> MembershipSource {
     if let ProjectsSpec::Explicit(grants) = &i.projects {
         return MembershipSource::Explicit { grants: grants.clone() };
@@ -609,31 +777,6 @@ fn memberships(i: &Integration, obs: &Observation) -> MembershipSource {
         // bootstrap() blocks this case; an empty explicit list is what it would mean.
         (None, None) => MembershipSource::Explicit { grants: vec![] },
     }
-}
-
-/// `--revoke-old`: the replaced account, older lineage accounts and the
-/// remembered retiring ones; orphans (possibly another rotator's work in
-/// flight) keep their own rule.
-fn revoke_targets(obs: &Observation, carried: &[RetiringAccount], now: DateTime<Utc>) -> Vec<Disposal> {
-    let revoked = |a: &ServiceAccount| Disposal::of(a, DeleteReason::Revoked, Rule::RevokeOld, now);
-    let current = obs.current.as_ref();
-    let cur_ts = current.and_then(|c| obs.lineage.iter().find(|(a, _)| a.id == c.id).map(|(_, t)| *t));
-    let mut out: Vec<Disposal> = current.or(obs.adopted.as_ref()).map(revoked).into_iter().collect();
-    out.extend(
-        obs.lineage
-            .iter()
-            .filter(|(_, ts)| cur_ts.is_some_and(|c| *ts < c))
-            .map(|(a, _)| revoked(a)),
-    );
-    out.extend(
-        carried
-            .iter()
-            .filter_map(|r| obs.all.iter().find(|a| a.id == r.id))
-            .map(revoked),
-    );
-    out.sort_by_key(|d| d.id);
-    out.dedup_by_key(|d| d.id);
-    out
 }
 
 #[cfg(test)]

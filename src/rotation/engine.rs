@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::context::Context;
-use super::decide::{Blocked, Plan, Request, decide};
+use super::decide::{Blocked, NotOwned, Plan, Request, decide};
 use super::error::{Cause, Consequence, SetupError, Step, StepError};
 use super::memberships::desired;
 use super::observe::{MembershipCache, Observation};
@@ -198,6 +198,7 @@ impl Engine {
                         .errors
                         .push(StepError::new(&i.name, b.step(), Cause::Blocked(b.clone())));
                 }
+                self.report_ownership(i, &plan, &mut report);
                 if opts.dry_run {
                     self.preview(i, &plan, cache, &mut report).await;
                 } else if opts.stopping() {
@@ -210,6 +211,29 @@ impl Engine {
         }
         self.record(&report);
         report
+    }
+
+    /// Unexplained accounts in use are errors; payload entries naming
+    /// accounts that are not ours are warnings (with the sink and path).
+    fn report_ownership(&self, i: &Integration, plan: &Plan, report: &mut Report) {
+        for u in &plan.in_use {
+            let e = StepError::new(&i.name, Step::CheckAccounts, Cause::InUseElsewhere(u.clone()));
+            tracing::warn!(integration = %i.name, account_id = u.id, "{e}");
+            report.errors.push(e);
+        }
+        for x in &plan.ignored {
+            let whose = match x.why {
+                NotOwned::Rotator => "the rotator's own account",
+                NotOwned::Foreign => "neither of this integration's lineage nor the account `adopt` names",
+            };
+            let sink = self.ctx.sinks.get(&i.sink).map(|s| s.describe()).unwrap_or_default();
+            let w = format!(
+                "{sink} path `{}`: the payload's `{}` names account {} ({}), which is {whose}: ignored, never deleted; someone who can write the sink may have edited it",
+                i.path, x.field, x.id, x.username
+            );
+            tracing::warn!(integration = %i.name, account_id = x.id, "{w}");
+            report.warnings.push(w);
+        }
     }
 
     /// A dry run: which memberships the planned rotation would give (reads only).

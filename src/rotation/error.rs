@@ -6,11 +6,12 @@ use std::fmt;
 
 use serde::{Serialize, Serializer};
 
-use super::decide::{Blocked, DeleteReason};
+use super::decide::{Blocked, DeleteReason, InUse};
 use crate::mixpanel::MixpanelError;
 use crate::mixpanel::types::{Grants, ProjectGrant};
 use crate::policy::PolicyError;
 use crate::sink::SinkError;
+use crate::text::{format_duration, rfc3339};
 
 /// The step a pass failed at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -25,6 +26,7 @@ pub enum Step {
     Verify,
     Publish,
     Delete,
+    CheckAccounts,
 }
 
 impl Step {
@@ -54,6 +56,7 @@ impl fmt::Display for Step {
             Step::Verify => "verifying the new credential",
             Step::Publish => "publishing",
             Step::Delete => "deleting an old account",
+            Step::CheckAccounts => "checking the integration's accounts",
         })
     }
 }
@@ -115,6 +118,31 @@ pub enum Cause {
         reason: DeleteReason,
         source: MixpanelError,
     },
+    /// A lineage account in use that this integration's sink neither publishes nor vouches for.
+    #[error(
+        "account {} ({}) is in use but not published here (Mixpanel's last_used: {}): another rotator with the same namespace and integration probably publishes it elsewhere. Share one primary sink between them, or give each rotator its own `namespace`. It is kept, and deleted once unused for `grace` (at {} if nobody uses it again)",
+        .0.id, .0.username, rfc3339(.0.last_used), rfc3339(.0.idle_at)
+    )]
+    InUseElsewhere(InUse),
+    /// Mixpanel answered a create with an account that is not the one asked for.
+    #[error(
+        "Mixpanel answered the create of `{asked}` with account {id} ({username}), which is not a new account of that name: nothing is done with it"
+    )]
+    UnexpectedCreate { asked: String, id: u64, username: String },
+    /// The rotation ran past its publish deadline.
+    #[error(
+        "the rotation took {}, past its publish deadline ({} after its create, three quarters of `orphan_after`): another rotator may already treat the new account as an orphan, so it is not published. If Mixpanel is this slow, raise `orphan_after`",
+        format_duration(*.took), format_duration(*.deadline)
+    )]
+    TooSlow {
+        took: chrono::Duration,
+        deadline: chrono::Duration,
+    },
+    /// The new account disappeared before it could be published.
+    #[error(
+        "the new account {id} no longer exists, so it is not published: it was deleted behind the rotator's back (by another rotator that took it for an orphan?)"
+    )]
+    Vanished { id: u64 },
     /// The published account was about to be deleted (the last line of defence).
     #[error("refused to delete account {id} because it is the published credential")]
     Protected { id: u64 },

@@ -31,8 +31,10 @@ pub struct Observation {
     pub current: Option<ServiceAccount>,
     /// Every account of this integration's lineage, with its lineage timestamp.
     pub lineage: Vec<(ServiceAccount, DateTime<Utc>)>,
-    /// The account named by `adopt`, when nothing is published yet.
+    /// The account named by `adopt`, when nothing is published yet (to bootstrap from).
     pub adopted: Option<ServiceAccount>,
+    /// The account named by `adopt`, whatever is published (one the rotator may delete).
+    pub adopt_target: Option<ServiceAccount>,
     /// Every account of the organization (to resolve ids in the payload's `retiring`).
     pub all: Vec<ServiceAccount>,
 }
@@ -54,19 +56,20 @@ impl Observation {
             .iter()
             .filter_map(|a| lineage_of.parse(&a.username).map(|t| (a.clone(), t)))
             .collect();
-        let adopted = match (&published, &integration.adopt) {
-            (None, Some(AdoptRef::Id(id))) => accounts.iter().find(|a| a.id == *id).cloned(),
-            (None, Some(AdoptRef::Username(u))) => accounts
+        let adopt_target = match &integration.adopt {
+            Some(AdoptRef::Id(id)) => accounts.iter().find(|a| a.id == *id).cloned(),
+            Some(AdoptRef::Username(u)) => accounts
                 .iter()
                 .find(|a| a.username == *u || a.base_username() == u.as_str())
                 .cloned(),
-            _ => None,
+            None => None,
         };
         Self {
+            adopted: adopt_target.clone().filter(|_| published.is_none()),
+            adopt_target,
             published,
             current,
             lineage,
-            adopted,
             all: accounts.to_vec(),
         }
     }

@@ -18,7 +18,9 @@ use super::memberships::desired;
 use super::observe::{MembershipCache, Observation};
 use super::report::Rotated;
 use crate::audit::{Action, AuditEvent, Outcome};
-use crate::mixpanel::types::{AddToProjects, CreateServiceAccount, Grants, ProjectGrant, ServiceAccount, TargetType};
+use crate::mixpanel::types::{
+    AddToProjects, CreateServiceAccount, Grants, ProjectGrant, ServiceAccount, TargetType, strip_mixpanel_suffix,
+};
 use crate::mixpanel::{Credentials, MixpanelError};
 use crate::policy::Integration;
 use crate::secret::Secret;
@@ -110,6 +112,7 @@ impl<'a> Rotation<'a> {
         let done = async {
             self.read_back(&mut new).await?;
             self.verify(&new).await?;
+            self.still_publishable(&new).await?;
             self.publish(&new, deleted).await
         };
         match done.await {
@@ -144,6 +147,18 @@ impl<'a> Rotation<'a> {
             }
         };
         let account = created.account;
+        if strip_mixpanel_suffix(&account.username) != username || self.obs.all.iter().any(|a| a.id == account.id) {
+            // Not the account asked for: never touch it. Ours, if it was
+            // created, is found by its unique name and deleted.
+            let cause = Cause::UnexpectedCreate {
+                asked: username.clone(),
+                id: account.id,
+                username: account.username,
+            };
+            return Err(self
+                .fail(Step::Create, cause)
+                .then(self.recover_lost_create(&username).await));
+        }
         self.ctx.audit(AuditEvent {
             rotation_id: Some(&self.id),
             account_id: Some(account.id),
@@ -293,6 +308,30 @@ impl<'a> Rotation<'a> {
             }
             tracing::debug!(attempt, error = %last, "New credential not accepted yet; retrying.");
             tokio::time::sleep(retry.delay(attempt, None)).await;
+        }
+    }
+
+    /// A rotation never publishes past its own orphan deadline, nor an
+    /// account that is gone: other rotators delete an unpublished lineage
+    /// account `orphan_after` after its creation (the margin of a quarter of
+    /// it covers clock skew between hosts and the publish itself).
+    async fn still_publishable(&self, new: &NewAccount) -> Result<(), Failure> {
+        let deadline = self.i.orphan_after - self.i.orphan_after / 4;
+        let took = self.ctx.clock.now() - self.at;
+        if took > deadline {
+            return Err(Failure::DeleteNew(
+                self.fail(Step::Publish, Cause::TooSlow { took, deadline }),
+            ));
+        }
+        let id = new.account.id;
+        match self.ctx.client.get_account(id).await {
+            Ok(_) => Ok(()),
+            Err(MixpanelError::Api { status: 404, .. }) => {
+                Err(Failure::DeleteNew(self.fail(Step::Publish, Cause::Vanished { id })))
+            }
+            Err(e) => Err(Failure::DeleteNew(
+                self.fail(Step::Publish, Cause::Account { id, source: e }),
+            )),
         }
     }
 

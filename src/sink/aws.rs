@@ -29,6 +29,10 @@ use crate::values::{HumanDuration, KeyError};
 
 const CURRENT: &str = "AWSCURRENT";
 const PENDING: &str = "AWSPENDING";
+/// The version id (`ClientRequestToken`) of the placeholder that claims a
+/// secret created empty beforehand; read as "nothing published".
+const PLACEHOLDER: &str = "4d505200-0000-4000-8000-000000000000";
+const PLACEHOLDER_BODY: &str = r#"{"mixpanel_rotator":"no credential published yet"}"#;
 
 /// `[sinks.NAME] type = "aws-secrets-manager"`
 #[derive(Debug, Clone, Deserialize)]
@@ -236,86 +240,54 @@ impl AwsSink {
                 }
             }
         }
-        // It exists: only fill it if nothing is current (else someone published first).
+        // It exists. If something is current, someone published first.
         let described = client
             .describe_secret()
             .secret_id(path)
             .send()
             .await
             .map_err(|e| self.sdk_fail("DescribeSecret", path, &e))?;
-        let has_current = described
-            .version_ids_to_stages()
-            .is_some_and(|m| m.values().any(|stages| stages.iter().any(|s| s == CURRENT)));
-        if has_current {
-            return Err(SinkError::conflict(format!(
-                "`{path}` was published by someone else since it was read"
-            )));
-        }
-        let out = client
-            .put_secret_value()
-            .secret_id(path)
-            .client_request_token(&payload.rotation_id)
-            .secret_string(body)
-            .version_stages(CURRENT)
-            .send()
-            .await
-            .map_err(|e| self.sdk_fail("PutSecretValue", path, &e))?;
-        Ok(Version(out.version_id().unwrap_or(&payload.rotation_id).to_string()))
-    }
-}
-
-#[async_trait::async_trait]
-impl Sink for AwsSink {
-    fn describe(&self) -> String {
-        format!("aws-secrets-manager sink `{}` ({})", self.name, self.config.region)
-    }
-
-    async fn read_current(&self, path: &str) -> Result<Option<(Payload, Version)>, SinkError> {
-        let out = match self
-            .client()
-            .await
-            .get_secret_value()
-            .secret_id(path)
-            .version_stage(CURRENT)
-            .send()
-            .await
-        {
-            Ok(o) => o,
-            Err(e) => {
-                let Parts { code, message } = parts(&e);
-                if code == "ResourceNotFoundException" {
-                    return Ok(None);
-                }
-                return Err(self.fail("GetSecretValue", path, &code, &message));
+        let current = described.version_ids_to_stages().and_then(|m| {
+            m.iter()
+                .find(|(_, stages)| stages.iter().any(|s| s == CURRENT))
+                .map(|(v, _)| v.clone())
+        });
+        match current.as_deref() {
+            Some(PLACEHOLDER) => {}
+            Some(_) => {
+                return Err(SinkError::conflict(format!(
+                    "`{path}` was published by someone else since it was read"
+                )));
             }
-        };
-        let Some(body) = out.secret_string() else {
-            return Err(SinkError::corrupt(format!(
-                "`{path}` holds a binary secret, not a mixpanel-rotator payload"
-            )));
-        };
-        let payload = Payload::from_json(body.as_bytes()).map_err(|e| e.context(format!("`{path}`")))?;
-        let version = out
-            .version_id()
-            .ok_or_else(|| SinkError::corrupt(format!("`{path}` has no version id")))?;
-        Ok(Some((payload, Version(version.to_string()))))
+            None => {
+                // Created empty beforehand. Every rotator puts the same
+                // placeholder with the same token: AWS keeps the first and
+                // ignores the others, so all of them then race through the
+                // compare-and-swap below, and exactly one wins.
+                client
+                    .put_secret_value()
+                    .secret_id(path)
+                    .client_request_token(PLACEHOLDER)
+                    .secret_string(PLACEHOLDER_BODY)
+                    .version_stages(CURRENT)
+                    .send()
+                    .await
+                    .map_err(|e| self.sdk_fail("PutSecretValue", path, &e))?;
+            }
+        }
+        self.swap(path, payload, body, &Version(PLACEHOLDER.into())).await
     }
 
-    async fn publish(&self, path: &str, payload: &Payload, expected: Option<&Version>) -> Result<Version, SinkError> {
-        let json = payload.to_json()?;
-        let body = zeroize::Zeroizing::new(
-            String::from_utf8(json.to_vec()).map_err(|e| SinkError::invalid(format!("payload is not UTF-8: {e}")))?,
-        );
-        let Some(expected) = expected else {
-            return self.create(path, payload, &body).await;
-        };
+    /// The compare-and-swap: the new version as AWSPENDING, then AWSCURRENT
+    /// moved to it from the version read; a moved label is a conflict.
+    async fn swap(&self, path: &str, payload: &Payload, body: &str, expected: &Version) -> Result<Version, SinkError> {
         let client = self.client().await;
         // 1. The new version, labelled AWSPENDING (moving the label off any leftover).
         let put = client
             .put_secret_value()
             .secret_id(path)
             .client_request_token(&payload.rotation_id)
-            .secret_string(body.as_str())
+            .secret_string(body)
             .version_stages(PENDING)
             .send()
             .await
@@ -344,6 +316,58 @@ impl Sink for AwsSink {
         // 3. Tidy: the new version is current, no longer pending.
         self.drop_pending(path, &new_version).await;
         Ok(Version(new_version))
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for AwsSink {
+    fn describe(&self) -> String {
+        format!("aws-secrets-manager sink `{}` ({})", self.name, self.config.region)
+    }
+
+    async fn read_current(&self, path: &str) -> Result<Option<(Payload, Version)>, SinkError> {
+        let out = match self
+            .client()
+            .await
+            .get_secret_value()
+            .secret_id(path)
+            .version_stage(CURRENT)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                let Parts { code, message } = parts(&e);
+                if code == "ResourceNotFoundException" {
+                    return Ok(None);
+                }
+                return Err(self.fail("GetSecretValue", path, &code, &message));
+            }
+        };
+        if out.version_id() == Some(PLACEHOLDER) {
+            return Ok(None);
+        }
+        let Some(body) = out.secret_string() else {
+            return Err(SinkError::corrupt(format!(
+                "`{path}` holds a binary secret, not a mixpanel-rotator payload"
+            )));
+        };
+        let payload = Payload::from_json(body.as_bytes()).map_err(|e| e.context(format!("`{path}`")))?;
+        let version = out
+            .version_id()
+            .ok_or_else(|| SinkError::corrupt(format!("`{path}` has no version id")))?;
+        Ok(Some((payload, Version(version.to_string()))))
+    }
+
+    async fn publish(&self, path: &str, payload: &Payload, expected: Option<&Version>) -> Result<Version, SinkError> {
+        let json = payload.to_json()?;
+        let body = zeroize::Zeroizing::new(
+            String::from_utf8(json.to_vec()).map_err(|e| SinkError::invalid(format!("payload is not UTF-8: {e}")))?,
+        );
+        let Some(expected) = expected else {
+            return self.create(path, payload, &body).await;
+        };
+        self.swap(path, payload, &body, expected).await
     }
 
     async fn healthcheck(&self, path: &str) -> Result<String, SinkError> {

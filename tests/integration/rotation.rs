@@ -3,7 +3,7 @@
 use chrono::Duration;
 use mixpanel_rotator::mixpanel::types::{Role, TargetType};
 use mixpanel_rotator::rotation::lineage::Lineage;
-use mixpanel_rotator::rotation::{DeleteReason, PassOptions, RotateReason};
+use mixpanel_rotator::rotation::{Cause, DeleteReason, PassOptions, RotateReason};
 use mixpanel_rotator::simulator::Seed;
 
 use crate::common::*;
@@ -370,21 +370,29 @@ async fn an_emptied_sink_does_not_delete_live_lineage_accounts_early() {
     let r = h.pass(&engine).await;
     ok(&r);
     let live = r.rotated.unwrap().service_account_id;
-    // Someone empties the sink; the old credential is still in use somewhere.
-    std::fs::remove_file(h.creds_dir().join("etl.json")).unwrap();
+    // Its consumer uses it; then someone empties the sink.
     h.clock.advance(Duration::hours(1));
+    h.consumer("etl.json").me().await.unwrap();
+    std::fs::remove_file(h.creds_dir().join("etl.json")).unwrap();
     let engine = h.engine(
         "[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nprojects = [{ id = 101, role = \"analyst\" }]\n",
     );
     let r = h.pass(&engine).await;
-    ok(&r);
     assert_eq!(r.rotated.as_ref().unwrap().reason, RotateReason::Bootstrap);
-    assert!(h.sim.account(live).is_some(), "not deleted as an orphan");
-    h.clock.advance(Duration::hours(23));
+    assert!(h.sim.account(live).is_some(), "in use: not deleted as an orphan");
+    let in_use = |r: &mixpanel_rotator::rotation::Report| {
+        r.errors
+            .iter()
+            .any(|e| matches!(&e.cause, Cause::InUseElsewhere(u) if u.id == live))
+    };
+    assert!(in_use(&r), "reported: {:?}", r.errors);
+    assert!(r.errors[0].to_string().contains("in use but not published here"));
+    // Unused since: deleted once unused for `grace` (24h after its last use).
+    h.clock.advance(Duration::hours(23) + Duration::minutes(59));
     let r = h.pass(&engine).await;
-    ok(&r);
-    assert!(h.sim.account(live).is_some(), "kept for grace after the new publish");
-    h.clock.advance(Duration::hours(2));
+    assert!(h.sim.account(live).is_some(), "kept while used within grace");
+    assert!(in_use(&r));
+    h.clock.advance(Duration::minutes(2));
     let r = h.pass(&engine).await;
     ok(&r);
     assert_eq!(r.deleted.iter().map(|d| d.id).collect::<Vec<_>>(), vec![live]);

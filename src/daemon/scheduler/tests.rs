@@ -67,6 +67,7 @@ fn next_due_is_the_earliest_deadline() {
         reason: DeleteReason::Retiring,
         rule: Rule::Grace,
         due: Some(now + Duration::minutes(2)),
+        last_used: None,
     });
     let r = report("etl", p);
     assert_eq!(next_due(&r, now, 0, resync, 0.5), now + Duration::minutes(2));

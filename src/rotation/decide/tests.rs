@@ -120,8 +120,8 @@ fn the_earlier_of_mixpanels_and_the_payloads_expiry_counts() {
     assert_eq!(d.deadlines.expires, Some(exp - Duration::days(5)));
 }
 
-/// A lineage published at `rot`: its predecessor (9), the published account
-/// (10) and an orphan created an hour later (11).
+/// A lineage published at `rot`: its recorded predecessor (9), the
+/// published account (10) and an orphan created an hour later (11).
 struct Lineage3 {
     rot: DateTime<Utc>,
     exp: DateTime<Utc>,
@@ -136,31 +136,46 @@ fn lineage3() -> Lineage3 {
     Lineage3 {
         rot,
         exp,
-        old: sa(9, "mpr-etl-20261028T040000Z-0001", Some(rot)),
+        old: sa(9, "mpr-etl-20261028T040000Z-0001", Some(exp)),
         cur: sa(10, "mpr-etl-20261128T040000Z-0002", Some(exp)),
         orphan: sa(11, "mpr-etl-20261128T050000Z-0003", Some(exp)),
     }
 }
 
+/// The payload of `Lineage3`: 10 published, 9 its predecessor.
+fn published3(l: &Lineage3, retiring: Vec<RetiringAccount>) -> Payload {
+    let mut p = payload(10, l.rot, l.exp, retiring);
+    p.previous_service_account_id = Some(9);
+    p
+}
+
 #[test]
-fn retiring_after_grace_orphans_after_orphan_after_never_current_or_foreign() {
+fn the_predecessor_after_grace_retiring_at_not_before_orphans_after_orphan_after() {
     let i = integration("");
-    let Lineage3 {
-        rot,
-        exp,
-        old,
-        cur,
-        orphan,
-    } = lineage3();
-    let foreign = sa(12, "etl-legacy", None);
-    let other_ns = sa(13, "other-etl-20261028T040000Z-0004", None);
-    let adopted_before = sa(14, "legacy", None);
+    let l = lineage3();
+    let (rot, foreign, other_ns) = (
+        l.rot,
+        sa(12, "etl-legacy", None),
+        sa(13, "other-etl-20261028T040000Z-0004", None),
+    );
+    let adopted_before = sa(5, "legacy", None); // `adopt = 5`
     let retiring = vec![RetiringAccount {
-        id: 14,
+        id: 5,
         not_before: rot + Duration::hours(1),
     }];
-    let p = payload(10, rot, exp, retiring);
-    let o = obs(&i, vec![old, cur, orphan, foreign, other_ns, adopted_before], Some(p));
+    let p = published3(&l, retiring);
+    let o = obs(
+        &i,
+        vec![
+            l.old.clone(),
+            l.cur.clone(),
+            l.orphan.clone(),
+            foreign,
+            other_ns,
+            adopted_before,
+        ],
+        Some(p),
+    );
 
     let d = plan(&i, &o, rot + Duration::minutes(30));
     assert!(d.delete_now.is_empty());
@@ -169,36 +184,184 @@ fn retiring_after_grace_orphans_after_orphan_after_never_current_or_foreign() {
 
     let d = plan(&i, &o, t("2026-11-28T05:20:00Z"));
     // The adopted account's own not_before (1h) and the orphan's 15 minutes have passed; the
-    // lineage predecessor waits for the 24h grace.
+    // predecessor waits for the 24h grace.
     assert_eq!(
         ids(&d.delete_now),
         vec![
-            (11, DeleteReason::Orphan, Rule::OrphanAfter),
-            (14, DeleteReason::Retiring, Rule::NotBefore)
+            (5, DeleteReason::Retiring, Rule::NotBefore),
+            (11, DeleteReason::Orphan, Rule::NeverUsed)
         ]
     );
     let d = plan(&i, &o, rot + Duration::hours(25));
     assert_eq!(
         ids(&d.delete_now),
         vec![
+            (5, DeleteReason::Retiring, Rule::NotBefore),
             (9, DeleteReason::Retiring, Rule::Grace),
-            (11, DeleteReason::Orphan, Rule::OrphanAfter),
-            (14, DeleteReason::Retiring, Rule::NotBefore)
+            (11, DeleteReason::Orphan, Rule::NeverUsed)
         ]
     );
-    assert!(d.delete_later.is_empty());
+    assert!(d.delete_later.is_empty() && d.in_use.is_empty() && d.ignored.is_empty());
     assert_eq!(d.pending(DeleteReason::Retiring), 2);
     assert_eq!(d.pending(DeleteReason::Orphan), 1);
 }
 
 #[test]
+fn the_payload_never_makes_the_rotator_delete_an_account_it_does_not_own() {
+    let i = integration("");
+    let l = lineage3();
+    let rotator = sa(1, "rotator", None);
+    let foreign = sa(12, "etl-legacy", None);
+    let lookalike = sa(13, "other-etl-20261028T040000Z-0004", None);
+    let long_ago = t("2020-01-01T00:00:00Z");
+    let retiring = [1, 12, 13]
+        .map(|id| RetiringAccount {
+            id,
+            not_before: long_ago,
+        })
+        .to_vec();
+    for previous in [1, 12, 13] {
+        let mut p = published3(&l, retiring.clone());
+        p.previous_service_account_id = Some(previous);
+        let accounts = vec![l.cur.clone(), rotator.clone(), foreign.clone(), lookalike.clone()];
+        let o = obs(&i, accounts, Some(p));
+        for d in [
+            plan(&i, &o, l.rot + Duration::days(40)),
+            forced(&i, &o, l.rot + Duration::days(40), true),
+        ] {
+            let touched: Vec<u64> = d.delete_now.iter().chain(&d.delete_later).map(|x| x.id).collect();
+            assert!(touched.is_empty(), "previous {previous}: {touched:?}");
+            let mut ignored: Vec<(u64, NotOwned)> = d.ignored.iter().map(|x| (x.id, x.why)).collect();
+            ignored.sort_by_key(|x| x.0);
+            assert_eq!(
+                ignored,
+                vec![(1, NotOwned::Rotator), (12, NotOwned::Foreign), (13, NotOwned::Foreign)],
+                "previous {previous}"
+            );
+            let rp = d.rotate.expect("the rotation itself goes on");
+            assert!(rp.revoke.iter().all(|x| x.id == 10), "{:?}", rp.revoke);
+            assert!(rp.carried.is_empty() && rp.remember.is_none(), "{rp:?}");
+        }
+    }
+}
+
+#[test]
+fn a_published_account_the_rotator_does_not_own_blocks_everything() {
+    let i = integration("");
+    let l = lineage3();
+    for foreign in [sa(12, "etl-legacy", None), sa(1, "rotator", None)] {
+        let mut p = published3(&l, vec![]);
+        p.service_account_id = foreign.id;
+        let o = obs(&i, vec![l.old.clone(), foreign.clone(), l.orphan.clone()], Some(p));
+        let d = forced(&i, &o, l.rot + Duration::days(40), true);
+        assert!(
+            matches!(d.blocked, Some(Blocked::ForeignCurrent { id, .. }) if id == foreign.id),
+            "{:?}",
+            d.blocked
+        );
+        assert!(d.rotate.is_none() && d.delete_now.is_empty() && d.delete_later.is_empty());
+    }
+    // The account `adopt` names may be published (a hand-written migration).
+    let mut p = published3(&l, vec![]);
+    p.service_account_id = 5;
+    let o = obs(&i, vec![sa(5, "legacy", None)], Some(p));
+    assert_eq!(plan(&i, &o, l.rot).blocked, None);
+}
+
+#[test]
+fn two_rotations_in_one_second_retire_the_predecessor_after_grace_never_as_an_orphan() {
+    let i = integration("");
+    let at = t("2026-11-28T04:00:00Z");
+    let first = sa(9, "mpr-etl-20261128T040000Z-0001", Some(at + Duration::days(30)));
+    let second = sa(10, "mpr-etl-20261128T040000Z-0002", Some(at + Duration::days(30)));
+    // Both the same second; the second's hex happens to sort before or after the first's.
+    for (a, b) in [(first.clone(), second.clone()), (second.clone(), first.clone())] {
+        let mut p = payload(b.id, at, at + Duration::days(30), vec![]);
+        p.previous_service_account_id = Some(a.id);
+        let o = obs(&i, vec![a.clone(), b.clone()], Some(p));
+        let d = plan(&i, &o, at + Duration::minutes(20));
+        assert_eq!(ids(&d.delete_later), vec![(a.id, DeleteReason::Retiring, Rule::Grace)]);
+        assert_eq!(d.delete_later[0].due, Some(at + Duration::hours(24)));
+        assert!(d.delete_now.is_empty());
+    }
+}
+
+#[test]
+fn an_unexplained_lineage_account_is_deleted_only_when_idle() {
+    let i = integration("");
+    let l = lineage3();
+    let created = t("2026-11-28T05:00:00Z"); // the orphan's lineage time
+    let now = created + Duration::hours(3);
+    let with_use = |used: Option<DateTime<Utc>>| {
+        let mut a = l.orphan.clone();
+        a.last_used = used;
+        obs(&i, vec![l.cur.clone(), a], Some(published3(&l, vec![])))
+    };
+    // Used only by its own verification: an orphan, deleted after orphan_after.
+    let d = plan(&i, &with_use(Some(created + Duration::seconds(20))), now);
+    assert_eq!(ids(&d.delete_now), vec![(11, DeleteReason::Orphan, Rule::NeverUsed)]);
+    assert_eq!(
+        d.delete_now[0].last_used,
+        Some(created + Duration::seconds(20)),
+        "the evidence"
+    );
+    assert!(d.in_use.is_empty());
+    // Used since (by a consumer of another rotator): kept and reported, until unused for grace.
+    let used = created + Duration::hours(2);
+    let d = plan(&i, &with_use(Some(used)), now);
+    assert!(d.delete_now.iter().all(|x| x.id != 11));
+    assert_eq!(ids(&d.delete_later), vec![(11, DeleteReason::Orphan, Rule::Unused)]);
+    assert_eq!(d.delete_later[0].due, Some(used + Duration::hours(24)));
+    assert_eq!(
+        d.in_use,
+        vec![InUse {
+            id: 11,
+            username: l.orphan.username.clone(),
+            last_used: used,
+            idle_at: used + Duration::hours(24)
+        }]
+    );
+    let d = plan(&i, &with_use(Some(used)), used + Duration::hours(24));
+    let now_ids: Vec<_> = ids(&d.delete_now).into_iter().filter(|x| x.0 == 11).collect();
+    assert_eq!(now_ids, vec![(11, DeleteReason::Orphan, Rule::Unused)]);
+    assert!(d.in_use.is_empty());
+    // Young and already in use: reported, not deleted.
+    let d = plan(
+        &i,
+        &with_use(Some(created + Duration::minutes(5))),
+        created + Duration::minutes(6),
+    );
+    assert!(d.delete_now.is_empty());
+    assert_eq!(d.in_use.len(), 1);
+    // Expired: it authenticates nobody, so it goes, used or not.
+    let mut expired = l.orphan.clone();
+    expired.last_used = Some(now - Duration::minutes(1));
+    expired.expires = Some(now - Duration::minutes(2));
+    let o = obs(
+        &i,
+        vec![l.old.clone(), l.cur.clone(), expired],
+        Some(published3(&l, vec![])),
+    );
+    let d = plan(&i, &o, now);
+    assert_eq!(ids(&d.delete_now), vec![(11, DeleteReason::Orphan, Rule::Expired)]);
+    assert!(d.in_use.is_empty());
+    // An older lineage account the payload does not vouch for follows the same rule.
+    let mut p = published3(&l, vec![]);
+    p.previous_service_account_id = None;
+    let o = obs(&i, vec![l.old.clone(), l.cur.clone()], Some(p));
+    assert_eq!(
+        ids(&plan(&i, &o, now).delete_now),
+        vec![(9, DeleteReason::Orphan, Rule::NeverUsed)]
+    );
+}
+
+#[test]
 fn drain_aware_deletion_waits_for_idle_up_to_max_grace() {
     let i = integration("delete_when_idle = \"1h\"\nmax_grace = \"3d\"");
-    let rot = t("2026-11-28T04:00:00Z");
-    let exp = rot + Duration::days(30);
-    let cur = sa(10, "mpr-etl-20261128T040000Z-0002", Some(exp));
-    let mut old = sa(9, "mpr-etl-20261028T040000Z-0001", Some(exp));
-    let o = |old: &ServiceAccount| obs(&i, vec![old.clone(), cur.clone()], Some(payload(10, rot, exp, vec![])));
+    let l = lineage3();
+    let rot = l.rot;
+    let mut old = l.old.clone();
+    let o = |old: &ServiceAccount| obs(&i, vec![old.clone(), l.cur.clone()], Some(published3(&l, vec![])));
     // Never used: it goes when grace ends.
     let d = plan(&i, &o(&old), rot + Duration::hours(24));
     assert_eq!(ids(&d.delete_now), vec![(9, DeleteReason::Retiring, Rule::Idle)]);
@@ -254,24 +417,27 @@ fn bootstrap_needs_adopt_or_explicit_projects() {
 }
 
 #[test]
-fn nothing_published_lineage_accounts_get_grace_not_orphan_treatment() {
+fn nothing_published_lineage_accounts_follow_the_idle_rule_and_nothing_goes_while_blocked() {
     let i = integration("");
     let now = t("2026-11-28T04:00:00Z");
-    let leftover = sa(20, "mpr-etl-20261101T000000Z-0009", None);
+    let mut leftover = sa(20, "mpr-etl-20261101T000000Z-0009", None);
     let young = sa(21, "mpr-etl-20261128T035500Z-000a", None);
     let legacy = sa(5, "etl-legacy", None);
-    let d = plan(&i, &obs(&i, vec![leftover.clone(), young.clone(), legacy], None), now);
-    assert_eq!(reason(&d), Some(RotateReason::Bootstrap));
-    assert!(d.delete_now.is_empty());
-    assert_eq!(
-        ids(&d.delete_later),
-        vec![
-            (20, DeleteReason::Orphan, Rule::BootstrapGrace),
-            (21, DeleteReason::Orphan, Rule::OrphanAfter)
-        ]
+    let d = plan(
+        &i,
+        &obs(&i, vec![leftover.clone(), young.clone(), legacy.clone()], None),
+        now,
     );
-    assert_eq!(d.delete_later[0].due, Some(now + Duration::hours(24)));
+    assert_eq!(reason(&d), Some(RotateReason::Bootstrap));
+    assert_eq!(ids(&d.delete_now), vec![(20, DeleteReason::Orphan, Rule::NeverUsed)]);
+    assert_eq!(ids(&d.delete_later), vec![(21, DeleteReason::Orphan, Rule::NeverUsed)]);
+    // Still in use (an emptied sink whose old credential someone holds): kept and reported.
+    leftover.last_used = Some(now - Duration::hours(1));
+    let d = plan(&i, &obs(&i, vec![leftover.clone(), legacy], None), now);
+    assert!(d.delete_now.is_empty());
+    assert_eq!(d.in_use.len(), 1);
     // Blocked (nothing to adopt): nothing is deleted at all.
+    leftover.last_used = None;
     let d = plan(&i, &obs(&i, vec![leftover], None), now);
     assert!(d.blocked.is_some());
     assert!(d.delete_now.is_empty());
@@ -344,99 +510,85 @@ fn memberships_come_from_the_policy_the_current_account_or_the_payload() {
 }
 
 #[test]
-fn the_next_payload_carries_retiring_forward_and_remembers_an_adopted_account() {
+fn the_next_payload_vouches_for_the_predecessor_and_carries_retiring_forward() {
     let i = integration("");
-    let rot = t("2026-11-28T04:00:00Z");
-    let exp = rot + Duration::days(30);
-    let cur = sa(10, "legacy-b", Some(exp)); // an adopted, non-lineage account is published
+    let l = lineage3();
     let kept = RetiringAccount {
-        id: 14,
-        not_before: rot + Duration::hours(1),
+        id: 5,
+        not_before: l.rot + Duration::hours(1),
     };
     let gone = RetiringAccount {
         id: 15,
-        not_before: rot,
+        not_before: l.rot,
     };
-    let p = payload(10, rot, exp, vec![kept.clone(), gone]);
-    let o = obs(&i, vec![cur, sa(14, "legacy-a", None)], Some(p));
-    let at = rot + Duration::hours(2);
+    let p = published3(&l, vec![kept.clone(), gone]);
+    let o = obs(&i, vec![l.old.clone(), l.cur.clone(), sa(5, "legacy", None)], Some(p));
+    let at = l.rot + Duration::hours(2);
     let rp = forced(&i, &o, at, false).rotate.unwrap();
+    let predecessor = RetiringAccount {
+        id: 9,
+        not_before: l.rot + Duration::hours(24),
+    };
     assert_eq!(
         rp.carried,
-        vec![kept.clone()],
+        vec![predecessor.clone(), kept.clone()],
         "entries whose account is gone are dropped"
     );
-    assert_eq!(rp.remember, Some(10));
     assert_eq!(
-        rp.retiring(at, &[]),
-        vec![
-            kept.clone(),
-            RetiringAccount {
-                id: 10,
-                not_before: at + Duration::hours(24)
-            }
-        ]
+        rp.remember, None,
+        "the replaced lineage account is the next payload's predecessor"
     );
+    assert_eq!(rp.replaces.as_ref().map(|a| a.id), Some(10));
+    assert_eq!(rp.retiring(at, &[]), vec![predecessor.clone(), kept.clone()]);
     // What this pass deleted is not carried.
     let deleted = Disposal {
-        id: 14,
-        username: "legacy-a".into(),
+        id: 5,
+        username: "legacy".into(),
         reason: DeleteReason::Retiring,
         rule: Rule::NotBefore,
         due: Some(at),
+        last_used: None,
     };
-    assert_eq!(
-        rp.retiring(at, &[deleted]),
-        vec![RetiringAccount {
-            id: 10,
-            not_before: at + Duration::hours(24)
-        }]
-    );
+    assert_eq!(rp.retiring(at, &[deleted]), vec![predecessor]);
     // --revoke-old: everything is due at once.
     let rp = forced(&i, &o, at, true).rotate.unwrap();
     assert_eq!(
         rp.retiring(at, &[]),
         vec![
-            RetiringAccount { id: 14, not_before: at },
-            RetiringAccount { id: 10, not_before: at }
+            RetiringAccount { id: 9, not_before: at },
+            RetiringAccount { id: 5, not_before: at }
         ]
     );
 }
 
 #[test]
-fn revoke_old_targets_the_replaced_older_lineage_and_retiring_never_orphans() {
+fn revoke_old_targets_the_replaced_account_and_what_the_payload_vouches_for_never_orphans() {
     let i = integration("");
-    let Lineage3 {
-        rot,
-        exp,
-        old,
-        cur,
-        orphan,
-    } = lineage3();
-    let legacy = sa(14, "legacy", None);
-    let p = payload(
-        10,
-        rot,
-        exp,
+    let l = lineage3();
+    let legacy = sa(5, "legacy", None);
+    let p = published3(
+        &l,
         vec![RetiringAccount {
-            id: 14,
-            not_before: rot + Duration::hours(24),
+            id: 5,
+            not_before: l.rot + Duration::hours(24),
         }],
     );
-    let o = obs(&i, vec![old, cur, orphan, legacy], Some(p));
-    let now = rot + Duration::hours(2);
-    let d = forced(&i, &o, now, true);
-    let rp = d.rotate.unwrap();
+    let o = obs(
+        &i,
+        vec![l.old.clone(), l.cur.clone(), l.orphan.clone(), legacy],
+        Some(p),
+    );
+    let now = l.rot + Duration::hours(2);
+    let rp = forced(&i, &o, now, true).rotate.unwrap();
     assert_eq!(
         ids(&rp.revoke),
         vec![
+            (5, DeleteReason::Revoked, Rule::RevokeOld),
             (9, DeleteReason::Revoked, Rule::RevokeOld),
-            (10, DeleteReason::Revoked, Rule::RevokeOld),
-            (14, DeleteReason::Revoked, Rule::RevokeOld)
+            (10, DeleteReason::Revoked, Rule::RevokeOld)
         ]
     );
     assert!(rp.revoke.iter().all(|x| x.due == Some(now)));
-    assert_eq!(rp.remember, None, "a lineage account is found again by its name");
     // Without --revoke-old nothing is revoked; without force, --revoke-old means nothing.
     assert!(forced(&i, &o, now, false).rotate.unwrap().revoke.is_empty());
     let quiet = decide(
