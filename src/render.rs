@@ -90,7 +90,13 @@ fn later_line(x: &Disposal, now: DateTime<Utc>) -> String {
         None => "once the policy is fixed (nothing is deleted while blocked)".to_string(),
         Some(due) => format!("at {} ({})", rfc3339(due), relative(due, now)),
     };
-    format!("later: delete account {} ({}, {}) {when}: {}", x.id, x.username, x.reason, why(x))
+    format!(
+        "later: delete account {} ({}, {}) {when}: {}",
+        x.id,
+        x.username,
+        x.reason,
+        why(x)
+    )
 }
 
 /// The rule that allows a deletion, and its evidence.

@@ -63,6 +63,9 @@ pub struct Quirks {
     pub ignore_create_projects: bool,
     /// Ignore `expires` in the create body (a plan that does not honour it).
     pub ignore_expires: bool,
+    /// Create the account, but answer with this other account's fields (a
+    /// broken or hostile answer: the rotator must not trust it).
+    pub create_answers_with: Option<u64>,
 }
 
 /// The organization and its rules.
@@ -379,7 +382,13 @@ impl OrgState {
                 self.grant(p.id, acct.id, p.role, TargetType::Individual);
             }
         }
-        let mut results = json!(acct.public());
+        let shown = self
+            .quirks
+            .create_answers_with
+            .and_then(|id| self.accounts.get(&id))
+            .map(SimAccount::public)
+            .unwrap_or_else(|| acct.public());
+        let mut results = json!(shown);
         if let Some(obj) = results.as_object_mut() {
             obj.insert("token".into(), json!(acct.token.expose()));
         }

@@ -8,6 +8,7 @@ mod common;
 mod daemon;
 mod faults;
 mod hooks;
+mod ownership;
 mod policy_errors;
 mod rotation;
 mod simulator;
