@@ -29,10 +29,15 @@ pub fn backoff(failures: u32, jitter: f64) -> Duration {
 }
 
 /// When an integration is next due, after a pass at `now` produced `report`.
-/// `failures` counts consecutive failed passes, this one included.
+/// `failures` counts consecutive failed passes, this one included. A failing
+/// integration backs off, but never past its own next deadline (an
+/// account in use elsewhere, reported at every pass, must not delay its
+/// rotations and deletions).
 pub fn next_due(report: &Report, now: DateTime<Utc>, failures: u32, resync: Duration, jitter: f64) -> DateTime<Utc> {
     if failures > 0 {
-        return now + backoff(failures, jitter);
+        let retry = now + backoff(failures, jitter);
+        let next = report.plan.next_action().filter(|t| *t > now);
+        return next.map_or(retry, |t| t.min(retry)).max(now + MIN_SLEEP);
     }
     // Something changed: look again right away, from the new state.
     if report.rotated.is_some() || !report.deleted.is_empty() {

@@ -65,7 +65,7 @@ impl Blocked {
     /// The step a blocked integration reports as failed.
     pub fn step(&self) -> Step {
         match self {
-            Blocked::SharedPath(_) => Step::ReadSink,
+            Blocked::SharedPath(_) | Blocked::ForeignCurrent { .. } => Step::ReadSink,
             _ => Step::CopyMemberships,
         }
     }

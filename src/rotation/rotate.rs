@@ -63,6 +63,8 @@ enum Failure {
     DeleteNew(StepError),
     /// Leave it: it may have been published (the sink could not tell).
     KeepNew(StepError),
+    /// Nothing to clean up: it is gone already.
+    Gone(StepError),
 }
 
 impl<'a> Rotation<'a> {
@@ -327,7 +329,7 @@ impl<'a> Rotation<'a> {
         match self.ctx.client.get_account(id).await {
             Ok(_) => Ok(()),
             Err(MixpanelError::Api { status: 404, .. }) => {
-                Err(Failure::DeleteNew(self.fail(Step::Publish, Cause::Vanished { id })))
+                Err(Failure::Gone(self.fail(Step::Publish, Cause::Vanished { id })))
             }
             Err(e) => Err(Failure::DeleteNew(
                 self.fail(Step::Publish, Cause::Account { id, source: e }),
@@ -392,7 +394,7 @@ impl<'a> Rotation<'a> {
     /// After a failure past create: delete the new account unless it may be published.
     async fn clean_up(&self, new: &NewAccount, failure: Failure) -> StepError {
         let e = match failure {
-            Failure::KeepNew(e) => return e,
+            Failure::KeepNew(e) | Failure::Gone(e) => return e,
             Failure::DeleteNew(e) => e,
         };
         let id = new.account.id;

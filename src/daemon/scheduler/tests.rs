@@ -135,3 +135,15 @@ fn wake_at_is_bounded_by_min_sleep_and_resync() {
     );
     assert_eq!(s.wake_at(now, Duration::minutes(10)), now + Duration::minutes(10));
 }
+
+#[test]
+fn a_failing_integration_backs_off_but_never_past_its_own_next_deadline() {
+    let now = t("2026-11-28T04:00:00Z");
+    let resync = Duration::minutes(10);
+    // Deep in backoff (about an hour), with a deletion due in 5 minutes: woken for the deletion.
+    let failing = failed(report("etl", plan_next(now + Duration::minutes(5))));
+    assert_eq!(next_due(&failing, now, 12, resync, 0.5), now + Duration::minutes(5));
+    // A deadline already past (the rotation that keeps failing) never makes it spin.
+    let failing = failed(report("etl", plan_next(now - Duration::minutes(5))));
+    assert_eq!(next_due(&failing, now, 1, resync, 0.5), now + Duration::seconds(30));
+}

@@ -58,6 +58,13 @@ fn blocked() -> Vec<Blocked> {
             found_integration: "etl".into(),
             found_organization: 1,
         })),
+        Blocked::ForeignCurrent {
+            sink: "local".into(),
+            path: "etl.json".into(),
+            id: 1,
+            username: "rotator.abc123.mp-service-account".into(),
+            adopt_key: "integrations[0].adopt".into(),
+        },
         Blocked::OwnAccountAdopted {
             adopt_key: "integrations[0].adopt".into(),
             username: "rotator.abc123.mp-service-account".into(),
@@ -99,6 +106,15 @@ fn catalogue() -> Vec<StepError> {
         e(Step::Publish, sink(SinkError::unavailable("cannot write secret/data/mixpanel/etl: HTTP 503"))).then(Consequence::NewKept { id: 1005, read_error: "cannot read secret/data/mixpanel/etl: HTTP 503".into() }),
         e(Step::Delete, Cause::Delete { id: 1001, username: "etl-legacy.abc123.mp-service-account".into(), reason: DeleteReason::Retiring, source: on("delete-service-account", 500) }),
         e(Step::Delete, Cause::Protected { id: 1005 }),
+        e(Step::Create, Cause::UnexpectedCreate { asked: "mpr-etl-20261128T040000Z-7f3a".into(), id: 1, username: "rotator.abc123.mp-service-account".into() }).then(Consequence::StrayDeleted { id: 1005 }),
+        e(Step::Publish, Cause::TooSlow { took: chrono::Duration::seconds(68), deadline: chrono::Duration::seconds(45) }).then(Consequence::NewDeleted { id: 1005 }),
+        e(Step::Publish, Cause::Vanished { id: 1005 }),
+        e(Step::CheckAccounts, Cause::InUseElsewhere(crate::rotation::decide::InUse {
+            id: 1004,
+            username: "mpr-etl-20261128T040000Z-7f3a.abc123.mp-service-account".into(),
+            last_used: chrono::DateTime::parse_from_rfc3339("2026-11-28T05:00:00Z").unwrap().with_timezone(&chrono::Utc),
+            idle_at: chrono::DateTime::parse_from_rfc3339("2026-11-29T05:00:00Z").unwrap().with_timezone(&chrono::Utc),
+        })),
     ];
     out.extend(blocked().into_iter().map(|b| e(b.step(), Cause::Blocked(b))));
     out
