@@ -244,6 +244,10 @@ async fn passes(cli: &Cli, clock: SharedClock, mode: Mode) -> Result<Exit, Exit>
 
 async fn daemon(cli: &Cli, shutdown_timeout: &str) -> Exit {
     let timeout = match crate::values::HumanDuration::parse(shutdown_timeout) {
+        Ok(d) if d.0 > chrono::Duration::hours(1) => {
+            eprintln!("error: --shutdown-timeout is {d}: it may be at most `1h`");
+            return Exit::Usage;
+        }
         Ok(d) => d.to_std(),
         Err(e) => {
             eprintln!("error: --shutdown-timeout {e}");

@@ -32,7 +32,7 @@ impl Clock for SystemClock {
     }
 
     fn sleep_until(&self, at: DateTime<Utc>) -> Wait {
-        let wait = (at - self.now()).to_std().unwrap_or_default();
+        let wait = at.signed_duration_since(self.now()).to_std().unwrap_or_default();
         Box::pin(tokio::time::sleep(wait))
     }
 }
@@ -50,7 +50,7 @@ impl ManualClock {
 
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
-        self.0.send_modify(|t| *t += by);
+        self.0.send_modify(|t| *t = after(*t, by));
     }
 
     /// Sets the clock.
@@ -74,6 +74,34 @@ impl Clock for ManualClock {
             }
         })
     }
+}
+
+/// `t + d`, saturating at the ends of the calendar: a hostile date (a
+/// payload's, Mixpanel's) or a long duration never panics.
+pub fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    t.checked_add_signed(d).unwrap_or(if d < Duration::zero() {
+        DateTime::<Utc>::MIN_UTC
+    } else {
+        DateTime::<Utc>::MAX_UTC
+    })
+}
+
+/// `t - d`, saturating at the ends of the calendar.
+pub fn before(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    t.checked_sub_signed(d).unwrap_or(if d < Duration::zero() {
+        DateTime::<Utc>::MAX_UTC
+    } else {
+        DateTime::<Utc>::MIN_UTC
+    })
+}
+
+/// `a - b` for durations, saturating.
+pub fn span_between(a: Duration, b: Duration) -> Duration {
+    a.checked_sub(&b).unwrap_or(if b < Duration::zero() {
+        Duration::MAX
+    } else {
+        Duration::MIN
+    })
 }
 
 /// A shared clock handle.

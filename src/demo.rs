@@ -64,7 +64,13 @@ struct Demo {
 }
 
 async fn demo(grace: &str) -> Result<(), String> {
-    let d = Demo::start(HumanDuration::parse(grace)?).await?;
+    let grace = HumanDuration::parse(grace)?;
+    if grace.0 > chrono::Duration::hours(1) {
+        return Err(format!(
+            "--grace is {grace}: the demo waits it out, so it may be at most `1h`"
+        ));
+    }
+    let d = Demo::start(grace).await?;
     let engine = d.policy_step()?;
     d.plan_step(&engine).await;
     d.rotate_step(&engine).await?;
@@ -248,9 +254,10 @@ adopt = {legacy}
             o.insert("secret".into(), serde_json::json!("**REDACTED**"));
         }
         indent(&serde_json::to_string_pretty(&shown).unwrap_or_default());
+        let field = |k: &str| published.get(k).and_then(serde_json::Value::as_str).unwrap_or_default();
         let consumer = Credentials {
-            username: published["username"].as_str().unwrap_or_default().to_string(),
-            secret: Secret::new(published["secret"].as_str().unwrap_or_default()),
+            username: field("username").to_string(),
+            secret: Secret::new(field("secret")),
         };
         let check = Client::new(ClientSettings {
             base_url: self.sim.base_url(),
@@ -295,7 +302,10 @@ adopt = {legacy}
             ),
         );
         self.clock
-            .sleep_until(self.clock.now() + self.grace.0 + chrono::Duration::milliseconds(500))
+            .sleep_until(crate::clock::after(
+                crate::clock::after(self.clock.now(), self.grace.0),
+                chrono::Duration::milliseconds(500),
+            ))
             .await;
         let after = engine.pass(&PassOptions::default()).await;
         indent(&outcome_text(&after));

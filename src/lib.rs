@@ -10,6 +10,9 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
+// Input never reaches a panic: dates and numbers are computed with checked or
+// saturating operations, slices with `get` (see clock::after, clock::before).
+#![cfg_attr(not(test), deny(clippy::arithmetic_side_effects, clippy::indexing_slicing))]
 
 // Leaves: they import nothing of the crate (or only each other, downwards).
 pub mod audit;

@@ -2,6 +2,7 @@
 //! outcome to an exit code (0 ok, 1 a rotation or check failed, 2 usage/policy).
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 
 use std::process::ExitCode;
 

@@ -69,7 +69,7 @@ fn rotation_lines(
         rp.reason,
         rp.username_pattern,
         rp.role,
-        rfc3339(now + rp.ttl),
+        rfc3339(crate::clock::after(now, rp.ttl)),
         format_duration(rp.ttl),
         r.sink,
         r.path
@@ -173,7 +173,7 @@ pub fn status_table(reports: &[Report]) -> String {
     let line = |cells: Vec<&str>| {
         let mut l = String::new();
         for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
+            if i.saturating_add(1) == cells.len() {
                 l.push_str(c);
             } else {
                 l.push_str(&format!("{c:<w$}  "));

@@ -11,19 +11,20 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 
 /// Formats a duration the way the policy writes it (`30d`, `1h30m`, `0s`).
 pub fn format_duration(d: Duration) -> String {
-    let mut secs = d.num_seconds();
+    let secs = d.num_seconds();
     if secs == 0 {
         return "0s".into();
     }
     let mut out = String::new();
     if secs < 0 {
         out.push('-');
-        secs = -secs;
     }
-    for (unit, len) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
-        if secs >= len {
-            out.push_str(&format!("{}{unit}", secs / len));
-            secs %= len;
+    let mut rest = secs.unsigned_abs();
+    for (unit, len) in [("d", 86_400u64), ("h", 3_600), ("m", 60), ("s", 1)] {
+        let n = rest.checked_div(len).unwrap_or(0);
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+            rest = rest.checked_rem(len).unwrap_or(0);
         }
     }
     out
@@ -31,16 +32,16 @@ pub fn format_duration(d: Duration) -> String {
 
 /// "in 3d4h" / "2h ago", for people (to the minute beyond an hour).
 pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
-    let d = t - now;
-    let rounded = Duration::seconds(if d.num_seconds().abs() > 3600 {
-        d.num_minutes() * 60
+    let d = t.signed_duration_since(now);
+    let rounded = if d.num_seconds().unsigned_abs() > 3600 {
+        Duration::minutes(d.num_minutes())
     } else {
-        d.num_seconds()
-    });
+        Duration::seconds(d.num_seconds())
+    };
     if d >= Duration::zero() {
         format!("in {}", format_duration(rounded))
     } else {
-        format!("{} ago", format_duration(-rounded))
+        format!("{} ago", format_duration(rounded.abs()))
     }
 }
 

@@ -279,7 +279,7 @@ impl Daemon {
             rfc3339(wake)
         )));
         self.progress.send_modify(|p| {
-            p.passes += 1;
+            p.passes = p.passes.saturating_add(1);
             p.reports = reports;
             p.wake_at = Some(wake);
             p.due = state.sched.due_times();
@@ -338,7 +338,7 @@ impl Daemon {
         let idle = state.sched.due(now).is_empty();
         let wake = idle.then(|| state.sched.wake_at(now, state.policy().resync_interval));
         self.progress.send_modify(|p| {
-            p.reloads += 1;
+            p.reloads = p.reloads.saturating_add(1);
             p.reload_error = error;
             p.wake_at = wake;
         });

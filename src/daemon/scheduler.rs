@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, Utc};
 
+use crate::clock::after;
 use crate::policy::Policy;
 use crate::rotation::Report;
 
@@ -35,17 +36,17 @@ pub fn backoff(failures: u32, jitter: f64) -> Duration {
 /// rotations and deletions).
 pub fn next_due(report: &Report, now: DateTime<Utc>, failures: u32, resync: Duration, jitter: f64) -> DateTime<Utc> {
     if failures > 0 {
-        let retry = now + backoff(failures, jitter);
+        let retry = after(now, backoff(failures, jitter));
         let next = report.plan.next_action().filter(|t| *t > now);
-        return next.map_or(retry, |t| t.min(retry)).max(now + MIN_SLEEP);
+        return next.map_or(retry, |t| t.min(retry)).max(after(now, MIN_SLEEP));
     }
     // Something changed: look again right away, from the new state.
     if report.rotated.is_some() || !report.deleted.is_empty() {
-        return now + MIN_SLEEP;
+        return after(now, MIN_SLEEP);
     }
-    let resync_at = now + resync;
+    let resync_at = after(now, resync);
     let due = report.plan.next_action().map_or(resync_at, |t| t.min(resync_at));
-    due.max(now + MIN_SLEEP)
+    due.max(after(now, MIN_SLEEP))
 }
 
 #[derive(Debug, Clone)]
@@ -92,8 +93,11 @@ impl Scheduler {
     /// When to wake up next, seen from `now`: the earliest due time, at least
     /// [`MIN_SLEEP`] and at most `resync` away.
     pub fn wake_at(&self, now: DateTime<Utc>, resync: Duration) -> DateTime<Utc> {
-        let wake = self.next_wake().unwrap_or(now + resync);
-        now + (wake - now).clamp(MIN_SLEEP, resync.max(MIN_SLEEP))
+        let wake = self.next_wake().unwrap_or(after(now, resync));
+        after(
+            now,
+            wake.signed_duration_since(now).clamp(MIN_SLEEP, resync.max(MIN_SLEEP)),
+        )
     }
 
     /// Records a pass's reports.

@@ -66,7 +66,8 @@ impl RetryPolicy {
         let ceiling = exp.min(self.cap);
         let ms = ceiling.as_millis() as u64;
         // Full jitter, but never less than half the ceiling so retries do not bunch at zero.
-        Duration::from_millis(ms / 2 + rand::rng().random_range(0..=ms / 2))
+        let half = ms / 2;
+        Duration::from_millis(half.saturating_add(rand::rng().random_range(0..=half)))
     }
 }
 
@@ -240,7 +241,7 @@ impl Client {
         let retries = method == Method::GET || method == Method::DELETE;
         let mut attempt = 0u32;
         loop {
-            attempt += 1;
+            attempt = attempt.saturating_add(1);
             let Attempt { result, retry_after } = self.once(&method, path, body, endpoint).await;
             match result {
                 Ok(v) => return Ok(v),
@@ -415,14 +416,10 @@ fn decode<T: DeserializeOwned>(
 }
 
 fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((end, _)) => format!("{}…", s.get(..end).unwrap_or_default()),
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 #[cfg(test)]

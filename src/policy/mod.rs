@@ -125,6 +125,47 @@ mod tests {
         }
     }
 
+    /// Every duration key, set absurdly long, is refused at load time with
+    /// its key named (it would overflow the calendar at run time).
+    #[test]
+    fn every_duration_key_has_an_upper_bound() {
+        let absurd = "\"100000000d\"";
+        let etl = "[[integrations]]\nname = \"etl\"\nsink = \"f\"\npath = \"etl.json\"\nadopt = 5\n";
+        let cases: Vec<(String, &str)> = [
+            "ttl",
+            "renew_before",
+            "grace",
+            "orphan_after",
+            "delete_when_idle",
+            "max_grace",
+            "on_rotate_timeout",
+        ]
+        .iter()
+        .flat_map(|k| {
+            [
+                (format!("{etl}{k} = {absurd}\n"), *k),
+                (format!("[defaults]\n{k} = {absurd}\n{etl}"), *k),
+            ]
+        })
+        .chain([
+            (format!("{etl}schedule = \"0 4 * * MON\"\njitter = \"1000000000d\"\n"), "jitter"),
+            (format!("{etl}webhook = {{ url = {{ env = \"W\" }}, timeout = {absurd} }}\n"), "webhook.timeout"),
+            (format!("[daemon]\nresync_interval = {absurd}\n{etl}"), "daemon.resync_interval"),
+            (format!("[sinks.v]\ntype = \"vault\"\naddress = \"https://v\"\nauth = {{ method = \"token\", token = {{ env = \"T\" }} }}\ntimeout = {absurd}\n{etl}"), "sinks.v.timeout"),
+        ])
+        .collect();
+        for (rest, key) in cases {
+            let e = error_of(&rest);
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        let timeout = Policy::parse(
+            "version = 1\n[mixpanel]\nregion = \"us\"\norganization_id = 1\nusername = \"u\"\nsecret = { env = \"X\" }\ntimeout = \"100000000d\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(timeout.contains("mixpanel.timeout"), "{timeout}");
+    }
+
     /// The text of representative policy errors, snapshot-tested so that
     /// wording changes are reviewed.
     #[test]

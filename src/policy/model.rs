@@ -68,7 +68,7 @@ impl Integration {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
-        Duration::seconds((h % span as u64) as i64)
+        Duration::seconds(h.checked_rem(span.unsigned_abs()).unwrap_or(0) as i64)
     }
 }
 

@@ -23,6 +23,9 @@ pub(super) fn resolve(c: PolicyConfig) -> Result<Policy, PolicyError> {
         if let Err(e) = sink.check() {
             errs.push(PolicyError::invalid(format!("sinks.{name}.{}", e.key), e.message));
         }
+        if let Some(t) = sink.timeout() {
+            at_most(&format!("sinks.{name}.timeout"), t.0, MAX_REQUEST_TIMEOUT, &mut errs);
+        }
     }
     let mut unique = Unique::default();
     let integrations: Vec<Integration> = c
@@ -34,10 +37,11 @@ pub(super) fn resolve(c: PolicyConfig) -> Result<Policy, PolicyError> {
             resolve_integration(index, ic, &c.defaults, &mut errs)
         })
         .collect();
-    if let Some(r) = c.daemon.resync_interval
-        && r.0 < Duration::seconds(10)
-    {
-        errs.push(PolicyError::invalid("daemon.resync_interval", "must be at least `10s`"));
+    if let Some(r) = c.daemon.resync_interval {
+        if r.0 < Duration::seconds(10) {
+            errs.push(PolicyError::invalid("daemon.resync_interval", "must be at least `10s`"));
+        }
+        at_most("daemon.resync_interval", r.0, MAX_RESYNC, &mut errs);
     }
     if !errs.is_empty() {
         return Err(if errs.len() == 1 {
@@ -119,6 +123,7 @@ fn mixpanel_settings(m: &MixpanelConfig, errs: &mut Vec<PolicyError>) -> Mixpane
     if m.timeout.0 < Duration::seconds(1) {
         errs.push(PolicyError::invalid("mixpanel.timeout", "must be at least `1s`"));
     }
+    at_most("mixpanel.timeout", m.timeout.0, MAX_REQUEST_TIMEOUT, errs);
     MixpanelSettings {
         base_url,
         organization_id: m.organization_id,
@@ -197,6 +202,36 @@ impl Unique {
     }
 }
 
+/// The longest `ttl`: ten years. `renew_before` and `grace` are shorter than it.
+pub const MAX_TTL: Duration = Duration::days(3650);
+/// The longest `orphan_after`.
+pub const MAX_ORPHAN_AFTER: Duration = Duration::days(30);
+/// The longest `jitter` of a schedule slot.
+pub const MAX_JITTER: Duration = Duration::days(30);
+/// The longest `delete_when_idle` and `max_grace`.
+pub const MAX_DRAIN: Duration = Duration::days(365);
+/// The longest `on_rotate_timeout`.
+pub const MAX_HOOK_TIMEOUT: Duration = Duration::hours(1);
+/// The longest timeout of one request (`mixpanel.timeout`, a webhook's, a sink's).
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::minutes(10);
+/// The longest `[daemon] resync_interval`.
+pub const MAX_RESYNC: Duration = Duration::days(30);
+
+/// Every duration has an upper bound: beyond it the dates it makes are
+/// meaningless (and would overflow the calendar).
+fn at_most(key: &str, value: Duration, max: Duration, errs: &mut Vec<PolicyError>) {
+    if value > max {
+        errs.push(PolicyError::invalid(
+            key,
+            format!(
+                "is {}: it may be at most `{}`",
+                format_duration(value),
+                format_duration(max)
+            ),
+        ));
+    }
+}
+
 /// An effective duration and the key it came from (for messages).
 struct Picked {
     value: Duration,
@@ -230,13 +265,13 @@ struct Durations {
     jitter: Picked,
     max_grace: Picked,
     delete_when_idle: Option<Duration>,
-    on_rotate_timeout: Duration,
+    on_rotate_timeout: Picked,
 }
 
 impl Durations {
     fn pick(i: usize, ic: &IntegrationConfig, d: &DefaultsConfig) -> Self {
         let ttl = pick(i, ic.ttl, d.ttl, "ttl", Duration::days(30));
-        let third = ttl.value / 3;
+        let third = ttl.value.checked_div(3).unwrap_or_default();
         Self {
             renew_before: pick(i, ic.renew_before, d.renew_before, "renew_before", third),
             ttl,
@@ -257,8 +292,7 @@ impl Durations {
                 d.on_rotate_timeout,
                 "on_rotate_timeout",
                 Duration::seconds(30),
-            )
-            .value,
+            ),
         }
     }
 
@@ -294,6 +328,18 @@ impl Durations {
             if p.value < Duration::zero() {
                 errs.push(PolicyError::invalid(p.from.clone(), "must not be negative"));
             }
+        }
+        for (p, max) in [
+            (ttl, MAX_TTL),
+            (&self.orphan_after, MAX_ORPHAN_AFTER),
+            (&self.jitter, MAX_JITTER),
+            (&self.max_grace, MAX_DRAIN),
+            (&self.on_rotate_timeout, MAX_HOOK_TIMEOUT),
+        ] {
+            at_most(&p.from, p.value, max, errs);
+        }
+        if let Some(idle) = self.delete_when_idle {
+            at_most(&key("delete_when_idle"), idle, MAX_DRAIN, errs);
         }
         if self.orphan_after.value < Duration::minutes(1) {
             errs.push(PolicyError::invalid(
@@ -340,6 +386,14 @@ fn resolve_integration(
     t.check(&key, errs);
     let projects = ic.projects.clone().or_else(|| d.projects.clone()).unwrap_or_default();
     check_projects(&projects, &key, errs);
+    let webhook_key = if ic.webhook.is_some() {
+        key("webhook.timeout")
+    } else {
+        "defaults.webhook.timeout".into()
+    };
+    if let Some(t) = ic.webhook.as_ref().or(d.webhook.as_ref()).and_then(|w| w.timeout) {
+        at_most(&webhook_key, t.0, MAX_REQUEST_TIMEOUT, errs);
+    }
     if let Some(argv) = &ic.on_rotate
         && argv.first().is_none_or(|a| a.is_empty())
     {
@@ -365,7 +419,7 @@ fn resolve_integration(
         delete_when_idle: t.delete_when_idle,
         max_grace: t.max_grace.value,
         on_rotate: ic.on_rotate.clone(),
-        on_rotate_timeout: t.on_rotate_timeout,
+        on_rotate_timeout: t.on_rotate_timeout.value,
         webhook: ic.webhook.clone().or_else(|| d.webhook.clone()),
     }
 }

@@ -13,6 +13,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Serialize, Serializer};
 
 use super::observe::{Observation, Published};
+use crate::clock::{after, before, span_between};
 use crate::mixpanel::types::{ProjectGrant, Role, ServiceAccount};
 use crate::policy::{Integration, Policy, ProjectsSpec};
 use crate::sink::RetiringAccount;
@@ -308,7 +309,7 @@ impl RotationPlan {
             })
             .collect();
         if let Some(id) = self.remember {
-            let not_before = if revoking { at } else { at + self.grace };
+            let not_before = if revoking { at } else { after(at, self.grace) };
             out.push(RetiringAccount { id, not_before });
         }
         out
@@ -344,11 +345,11 @@ impl Deadlines {
             .and_then(|s| s.next_after(rotated_at))
             .map(|slot| Slot {
                 slot,
-                fires_at: slot + i.jitter_for(slot),
+                fires_at: after(slot, i.jitter_for(slot)),
             });
         Self {
             expires,
-            renew_at: expires.map(|e| e - i.renew_before),
+            renew_at: expires.map(|e| before(e, i.renew_before)),
             slot,
         }
     }
@@ -614,7 +615,7 @@ impl Owners<'_> {
         let Some(p) = &self.obs.published else { return vec![] };
         let predecessor = p.payload.previous_service_account_id.map(|id| Vouched {
             id,
-            not_before: p.payload.rotated_at + self.i.grace,
+            not_before: after(p.payload.rotated_at, self.i.grace),
             rule: Rule::Grace,
             field: "previous_service_account_id",
         });
@@ -726,11 +727,11 @@ fn unexplained(
     if let Some(e) = a.expires.filter(|e| *e <= now) {
         return (Disposal::of(a, DeleteReason::Orphan, Rule::Expired, e), None);
     }
-    let settled = ts + i.orphan_after;
-    match a.last_used.filter(|u| *u > ts + own_use_window(i)) {
+    let settled = after(ts, i.orphan_after);
+    match a.last_used.filter(|u| *u > after(ts, own_use_window(i))) {
         None => (Disposal::of(a, DeleteReason::Orphan, Rule::NeverUsed, settled), None),
         Some(used) => {
-            let idle_at = used + i.grace;
+            let idle_at = after(used, i.grace);
             let in_use = (idle_at > now).then(|| InUse {
                 id: a.id,
                 username: a.username.clone(),
@@ -752,8 +753,8 @@ fn retiring(i: &Integration, a: &ServiceAccount, grace_end: DateTime<Utc>, rule:
     let Some(idle) = i.delete_when_idle else {
         return Disposal::of(a, DeleteReason::Retiring, rule, grace_end);
     };
-    let cap = grace_end + (i.max_grace - i.grace);
-    let idle_since = a.last_used.map(|t| t + idle).unwrap_or(grace_end);
+    let cap = after(grace_end, span_between(i.max_grace, i.grace));
+    let idle_since = a.last_used.map(|t| after(t, idle)).unwrap_or(grace_end);
     let due = grace_end.max(idle_since);
     if due > cap {
         Disposal::of(a, DeleteReason::Retiring, Rule::MaxGrace, cap)

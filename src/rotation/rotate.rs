@@ -18,6 +18,7 @@ use super::memberships::desired;
 use super::observe::{MembershipCache, Observation};
 use super::report::Rotated;
 use crate::audit::{Action, AuditEvent, Outcome};
+use crate::clock::{after, span_between};
 use crate::mixpanel::types::{
     AddToProjects, CreateServiceAccount, Grants, ProjectGrant, ServiceAccount, TargetType, strip_mixpanel_suffix,
 };
@@ -130,7 +131,7 @@ impl<'a> Rotation<'a> {
     /// lost, the account is looked for by its unique name and deleted.
     async fn create(&mut self, desired: Vec<ProjectGrant>) -> Result<NewAccount, StepError> {
         let username = Lineage::new(&self.ctx.scope.namespace, &self.i.name).new_username(self.at);
-        let asked = self.at + self.plan.ttl;
+        let asked = after(self.at, self.plan.ttl);
         let body = CreateServiceAccount {
             username: username.clone(),
             role: Some(self.plan.role),
@@ -209,7 +210,7 @@ impl<'a> Rotation<'a> {
             .await
             .map_err(|e| Failure::DeleteNew(self.fail(Step::ReadBack, Cause::Account { id, source: e })))?;
         new.expires = match back.expires {
-            Some(e) if (e - new.asked).num_seconds().abs() <= 60 => Some(e),
+            Some(e) if e.signed_duration_since(new.asked).num_seconds().unsigned_abs() <= 60 => Some(e),
             other => {
                 self.warn(format!(
                     "Mixpanel did not honour `expires` (asked {}, got {}): the account does not expire by itself; the rotator still rotates it on schedule",
@@ -289,9 +290,9 @@ impl<'a> Rotation<'a> {
             .map_err(|e| fail(Cause::Mixpanel(e)))?;
         let organization = self.ctx.client.organization_id();
         let retry = &self.ctx.verify_retry;
-        let mut attempt = 0;
+        let mut attempt: u32 = 0;
         loop {
-            attempt += 1;
+            attempt = attempt.saturating_add(1);
             let last = match client.me().await {
                 Ok(me) if me.sees(organization) => {
                     tracing::info!(account_id = new.account.id, "New credential verified.");
@@ -318,8 +319,9 @@ impl<'a> Rotation<'a> {
     /// account `orphan_after` after its creation (the margin of a quarter of
     /// it covers clock skew between hosts and the publish itself).
     async fn still_publishable(&self, new: &NewAccount) -> Result<(), Failure> {
-        let deadline = self.i.orphan_after - self.i.orphan_after / 4;
-        let took = self.ctx.clock.now() - self.at;
+        let quarter = self.i.orphan_after.checked_div(4).unwrap_or_default();
+        let deadline = span_between(self.i.orphan_after, quarter);
+        let took = self.ctx.clock.now().signed_duration_since(self.at);
         if took > deadline {
             return Err(Failure::DeleteNew(
                 self.fail(Step::Publish, Cause::TooSlow { took, deadline }),

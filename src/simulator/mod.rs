@@ -78,7 +78,8 @@ impl Simulator {
         }
         let admin = org.insert_account("rotator", Role::Admin, None, now);
         if seed == Seed::Demo {
-            let legacy = org.insert_account("etl-legacy", Role::Analyst, None, now - chrono::Duration::days(400));
+            let created = crate::clock::before(now, chrono::Duration::days(400));
+            let legacy = org.insert_account("etl-legacy", Role::Analyst, None, created);
             org.grant(101, legacy.id, Role::Analyst, TargetType::Individual);
             org.grant(102, legacy.id, Role::Admin, TargetType::Individual);
             org.grant(103, legacy.id, Role::Consumer, TargetType::Team);

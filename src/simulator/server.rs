@@ -117,7 +117,7 @@ impl Req<'_> {
             let hit = s.faults.iter_mut().find(|f| f.matches(&self.method, path));
             hit.map(|f| {
                 if let Some(n) = f.times.as_mut() {
-                    *n -= 1;
+                    *n = n.saturating_sub(1);
                 }
                 f.action.clone()
             })

@@ -54,7 +54,7 @@ impl Gate {
 
     pub(super) async fn hold(&self) {
         let mut rx = self.0.subscribe();
-        self.0.send_modify(|s| s.arrived += 1);
+        self.0.send_modify(|s| s.arrived = s.arrived.saturating_add(1));
         let _ = rx.wait_for(|s| s.open).await;
     }
 }

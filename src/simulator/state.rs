@@ -103,7 +103,9 @@ fn random_token(len: usize) -> String {
 fn random_hex(len: usize) -> String {
     const HEX: &[u8] = b"0123456789abcdef";
     let mut r = rand::rng();
-    (0..len).map(|_| HEX[r.random_range(0..16)] as char).collect()
+    (0..len)
+        .filter_map(|_| HEX.get(r.random_range(0..HEX.len())).map(|b| char::from(*b)))
+        .collect()
 }
 
 impl OrgState {
@@ -128,7 +130,7 @@ impl OrgState {
         expires: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> SimAccount {
-        self.next_id += 1;
+        self.next_id = self.next_id.saturating_add(1);
         let token = Secret::new(random_token(32));
         self.issued.push(token.clone());
         let acct = SimAccount {
@@ -140,7 +142,7 @@ impl OrgState {
             created: now,
             last_used: None,
             creator: 42,
-            user: 500_000 + self.next_id,
+            user: self.next_id.saturating_add(500_000),
         };
         self.accounts.insert(acct.id, acct.clone());
         acct

@@ -47,6 +47,15 @@ impl SinkConfig {
         }
     }
 
+    /// The sink's request timeout, if it has one.
+    pub fn timeout(&self) -> Option<crate::values::HumanDuration> {
+        match self {
+            SinkConfig::File(_) => None,
+            SinkConfig::Vault(c) => c.timeout,
+            SinkConfig::AwsSecretsManager(c) => c.timeout,
+        }
+    }
+
     /// Checks an integration's `path` for this kind of sink.
     pub fn check_path(&self, path: &str) -> Result<(), String> {
         match self {
