@@ -16,6 +16,7 @@
 
 // Leaves: they import nothing of the crate (or only each other, downwards).
 pub mod audit;
+pub mod bounded;
 pub mod clock;
 pub mod exit;
 pub mod metrics;

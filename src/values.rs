@@ -13,6 +13,9 @@ use croner::parser::{CronParser, Seconds, Year};
 use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
 
+use zeroize::Zeroizing;
+
+use crate::bounded::{SECRET_MAX, read_text, size};
 use crate::secret::Secret;
 use crate::text::format_duration;
 
@@ -160,7 +163,7 @@ pub enum SecretRef {
 impl SecretRef {
     /// Reads the secret. `key` names the configuration key in errors.
     pub fn resolve(&self, key: &str) -> Result<Secret, KeyError> {
-        let value = zeroize::Zeroizing::new(self.read().map_err(|m| KeyError::new(key, m))?);
+        let value = self.read().map_err(|m| KeyError::new(key, m))?;
         let trimmed = value.strip_suffix('\n').unwrap_or(&value);
         let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
         if trimmed.is_empty() {
@@ -169,26 +172,36 @@ impl SecretRef {
         Ok(Secret::new(trimmed))
     }
 
-    fn read(&self) -> Result<String, String> {
+    /// The raw value: at most 64 KiB, from a regular file when it is one.
+    fn read(&self) -> Result<Zeroizing<String>, String> {
         match self {
-            SecretRef::Env(name) => std::env::var(name).map_err(|_| {
-                format!(
-                    "refers to environment variable `{name}`, which is not set: export it, or use {{ file = \"...\" }}"
-                )
-            }),
+            SecretRef::Env(name) => {
+                let v = Zeroizing::new(std::env::var(name).map_err(|_| {
+                    format!(
+                        "refers to environment variable `{name}`, which is not set: export it, or use {{ file = \"...\" }}"
+                    )
+                })?);
+                if v.len() as u64 > SECRET_MAX {
+                    return Err(format!(
+                        "refers to environment variable `{name}`, which is larger than {}: that is not a credential",
+                        size(SECRET_MAX)
+                    ));
+                }
+                Ok(v)
+            }
             SecretRef::Credential(name) => {
                 let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
                     format!("refers to systemd credential `{name}`, but $CREDENTIALS_DIRECTORY is not set: load it with LoadCredential={name}:/path in the unit")
                 })?;
                 let path = PathBuf::from(dir).join(name);
-                std::fs::read_to_string(&path).map_err(|e| {
+                read_text(&path, SECRET_MAX, true).map_err(|e| {
                     format!(
                         "refers to systemd credential `{name}` ({}), which cannot be read: {e}",
                         path.display()
                     )
                 })
             }
-            SecretRef::File(path) => std::fs::read_to_string(path)
+            SecretRef::File(path) => read_text(path, SECRET_MAX, true)
                 .map_err(|e| format!("refers to file {}, which cannot be read: {e}", path.display())),
         }
     }

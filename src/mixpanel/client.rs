@@ -288,9 +288,17 @@ impl Client {
             .and_then(|s| s.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let location = header(reqwest::header::LOCATION);
-        let result = match resp.bytes().await {
+        let result = match crate::bounded::read_body(resp, crate::bounded::DOCUMENT_MAX).await {
             Ok(bytes) => decode(endpoint, status, location, &bytes),
-            Err(e) => Err(MixpanelError::Transport {
+            Err(crate::bounded::BodyError::TooLarge { max }) => Err(MixpanelError::Decode {
+                endpoint,
+                status: status.as_u16(),
+                detail: format!(
+                    "the answer is larger than {}, so it was not read",
+                    crate::bounded::size(max)
+                ),
+            }),
+            Err(crate::bounded::BodyError::Transport(e)) => Err(MixpanelError::Transport {
                 endpoint,
                 detail: format!("the response was cut off: {}", error_chain(&e)),
                 connect: false,

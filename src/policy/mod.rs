@@ -40,9 +40,13 @@ pub fn config_path(flag: Option<&Path>) -> PathBuf {
 impl Policy {
     /// Reads and checks the policy file.
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
+        use crate::bounded::{DOCUMENT_MAX, ReadError, read_text};
+        let text = read_text(path, DOCUMENT_MAX, false).map_err(|e| PolicyError::Io {
             path: path.to_path_buf(),
-            source,
+            source: match e {
+                ReadError::Io(e) => e,
+                other => std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string()),
+            },
         })?;
         Self::parse(&text)
     }

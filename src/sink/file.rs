@@ -122,11 +122,14 @@ fn lock_path(target: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The stored payload's bytes (at most 4 MiB, a regular file), or `None` when there is none.
 fn read_payload(target: &Path) -> std::io::Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
-    match fs::read(target) {
-        Ok(b) => Ok(Some(zeroize::Zeroizing::new(b))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+    use crate::bounded::{DOCUMENT_MAX, ReadError, read_file};
+    match read_file(target, DOCUMENT_MAX, true) {
+        Ok(b) => Ok(Some(b)),
+        Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(ReadError::Io(e)) => Err(e),
+        Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())),
     }
 }
 

@@ -194,7 +194,7 @@ impl VaultSink {
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &config.ca_cert {
-            let pem = std::fs::read(ca)
+            let pem = crate::bounded::read_file(ca, crate::bounded::DOCUMENT_MAX, true)
                 .map_err(|e| SinkError::invalid(format!("cannot read `sinks.{name}.ca_cert` {}: {e}", ca.display())))?;
             let cert = reqwest::Certificate::from_pem(&pem)
                 .map_err(|e| SinkError::invalid(format!("`sinks.{name}.ca_cert` {} is not PEM: {e}", ca.display())))?;
@@ -355,10 +355,18 @@ impl VaultSink {
                 code => error_of(Some(code), format!("HTTP {code}")),
             });
         }
-        let body: serde_json::Value = resp
-            .json()
+        let bytes = crate::bounded::read_body(resp, crate::bounded::DOCUMENT_MAX)
             .await
-            .map_err(|e| SinkError::unavailable(format!("unexpected answer: {e}")))?;
+            .map_err(|e| match e {
+                crate::bounded::BodyError::TooLarge { max } => {
+                    SinkError::unavailable(format!("the answer is larger than {}", crate::bounded::size(max)))
+                }
+                crate::bounded::BodyError::Transport(e) => {
+                    SinkError::unavailable(format!("cannot read the answer: {e}"))
+                }
+            })?;
+        let body: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| SinkError::unavailable(format!("unexpected answer: {e}")))?;
         let data = body.get("data").unwrap_or(&body);
         Ok(paths
             .iter()

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 /// The layers, bottom first. A module may import from any lower layer, never
 /// from its own or a higher one.
 const LAYERS: &[&[&str]] = &[
-    &["audit", "clock", "exit", "metrics", "notify", "secret", "text"],
+    &[
+        "audit", "bounded", "clock", "exit", "metrics", "notify", "secret", "text",
+    ],
     &["values"],
     &["mixpanel"],
     &["sink"],

@@ -278,3 +278,31 @@ async fn simulator_subcommand_serves_a_policy_and_stops_on_sigint() {
     assert_eq!(status.code(), Some(0));
     assert!(!secret.exists());
 }
+
+#[tokio::test]
+async fn unbounded_or_special_secret_files_are_refused_at_once() {
+    let h = Harness::realtime(Seed::Demo).await;
+    let secret = h.dir.path().join("admin.secret").display().to_string();
+    let big = h.dir.path().join("big.secret");
+    std::fs::write(&big, vec![b'x'; 100 * 1024]).unwrap();
+    for (file, why) in [
+        ("/dev/zero".to_string(), "not a regular file"),
+        (big.display().to_string(), "larger than 64 KiB"),
+    ] {
+        let cfg = h.dir.path().join("hostile.toml");
+        std::fs::write(&cfg, h.policy(&etl(&h)).replace(&secret, &file)).unwrap();
+        let started = std::time::Instant::now();
+        let o = run(&h, &cfg, &["rotate-now", "etl"]).await;
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("`mixpanel.secret`") && stderr(&o).contains(why),
+            "{}",
+            stderr(&o)
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+    // A policy file that never ends is refused too, not read into memory.
+    let o = h.run_bin(Path::new("/dev/zero"), &["validate"], &[]).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("larger than 4 MiB"), "{}", stderr(&o));
+}
