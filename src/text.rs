@@ -45,9 +45,65 @@ pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     }
 }
 
+/// What a server said, fit to print: its first non-empty line, with every
+/// credential-looking run masked, cut to 200 characters. A server's error
+/// text may echo a token, so it is never shown whole.
+pub fn server_text(s: &str) -> String {
+    let line = s.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default();
+    let masked = mask_credentials(line);
+    match masked.char_indices().nth(200) {
+        None => masked,
+        Some((end, _)) => format!("{}…", masked.get(..end).unwrap_or_default()),
+    }
+}
+
+/// Masks runs that look like credentials: 16 or more characters of the
+/// alphabets tokens use (letters, digits, `-_+/=.~`) mixing letters and
+/// digits, or 40 or more of them whatever they hold.
+pub fn mask_credentials(s: &str) -> String {
+    let token_char = |c: char| c.is_ascii_alphanumeric() || "-_+/=.~".contains(c);
+    let mut out = String::with_capacity(s.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        let mixed = run.chars().any(|c| c.is_ascii_digit()) && run.chars().any(|c| c.is_ascii_alphabetic());
+        let n = run.chars().count();
+        if (n >= 16 && mixed) || n >= 40 {
+            out.push_str("[masked]");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in s.chars() {
+        if token_char(c) {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(if c.is_control() { ' ' } else { c });
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_text_is_one_line_cut_short_with_credentials_masked() {
+        let token = "q8ZrT2vX9LmP4wKd7NfY3bHc";
+        let said = format!("\n  invalid secret {token} for user rotator\nsecond line {token}");
+        let shown = server_text(&said);
+        assert_eq!(shown, "invalid secret [masked] for user rotator");
+        assert!(!server_text(&"x".repeat(39)).contains("masked"));
+        assert_eq!(server_text(&"y".repeat(45)), "[masked]");
+        assert_eq!(
+            server_text("Service account 1003 does not exist"),
+            "Service account 1003 does not exist"
+        );
+        assert_eq!(server_text(&"word ".repeat(100)).chars().count(), 201);
+    }
 
     #[test]
     fn durations_and_relative_times() {

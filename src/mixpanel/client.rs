@@ -394,7 +394,7 @@ fn decode<T: DeserializeOwned>(
         return Err(MixpanelError::Api {
             endpoint,
             status: code,
-            message: truncate(&message, 300),
+            message: crate::text::server_text(&message),
         });
     }
     // Every endpoint wraps its result as {"status":"ok","results":..}, except
@@ -420,13 +420,6 @@ fn decode<T: DeserializeOwned>(
             status: code,
             detail: format!("not the expected JSON (line {}, column {})", e.line(), e.column()),
         }),
-    }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        None => s.to_string(),
-        Some((end, _)) => format!("{}…", s.get(..end).unwrap_or_default()),
     }
 }
 

@@ -4,7 +4,7 @@
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MixpanelError {
     /// Mixpanel answered with an error status (`{"status":"error","error":..}`).
-    #[error("Mixpanel {endpoint} answered HTTP {status}: {message}{}", hint(*.status))]
+    #[error("Mixpanel {endpoint} answered HTTP {status}{}{}", said(.message), hint(*.status))]
     Api {
         endpoint: &'static str,
         status: u16,
@@ -39,13 +39,24 @@ pub enum MixpanelError {
     Setup(String),
 }
 
+/// `: what the server said` (already cut to one masked line), or nothing.
+fn said(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    }
+}
+
 fn hint(status: u16) -> &'static str {
     match status {
         401 => {
             " (the credential was refused: check `mixpanel.username` and `mixpanel.secret`, and whether the account has expired)"
         }
         403 => " (the rotator's account must be an organization admin or owner)",
-        429 => " (rate limited; retried with backoff)",
+        429 => {
+            " (rate limited: reads and deletes are retried with backoff, a create or a membership change is not and the next pass tries again)"
+        }
         _ => "",
     }
 }
@@ -68,6 +79,19 @@ impl MixpanelError {
             MixpanelError::Transport { connect, .. } => !connect,
             MixpanelError::Decode { .. } => true,
             _ => false,
+        }
+    }
+
+    /// The same error without the server's own words (for a webhook, which
+    /// leaves the machine).
+    pub fn without_server_text(&self) -> Self {
+        match self {
+            MixpanelError::Api { endpoint, status, .. } => MixpanelError::Api {
+                endpoint,
+                status: *status,
+                message: String::new(),
+            },
+            other => other.clone(),
         }
     }
 

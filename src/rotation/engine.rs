@@ -364,6 +364,6 @@ fn failed_event(i: &Integration, kind: EventKind, current: Option<&CurrentView>,
         expires: current.and_then(|c| c.expires),
         sink: i.sink.clone(),
         path: i.path.clone(),
-        error: Some(e.to_string()),
+        error: Some(e.for_webhook()),
     }
 }

@@ -149,6 +149,47 @@ pub enum Cause {
 }
 
 impl Cause {
+    /// The same cause without any Mixpanel server text.
+    pub fn without_server_text(&self) -> Self {
+        let quiet = MixpanelError::without_server_text;
+        match self {
+            Cause::Mixpanel(e) => Cause::Mixpanel(quiet(e)),
+            Cause::Account { id, source } => Cause::Account {
+                id: *id,
+                source: quiet(source),
+            },
+            Cause::Project { id, source } => Cause::Project {
+                id: *id,
+                source: quiet(source),
+            },
+            Cause::AddMemberships {
+                account,
+                missing,
+                source,
+            } => Cause::AddMemberships {
+                account: *account,
+                missing: missing.clone(),
+                source: quiet(source),
+            },
+            Cause::NotAccepted { attempts, last } => Cause::NotAccepted {
+                attempts: *attempts,
+                last: Box::new(last.without_server_text()),
+            },
+            Cause::Delete {
+                id,
+                username,
+                reason,
+                source,
+            } => Cause::Delete {
+                id: *id,
+                username: username.clone(),
+                reason: *reason,
+                source: quiet(source),
+            },
+            other => other.clone(),
+        }
+    }
+
     /// The sink error, if this is one.
     pub fn sink_error(&self) -> Option<&SinkError> {
         match self {
@@ -234,6 +275,17 @@ impl StepError {
     pub fn then(mut self, consequence: Consequence) -> Self {
         self.consequence = Some(consequence);
         self
+    }
+
+    /// The failure as a webhook may carry it off the machine: no Mixpanel
+    /// server text, and credential-looking runs masked in what remains.
+    pub fn for_webhook(&self) -> String {
+        let quiet = Self {
+            cause: self.cause.without_server_text(),
+            consequence: None,
+            ..self.clone()
+        };
+        crate::text::mask_credentials(&quiet.to_string())
     }
 
     /// The cause and its consequence, without the integration and step.

@@ -128,6 +128,11 @@ impl Req<'_> {
                 let (st, b) = error(code, "Injected fault");
                 Faulted::Answer(respond(st, &b, &[]))
             }
+            Some(FaultAction::Error { status, message }) => {
+                self.log(Some(status), path, None);
+                let (st, b) = error(status, message);
+                Faulted::Answer(respond(st, &b, &[]))
+            }
             Some(FaultAction::RateLimit { retry_after_secs }) => {
                 self.log(Some(429), path, None);
                 let (st, b) = error(429, "Too many requests");

@@ -13,6 +13,8 @@ use super::state::OrgState;
 pub enum FaultAction {
     /// Answer this status with an error body, without doing anything.
     Status(u16),
+    /// Answer this status with this `error` text (a server that echoes too much).
+    Error { status: u16, message: String },
     /// Wait, then handle the request normally.
     Latency(Duration),
     /// Answer 429 with `Retry-After: secs`.

@@ -118,7 +118,10 @@ struct Parts {
 fn parts<E: ProvideErrorMetadata + std::error::Error + 'static>(e: &SdkError<E, HttpResponse>) -> Parts {
     let status = e.raw_response().map(|r| r.status().as_u16());
     let (code, message) = match (e.code(), status) {
-        (Some(code), _) => (code.to_string(), e.message().unwrap_or("no message").to_string()),
+        (Some(code), _) => (
+            code.to_string(),
+            crate::text::server_text(e.message().unwrap_or("no message")),
+        ),
         (None, Some(403)) => ("AccessDenied".into(), "HTTP 403".into()),
         (None, Some(s)) => ("HTTP".into(), format!("HTTP {s}")),
         (None, None) => (

@@ -155,7 +155,10 @@ struct Described {
 
 fn describe(e: &ClientError) -> Described {
     let (code, text) = match e {
-        ClientError::APIError { code, errors } => (Some(*code), format!("HTTP {code}: {}", errors.join("; "))),
+        ClientError::APIError { code, errors } => (
+            Some(*code),
+            format!("HTTP {code}: {}", crate::text::server_text(&errors.join("; "))),
+        ),
         ClientError::RestClientError { source } => match source {
             rustify::errors::ClientError::ServerResponseError { code, .. } => (Some(*code), format!("HTTP {code}")),
             other => (None, other.to_string()),

@@ -185,3 +185,42 @@ async fn a_failing_hook_does_not_fail_the_rotation() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     assert!(r.warnings.iter().any(|w| w.contains("killed")), "{:?}", r.warnings);
 }
+
+#[tokio::test]
+async fn a_server_error_echoing_a_secret_never_reaches_any_output() {
+    let h = Harness::new(Seed::Demo).await;
+    let (url, got) = receiver().await;
+    let url_file = h.dir.path().join("webhook.url");
+    std::fs::write(&url_file, &url).unwrap();
+    // The server echoes a credential (here the rotator's own secret) in its error text, over several lines.
+    let leaked = h.sim.admin().secret.expose().to_string();
+    h.sim.inject(Fault::always(
+        "POST",
+        "/organizations/1/service-accounts",
+        FaultAction::Error {
+            status: 400,
+            message: format!("bad request from {leaked}\nAuthorization: Basic {leaked}\ntrace: ..."),
+        },
+    ));
+    let engine = h.engine(&format!(
+        "[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nprojects = [{{ id = 101, role = \"analyst\" }}]\n\
+         webhook = {{ url = {{ file = \"{}\" }} }}\n",
+        url_file.display()
+    ));
+    let r = h.pass(&engine).await;
+    let e = r.errors[0].to_string();
+    assert!(e.contains("answered HTTP 400: bad request from [masked]"), "{e}");
+    assert!(!e.contains("Authorization"), "one line only: {e}");
+    let events = got.lock().unwrap().clone();
+    assert_eq!(events.len(), 1);
+    let hook = events[0].to_string();
+    assert!(
+        hook.contains("answered HTTP 400") && !hook.contains("bad request"),
+        "no server text in the webhook: {hook}"
+    );
+    for text in [e, hook, h.logs.text()] {
+        assert!(!text.contains(&leaked), "the echoed secret leaked");
+    }
+    h.record(events[0].to_string());
+    h.assert_no_secret_leaked(&[&r]);
+}
