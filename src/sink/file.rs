@@ -122,6 +122,18 @@ fn lock_path(target: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The credential file is never a symbolic link: the sink writes a regular
+/// file in its `dir` (renaming over a link would silently replace it).
+fn refuse_symlink(target: &Path) -> Result<(), SinkError> {
+    match fs::symlink_metadata(target) {
+        Ok(m) if m.file_type().is_symlink() => Err(SinkError::invalid(format!(
+            "{} is a symbolic link: the file sink reads and writes a regular file in its `dir`; point `dir` at the real directory instead",
+            target.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The stored payload's bytes (at most 4 MiB, a regular file), or `None` when there is none.
 fn read_payload(target: &Path) -> std::io::Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
     use crate::bounded::{DOCUMENT_MAX, ReadError, read_file};
@@ -136,6 +148,7 @@ fn read_payload(target: &Path) -> std::io::Result<Option<zeroize::Zeroizing<Vec<
 impl FileSink {
     fn read_blocking(&self, path: &str) -> Result<Option<(Payload, Version)>, SinkError> {
         let target = self.target(path)?;
+        refuse_symlink(&target)?;
         let Some(bytes) = read_payload(&target).map_err(|e| self.io("read", &target, e))? else {
             return Ok(None);
         };
@@ -163,17 +176,9 @@ impl FileSink {
     ) -> Result<Version, SinkError> {
         let target = self.target(path)?;
         let dir = self.ensure_dir(&target)?;
-        let lock_file = lock_path(&target);
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_file)
-            .map_err(|e| self.io("open lock file", &lock_file, e))?;
-        lock.lock().map_err(|e| self.io("lock", &lock_file, e))?;
-
+        let lock = self.lock(&target)?;
+        refuse_symlink(&target)?;
+        self.clean_stale_temps(&dir, &target);
         // Compare under the lock.
         let found = match read_payload(&target).map_err(|e| self.io("read", &target, e))? {
             None => None,
@@ -191,7 +196,52 @@ impl FileSink {
                 expected.map(|v| v.0.as_str()).unwrap_or("(none)")
             )));
         }
+        self.write_atomically(&dir, &target, payload)?;
+        drop(lock); // releases the flock
+        Ok(Version(payload.rotation_id.clone()))
+    }
 
+    /// Takes the writers' lock of `target`: `{target}.lock`, never through a
+    /// symbolic link (which could make the rotator create a file elsewhere).
+    fn lock(&self, target: &Path) -> Result<File, SinkError> {
+        let lock_file = lock_path(target);
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&lock_file)
+            .map_err(|e| self.io("open lock file", &lock_file, e))?;
+        lock.lock().map_err(|e| self.io("lock", &lock_file, e))?;
+        Ok(lock)
+    }
+
+    /// Removes this path's temporary files left by a writer that died
+    /// (`.{name}.XXXXXXXX.tmp`: they hold a secret). Called under the lock,
+    /// so no live writer's file is among them.
+    fn clean_stale_temps(&self, dir: &Path, target: &Path) {
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Ok(entries) = fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let stale = file
+                .strip_prefix(&format!(".{name}."))
+                .and_then(|rest| rest.strip_suffix(".tmp"))
+                .is_some_and(|hex| hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+            if stale && fs::remove_file(e.path()).is_ok() {
+                tracing::warn!(sink = %self.name, file = %e.path().display(), "Removed a temporary file left by an interrupted publish.");
+            }
+        }
+    }
+
+    /// Writes the payload to a temporary file (0600 from its creation,
+    /// widened to `mode` while still empty), fsyncs it, and renames it over `target`.
+    fn write_atomically(&self, dir: &Path, target: &Path, payload: &Payload) -> Result<(), SinkError> {
         let json = payload.to_json()?;
         let mode = self
             .config
@@ -203,24 +253,24 @@ impl FileSink {
             .unwrap_or_default();
         let tmp = dir.join(format!(".{file_name}.{:08x}.tmp", rand::rng().random::<u32>()));
         let write = || -> std::io::Result<()> {
-            // 0600 from creation: the secret is never readable by others, not even briefly.
-            let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?;
             if mode != 0o600 {
-                // Widened (to the group at most) while the file is still empty,
-                // and regardless of the umask.
                 f.set_permissions(fs::Permissions::from_mode(mode))?;
             }
             f.write_all(&json)?;
             f.sync_all()?;
-            fs::rename(&tmp, &target)?;
-            File::open(&dir)?.sync_all()
+            fs::rename(&tmp, target)?;
+            File::open(dir)?.sync_all()
         };
-        if let Err(e) = write() {
+        write().map_err(|e| {
             let _ = fs::remove_file(&tmp);
-            return Err(self.io("write", &target, e));
-        }
-        drop(lock); // releases the flock
-        Ok(Version(payload.rotation_id.clone()))
+            self.io("write", target, e)
+        })
     }
 
     fn health_blocking(&self, path: &str) -> Result<String, SinkError> {
@@ -350,6 +400,66 @@ mod tests {
             assert!(cfg(bad).check().is_err(), "{bad}");
         }
         assert_eq!(cfg("0440").file_mode(), Ok(0o440));
+    }
+
+    #[tokio::test]
+    async fn stale_temporary_files_are_removed_under_the_lock_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink::new(
+            "t",
+            FileSinkConfig {
+                dir: dir.path().to_path_buf(),
+                mode: None,
+            },
+        );
+        // A publish killed between its temporary write and its rename left this behind.
+        let stale = dir.path().join(".etl.json.0badc0de.tmp");
+        std::fs::write(&stale, "{\"secret\": \"left behind\"}").unwrap();
+        let others = [
+            ".ci.json.0badc0de.tmp",
+            ".etl.json.bak",
+            "etl.json.0badc0de.tmp",
+            ".etl.json.xyz.tmp",
+        ];
+        for o in others {
+            std::fs::write(dir.path().join(o), "x").unwrap();
+        }
+        sink.publish("etl.json", &payload("r1"), None).await.unwrap();
+        assert!(!stale.exists(), "the stale temporary file is removed");
+        for o in others {
+            assert!(dir.path().join(o).exists(), "{o} is not the sink's own temporary file");
+        }
+    }
+
+    #[tokio::test]
+    async fn symbolic_links_are_never_followed_or_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let sink = FileSink::new(
+            "t",
+            FileSinkConfig {
+                dir: dir.path().to_path_buf(),
+                mode: None,
+            },
+        );
+        // A symlinked lock file would make the rotator create a file elsewhere.
+        let elsewhere = outside.path().join("created-here");
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join("etl.json.lock")).unwrap();
+        assert!(sink.publish("etl.json", &payload("r1"), None).await.is_err());
+        assert!(!elsewhere.exists(), "nothing is created through the link");
+        // A symlinked credential file is refused, not silently replaced by a regular file.
+        let real = outside.path().join("real.json");
+        std::fs::write(&real, "{}").unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("ci.json")).unwrap();
+        let e = sink.publish("ci.json", &payload("r1"), None).await.unwrap_err();
+        assert!(e.to_string().contains("is a symbolic link"), "{e}");
+        assert!(
+            std::fs::symlink_metadata(dir.path().join("ci.json"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert!(sink.read_current("ci.json").await.is_err());
     }
 
     #[test]
