@@ -256,7 +256,14 @@ impl<'de> Visitor<'de> for SecretRefVisitor {
 
 /// Checks a service URL: https, or plain http only to a loopback host; returns it without a trailing slash.
 pub fn check_url(u: &str) -> Result<String, String> {
-    let url = reqwest::Url::parse(u).map_err(|e| format!("`{u}` is not a URL: {e}"))?;
+    let url = reqwest::Url::parse(u).map_err(|e| format!("is not a URL ({e})"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        // Not echoed: it holds a credential.
+        return Err(
+            "holds credentials (`user:password@`): they would be logged and sent where they do not belong; remove them (the rotator authenticates with `mixpanel.secret`, Vault with `auth`)"
+                .into(),
+        );
+    }
     let host = url.host_str().unwrap_or_default();
     match url.scheme() {
         "https" => {}

@@ -186,8 +186,16 @@ mod tests {
             format!("{etl}{}", etl.replace("adopt = 5", "adopt = 6")),
             "[sinks.v]\ntype = \"vault\"\naddress = \"http://vault.example.com\"\nauth = { method = \"token\", token = \"s3cr3t\" }\n".to_string(),
             "[sinks.g]\ntype = \"gcs\"\n".to_string(),
+            "[[integrations]]\nname = \"etl\"\nsink = \"f\"\npath = \"etl\\n.json\"\nadopt = 5\n".to_string(),
+            "[[integrations]]\nname = \"etl\"\nsink = \"f\"\npath = \"etl\\u0000.json\"\nadopt = 5\n".to_string(),
+            format!("[sinks.f2]\ntype = \"file\"\ndir = \"/tmp\"\n{etl}[[integrations]]\nname = \"ci\"\nsink = \"f2\"\npath = \"etl.json\"\nadopt = 6\n"),
+            "[sinks.v]\ntype = \"vault\"\naddress = \"https://rotator:hunter2@vault.example.com\"\nauth = { method = \"token\", token = { env = \"T\" } }\n".to_string(),
         ];
         let text: Vec<String> = cases.iter().map(|c| error_of(c)).collect();
+        assert!(
+            text.iter().all(|t| !t.contains("hunter2")),
+            "a URL's password is never echoed"
+        );
         insta::assert_snapshot!("policy_errors", text.join("\n\n"));
         let secret = crate::values::SecretRef::Env("MPR_TEST_SURELY_UNSET".into())
             .resolve("mixpanel.secret")

@@ -139,7 +139,7 @@ fn mixpanel_settings(m: &MixpanelConfig, errs: &mut Vec<PolicyError>) -> Mixpane
 struct Unique {
     names: BTreeSet<String>,
     adopted: BTreeMap<String, usize>,
-    destinations: BTreeMap<(String, String), usize>,
+    destinations: BTreeMap<String, usize>,
 }
 
 impl Unique {
@@ -181,11 +181,11 @@ impl Unique {
                 if let Err(msg) = s.check_path(&ic.path) {
                     errs.push(PolicyError::invalid(key("path"), msg));
                 }
-                if let Some(j) = self.destinations.insert((ic.sink.clone(), ic.path.clone()), i) {
+                if let Some(j) = self.destinations.insert(s.location(&ic.path), i) {
                     errs.push(PolicyError::invalid(
                         key("path"),
                         format!(
-                            "is also used by `integrations[{j}]` in the same sink: each integration needs its own path"
+                            "is also used by `integrations[{j}]` in the same place (the same sink, or another sink over the same directory, mount or account): each integration needs its own path"
                         ),
                     ));
                 }

@@ -200,6 +200,15 @@ pub enum Blocked {
         username: String,
         adopt_key: String,
     },
+    /// Two integrations adopt the same account.
+    #[error(
+        "`{adopt_key}` and `{other_key}` name the same account ({id}): each account belongs to one integration; adopt it in one of them only. Nothing is rotated or deleted"
+    )]
+    AdoptShared {
+        adopt_key: String,
+        other_key: String,
+        id: u64,
+    },
     /// `adopt` names the rotator's own account.
     #[error(
         "`{adopt_key}` names the rotator's own account ({username}): adopting it would delete the rotator's credential after `grace`; adopt the account the integration uses"
@@ -501,6 +510,13 @@ fn refuse(i: &Integration, scope: &Scope, obs: &Observation) -> Option<Blocked> 
             found_integration: p.payload.integration.clone(),
             found_organization: p.payload.organization_id,
         })));
+    }
+    if let (Some(other_key), Some(a)) = (&obs.adopt_shared_with, &obs.adopt_target) {
+        return Some(Blocked::AdoptShared {
+            adopt_key: i.key("adopt"),
+            other_key: other_key.clone(),
+            id: a.id,
+        });
     }
     let owners = Owners { i, scope, obs };
     if let Some(c) = &obs.current

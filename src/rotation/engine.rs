@@ -11,7 +11,7 @@ use super::context::Context;
 use super::decide::{Blocked, NotOwned, Plan, Request, decide};
 use super::error::{Cause, Consequence, SetupError, Step, StepError};
 use super::memberships::desired;
-use super::observe::{MembershipCache, Observation};
+use super::observe::{MembershipCache, Observation, resolve_adopt};
 use super::report::{CurrentView, Report, Rotated};
 use super::rotate::Rotation;
 use crate::clock::SharedClock;
@@ -133,7 +133,24 @@ impl Engine {
             .read_current(&i.path)
             .await
             .map_err(|e| fail(self.ctx.sink_cause(i, e)))?;
-        Ok(Observation::new(i, &self.ctx.scope.namespace, accounts, published))
+        let mut obs = Observation::new(i, &self.ctx.scope.namespace, accounts, published);
+        // The same account adopted twice (by id in one integration, by
+        // username in another): load-time checks cannot see it.
+        obs.adopt_shared_with = obs.adopt_target.as_ref().and_then(|mine| {
+            self.ctx
+                .policy
+                .integrations
+                .iter()
+                .filter(|j| j.name != i.name)
+                .find(|j| {
+                    j.adopt
+                        .as_ref()
+                        .and_then(|a| resolve_adopt(a, accounts))
+                        .is_some_and(|a| a.id == mine.id)
+                })
+                .map(|j| j.key("adopt"))
+        });
+        Ok(obs)
     }
 
     /// The plan for `i` now, as a pass would make it.

@@ -35,6 +35,8 @@ pub struct Observation {
     pub adopted: Option<ServiceAccount>,
     /// The account named by `adopt`, whatever is published (one the rotator may delete).
     pub adopt_target: Option<ServiceAccount>,
+    /// The `adopt` key of another integration naming the same account, if any.
+    pub adopt_shared_with: Option<String>,
     /// Every account of the organization (to resolve ids in the payload's `retiring`).
     pub all: Vec<ServiceAccount>,
 }
@@ -56,15 +58,13 @@ impl Observation {
             .iter()
             .filter_map(|a| lineage_of.parse(&a.username).map(|t| (a.clone(), t)))
             .collect();
-        let adopt_target = match &integration.adopt {
-            Some(AdoptRef::Id(id)) => accounts.iter().find(|a| a.id == *id).cloned(),
-            Some(AdoptRef::Username(u)) => accounts
-                .iter()
-                .find(|a| a.username == *u || a.base_username() == u.as_str())
-                .cloned(),
-            None => None,
-        };
+        let adopt_target = integration
+            .adopt
+            .as_ref()
+            .and_then(|a| resolve_adopt(a, accounts))
+            .cloned();
         Self {
+            adopt_shared_with: None,
             adopted: adopt_target.clone().filter(|_| published.is_none()),
             adopt_target,
             published,
@@ -72,6 +72,17 @@ impl Observation {
             lineage,
             all: accounts.to_vec(),
         }
+    }
+}
+
+/// The account an `adopt` names (by id, or by username with or without
+/// Mixpanel's suffix).
+pub fn resolve_adopt<'a>(adopt: &AdoptRef, accounts: &'a [ServiceAccount]) -> Option<&'a ServiceAccount> {
+    match adopt {
+        AdoptRef::Id(id) => accounts.iter().find(|a| a.id == *id),
+        AdoptRef::Username(u) => accounts
+            .iter()
+            .find(|a| a.username == *u || a.base_username() == u.as_str()),
     }
 }
 

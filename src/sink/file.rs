@@ -60,6 +60,9 @@ impl FileSinkConfig {
     /// Checks an integration's `path` for this sink.
     pub fn check_path(path: &str) -> Result<(), String> {
         let p = Path::new(path);
+        if path.chars().any(char::is_control) {
+            return Err("contains a control character (a NUL, a newline, ...): use a plain file name".into());
+        }
         let ok = !path.is_empty()
             && p.components().all(|c| matches!(c, Component::Normal(_)))
             && !path.ends_with(".lock")

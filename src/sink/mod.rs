@@ -47,6 +47,27 @@ impl SinkConfig {
         }
     }
 
+    /// Where `path` lands, whatever the sink is called: two integrations must
+    /// never share one (a second sink over the same directory, the same Vault
+    /// mount, the same AWS account and region, is the same place).
+    pub fn location(&self, path: &str) -> String {
+        match self {
+            SinkConfig::File(c) => format!("file {}", c.dir.join(path).display()),
+            SinkConfig::Vault(c) => format!(
+                "vault {} {} {} {path}",
+                c.address.trim_end_matches('/'),
+                c.namespace.as_deref().unwrap_or(""),
+                c.mount.trim_matches('/')
+            ),
+            SinkConfig::AwsSecretsManager(c) => format!(
+                "aws {} {} {} {path}",
+                c.region,
+                c.endpoint_url.as_deref().unwrap_or(""),
+                c.profile.as_deref().unwrap_or("")
+            ),
+        }
+    }
+
     /// The sink's request timeout, if it has one.
     pub fn timeout(&self) -> Option<crate::values::HumanDuration> {
         match self {

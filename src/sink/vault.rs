@@ -113,6 +113,9 @@ impl VaultSinkConfig {
 
     /// Checks an integration's `path` for this sink.
     pub fn check_path(path: &str) -> Result<(), String> {
+        if path.chars().any(char::is_control) {
+            return Err("contains a control character (a NUL, a newline, ...): use a plain KV path".into());
+        }
         let ok = !path.is_empty()
             && !path.starts_with('/')
             && !path.ends_with('/')

@@ -429,3 +429,26 @@ async fn aws_eight_rotators_racing_on_a_secret_created_empty_exactly_one_wins_ev
         h.clock.advance(Duration::days(40));
     }
 }
+
+#[tokio::test]
+async fn one_account_adopted_twice_by_id_and_by_username_blocks_both() {
+    let h = Harness::new(Seed::Demo).await;
+    let legacy = h.accounts_with_prefix("etl-legacy")[0].clone();
+    let engine = h.engine(&format!(
+        "[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nadopt = {}\n\
+         [[integrations]]\nname = \"etl2\"\nsink = \"local\"\npath = \"etl2.json\"\nadopt = \"etl-legacy\"\n",
+        legacy.id
+    ));
+    h.sim.clear_requests();
+    let reports = engine.pass(&PassOptions::default()).await;
+    assert_eq!(reports.len(), 2);
+    for r in &reports {
+        assert!(
+            matches!(&r.errors[0].cause, Cause::Blocked(Blocked::AdoptShared { id, .. }) if *id == legacy.id),
+            "{:?}",
+            r.errors
+        );
+        assert!(r.rotated.is_none());
+    }
+    assert!(h.sim.requests().iter().all(|q| !q.is_mutating()));
+}
