@@ -102,6 +102,24 @@ impl Audit {
         }
     }
 
+    /// Opens the audit file (creating it 0600) if there is one, so that a
+    /// command that will mutate fails before its first mutation when the
+    /// trail cannot be written: audit is a promise, not a best effort.
+    pub fn ensure_writable(&self) -> Result<(), String> {
+        let Some(path) = &self.path else { return Ok(()) };
+        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            let f = open(path).map_err(|e| {
+                format!(
+                    "cannot open the audit file {} (`audit.path`): {e}; nothing is changed until it can be written",
+                    path.display()
+                )
+            })?;
+            *guard = Some(f);
+        }
+        Ok(())
+    }
+
     /// Records one event.
     pub fn record(&self, e: &AuditEvent<'_>) {
         tracing::info!(
@@ -124,12 +142,7 @@ impl Audit {
         line.push(b'\n');
         let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
-            match std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(path)
-            {
+            match open(path) {
                 Ok(f) => *guard = Some(f),
                 Err(err) => {
                     tracing::error!(path = %path.display(), error = %err, "Cannot open the audit file (`audit.path`).");
@@ -143,4 +156,12 @@ impl Audit {
             tracing::error!(path = %path.display(), error = %err, "Cannot append to the audit file.");
         }
     }
+}
+
+fn open(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
 }

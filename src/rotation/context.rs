@@ -100,6 +100,11 @@ impl Context {
         }
     }
 
+    /// Whether the audit trail can be written (checked before any mutation).
+    pub fn audit_writable(&self) -> Result<(), String> {
+        self.audit.ensure_writable()
+    }
+
     /// Writes one audit event.
     pub fn audit(&self, e: AuditEvent<'_>) {
         self.audit.record(&e);

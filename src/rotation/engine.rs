@@ -169,6 +169,21 @@ impl Engine {
             .iter()
             .filter(|i| opts.only.as_ref().is_none_or(|o| o.contains(&i.name)))
             .collect();
+        if !opts.dry_run
+            && let Err(e) = self.ctx.audit_writable()
+        {
+            tracing::error!("{e}");
+            return selected
+                .iter()
+                .map(|i| {
+                    let mut r = Report::new(i, now);
+                    r.errors
+                        .push(StepError::new(&i.name, Step::Audit, Cause::Audit(e.clone())));
+                    self.record(&r);
+                    r
+                })
+                .collect();
+        }
         let accounts = match self.ctx.client.list_accounts().await {
             Ok(a) => a,
             Err(e) => {

@@ -27,6 +27,8 @@ pub enum Step {
     Publish,
     Delete,
     CheckAccounts,
+    AddMemberships,
+    Audit,
 }
 
 impl Step {
@@ -34,7 +36,7 @@ impl Step {
     pub fn is_rotation(self) -> bool {
         matches!(
             self,
-            Step::CopyMemberships | Step::Create | Step::ReadBack | Step::Verify | Step::Publish
+            Step::CopyMemberships | Step::Create | Step::ReadBack | Step::AddMemberships | Step::Verify | Step::Publish
         )
     }
 
@@ -57,6 +59,8 @@ impl fmt::Display for Step {
             Step::Publish => "publishing",
             Step::Delete => "deleting an old account",
             Step::CheckAccounts => "checking the integration's accounts",
+            Step::AddMemberships => "adding the missing memberships to the new account",
+            Step::Audit => "opening the audit trail",
         })
     }
 }
@@ -143,6 +147,9 @@ pub enum Cause {
         "the new account {id} no longer exists, so it is not published: it was deleted behind the rotator's back (by another rotator that took it for an orphan?)"
     )]
     Vanished { id: u64 },
+    /// The audit trail cannot be written.
+    #[error("{0}")]
+    Audit(String),
     /// The published account was about to be deleted (the last line of defence).
     #[error("refused to delete account {id} because it is the published credential")]
     Protected { id: u64 },
@@ -224,7 +231,10 @@ impl fmt::Display for Consequence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Consequence::NothingTouched => write!(f, "; nothing is rotated or deleted until it can be read"),
-            Consequence::NotCreated => write!(f, "; it was not created"),
+            Consequence::NotCreated => write!(
+                f,
+                "; no account of that name was found afterwards (if the create still lands, the next pass deletes it as an orphan once `orphan_after` has passed)"
+            ),
             Consequence::StrayDeleted { id } => write!(
                 f,
                 "; it had been created anyway (account {id}) and was deleted, since its token was lost"

@@ -258,7 +258,7 @@ impl<'a> Rotation<'a> {
         };
         if let Err(source) = self.ctx.client.add_to_projects(&body).await {
             return Err(self.fail(
-                Step::ReadBack,
+                Step::AddMemberships,
                 Cause::AddMemberships {
                     account,
                     missing,

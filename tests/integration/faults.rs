@@ -40,7 +40,11 @@ async fn server_error_on_create_publishes_nothing_and_leaves_nothing() {
         "{}",
         r.errors[0]
     );
-    assert!(r.errors[0].to_string().contains("it was not created"));
+    assert!(
+        r.errors[0]
+            .to_string()
+            .contains("no account of that name was found afterwards")
+    );
     assert!(h.payload("etl.json").is_none());
     assert_eq!(lineage_accounts(&h), 0);
     // Create is never retried automatically.
@@ -74,7 +78,7 @@ async fn server_error_on_add_to_project_deletes_the_new_account() {
     ));
     let r = h.pass(&engine).await;
     assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
-    assert_eq!(r.errors[0].step, Step::ReadBack);
+    assert_eq!(r.errors[0].step, Step::AddMemberships);
     assert!(
         matches!(r.errors[0].consequence, Some(Consequence::NewDeleted { .. })),
         "{}",
@@ -366,4 +370,29 @@ async fn an_account_already_deleted_counts_as_deleted() {
     let r = h.pass(&engine).await;
     ok(&r);
     assert_eq!(r.deleted.iter().map(|d| d.id).collect::<Vec<_>>(), vec![stale.id]);
+}
+
+#[tokio::test]
+async fn an_unwritable_audit_trail_stops_a_mutating_command_before_any_change() {
+    let h = Harness::new(Seed::Demo).await;
+    // A path whose parent is not a directory: it can never be opened.
+    let engine = h.engine(&format!("[audit]\npath = \"/dev/null/audit.jsonl\"\n{EXPLICIT}"));
+    h.sim.clear_requests();
+    let r = h.pass(&engine).await;
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_eq!(r.errors[0].step, Step::Audit);
+    assert!(r.errors[0].to_string().contains("`audit.path`"), "{}", r.errors[0]);
+    assert!(
+        h.sim.requests().is_empty(),
+        "nothing, not even a read, before the audit trail is writable"
+    );
+    assert!(h.payload("etl.json").is_none());
+    // A read-only command does not need it.
+    let plan = engine
+        .pass(&mixpanel_rotator::rotation::PassOptions {
+            dry_run: true,
+            ..Default::default()
+        })
+        .await;
+    assert!(plan[0].errors.is_empty(), "{:?}", plan[0].errors);
 }

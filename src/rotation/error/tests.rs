@@ -152,5 +152,5 @@ fn step_errors_serialize_with_their_message() {
     assert_eq!(v["integration"], "etl");
     assert_eq!(v["step"], "create");
     assert_eq!(v["message"], e.message());
-    assert!(e.message().ends_with("; it was not created"));
+    assert!(e.message().ends_with("once `orphan_after` has passed)"));
 }
