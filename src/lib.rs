@@ -45,3 +45,7 @@ pub mod simulator;
 
 // The command line (uses everything above).
 pub mod cli;
+
+// Property tests of everything that reads input.
+#[cfg(test)]
+mod tests;

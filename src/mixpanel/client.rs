@@ -368,7 +368,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn decode<T: DeserializeOwned>(
+pub(crate) fn decode<T: DeserializeOwned>(
     endpoint: &'static str,
     status: StatusCode,
     location: Option<String>,

@@ -1,0 +1,157 @@
+//! Property tests (fuzzing on stable Rust, with proptest) of everything that
+//! reads input: the policy loader, the Mixpanel API decoders, stored
+//! payloads, durations, cron lines and server text. None may panic; policy
+//! errors name their key. CI runs the default number of cases per property
+//! (256); to search longer, run for example
+//! `PROPTEST_CASES=100000 cargo test --lib tests::`.
+
+use proptest::prelude::*;
+use reqwest::StatusCode;
+
+use crate::mixpanel::client::decode;
+use crate::mixpanel::types::{CreatedServiceAccount, Me, ProjectMember, ServiceAccount};
+use crate::policy::Policy;
+use crate::sink::Payload;
+use crate::values::{HumanDuration, Schedule};
+
+/// Any JSON value, a few levels deep.
+fn json() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<u64>().prop_map(serde_json::Value::from),
+        any::<f64>().prop_map(serde_json::Value::from),
+        ".{0,40}".prop_map(serde_json::Value::from),
+        "[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(Z|[+-][0-9]{2}:[0-9]{2})?"
+            .prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(4, 64, 8, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+            prop::collection::btree_map(
+                prop_oneof![
+                    Just("id".to_string()),
+                    Just("username".to_string()),
+                    Just("status".to_string()),
+                    Just("results".to_string()),
+                    Just("error".to_string()),
+                    Just("token".to_string()),
+                    Just("expires".to_string()),
+                    Just("last_used".to_string()),
+                    Just("role".to_string()),
+                    Just("organizations".to_string()),
+                    Just("projects".to_string()),
+                    "[a-z_]{1,10}",
+                ],
+                inner,
+                0..8
+            )
+            .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// A TOML value of any kind, as text.
+fn toml_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<bool>().prop_map(|b| b.to_string()),
+        "[0-9]{1,12}[smhd]".prop_map(|s| format!("\"{s}\"")),
+        ".{0,30}".prop_map(|s| format!("{s:?}")),
+        Just("[]".to_string()),
+        Just("{}".to_string()),
+        Just("{ env = \"X\" }".to_string()),
+        Just("[{ id = 1, role = \"admin\" }]".to_string()),
+        "[0-9*,/ -]{0,20}".prop_map(|s| format!("\"{s}\"")),
+    ]
+}
+
+const KEYS: &[&str] = &[
+    "ttl",
+    "renew_before",
+    "grace",
+    "orphan_after",
+    "jitter",
+    "schedule",
+    "delete_when_idle",
+    "max_grace",
+    "on_rotate_timeout",
+    "role",
+    "projects",
+    "adopt",
+    "path",
+    "name",
+    "webhook",
+    "on_rotate",
+    "unknown_key",
+];
+
+proptest! {
+    #[test]
+    fn the_policy_loader_never_panics_on_any_text(text in ".{0,400}") {
+        let _ = Policy::parse(&text);
+    }
+
+    #[test]
+    fn a_bad_value_anywhere_is_an_error_naming_its_key(
+        key in prop::sample::select(KEYS),
+        value in toml_value(),
+        in_defaults in any::<bool>(),
+    ) {
+        let (defaults, own) = if in_defaults && !["path", "name", "adopt", "on_rotate"].contains(&key) {
+            (format!("{key} = {value}\n"), String::new())
+        } else {
+            (String::new(), format!("{key} = {value}\n"))
+        };
+        let text = format!(
+            "version = 1\n[mixpanel]\nregion = \"us\"\norganization_id = 1\nusername = \"u\"\nsecret = {{ env = \"X\" }}\n\
+             [defaults]\n{defaults}[sinks.f]\ntype = \"file\"\ndir = \"/tmp\"\n\
+             [[integrations]]\nname = \"etl\"\nsink = \"f\"\npath = \"etl.json\"\nadopt = 5\n{own}"
+        );
+        // A duplicated key is a TOML error: fine too, it names the file.
+        if let Err(e) = Policy::parse(&text) {
+            let msg = e.to_string();
+            prop_assert!(msg.contains('`'), "no key named: {msg}");
+        }
+    }
+
+    #[test]
+    fn api_decoders_never_panic(value in json(), status in prop::sample::select(vec![200u16, 201, 301, 400, 401, 403, 404, 429, 500])) {
+        let bytes = serde_json::to_vec(&value).unwrap_or_default();
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        let _ = decode::<Vec<ServiceAccount>>("list", status, None, &bytes);
+        let _ = decode::<ServiceAccount>("get", status, None, &bytes);
+        let _ = decode::<CreatedServiceAccount>("create", status, None, &bytes);
+        let _ = decode::<Vec<ProjectMember>>("members", status, None, &bytes);
+        let _ = decode::<Me>("me", status, None, &bytes);
+    }
+
+    #[test]
+    fn api_decoders_never_panic_on_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+        let _ = decode::<Vec<ServiceAccount>>("list", StatusCode::OK, None, &bytes);
+        let _ = decode::<Me>("me", StatusCode::BAD_REQUEST, None, &bytes);
+    }
+
+    #[test]
+    fn stored_payloads_never_panic(value in json()) {
+        let bytes = serde_json::to_vec(&value).unwrap_or_default();
+        if let Err(e) = Payload::from_json(&bytes) {
+            prop_assert!(!e.to_string().contains("token"));
+        }
+    }
+
+    #[test]
+    fn durations_and_cron_lines_never_panic(s in ".{0,40}", digits in "[0-9]{1,30}[smhd]{1,3}") {
+        let _ = HumanDuration::parse(&s);
+        let _ = HumanDuration::parse(&digits);
+        let _ = Schedule::parse(&s);
+    }
+
+    #[test]
+    fn server_text_is_one_short_line(s in ".{0,600}") {
+        let shown = crate::text::server_text(&s);
+        prop_assert!(!shown.contains('\n'));
+        prop_assert!(shown.chars().count() <= 201);
+    }
+}
