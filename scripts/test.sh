@@ -38,7 +38,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --locked --quiet
+# One build for everything: the tests (with the test-only failpoints) and the
+# binary they run, which also serves the simulator below.
+cargo test --locked --no-run --quiet
 ./target/debug/mixpanel-rotator simulator --listen 127.0.0.1:0 --seed demo \
   --admin-secret-file "$work/admin.secret" >"$work/sim.out" 2>&1 &
 sim_pid=$!

@@ -19,6 +19,7 @@ pub mod audit;
 pub mod bounded;
 pub mod clock;
 pub mod exit;
+pub mod failpoint;
 pub mod metrics;
 pub mod notify;
 pub mod secret;

@@ -26,7 +26,10 @@ impl Context {
             reason: Some(d.reason.to_string()),
             ..self.audit_event(&i.name, Action::Delete, outcome)
         };
-        match self.client.delete_account(d.id).await {
+        crate::failpoint::point("before_delete", &i.name).await;
+        let deleted = self.client.delete_account(d.id).await;
+        crate::failpoint::point("after_delete", &i.name).await;
+        match deleted {
             Ok(existed) => {
                 self.audit(event(if existed {
                     Outcome::Deleted

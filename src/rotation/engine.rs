@@ -325,6 +325,7 @@ impl Engine {
                 ev
             }
         };
+        crate::failpoint::point("before_hooks", &i.name).await;
         self.run_hooks(i, &event, &mut report.warnings).await;
     }
 

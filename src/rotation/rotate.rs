@@ -19,6 +19,7 @@ use super::observe::{MembershipCache, Observation};
 use super::report::Rotated;
 use crate::audit::{Action, AuditEvent, Outcome};
 use crate::clock::{after, span_between};
+use crate::failpoint;
 use crate::mixpanel::types::{
     AddToProjects, CreateServiceAccount, Grants, ProjectGrant, ServiceAccount, TargetType, strip_mixpanel_suffix,
 };
@@ -112,11 +113,18 @@ impl<'a> Rotation<'a> {
             );
         }
         let mut new = self.create(desired).await?;
+        let name = &self.i.name;
+        failpoint::point("after_create", name).await;
         let done = async {
             self.read_back(&mut new).await?;
+            failpoint::point("after_memberships", name).await;
             self.verify(&new).await?;
+            failpoint::point("after_verify", name).await;
             self.still_publishable(&new).await?;
-            self.publish(&new, deleted).await
+            failpoint::point("before_publish", name).await;
+            self.publish(&new, deleted).await?;
+            failpoint::point("after_publish", name).await;
+            Ok(())
         };
         match done.await {
             Ok(()) => {
@@ -209,6 +217,7 @@ impl<'a> Rotation<'a> {
             .get_account(id)
             .await
             .map_err(|e| Failure::DeleteNew(self.fail(Step::ReadBack, Cause::Account { id, source: e })))?;
+        failpoint::point("after_read_back", &self.i.name).await;
         new.expires = match back.expires {
             Some(e) if e.signed_duration_since(new.asked).num_seconds().unsigned_abs() <= 60 => Some(e),
             other => {

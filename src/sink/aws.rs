@@ -296,6 +296,7 @@ impl AwsSink {
             .await
             .map_err(|e| self.sdk_fail("PutSecretValue", path, &e))?;
         let new_version = put.version_id().unwrap_or(&payload.rotation_id).to_string();
+        crate::failpoint::point("publish_before_cas", &payload.integration).await;
         // 2. The compare-and-swap: move AWSCURRENT from the version read to the new one.
         let moved = client
             .update_secret_version_stage()
@@ -316,6 +317,7 @@ impl AwsSink {
             }
             return Err(self.fail("UpdateSecretVersionStage", path, &code, &message));
         }
+        crate::failpoint::point("publish_after_cas", &payload.integration).await;
         // 3. Tidy: the new version is current, no longer pending.
         self.drop_pending(path, &new_version).await;
         Ok(Version(new_version))

@@ -152,6 +152,7 @@ impl FileSink {
     fn read_blocking(&self, path: &str) -> Result<Option<(Payload, Version)>, SinkError> {
         let target = self.target(path)?;
         refuse_symlink(&target)?;
+        self.clean_if_idle(&target);
         let Some(bytes) = read_payload(&target).map_err(|e| self.io("read", &target, e))? else {
             return Ok(None);
         };
@@ -221,6 +222,25 @@ impl FileSink {
         Ok(lock)
     }
 
+    /// At a read: if no writer holds the lock, removes what a dead writer
+    /// left (best effort; the lock file is never created here, so a
+    /// read-only command changes nothing else).
+    fn clean_if_idle(&self, target: &Path) {
+        let Ok(lock) = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(lock_path(target))
+        else {
+            return;
+        };
+        if lock.try_lock().is_ok() {
+            if let Some(dir) = target.parent() {
+                self.clean_stale_temps(dir, target);
+            }
+            let _ = lock.unlock();
+        }
+    }
+
     /// Removes this path's temporary files left by a writer that died
     /// (`.{name}.XXXXXXXX.tmp`: they hold a secret). Called under the lock,
     /// so no live writer's file is among them.
@@ -267,13 +287,23 @@ impl FileSink {
             }
             f.write_all(&json)?;
             f.sync_all()?;
+            if crate::failpoint::tripped("publish_before_cas", &payload.integration) {
+                return Err(std::io::Error::other(crate::failpoint::CRASHED));
+            }
             fs::rename(&tmp, target)?;
             File::open(dir)?.sync_all()
         };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            self.io("write", target, e)
-        })
+        match write() {
+            Err(e) if e.to_string() == crate::failpoint::CRASHED => Err(SinkError::invalid(crate::failpoint::CRASHED)),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(self.io("write", target, e))
+            }
+            Ok(()) if crate::failpoint::tripped("publish_after_cas", &payload.integration) => {
+                Err(SinkError::invalid(crate::failpoint::CRASHED))
+            }
+            Ok(()) => Ok(()),
+        }
     }
 
     fn health_blocking(&self, path: &str) -> Result<String, SinkError> {
@@ -314,7 +344,12 @@ impl Sink for FileSink {
     async fn publish(&self, path: &str, payload: &Payload, expected: Option<&Version>) -> Result<Version, SinkError> {
         let me = FileSink::new(&self.name, self.config.clone());
         let (path, payload, expected) = (path.to_string(), payload.clone(), expected.cloned());
-        blocking(move || me.publish_blocking(&path, &payload, expected.as_ref())).await
+        let published = blocking(move || me.publish_blocking(&path, &payload, expected.as_ref())).await;
+        if published.as_ref().is_err_and(|e| e.detail == crate::failpoint::CRASHED) {
+            // A test made the process "die" inside the publish.
+            std::future::pending::<()>().await;
+        }
+        published
     }
 
     async fn healthcheck(&self, path: &str) -> Result<String, SinkError> {

@@ -440,6 +440,7 @@ impl Sink for VaultSink {
         let json = payload.to_json()?;
         let data: serde_json::Value = serde_json::from_slice(&json).map_err(|e| SinkError::invalid(e.to_string()))?;
         let data = &data;
+        crate::failpoint::point("publish_before_cas", &payload.integration).await;
         let result = self
             .run(|c| async move {
                 vaultrs::kv2::set_with_options(&*c, mount, path, data, SetSecretRequestOptions { cas }).await
@@ -455,6 +456,7 @@ impl Sink for VaultSink {
             Err(Fail::Api(e)) => return Err(self.err("cannot write", path, &e)),
             Err(Fail::Login(e)) => return Err(e),
         };
+        crate::failpoint::point("publish_after_cas", &payload.integration).await;
         // Bookkeeping for people browsing Vault; the publish has already happened.
         let meta: HashMap<String, String> = [
             ("integration", payload.integration.clone()),

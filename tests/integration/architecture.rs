@@ -11,7 +11,15 @@ use std::path::{Path, PathBuf};
 /// from its own or a higher one.
 const LAYERS: &[&[&str]] = &[
     &[
-        "audit", "bounded", "clock", "exit", "metrics", "notify", "secret", "text",
+        "audit",
+        "bounded",
+        "clock",
+        "exit",
+        "failpoint",
+        "metrics",
+        "notify",
+        "secret",
+        "text",
     ],
     &["values"],
     &["mixpanel"],

@@ -16,13 +16,13 @@ use crate::common::*;
 
 /// The sinks a trigger is tried against.
 #[derive(Debug, Clone, Copy)]
-enum Backend {
+pub enum Backend {
     File,
     Vault,
     Aws,
 }
 
-const ALL: [Backend; 3] = [Backend::File, Backend::Vault, Backend::Aws];
+pub const ALL: [Backend; 3] = [Backend::File, Backend::Vault, Backend::Aws];
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -36,7 +36,7 @@ fn unique(prefix: &str) -> String {
 
 impl Backend {
     /// A sink `s` of this kind and a fresh path in it.
-    fn sink(self, h: &Harness) -> (String, String) {
+    pub fn sink(self, h: &Harness) -> (String, String) {
         match self {
             Backend::File => (
                 format!(
