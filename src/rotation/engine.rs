@@ -173,31 +173,13 @@ impl Engine {
             && let Err(e) = self.ctx.audit_writable()
         {
             tracing::error!("{e}");
-            return selected
-                .iter()
-                .map(|i| {
-                    let mut r = Report::new(i, now);
-                    r.errors
-                        .push(StepError::new(&i.name, Step::Audit, Cause::Audit(e.clone())));
-                    self.record(&r);
-                    r
-                })
-                .collect();
+            return self.all_failed(&selected, now, Step::Audit, &Cause::Audit(e));
         }
         let accounts = match self.ctx.client.list_accounts().await {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(error = %e, "Cannot list service accounts; nothing is done in this pass.");
-                return selected
-                    .iter()
-                    .map(|i| {
-                        let mut r = Report::new(i, now);
-                        r.errors
-                            .push(StepError::new(&i.name, Step::ListAccounts, Cause::Mixpanel(e.clone())));
-                        self.record(&r);
-                        r
-                    })
-                    .collect();
+                return self.all_failed(&selected, now, Step::ListAccounts, &Cause::Mixpanel(e));
             }
         };
         let cache = MembershipCache::default();
@@ -207,6 +189,20 @@ impl Engine {
                 .map(|i| self.integration_pass(i, &accounts, &cache, opts, now)),
         )
         .await
+    }
+
+    /// A pass that stopped before any integration's own work: the same
+    /// failure for each.
+    fn all_failed(&self, selected: &[&Integration], now: DateTime<Utc>, step: Step, cause: &Cause) -> Vec<Report> {
+        selected
+            .iter()
+            .map(|i| {
+                let mut r = Report::new(i, now);
+                r.errors.push(StepError::new(&i.name, step, cause.clone()));
+                self.record(&r);
+                r
+            })
+            .collect()
     }
 
     async fn integration_pass(

@@ -315,3 +315,68 @@ dir = "{dir}"
 pub fn ok(r: &Report) {
     assert!(r.errors.is_empty(), "unexpected errors: {:#?}", r.errors);
 }
+
+/// What must hold after any failure, once time has passed.
+pub struct Settled<'a> {
+    pub case: &'a str,
+    /// The sink (in the engine) and path of the integration.
+    pub sink: &'a str,
+    pub path: &'a str,
+    /// `mpr-{integration}-`.
+    pub lineage: &'a str,
+    /// Accounts that must be untouched.
+    pub others: &'a [u64],
+    /// A file sink's directory, which must hold no temporary file.
+    pub dir: Option<std::path::PathBuf>,
+}
+
+impl Harness {
+    /// What a (restarted) rotator does over time: passes past `orphan_after`
+    /// (3 x 2 minutes) and past `grace` (2 hours); returns the last pass.
+    pub async fn settle(&self, engine: &Engine) -> Report {
+        for _ in 0..3 {
+            self.clock.advance(chrono::Duration::minutes(2));
+            self.pass(engine).await;
+        }
+        self.clock.advance(chrono::Duration::hours(2));
+        self.pass(engine).await;
+        self.pass(engine).await
+    }
+
+    /// The invariants: a quiet last pass, exactly the published lineage
+    /// account left, its credential authenticates, the others untouched, no
+    /// temporary file, no secret printed.
+    pub async fn assert_settled(&self, engine: &Engine, last: &Report, s: Settled<'_>) {
+        let case = s.case;
+        assert!(last.errors.is_empty(), "{case}: {:?}", last.errors);
+        let sink = engine.sink(s.sink).unwrap();
+        let (published, _) = sink.read_current(s.path).await.unwrap().expect("published");
+        let lineage: Vec<u64> = self.accounts_with_prefix(s.lineage).iter().map(|a| a.id).collect();
+        assert_eq!(
+            lineage,
+            vec![published.service_account_id],
+            "{case}: exactly one lineage account"
+        );
+        let consumer = serde_json::json!({"username": published.username, "secret": published.secret.expose()});
+        self.client_for(&consumer)
+            .me()
+            .await
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        for id in s.others {
+            assert!(
+                self.sim.account(*id).is_some(),
+                "{case}: account {id} outside the lineage was touched"
+            );
+        }
+        if let Some(dir) = s.dir {
+            let tmp: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".tmp"))
+                .collect();
+            assert!(tmp.is_empty(), "{case}: {tmp:?}");
+        }
+        self.assert_no_secret_leaked(&[last]);
+    }
+}

@@ -85,50 +85,16 @@ async fn crash_case(backend: Backend, point: &'static str) {
 
     // The restarted process.
     let engine = h.engine(&policy);
-    for _ in 0..3 {
-        h.clock.advance(Duration::minutes(2));
-        h.pass(&engine).await;
-    }
-    h.clock.advance(Duration::hours(2));
-    h.pass(&engine).await;
-    let r = h.pass(&engine).await;
-    assert!(r.errors.is_empty(), "{case}: {:?}", r.errors);
-    let (published, _) = engine
-        .sink("s")
-        .unwrap()
-        .read_current(&path)
-        .await
-        .unwrap()
-        .expect("published");
-    let lineage: Vec<u64> = h
-        .accounts_with_prefix(&format!("mpr-{name}-"))
-        .iter()
-        .map(|a| a.id)
-        .collect();
-    assert_eq!(
-        lineage,
-        vec![published.service_account_id],
-        "{case}: exactly one lineage account"
-    );
-    let consumer = serde_json::json!({"username": published.username, "secret": published.secret.expose()});
-    h.client_for(&consumer)
-        .me()
-        .await
-        .unwrap_or_else(|e| panic!("{case}: {e}"));
-    for id in foreign {
-        assert!(
-            h.sim.account(id).is_some(),
-            "{case}: account {id} outside the lineage was touched"
-        );
-    }
-    if let Backend::File = backend {
-        let tmp: Vec<String> = std::fs::read_dir(h.dir.path().join("s"))
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".tmp"))
-            .collect();
-        assert!(tmp.is_empty(), "{case}: {tmp:?}");
-    }
-    h.assert_no_secret_leaked(&[&r]);
+    let last = h.settle(&engine).await;
+    let dir = matches!(backend, Backend::File).then(|| h.dir.path().join("s"));
+    let lineage = format!("mpr-{name}-");
+    let s = Settled {
+        case: &case,
+        sink: "s",
+        path: &path,
+        lineage: &lineage,
+        others: &foreign,
+        dir,
+    };
+    h.assert_settled(&engine, &last, s).await;
 }

@@ -490,34 +490,15 @@ async fn fault_case(case: &str, fault: Fault) {
     h.sim.inject(fault);
     let faulty = h.force(&engine, "etl", false).await;
     h.sim.clear_faults();
-    for _ in 0..3 {
-        h.clock.advance(Duration::minutes(2));
-        h.pass(&engine).await;
-    }
-    h.clock.advance(Duration::hours(2));
-    h.pass(&engine).await;
-    let r = h.pass(&engine).await;
-    ok(&r);
-    let published = h.payload("etl.json").expect("published");
-    let lineage: Vec<u64> = h.accounts_with_prefix("mpr-etl-").iter().map(|a| a.id).collect();
-    assert_eq!(
-        lineage,
-        vec![published["service_account_id"].as_u64().unwrap()],
-        "{case}: exactly the published lineage account remains"
-    );
-    h.consumer("etl.json")
-        .me()
-        .await
-        .unwrap_or_else(|e| panic!("{case}: {e}"));
-    for id in foreign {
-        assert!(h.sim.account(id).is_some(), "{case}: a foreign account was touched");
-    }
-    let leftovers: Vec<_> = std::fs::read_dir(h.creds_dir())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".tmp"))
-        .collect();
-    assert!(leftovers.is_empty(), "{case}: {leftovers:?}");
-    h.assert_no_secret_leaked(&[&faulty, &r]);
+    let last = h.settle(&engine).await;
+    let s = Settled {
+        case,
+        sink: "local",
+        path: "etl.json",
+        lineage: "mpr-etl-",
+        others: &foreign,
+        dir: Some(h.creds_dir()),
+    };
+    h.assert_settled(&engine, &last, s).await;
+    h.assert_no_secret_leaked(&[&faulty]);
 }
