@@ -244,6 +244,7 @@ impl<'a> Rotation<'a> {
                 .list_project_members(g.id)
                 .await
                 .map_err(|e| self.fail(Step::ReadBack, Cause::Project { id: g.id, source: e }))?;
+            failpoint::point("after_member_list", &self.i.name).await;
             let ok = rows
                 .iter()
                 .any(|r| r.account.id == account && r.role == g.role && r.target_type == TargetType::Individual);

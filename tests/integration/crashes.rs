@@ -21,6 +21,7 @@ const POINTS: &[&str] = &[
     "after_delete",
     "after_create",
     "after_read_back",
+    "after_member_list",
     "after_memberships",
     "after_verify",
     "before_publish",
