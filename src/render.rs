@@ -114,7 +114,6 @@ fn why(x: &Disposal) -> String {
             "of this lineage but neither published nor vouched for by the sink, and unused for `grace` (last_used {used})"
         ),
         Rule::Expired => "expired: it authenticates nobody".into(),
-        Rule::Blocked => "never while the integration is blocked".into(),
         Rule::RevokeOld => "`--revoke-old`".into(),
         Rule::FailedRotation => "created by a rotation that failed before its publish".into(),
     }

@@ -136,8 +136,6 @@ pub enum Rule {
     Unused,
     /// A lineage account neither published nor vouched for, and expired: it authenticates nobody.
     Expired,
-    /// Nothing published and the bootstrap is blocked: nothing is deleted until the policy is fixed.
-    Blocked,
     /// `--revoke-old`: as soon as the new account is published.
     RevokeOld,
     /// A rotation failed before its publish: its own new account, at once.
@@ -271,6 +269,9 @@ pub enum MembershipSource {
     CopyFrom { account: AccountRef },
     /// The published account is gone: the memberships recorded at the last rotation.
     Recorded { gone: u64, grants: Vec<ProjectGrant> },
+    /// Nothing is published and `adopt` is gone or unset (a wiped primary):
+    /// the individual grants of the newest account of the lineage.
+    Newest { account: AccountRef },
 }
 
 fn duration_text<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -481,7 +482,7 @@ pub fn decide(i: &Integration, scope: &Scope, obs: &Observation, now: DateTime<U
         None
     });
     let owners = Owners { i, scope, obs };
-    let sweep = owners.sweep(now, plan.blocked.is_some());
+    let sweep = owners.sweep(now);
     for d in sweep.disposals {
         if d.is_due(now) {
             plan.delete_now.push(d);
@@ -544,9 +545,10 @@ impl Scope {
     }
 }
 
-/// Nothing published: bootstrapping needs an account to adopt or explicit projects.
+/// Nothing published: bootstrapping needs explicit projects, an account to
+/// adopt, or (a wiped primary) an account of the lineage to copy from.
 fn bootstrap(i: &Integration, obs: &Observation) -> Result<(), Blocked> {
-    if matches!(i.projects, ProjectsSpec::Explicit(_)) || obs.adopted.is_some() {
+    if matches!(i.projects, ProjectsSpec::Explicit(_)) || obs.adopted.is_some() || newest(obs).is_some() {
         return Ok(());
     }
     Err(match &i.adopt {
@@ -650,7 +652,7 @@ impl Owners<'_> {
 
     /// Every account this integration may delete, with its rule, time and
     /// evidence; those in use but unexplained; payload entries not ours.
-    fn sweep(&self, now: DateTime<Utc>, blocked: bool) -> Sweep {
+    fn sweep(&self, now: DateTime<Utc>) -> Sweep {
         let mut out = Sweep::default();
         for v in self.vouched() {
             let Some(a) = self.account(v.id) else { continue };
@@ -672,10 +674,7 @@ impl Owners<'_> {
             if explained || self.scope.is_rotator(a) {
                 continue;
             }
-            let (mut d, in_use) = unexplained(self.i, a, *ts, now);
-            if blocked && d.is_due(now) {
-                (d.rule, d.due) = (Rule::Blocked, None);
-            }
+            let (d, in_use) = unexplained(self.i, a, *ts, now);
             out.disposals.push(d);
             out.in_use.extend(in_use);
         }
@@ -791,9 +790,20 @@ fn memberships(i: &Integration, obs: &Observation) -> MembershipSource {
             gone: payload.service_account_id,
             grants: payload.projects.clone(),
         },
-        // bootstrap() blocks this case; an empty explicit list is what it would mean.
-        (None, None) => MembershipSource::Explicit { grants: vec![] },
+        (None, None) => match newest(obs) {
+            Some(a) => MembershipSource::Newest {
+                account: AccountRef::of(a),
+            },
+            // bootstrap() blocks this case; an empty explicit list is what it would mean.
+            None => MembershipSource::Explicit { grants: vec![] },
+        },
     }
+}
+
+/// The newest account of the lineage (by its lineage time, then id): what
+/// a wiped primary bootstraps from when `adopt` is gone or was never set.
+fn newest(obs: &Observation) -> Option<&ServiceAccount> {
+    obs.lineage.iter().max_by_key(|(a, ts)| (*ts, a.id)).map(|(a, _)| a)
 }
 
 #[cfg(test)]

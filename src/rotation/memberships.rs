@@ -26,6 +26,13 @@ pub async fn desired(
             return Ok(grants.clone());
         }
         MembershipSource::CopyFrom { account } => account,
+        MembershipSource::Newest { account } => {
+            warnings.push(format!(
+                "nothing is published and no account to adopt: the new account gets the memberships of the newest account of the lineage, {} ({}); the older ones are deleted once unused",
+                account.id, account.username
+            ));
+            account
+        }
     };
     let rows = cache
         .memberships_of(&ctx.client, src.id)

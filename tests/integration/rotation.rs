@@ -452,3 +452,53 @@ async fn drain_aware_deletion_waits_for_the_old_account_to_go_idle_up_to_max_gra
     engine.pass(&PassOptions::default()).await;
     assert!(h.sim.account(old_b.id).is_none(), "max_grace reached: deleted");
 }
+
+#[tokio::test]
+async fn a_wiped_primary_with_adopt_gone_bootstraps_from_the_newest_lineage_account() {
+    let h = Harness::new(Seed::Demo).await;
+    let legacy = legacy_id(&h);
+    let engine = h.engine(&etl("grace = \"1h\"\n", &h));
+    ok(&h.pass(&engine).await);
+    let live = h.payload("etl.json").unwrap()["service_account_id"].as_u64().unwrap();
+    h.clock.advance(Duration::hours(2));
+    ok(&h.pass(&engine).await);
+    assert!(h.sim.account(legacy).is_none(), "`adopt` is gone now");
+    // The consumer uses the credential; then the primary is wiped.
+    h.consumer("etl.json").me().await.unwrap();
+    std::fs::remove_file(h.creds_dir().join("etl.json")).unwrap();
+    let plan = engine
+        .pass(&PassOptions {
+            dry_run: true,
+            ..Default::default()
+        })
+        .await;
+    let text = mixpanel_rotator::render::plan_text(&plan);
+    assert!(
+        text.contains(&format!("memberships of the newest account of the lineage, {live}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("keep account") && text.contains("in use but not published here"),
+        "{text}"
+    );
+    let r = h.pass(&engine).await;
+    let rotated = r.rotated.clone().expect("bootstrapped, not blocked");
+    assert_eq!(rotated.reason, RotateReason::Bootstrap);
+    let mut m = h.sim.memberships(rotated.service_account_id);
+    m.sort();
+    assert_eq!(
+        m,
+        vec![
+            (101, Role::Analyst, TargetType::Individual),
+            (102, Role::Admin, TargetType::Individual)
+        ],
+        "the newest lineage account's memberships"
+    );
+    assert!(h.sim.account(live).is_some(), "in use: kept");
+    // Deleted once unused for `grace`.
+    h.clock.advance(Duration::hours(1) + Duration::minutes(1));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    assert_eq!(r.deleted.iter().map(|d| d.id).collect::<Vec<_>>(), vec![live]);
+    h.consumer("etl.json").me().await.unwrap();
+}

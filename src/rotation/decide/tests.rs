@@ -417,33 +417,32 @@ fn bootstrap_needs_adopt_or_explicit_projects() {
 }
 
 #[test]
-fn nothing_published_lineage_accounts_follow_the_idle_rule_and_nothing_goes_while_blocked() {
-    let i = integration("");
+fn a_wiped_primary_bootstraps_from_the_newest_lineage_account_and_the_old_ones_follow_the_idle_rule() {
+    let i = integration(""); // `adopt = 5`, which is gone
     let now = t("2026-11-28T04:00:00Z");
     let mut leftover = sa(20, "mpr-etl-20261101T000000Z-0009", None);
     let young = sa(21, "mpr-etl-20261128T035500Z-000a", None);
-    let legacy = sa(5, "etl-legacy", None);
-    let d = plan(
-        &i,
-        &obs(&i, vec![leftover.clone(), young.clone(), legacy.clone()], None),
-        now,
+    let d = plan(&i, &obs(&i, vec![leftover.clone(), young.clone()], None), now);
+    assert_eq!(d.blocked, None, "not blocked: there is a lineage to copy from");
+    let rp = d.rotate.clone().expect("a bootstrap");
+    assert_eq!(rp.reason, RotateReason::Bootstrap);
+    assert_eq!(
+        rp.memberships,
+        MembershipSource::Newest {
+            account: AccountRef::of(&young)
+        }
     );
-    assert_eq!(reason(&d), Some(RotateReason::Bootstrap));
+    assert_eq!(rp.replaces, None);
     assert_eq!(ids(&d.delete_now), vec![(20, DeleteReason::Orphan, Rule::NeverUsed)]);
     assert_eq!(ids(&d.delete_later), vec![(21, DeleteReason::Orphan, Rule::NeverUsed)]);
-    // Still in use (an emptied sink whose old credential someone holds): kept and reported.
+    // Still in use (a consumer holds the old credential): kept and reported.
     leftover.last_used = Some(now - Duration::hours(1));
-    let d = plan(&i, &obs(&i, vec![leftover.clone(), legacy], None), now);
+    let d = plan(&i, &obs(&i, vec![leftover.clone()], None), now);
     assert!(d.delete_now.is_empty());
     assert_eq!(d.in_use.len(), 1);
-    // Blocked (nothing to adopt): nothing is deleted at all.
-    leftover.last_used = None;
-    let d = plan(&i, &obs(&i, vec![leftover], None), now);
-    assert!(d.blocked.is_some());
-    assert!(d.delete_now.is_empty());
-    assert_eq!(d.delete_later[0].rule, Rule::Blocked);
-    assert_eq!(d.delete_later[0].due, None);
-    assert_eq!(d.next_action(), None);
+    // No lineage and nothing to adopt: blocked, as before.
+    let d = plan(&i, &obs(&i, vec![], None), now);
+    assert!(matches!(d.blocked, Some(Blocked::AdoptNotFound { .. })));
 }
 
 #[test]
