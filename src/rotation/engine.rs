@@ -297,7 +297,8 @@ impl Engine {
         let outcome = Rotation::new(&self.ctx, i, obs, rp).run(cache, &report.deleted).await;
         report.warnings.extend(outcome.warnings);
         let event = match outcome.result {
-            Ok(rotated) => {
+            Ok(None) => return, // another instance rotated first: its hooks ran there
+            Ok(Some(rotated)) => {
                 let new_id = rotated.service_account_id;
                 for d in rp.revoke.iter().filter(|d| d.id != new_id) {
                     match self.ctx.delete(i, d, Some(new_id), Some(&rotated.rotation_id)).await {

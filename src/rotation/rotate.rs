@@ -42,9 +42,10 @@ pub(super) struct Rotation<'a> {
     warnings: Vec<String>,
 }
 
-/// The rotation's result, and what it warned about on the way.
+/// The rotation's result (`None`: another instance rotated first, nothing
+/// was created), and what it warned about on the way.
 pub(super) struct RotationOutcome {
-    pub result: Result<Rotated, StepError>,
+    pub result: Result<Option<Rotated>, StepError>,
     pub warnings: Vec<String>,
 }
 
@@ -103,7 +104,7 @@ impl<'a> Rotation<'a> {
         self.warnings.push(w);
     }
 
-    async fn steps(&mut self, cache: &MembershipCache, deleted: &[Disposal]) -> Result<Rotated, StepError> {
+    async fn steps(&mut self, cache: &MembershipCache, deleted: &[Disposal]) -> Result<Option<Rotated>, StepError> {
         tracing::info!(reason = %self.plan.reason, "Rotating.");
         let desired = desired(self.ctx, self.i, &self.plan.memberships, cache, &mut self.warnings).await?;
         if desired.is_empty() {
@@ -111,6 +112,14 @@ impl<'a> Rotation<'a> {
                 "the new account has no project memberships (the account it replaces had none that could be copied)"
                     .into(),
             );
+        }
+        if let Some(other) = self.rotated_elsewhere().await? {
+            // Another instance sharing this sink rotated since the observation:
+            // its credential stands, and creating another account would be waste.
+            self.warn(format!(
+                "another instance published rotation {other} since this pass looked; nothing is created"
+            ));
+            return Ok(None);
         }
         let mut new = self.create(desired).await?;
         let name = &self.i.name;
@@ -129,10 +138,26 @@ impl<'a> Rotation<'a> {
         match done.await {
             Ok(()) => {
                 tracing::info!(account_id = new.account.id, username = %new.account.username, "Rotation complete.");
-                Ok(self.rotated(new))
+                Ok(Some(self.rotated(new)))
             }
             Err(f) => Err(self.clean_up(&new, f).await),
         }
+    }
+
+    /// Right before create, a routine rotation re-reads the sink: if another
+    /// instance sharing it published since the observation, this one stops
+    /// (a forced rotation goes on: it was asked for).
+    async fn rotated_elsewhere(&self) -> Result<Option<String>, StepError> {
+        if self.plan.reason == super::decide::RotateReason::Forced {
+            return Ok(None);
+        }
+        let sink = self.ctx.sink_for(self.i).map_err(|c| self.fail(Step::ReadSink, c))?;
+        let now = sink
+            .read_current(&self.i.path)
+            .await
+            .map_err(|e| self.fail(Step::ReadSink, self.ctx.sink_cause(self.i, e)))?;
+        let seen = self.obs.published.as_ref().map(|p| p.payload.rotation_id.as_str());
+        Ok(now.map(|(p, _)| p.rotation_id).filter(|id| Some(id.as_str()) != seen))
     }
 
     /// Creates the account. Create is never retried: when its answer was

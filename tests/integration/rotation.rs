@@ -502,3 +502,51 @@ async fn a_wiped_primary_with_adopt_gone_bootstraps_from_the_newest_lineage_acco
     assert_eq!(r.deleted.iter().map(|d| d.id).collect::<Vec<_>>(), vec![live]);
     h.consumer("etl.json").me().await.unwrap();
 }
+
+#[tokio::test]
+async fn replicas_sharing_a_primary_create_one_account_per_due_rotation() {
+    let h = Harness::new(Seed::Demo).await;
+    let (a, b) = (h.engine(&etl("", &h)), h.engine(&etl("", &h)));
+    ok(&h.pass(&a).await);
+    let expires = h
+        .sim
+        .account(h.payload("etl.json").unwrap()["service_account_id"].as_u64().unwrap())
+        .unwrap()
+        .expires
+        .unwrap();
+    // Both replicas find the credential due; B is slower, and A publishes while B prepares.
+    h.clock.set(expires - Duration::days(10));
+    h.sim.clear_requests();
+    let gate = mixpanel_rotator::simulator::Gate::new();
+    h.sim.inject(mixpanel_rotator::simulator::Fault::once(
+        "GET",
+        "/me",
+        mixpanel_rotator::simulator::FaultAction::Hold(gate.clone()),
+    ));
+    let first = async {
+        gate.arrived(1).await; // B has observed, and waits before its create
+        let ra = h.pass(&a).await;
+        ok(&ra);
+        assert!(ra.rotated.is_some());
+        gate.open();
+    };
+    let (rb, ()) = tokio::join!(h.pass(&b), first);
+    ok(&rb);
+    assert!(rb.rotated.is_none());
+    assert!(
+        rb.warnings
+            .iter()
+            .any(|w| w.contains("another instance published rotation")),
+        "{:?}",
+        rb.warnings
+    );
+    let created = h
+        .sim
+        .requests()
+        .iter()
+        .filter(|q| q.method == "POST" && q.path == "/organizations/1/service-accounts")
+        .count();
+    println!("accounts created for one due rotation by two replicas: {created}");
+    assert_eq!(created, 1);
+    h.consumer("etl.json").me().await.unwrap();
+}
