@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use self::scheduler::Scheduler;
+use self::scheduler::{Scheduler, Timing};
 use crate::clock::SharedClock;
 use crate::exit::Exit;
 use crate::metrics::Metrics;
@@ -100,6 +100,8 @@ pub struct Daemon {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     progress: watch::Sender<Progress>,
+    /// This process's share of `[daemon] spread`, in [0, 1), drawn once.
+    spread_share: f64,
 }
 
 /// The engine of the policy in force, and its schedule.
@@ -126,7 +128,14 @@ impl Daemon {
             metrics: Metrics::shared(),
             health: Arc::new(Health::default()),
             progress: watch::Sender::new(Progress::default()),
+            spread_share: rand::random::<f64>(),
         }
+    }
+
+    /// This process's share of `[daemon] spread` (tests pin it; default random).
+    pub fn spread_share(mut self, share: f64) -> Self {
+        self.spread_share = share.clamp(0.0, 0.999);
+        self
     }
 
     /// How long the step in flight may take after shutdown is asked.
@@ -160,6 +169,16 @@ impl Daemon {
     /// A view of the daemon's progress.
     pub fn progress(&self) -> watch::Receiver<Progress> {
         self.progress.subscribe()
+    }
+
+    /// The pacing of passes under `policy`: its resync interval, and this
+    /// process's share of its `spread`.
+    fn timing(&self, policy: &Policy) -> Timing {
+        let spread_ms = policy.spread.num_milliseconds().max(0) as f64;
+        Timing {
+            resync: policy.resync_interval,
+            offset: chrono::Duration::milliseconds((spread_ms * self.spread_share) as i64),
+        }
     }
 
     fn load(&self) -> Result<Engine, String> {
@@ -267,7 +286,7 @@ impl Daemon {
             }
         }
         let after = self.clock.now();
-        state.sched.update(&reports, after, state.policy().resync_interval);
+        state.sched.update(&reports, after, &self.timing(state.policy()));
         self.health
             .ready
             .store(reports.iter().all(Report::reached_everything), Ordering::SeqCst);

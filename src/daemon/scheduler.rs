@@ -29,23 +29,47 @@ pub fn backoff(failures: u32, jitter: f64) -> Duration {
     Duration::seconds(spread.min(BACKOFF_CAP.num_seconds() as f64) as i64)
 }
 
+/// How the daemon paces passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// A pass at least this often (`[daemon] resync_interval`).
+    pub resync: Duration,
+    /// This instance's own delay after each rotation deadline (a random part
+    /// of `[daemon] spread`, fixed per process): replicas sharing a primary
+    /// wake one after the other, and the later ones see the first's publish.
+    pub offset: Duration,
+}
+
+impl Timing {
+    /// A resync interval, and no offset.
+    pub fn resync(resync: Duration) -> Self {
+        Self {
+            resync,
+            offset: Duration::zero(),
+        }
+    }
+}
+
 /// When an integration is next due, after a pass at `now` produced `report`.
 /// `failures` counts consecutive failed passes, this one included. A failing
 /// integration backs off, but never past its own next deadline (an
 /// account in use elsewhere, reported at every pass, must not delay its
 /// rotations and deletions).
-pub fn next_due(report: &Report, now: DateTime<Utc>, failures: u32, resync: Duration, jitter: f64) -> DateTime<Utc> {
+pub fn next_due(report: &Report, now: DateTime<Utc>, failures: u32, timing: &Timing, jitter: f64) -> DateTime<Utc> {
+    let rotation = report.plan.next_rotation().map(|t| after(t, timing.offset));
+    let deletion = report.plan.delete_later.iter().filter_map(|d| d.due).min();
+    let next = [rotation, deletion].into_iter().flatten().min();
     if failures > 0 {
         let retry = after(now, backoff(failures, jitter));
-        let next = report.plan.next_action().filter(|t| *t > now);
+        let next = next.filter(|t| *t > now);
         return next.map_or(retry, |t| t.min(retry)).max(after(now, MIN_SLEEP));
     }
     // Something changed: look again right away, from the new state.
     if report.rotated.is_some() || !report.deleted.is_empty() {
         return after(now, MIN_SLEEP);
     }
-    let resync_at = after(now, resync);
-    let due = report.plan.next_action().map_or(resync_at, |t| t.min(resync_at));
+    let resync_at = after(now, timing.resync);
+    let due = next.map_or(resync_at, |t| t.min(resync_at));
     due.max(after(now, MIN_SLEEP))
 }
 
@@ -101,14 +125,14 @@ impl Scheduler {
     }
 
     /// Records a pass's reports.
-    pub fn update(&mut self, reports: &[Report], now: DateTime<Utc>, resync: Duration) {
+    pub fn update(&mut self, reports: &[Report], now: DateTime<Utc>, timing: &Timing) {
         for r in reports {
             let slot = self
                 .slots
                 .entry(r.integration.clone())
                 .or_insert(Slot { due: now, failures: 0 });
             slot.failures = if r.failed() { slot.failures.saturating_add(1) } else { 0 };
-            slot.due = next_due(r, now, slot.failures, resync, rand::random::<f64>());
+            slot.due = next_due(r, now, slot.failures, timing, rand::random::<f64>());
         }
     }
 

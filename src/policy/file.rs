@@ -72,6 +72,11 @@ pub struct DaemonConfig {
     /// How often `run` makes a full pass even when nothing is due, to notice
     /// changes made behind its back (default `10m`, at least `10s`).
     pub resync_interval: Option<HumanDuration>,
+    /// Each instance waits a random part of this (fixed per process) after
+    /// a rotation falls due, so that replicas sharing a primary do not all
+    /// rotate at once: the later ones see the first one's publish (default
+    /// `30s`, at most `1h`).
+    pub spread: Option<HumanDuration>,
 }
 
 /// `[audit]`

@@ -80,6 +80,8 @@ pub struct Policy {
     pub listen: Option<std::net::SocketAddr>,
     /// `[daemon] resync_interval` (default 10 minutes).
     pub resync_interval: Duration,
+    /// `[daemon] spread` (default 30 seconds).
+    pub spread: Duration,
     /// `[audit] path`.
     pub audit_path: Option<PathBuf>,
     pub mixpanel: MixpanelSettings,

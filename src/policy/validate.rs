@@ -43,6 +43,9 @@ pub(super) fn resolve(c: PolicyConfig) -> Result<Policy, PolicyError> {
         }
         at_most("daemon.resync_interval", r.0, MAX_RESYNC, &mut errs);
     }
+    if let Some(s) = c.daemon.spread {
+        at_most("daemon.spread", s.0, MAX_SPREAD, &mut errs);
+    }
     if !errs.is_empty() {
         return Err(if errs.len() == 1 {
             errs.remove(0)
@@ -55,6 +58,7 @@ pub(super) fn resolve(c: PolicyConfig) -> Result<Policy, PolicyError> {
         listen: c.server.listen,
         audit_path: c.audit.path,
         resync_interval: c.daemon.resync_interval.map(|d| d.0).unwrap_or(Duration::minutes(10)),
+        spread: c.daemon.spread.map(|d| d.0).unwrap_or(Duration::seconds(30)),
         mixpanel,
         sinks: c.sinks,
         integrations,
@@ -214,6 +218,8 @@ pub const MAX_DRAIN: Duration = Duration::days(365);
 pub const MAX_HOOK_TIMEOUT: Duration = Duration::hours(1);
 /// The longest timeout of one request (`mixpanel.timeout`, a webhook's, a sink's).
 pub const MAX_REQUEST_TIMEOUT: Duration = Duration::minutes(10);
+/// The longest `[daemon] spread`.
+pub const MAX_SPREAD: Duration = Duration::hours(1);
 /// The longest `[daemon] resync_interval`.
 pub const MAX_RESYNC: Duration = Duration::days(30);
 

@@ -222,6 +222,7 @@ impl InProcess {
     fn start(h: &Harness, config: &Path, shutdown_timeout: Duration) -> Self {
         let daemon = daemon::Daemon::new(config.to_path_buf(), Arc::new(h.clock.clone()))
             .retry(fast_retry(), fast_retry())
+            .spread_share(0.0)
             .shutdown_timeout(shutdown_timeout);
         let (progress, metrics) = (daemon.progress(), daemon.metrics());
         let (control, handle) = Control::new();

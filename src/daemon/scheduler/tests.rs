@@ -53,12 +53,15 @@ fn next_due_is_the_earliest_deadline() {
     let resync = Duration::minutes(10);
     // Nothing pending: the resync.
     assert_eq!(
-        next_due(&report("etl", Plan::default()), now, 0, resync, 0.5),
+        next_due(&report("etl", Plan::default()), now, 0, &Timing::resync(resync), 0.5),
         now + resync
     );
     // A rotation due in 5 minutes (expiry - renew_before, or a slot + jitter).
     let r = report("etl", plan_next(now + Duration::minutes(5)));
-    assert_eq!(next_due(&r, now, 0, resync, 0.5), now + Duration::minutes(5));
+    assert_eq!(
+        next_due(&r, now, 0, &Timing::resync(resync), 0.5),
+        now + Duration::minutes(5)
+    );
     // A grace end or an orphan deadline in 2 minutes.
     let mut p = plan_next(now + Duration::days(3));
     p.delete_later.push(Disposal {
@@ -70,14 +73,23 @@ fn next_due_is_the_earliest_deadline() {
         last_used: None,
     });
     let r = report("etl", p);
-    assert_eq!(next_due(&r, now, 0, resync, 0.5), now + Duration::minutes(2));
+    assert_eq!(
+        next_due(&r, now, 0, &Timing::resync(resync), 0.5),
+        now + Duration::minutes(2)
+    );
     // A failure: back off, whatever else is pending.
     let r = failed(r);
-    assert_eq!(next_due(&r, now, 1, resync, 0.5), now + Duration::seconds(30));
-    assert_eq!(next_due(&r, now, 3, resync, 0.5), now + Duration::seconds(120));
+    assert_eq!(
+        next_due(&r, now, 1, &Timing::resync(resync), 0.5),
+        now + Duration::seconds(30)
+    );
+    assert_eq!(
+        next_due(&r, now, 3, &Timing::resync(resync), 0.5),
+        now + Duration::seconds(120)
+    );
     // Deadlines in the past never make it spin.
     let r = report("etl", plan_next(now - Duration::hours(1)));
-    assert_eq!(next_due(&r, now, 0, resync, 0.5), now + MIN_SLEEP);
+    assert_eq!(next_due(&r, now, 0, &Timing::resync(resync), 0.5), now + MIN_SLEEP);
 }
 
 #[test]
@@ -92,7 +104,7 @@ fn a_failing_integration_does_not_delay_the_others() {
     assert_eq!(s.due(now).len(), 2);
     let bad = failed(report("etl", Plan::default()));
     let good = report("ci", plan_next(now + Duration::seconds(10)));
-    s.update(&[bad.clone(), good], now, Duration::minutes(10));
+    s.update(&[bad.clone(), good], now, &Timing::resync(Duration::minutes(10)));
     assert_eq!(s.due_of("ci"), Some(now + Duration::seconds(10)));
     let etl = s.due_of("etl").unwrap();
     assert!(
@@ -107,12 +119,16 @@ fn a_failing_integration_does_not_delay_the_others() {
     assert_eq!(s.wake_at(now, Duration::minutes(10)), now + Duration::seconds(10));
     // Consecutive failures double the delay, up to the cap.
     for _ in 0..12 {
-        s.update(std::slice::from_ref(&bad), now, Duration::minutes(10));
+        s.update(std::slice::from_ref(&bad), now, &Timing::resync(Duration::minutes(10)));
     }
     let etl = s.due_of("etl").unwrap();
     assert!(etl <= now + BACKOFF_CAP && etl >= now + Duration::minutes(48), "{etl}");
     // Success resets the count.
-    s.update(&[report("etl", Plan::default())], now, Duration::minutes(10));
+    s.update(
+        &[report("etl", Plan::default())],
+        now,
+        &Timing::resync(Duration::minutes(10)),
+    );
     assert_eq!(s.due_of("etl"), Some(now + Duration::minutes(10)));
 }
 
@@ -131,7 +147,7 @@ fn wake_at_is_bounded_by_min_sleep_and_resync() {
     s.update(
         &[report("etl", plan_next(now + Duration::days(3)))],
         now,
-        Duration::minutes(10),
+        &Timing::resync(Duration::minutes(10)),
     );
     assert_eq!(s.wake_at(now, Duration::minutes(10)), now + Duration::minutes(10));
 }
@@ -142,8 +158,41 @@ fn a_failing_integration_backs_off_but_never_past_its_own_next_deadline() {
     let resync = Duration::minutes(10);
     // Deep in backoff (about an hour), with a deletion due in 5 minutes: woken for the deletion.
     let failing = failed(report("etl", plan_next(now + Duration::minutes(5))));
-    assert_eq!(next_due(&failing, now, 12, resync, 0.5), now + Duration::minutes(5));
+    assert_eq!(
+        next_due(&failing, now, 12, &Timing::resync(resync), 0.5),
+        now + Duration::minutes(5)
+    );
     // A deadline already past (the rotation that keeps failing) never makes it spin.
     let failing = failed(report("etl", plan_next(now - Duration::minutes(5))));
-    assert_eq!(next_due(&failing, now, 1, resync, 0.5), now + Duration::seconds(30));
+    assert_eq!(
+        next_due(&failing, now, 1, &Timing::resync(resync), 0.5),
+        now + Duration::seconds(30)
+    );
+}
+
+#[test]
+fn each_instance_wakes_for_a_rotation_after_its_own_offset_never_for_a_deletion() {
+    let now = t("2026-11-28T04:00:00Z");
+    let timing = Timing {
+        resync: Duration::hours(1),
+        offset: Duration::seconds(17),
+    };
+    let r = report("etl", plan_next(now + Duration::minutes(5)));
+    assert_eq!(
+        next_due(&r, now, 0, &timing, 0.5),
+        now + Duration::minutes(5) + Duration::seconds(17)
+    );
+    let mut p = Plan::default();
+    p.delete_later.push(Disposal {
+        id: 1,
+        username: "u".into(),
+        reason: DeleteReason::Retiring,
+        rule: Rule::Grace,
+        due: Some(now + Duration::minutes(2)),
+        last_used: None,
+    });
+    assert_eq!(
+        next_due(&report("etl", p), now, 0, &timing, 0.5),
+        now + Duration::minutes(2)
+    );
 }
