@@ -155,6 +155,7 @@ mod tests {
             (format!("{etl}schedule = \"0 4 * * MON\"\njitter = \"1000000000d\"\n"), "jitter"),
             (format!("{etl}webhook = {{ url = {{ env = \"W\" }}, timeout = {absurd} }}\n"), "webhook.timeout"),
             (format!("[daemon]\nresync_interval = {absurd}\n{etl}"), "daemon.resync_interval"),
+            (format!("[daemon]\nspread = {absurd}\n{etl}"), "daemon.spread"),
             (format!("[sinks.v]\ntype = \"vault\"\naddress = \"https://v\"\nauth = {{ method = \"token\", token = {{ env = \"T\" }} }}\ntimeout = {absurd}\n{etl}"), "sinks.v.timeout"),
         ])
         .collect();
