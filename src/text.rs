@@ -58,16 +58,20 @@ pub fn server_text(s: &str) -> String {
 }
 
 /// Masks runs that look like credentials: 16 or more characters of the
-/// alphabets tokens use (letters, digits, `-_+/=.~`) mixing letters and
-/// digits, or 40 or more of them whatever they hold.
+/// alphabets tokens use (letters, digits, `-_+/=.~`) that mix two of lower
+/// case, upper case (past the first character) and digits, or 32 or more of
+/// them whatever they hold.
 pub fn mask_credentials(s: &str) -> String {
     let token_char = |c: char| c.is_ascii_alphanumeric() || "-_+/=.~".contains(c);
     let mut out = String::with_capacity(s.len());
     let mut run = String::new();
     let flush = |run: &mut String, out: &mut String| {
-        let mixed = run.chars().any(|c| c.is_ascii_digit()) && run.chars().any(|c| c.is_ascii_alphabetic());
+        let digit = run.chars().any(|c| c.is_ascii_digit());
+        let lower = run.chars().any(|c| c.is_ascii_lowercase());
+        let upper = run.chars().skip(1).any(|c| c.is_ascii_uppercase());
+        let classes = [digit, lower, upper].into_iter().filter(|x| *x).count();
         let n = run.chars().count();
-        if (n >= 16 && mixed) || n >= 40 {
+        if (n >= 16 && classes >= 2) || n >= 32 {
             out.push_str("[masked]");
         } else {
             out.push_str(run);
@@ -96,8 +100,11 @@ mod tests {
         let said = format!("\n  invalid secret {token} for user rotator\nsecond line {token}");
         let shown = server_text(&said);
         assert_eq!(shown, "invalid secret [masked] for user rotator");
-        assert!(!server_text(&"x".repeat(39)).contains("masked"));
-        assert_eq!(server_text(&"y".repeat(45)), "[masked]");
+        assert!(!server_text(&"x".repeat(31)).contains("masked"));
+        assert_eq!(server_text(&"y".repeat(32)), "[masked]");
+        // A token of letters alone, in both cases (the simulator issues such ones).
+        assert_eq!(server_text("from lUeBRlPMWDwgtPHuxafDVnYIkfrnzygM"), "from [masked]");
+        assert_eq!(server_text("Internationalization"), "Internationalization");
         assert_eq!(
             server_text("Service account 1003 does not exist"),
             "Service account 1003 does not exist"
