@@ -22,6 +22,17 @@ use crate::mixpanel::{Client, RetryPolicy};
 use crate::policy::{Integration, Policy};
 use crate::sink::Sink;
 
+/// Account id -> (integration, its `adopt` key) of every integration adopting it.
+type Adopters = std::collections::BTreeMap<u64, Vec<(String, String)>>;
+
+/// What one pass reads once and every integration of it shares.
+struct Shared {
+    accounts: Vec<ServiceAccount>,
+    adopters: Adopters,
+    /// Project memberships, read at most once per project.
+    cache: MembershipCache,
+}
+
 /// What to do in a pass.
 #[derive(Debug, Clone, Default)]
 pub struct PassOptions {
@@ -92,7 +103,7 @@ impl Engine {
 
     /// Records API requests, rotations and deletions in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.ctx.client = self.ctx.client.clone().with_metrics(metrics.clone());
+        self.ctx.client = self.ctx.client.with_metrics(metrics.clone());
         self.ctx.metrics = Some(metrics);
         self
     }
@@ -127,6 +138,29 @@ impl Engine {
 
     /// Reads what the integration's sink has published, and builds its observation.
     pub async fn observe(&self, i: &Integration, accounts: &[ServiceAccount]) -> Result<Observation, StepError> {
+        self.observe_in(i, accounts, &self.adopters(accounts)).await
+    }
+
+    /// Which integrations' `adopt` names each account (by id): built once
+    /// per pass, so that an account adopted twice (by id in one integration,
+    /// by username in another, which load-time checks cannot see) is found
+    /// without a scan per integration.
+    fn adopters(&self, accounts: &[ServiceAccount]) -> Adopters {
+        let mut out = Adopters::new();
+        for j in &self.ctx.policy.integrations {
+            if let Some(a) = j.adopt.as_ref().and_then(|a| resolve_adopt(a, accounts)) {
+                out.entry(a.id).or_default().push((j.name.clone(), j.key("adopt")));
+            }
+        }
+        out
+    }
+
+    async fn observe_in(
+        &self,
+        i: &Integration,
+        accounts: &[ServiceAccount],
+        adopters: &Adopters,
+    ) -> Result<Observation, StepError> {
         let fail = |cause| StepError::new(&i.name, Step::ReadSink, cause).then(Consequence::NothingTouched);
         let sink = self.ctx.sink_for(i).map_err(fail)?;
         let published = sink
@@ -134,21 +168,12 @@ impl Engine {
             .await
             .map_err(|e| fail(self.ctx.sink_cause(i, e)))?;
         let mut obs = Observation::new(i, &self.ctx.scope.namespace, accounts, published);
-        // The same account adopted twice (by id in one integration, by
-        // username in another): load-time checks cannot see it.
         obs.adopt_shared_with = obs.adopt_target.as_ref().and_then(|mine| {
-            self.ctx
-                .policy
-                .integrations
+            adopters
+                .get(&mine.id)?
                 .iter()
-                .filter(|j| j.name != i.name)
-                .find(|j| {
-                    j.adopt
-                        .as_ref()
-                        .and_then(|a| resolve_adopt(a, accounts))
-                        .is_some_and(|a| a.id == mine.id)
-                })
-                .map(|j| j.key("adopt"))
+                .find(|(name, _)| *name != i.name)
+                .map(|(_, key)| key.clone())
         });
         Ok(obs)
     }
@@ -182,11 +207,15 @@ impl Engine {
                 return self.all_failed(&selected, now, Step::ListAccounts, &Cause::Mixpanel(e));
             }
         };
-        let cache = MembershipCache::default();
+        let shared = Shared {
+            adopters: self.adopters(&accounts),
+            accounts,
+            cache: MembershipCache::default(),
+        };
         futures_util::future::join_all(
             selected
                 .into_iter()
-                .map(|i| self.integration_pass(i, &accounts, &cache, opts, now)),
+                .map(|i| self.integration_pass(i, &shared, opts, now)),
         )
         .await
     }
@@ -208,13 +237,13 @@ impl Engine {
     async fn integration_pass(
         &self,
         i: &Integration,
-        accounts: &[ServiceAccount],
-        cache: &MembershipCache,
+        shared: &Shared,
         opts: &PassOptions,
         now: DateTime<Utc>,
     ) -> Report {
+        let cache = &shared.cache;
         let mut report = Report::new(i, now);
-        match self.observe(i, accounts).await {
+        match self.observe_in(i, &shared.accounts, &shared.adopters).await {
             Err(e) => report.errors.push(e),
             Ok(obs) => {
                 let plan = decide(i, &self.ctx.scope, &obs, now, opts.request_for(&i.name));

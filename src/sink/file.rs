@@ -8,10 +8,12 @@
 
 #![warn(missing_docs)]
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use rand::Rng as _;
 use serde::Deserialize;
@@ -82,6 +84,10 @@ impl FileSinkConfig {
 pub struct FileSink {
     name: String,
     config: FileSinkConfig,
+    /// The paths whose leftovers a read has already looked for: once per
+    /// path and process is enough (a publish always looks, under its lock),
+    /// and a quiet pass does not list the directory for every integration.
+    swept: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 impl FileSink {
@@ -90,6 +96,16 @@ impl FileSink {
         Self {
             name: name.into(),
             config,
+            swept: Arc::default(),
+        }
+    }
+
+    /// Another handle on the same sink (for a blocking task).
+    fn handle(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            config: self.config.clone(),
+            swept: self.swept.clone(),
         }
     }
 
@@ -226,6 +242,10 @@ impl FileSink {
     /// left (best effort; the lock file is never created here, so a
     /// read-only command changes nothing else).
     fn clean_if_idle(&self, target: &Path) {
+        let swept = || self.swept.lock().unwrap_or_else(|e| e.into_inner());
+        if swept().contains(target) {
+            return;
+        }
         let Ok(lock) = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
@@ -238,6 +258,7 @@ impl FileSink {
                 self.clean_stale_temps(dir, target);
             }
             let _ = lock.unlock();
+            swept().insert(target.to_path_buf());
         }
     }
 
@@ -336,13 +357,13 @@ impl Sink for FileSink {
     }
 
     async fn read_current(&self, path: &str) -> Result<Option<(Payload, Version)>, SinkError> {
-        let me = FileSink::new(&self.name, self.config.clone());
+        let me = self.handle();
         let path = path.to_string();
         blocking(move || me.read_blocking(&path)).await
     }
 
     async fn publish(&self, path: &str, payload: &Payload, expected: Option<&Version>) -> Result<Version, SinkError> {
-        let me = FileSink::new(&self.name, self.config.clone());
+        let me = self.handle();
         let (path, payload, expected) = (path.to_string(), payload.clone(), expected.cloned());
         let published = blocking(move || me.publish_blocking(&path, &payload, expected.as_ref())).await;
         if published.as_ref().is_err_and(|e| e.detail == crate::failpoint::CRASHED) {
@@ -353,7 +374,7 @@ impl Sink for FileSink {
     }
 
     async fn healthcheck(&self, path: &str) -> Result<String, SinkError> {
-        let me = FileSink::new(&self.name, self.config.clone());
+        let me = self.handle();
         let path = path.to_string();
         blocking(move || me.health_blocking(&path)).await
     }

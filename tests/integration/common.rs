@@ -380,3 +380,25 @@ impl Harness {
         self.assert_no_secret_leaked(&[last]);
     }
 }
+
+/// Runs `group(item)` for every item at once, each on a thread and runtime
+/// of its own (a matrix whose rows mostly wait on servers), and waits for all.
+pub fn in_parallel<T, F, Fut>(items: impl IntoIterator<Item = T>, group: F)
+where
+    T: Send,
+    F: Fn(T) -> Fut + Sync,
+    Fut: std::future::Future<Output = ()>,
+{
+    std::thread::scope(|scope| {
+        for item in items {
+            let group = &group;
+            scope.spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(group(item));
+            });
+        }
+    });
+}

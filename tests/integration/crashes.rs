@@ -33,19 +33,9 @@ const POINTS: &[&str] = &[
 
 #[test]
 fn a_crash_at_every_step_boundary_of_every_sink_leaves_one_working_credential_and_nothing_else() {
-    std::thread::scope(|scope| {
-        for backend in ALL {
-            scope.spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async {
-                    for point in POINTS {
-                        crash_case(backend, point).await;
-                    }
-                });
-            });
+    in_parallel(ALL, |backend| async move {
+        for point in POINTS {
+            crash_case(backend, point).await;
         }
     });
 }

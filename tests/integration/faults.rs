@@ -437,19 +437,9 @@ fn faults(method: &str, path: &str) -> Vec<(&'static str, Fault)> {
 /// its own thread, runtime and simulator: the faults are mostly waiting).
 #[test]
 fn fault_matrix_every_endpoint_every_fault_keeps_the_invariants() {
-    std::thread::scope(|scope| {
-        for (method, path) in ENDPOINTS {
-            scope.spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async {
-                    for (what, fault) in faults(method, path) {
-                        fault_case(&format!("{method} {path}: {what}"), fault).await;
-                    }
-                });
-            });
+    in_parallel(ENDPOINTS, |(method, path)| async move {
+        for (what, fault) in faults(method, path) {
+            fault_case(&format!("{method} {path}: {what}"), fault).await;
         }
     });
 }

@@ -26,6 +26,18 @@ fn failed(mut r: Report) -> Report {
     r
 }
 
+/// A retiring account due at `at`.
+fn retiring_at(at: DateTime<Utc>) -> Disposal {
+    Disposal {
+        id: 1,
+        username: "u".into(),
+        reason: DeleteReason::Retiring,
+        rule: Rule::Grace,
+        due: Some(at),
+        last_used: None,
+    }
+}
+
 fn plan_next(at: DateTime<Utc>) -> Plan {
     let mut p = Plan::default();
     p.deadlines.renew_at = Some(at);
@@ -64,14 +76,7 @@ fn next_due_is_the_earliest_deadline() {
     );
     // A grace end or an orphan deadline in 2 minutes.
     let mut p = plan_next(now + Duration::days(3));
-    p.delete_later.push(Disposal {
-        id: 1,
-        username: "u".into(),
-        reason: DeleteReason::Retiring,
-        rule: Rule::Grace,
-        due: Some(now + Duration::minutes(2)),
-        last_used: None,
-    });
+    p.delete_later.push(retiring_at(now + Duration::minutes(2)));
     let r = report("etl", p);
     assert_eq!(
         next_due(&r, now, 0, &Timing::resync(resync), 0.5),
@@ -183,14 +188,7 @@ fn each_instance_wakes_for_a_rotation_after_its_own_offset_never_for_a_deletion(
         now + Duration::minutes(5) + Duration::seconds(17)
     );
     let mut p = Plan::default();
-    p.delete_later.push(Disposal {
-        id: 1,
-        username: "u".into(),
-        reason: DeleteReason::Retiring,
-        rule: Rule::Grace,
-        due: Some(now + Duration::minutes(2)),
-        last_used: None,
-    });
+    p.delete_later.push(retiring_at(now + Duration::minutes(2)));
     assert_eq!(
         next_due(&report("etl", p), now, 0, &timing, 0.5),
         now + Duration::minutes(2)
