@@ -22,6 +22,8 @@ pub enum Action {
     AddToProject,
     /// A credential was published to a sink.
     Publish,
+    /// A mirror was brought up to date from the primary.
+    Mirror,
 }
 
 /// How the call ended.
@@ -45,6 +47,7 @@ impl Action {
             Action::Delete => "delete",
             Action::AddToProject => "add_to_project",
             Action::Publish => "publish",
+            Action::Mirror => "mirror",
         }
     }
 }

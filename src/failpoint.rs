@@ -57,6 +57,21 @@ mod armed {
         }
     }
 
+    /// Arms the point named by `MIXPANEL_ROTATOR_TEST_FAILPOINT`
+    /// (`point:integration`), for the whole life of the process: tests of
+    /// the binary make it hang there, then kill it with a real signal.
+    pub fn arm_from_env() {
+        let Ok(spec) = std::env::var("MIXPANEL_ROTATOR_TEST_FAILPOINT") else {
+            return;
+        };
+        let Some((point, integration)) = spec.split_once(':') else {
+            return;
+        };
+        // Leaked on purpose: the point stays armed until the process dies.
+        let point: &'static str = Box::leak(point.to_string().into_boxed_str());
+        std::mem::forget(arm(point, integration));
+    }
+
     /// Whether `point` is armed for `integration`; if so, says it was hit.
     pub fn tripped(point: &str, integration: &str) -> bool {
         let a = ARMED.lock().unwrap_or_else(|e| e.into_inner());
@@ -71,7 +86,12 @@ mod armed {
 }
 
 #[cfg(feature = "failpoints")]
-pub use armed::{Trip, arm, tripped};
+pub use armed::{Trip, arm, arm_from_env, tripped};
+
+/// Test builds only (the `failpoints` feature): nothing in any other build.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn arm_from_env() {}
 
 /// What a blocking step returns when it "dies" at a point (the async side
 /// then stops for good).

@@ -21,6 +21,8 @@ pub enum EventKind {
     RotationFailed,
     /// A rotation failed and the published credential expires within `renew_before`.
     Expiring,
+    /// A mirror could not be brought up to date from the primary.
+    MirrorFailed,
 }
 
 /// The facts a hook gets (never the secret).
@@ -56,6 +58,11 @@ impl HookEvent {
             ),
             EventKind::Expiring => format!(
                 ":rotating_light: mixpanel-rotator: rotating `{}` keeps failing and its credential expires {exp}: {}",
+                self.integration,
+                self.error.as_deref().unwrap_or("unknown error")
+            ),
+            EventKind::MirrorFailed => format!(
+                ":warning: mixpanel-rotator: a mirror of `{}` is not up to date: {}",
                 self.integration,
                 self.error.as_deref().unwrap_or("unknown error")
             ),

@@ -28,6 +28,8 @@ fn main() -> ExitCode {
         _ => cli.log_level.as_str(),
     };
     cli::init_tracing(cli.log_format, level);
+    // Only in test builds (the `failpoints` feature); nothing otherwise.
+    mixpanel_rotator::failpoint::arm_from_env();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -32,6 +32,8 @@ pub struct Metrics {
     reloads: Counter,
     passes: Family<Labels, Counter>,
     hook_failures: Family<Labels, Counter>,
+    mirror_up_to_date: Family<Labels, Gauge>,
+    mirror_writes: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -90,6 +92,16 @@ impl Metrics {
                 "Reconcile passes by integration and result (ok, error)",
             ),
             hook_failures: family(&mut r, "hook_failures", "Hooks that failed, by integration and hook"),
+            mirror_up_to_date: family(
+                &mut r,
+                "mirror_up_to_date",
+                "1 when the mirror held the primary's payload after the last sync, else 0",
+            ),
+            mirror_writes: family(
+                &mut r,
+                "mirror_writes",
+                "Mirror syncs that wrote the mirror (ok) or failed (error), by integration",
+            ),
             registry: r,
         }
     }
@@ -165,6 +177,20 @@ impl Metrics {
         self.hook_failures
             .get_or_create(&labels(&[("integration", integration), ("hook", hook)]))
             .inc();
+    }
+
+    /// Where a mirror stands after a sync (`up_to_date`), and whether the
+    /// sync wrote it (`Some(true)`) or failed (`Some(false)`).
+    pub fn mirror(&self, integration: &str, sink: &str, path: &str, up_to_date: bool, wrote: Option<bool>) {
+        self.mirror_up_to_date
+            .get_or_create(&labels(&[("integration", integration), ("sink", sink), ("path", path)]))
+            .set(i64::from(up_to_date));
+        if let Some(ok) = wrote {
+            let result = if ok { "ok" } else { "error" };
+            self.mirror_writes
+                .get_or_create(&labels(&[("integration", integration), ("result", result)]))
+                .inc();
+        }
     }
 
     /// A policy reload was applied (`ok`) or rejected.

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::mixpanel::types::Grants;
-use crate::rotation::{DeleteReason, Disposal, Report, RotationPlan, Rule};
+use crate::rotation::{DeleteReason, Disposal, MirrorState, MirrorView, Report, RotationPlan, Rule};
 use crate::text::{format_duration, relative, rfc3339};
 
 /// `plan` output: what each integration would do.
@@ -14,6 +14,9 @@ pub fn plan_text(reports: &[Report]) -> String {
         s.push_str(&format!("{} (sink `{}`, path `{}`):\n", r.integration, r.sink, r.path));
         for line in plan_lines(r) {
             s.push_str(&format!("  - {line}\n"));
+        }
+        for m in &r.mirrors {
+            s.push_str(&format!("  - {}\n", mirror_line(m)));
         }
         for w in &r.warnings {
             s.push_str(&format!("  ! warning: {w}\n"));
@@ -139,6 +142,9 @@ pub fn outcome_text(reports: &[Report]) -> String {
         for d in &r.deleted {
             s.push_str(&format!("  deleted account {} ({}): {}\n", d.id, d.username, d.reason));
         }
+        for m in r.mirrors.iter().filter(|m| m.state != MirrorState::InSync) {
+            s.push_str(&format!("  {}\n", mirror_line(m)));
+        }
         for w in &r.warnings {
             s.push_str(&format!("  warning: {w}\n"));
         }
@@ -149,7 +155,17 @@ pub fn outcome_text(reports: &[Report]) -> String {
     s
 }
 
-const STATUS_HEADER: [&str; 8] = [
+/// One mirror and where it stands.
+fn mirror_line(m: &MirrorView) -> String {
+    let holds = m
+        .rotation_id
+        .as_deref()
+        .map(|id| format!(", holds rotation {id}"))
+        .unwrap_or_default();
+    format!("mirror `{}` path `{}`: {}{holds}", m.sink, m.path, m.state.as_str())
+}
+
+const STATUS_HEADER: [&str; 9] = [
     "INTEGRATION",
     "SINK",
     "ACCOUNT",
@@ -157,12 +173,13 @@ const STATUS_HEADER: [&str; 8] = [
     "NEXT ROTATION",
     "RETIRING",
     "ORPHANS",
+    "MIRRORS",
     "STATE",
 ];
 
 /// `status` output: one row per integration.
 pub fn status_table(reports: &[Report]) -> String {
-    let rows: Vec<[String; 8]> = reports.iter().map(status_row).collect();
+    let rows: Vec<[String; 9]> = reports.iter().map(status_row).collect();
     let mut widths = STATUS_HEADER.map(str::len);
     for row in &rows {
         for (w, c) in widths.iter_mut().zip(row) {
@@ -184,10 +201,24 @@ pub fn status_table(reports: &[Report]) -> String {
     for row in &rows {
         s.push_str(&line(row.iter().map(String::as_str).collect()));
     }
+    for r in reports {
+        for m in r.mirrors.iter().filter(|m| !m.state.up_to_date()) {
+            s.push_str(&format!("{}: {}\n", r.integration, mirror_line(m)));
+        }
+    }
     s
 }
 
-fn status_row(r: &Report) -> [String; 8] {
+/// `-` without mirrors, else how many hold the primary's payload.
+fn mirrors_cell(mirrors: &[MirrorView]) -> String {
+    if mirrors.is_empty() {
+        return "-".into();
+    }
+    let good = mirrors.iter().filter(|m| m.state.up_to_date()).count();
+    format!("{good}/{} in sync", mirrors.len())
+}
+
+fn status_row(r: &Report) -> [String; 9] {
     let (p, now) = (&r.plan, r.at);
     let when = |t: DateTime<Utc>| format!("{} ({})", t.format("%Y-%m-%d %H:%M"), relative(t, now));
     let account = r
@@ -214,6 +245,7 @@ fn status_row(r: &Report) -> [String; 8] {
         next,
         p.pending(DeleteReason::Retiring).to_string(),
         p.pending(DeleteReason::Orphan).to_string(),
+        mirrors_cell(&r.mirrors),
         state,
     ]
 }

@@ -1,6 +1,8 @@
 //! `run`'s HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the
 //! process is alive), `/readyz` (a policy is loaded and the last pass reached
-//! Mixpanel and every sink).
+//! Mixpanel and every sink), `/startupz` (every mirror has held the primary's
+//! credential at least once since the start: a sidecar's startup probe, so
+//! the app beside it starts with its credential file in place).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +18,24 @@ use crate::metrics::Metrics;
 pub struct Health {
     /// The last pass reached Mixpanel and every sink.
     pub ready: AtomicBool,
+    /// Every mirror has been up to date at least once since the start.
+    pub started: AtomicBool,
+}
+
+/// A probe: 200 with `yes` while the flag `which` picks is set, else 503 with `no`.
+fn probe(
+    health: Arc<Health>,
+    which: fn(&Health) -> &AtomicBool,
+    yes: &'static str,
+    no: &'static str,
+) -> axum::routing::MethodRouter {
+    axum::routing::get(move || async move {
+        if which(&health).load(Ordering::SeqCst) {
+            (StatusCode::OK, yes).into_response()
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, no).into_response()
+        }
+    })
 }
 
 /// Binds `addr` and serves until the task is dropped.
@@ -44,21 +64,22 @@ pub async fn serve(
         )
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .route(
+            "/startupz",
+            probe(
+                health.clone(),
+                |h| &h.started,
+                "started\n",
+                "starting: a mirror does not hold the primary's credential yet\n",
+            ),
+        )
+        .route(
             "/readyz",
-            axum::routing::get(move || {
-                let h = health.clone();
-                async move {
-                    if h.ready.load(Ordering::SeqCst) {
-                        (StatusCode::OK, "ready\n").into_response()
-                    } else {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: the last pass did not reach Mixpanel or a sink\n",
-                        )
-                            .into_response()
-                    }
-                }
-            }),
+            probe(
+                health,
+                |h| &h.ready,
+                "ready\n",
+                "not ready: the last pass did not reach Mixpanel or a sink\n",
+            ),
         );
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

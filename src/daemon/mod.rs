@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::mixpanel::RetryPolicy;
 use crate::notify::{Notifier, status_line};
 use crate::policy::Policy;
-use crate::rotation::{Engine, PassOptions, Report};
+use crate::rotation::{Engine, MirrorSync, MirrorView, PassOptions, Report};
 use crate::server::Health;
 use crate::text::rfc3339;
 
@@ -88,6 +88,10 @@ pub struct Progress {
     pub reloads: u64,
     /// Why the last reload was rejected, if it was.
     pub reload_error: Option<String>,
+    /// Mirror syncs between passes completed.
+    pub mirror_syncs: u64,
+    /// What the last of them did.
+    pub mirrors: Vec<MirrorSync>,
 }
 
 /// The daemon, before it runs.
@@ -108,11 +112,46 @@ pub struct Daemon {
 struct Running {
     engine: Engine,
     sched: Scheduler,
+    /// When the mirrors are next brought up to date between passes.
+    mirrors_at: DateTime<Utc>,
+    /// The integrations whose mirrors have all held the primary's payload
+    /// at least once since the start (`/startupz`).
+    mirrored: BTreeSet<String>,
 }
 
 impl Running {
     fn policy(&self) -> &Policy {
         self.engine.policy()
+    }
+
+    fn has_mirrors(&self) -> bool {
+        self.policy().integrations.iter().any(|i| !i.mirrors.is_empty())
+    }
+
+    /// When to wake up next: the scheduler's next due time, or the next
+    /// mirror sync if that comes first.
+    fn wake_at(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let wake = self.sched.wake_at(now, self.policy().resync_interval);
+        if self.has_mirrors() {
+            wake.min(self.mirrors_at.max(now))
+        } else {
+            wake
+        }
+    }
+
+    /// Notes the integrations whose mirrors are all up to date; whether
+    /// every mirrored integration has been, once.
+    fn note_mirrored<'a>(&mut self, synced: impl IntoIterator<Item = (&'a str, &'a [MirrorView])>) -> bool {
+        for (integration, views) in synced {
+            if !views.is_empty() && views.iter().all(|v| v.state.up_to_date()) {
+                self.mirrored.insert(integration.to_string());
+            }
+        }
+        self.policy()
+            .integrations
+            .iter()
+            .filter(|i| !i.mirrors.is_empty())
+            .all(|i| self.mirrored.contains(&i.name))
     }
 }
 
@@ -207,19 +246,38 @@ impl Daemon {
             Err(exit) => return exit,
         };
         let _watchdog = self.watchdog();
+        let now = self.clock.now();
         let mut state = Running {
             engine,
             sched: Scheduler::default(),
+            // Mirrors first: they need no Mixpanel call, and the consumers
+            // beside this process wait for them (`/startupz`).
+            mirrors_at: now,
+            mirrored: BTreeSet::new(),
         };
-        state.sched.reset(state.engine.policy(), self.clock.now());
+        // This process's share of `spread` before its first pass too:
+        // replicas started together (a new Deployment) do not all bootstrap.
+        let first = crate::clock::after(now, self.timing(state.policy()).offset);
+        state.sched.reset(state.engine.policy(), first);
+        self.health.started.store(!state.has_mirrors(), Ordering::SeqCst);
         tracing::info!(
             integrations = state.policy().integrations.len(),
-            "Started; the first pass runs now."
+            first_pass = %crate::text::rfc3339(first),
+            "Started; mirrors are brought up to date now, the first pass runs after this process's share of `[daemon] spread`."
         );
-        self.notifier
-            .notify(&format!("READY=1\n{}", status_line("started; first pass running")));
+        self.notifier.notify(&format!(
+            "READY=1\n{}",
+            status_line(&format!("started; first pass at {}", rfc3339(first)))
+        ));
         loop {
             let now = self.clock.now();
+            if state.has_mirrors() && state.mirrors_at <= now {
+                tokio::select! {
+                    () = self.sync_mirrors(&mut state) => {}
+                    () = control.shutdown.cancelled() => break,
+                }
+                continue;
+            }
             let due = state.sched.due(now);
             if !due.is_empty() {
                 if let Some(exit) = self.pass(&mut state, due, &control.shutdown).await {
@@ -227,7 +285,7 @@ impl Daemon {
                 }
                 continue;
             }
-            let wake = state.sched.wake_at(now, state.policy().resync_interval);
+            let wake = state.wake_at(now);
             tokio::select! {
                 () = self.clock.sleep_until(wake) => {}
                 () = control.shutdown.cancelled() => break,
@@ -274,11 +332,13 @@ impl Daemon {
             stop: Some(shutdown.clone()),
             ..Default::default()
         };
-        let pass = state.engine.pass(&opts);
-        tokio::pin!(pass);
-        let reports = tokio::select! {
-            r = &mut pass => r,
-            () = shutdown.cancelled() => return Some(self.shut_down(pass).await),
+        let reports = {
+            let pass = state.engine.pass(&opts);
+            tokio::pin!(pass);
+            tokio::select! {
+                r = &mut pass => r,
+                () = shutdown.cancelled() => return Some(self.shut_down(pass).await),
+            }
         };
         for r in &reports {
             for e in &r.errors {
@@ -290,8 +350,11 @@ impl Daemon {
         self.health
             .ready
             .store(reports.iter().all(Report::reached_everything), Ordering::SeqCst);
+        if state.note_mirrored(reports.iter().map(|r| (r.integration.as_str(), r.mirrors.as_slice()))) {
+            self.health.started.store(true, Ordering::SeqCst);
+        }
         let failing = reports.iter().filter(|r| r.failed()).count();
-        let wake = state.sched.wake_at(after, state.policy().resync_interval);
+        let wake = state.wake_at(after);
         self.notifier.notify(&status_line(&format!(
             "{} integration(s) in the last pass, {failing} failing; next pass {}",
             reports.len(),
@@ -304,6 +367,25 @@ impl Daemon {
             p.due = state.sched.due_times();
         });
         None
+    }
+
+    /// Brings every mirror up to date from its primary (no Mixpanel call),
+    /// and schedules the next sync.
+    async fn sync_mirrors(&self, state: &mut Running) {
+        let synced = state.engine.sync_mirrors(None).await;
+        let now = self.clock.now();
+        state.mirrors_at = crate::clock::after(now, state.policy().mirror_interval);
+        if state.note_mirrored(synced.iter().map(|s| (s.integration.as_str(), s.views.as_slice()))) {
+            self.health.started.store(true, Ordering::SeqCst);
+        }
+        let wake = state.sched.due(now).is_empty().then(|| state.wake_at(now));
+        self.progress.send_modify(|p| {
+            p.mirror_syncs = p.mirror_syncs.saturating_add(1);
+            p.mirrors = synced;
+            if wake.is_some() {
+                p.wake_at = wake;
+            }
+        });
     }
 
     /// Shutdown asked during a pass: start nothing new, let what is in
@@ -339,7 +421,8 @@ impl Daemon {
                 if engine.policy().listen != state.policy().listen {
                     tracing::warn!("`server.listen` changed; it takes effect at the next restart.");
                 }
-                state.sched.reset(engine.policy(), self.clock.now());
+                let first = crate::clock::after(self.clock.now(), self.timing(engine.policy()).offset);
+                state.sched.reset(engine.policy(), first);
                 state.engine = engine;
                 self.metrics.reload(true);
                 tracing::info!(integrations = state.policy().integrations.len(), "Policy reloaded.");
@@ -355,7 +438,7 @@ impl Daemon {
             .notify(&format!("READY=1\n{}", status_line("policy reload handled")));
         let now = self.clock.now();
         let idle = state.sched.due(now).is_empty();
-        let wake = idle.then(|| state.sched.wake_at(now, state.policy().resync_interval));
+        let wake = idle.then(|| state.wake_at(now));
         self.progress.send_modify(|p| {
             p.reloads = p.reloads.saturating_add(1);
             p.reload_error = error;

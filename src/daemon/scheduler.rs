@@ -86,8 +86,9 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Every integration of `policy` due at `now`; integrations no longer in
-    /// the policy are forgotten, known ones keep their failure count.
+    /// Every integration of `policy` due at `now` (the daemon passes its
+    /// start plus its share of `spread`); integrations no longer in the
+    /// policy are forgotten, known ones keep their failure count.
     pub fn reset(&mut self, policy: &Policy, now: DateTime<Utc>) {
         let names: BTreeSet<&str> = policy.integrations.iter().map(|i| i.name.as_str()).collect();
         self.slots.retain(|k, _| names.contains(k.as_str()));

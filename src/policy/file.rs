@@ -77,6 +77,10 @@ pub struct DaemonConfig {
     /// rotate at once: the later ones see the first one's publish (default
     /// `30s`, at most `1h`).
     pub spread: Option<HumanDuration>,
+    /// How often `run` brings the integrations' `mirrors` up to date from
+    /// their primaries, between passes: one primary read and one read per
+    /// mirror, no Mixpanel call (default `1m`, from `5s` to `1h`).
+    pub mirror_interval: Option<HumanDuration>,
 }
 
 /// `[audit]`
@@ -145,6 +149,12 @@ macro_rules! overridable {
             pub adopt: Option<AdoptRef>,
             /// A command run after each successful publish: an argv list, no shell.
             pub on_rotate: Option<Vec<String>>,
+            /// Local copies of the credential (a pod's `emptyDir`, say):
+            /// written from the primary (`sink` and `path`) after each
+            /// publish and brought up to date at every pass. They are never
+            /// read to decide anything.
+            #[serde(default)]
+            pub mirrors: Vec<MirrorConfig>,
             $( $(#[$meta])* pub $field: Option<$ty>, )*
         }
     };
@@ -182,6 +192,17 @@ overridable! {
     webhook: WebhookConfig,
     /// How long `on_rotate` may run before it is killed (default `30s`).
     on_rotate_timeout: HumanDuration,
+}
+
+/// `mirrors = [{ sink = "pod", path = "etl.json" }]`: one copy of an
+/// integration's credential.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// Which `[sinks.NAME]` holds the copy (usually a `file` sink).
+    pub sink: String,
+    /// File name, KV path or secret name inside that sink.
+    pub path: String,
 }
 
 /// `webhook = { url = { env = "SLACK_WEBHOOK_URL" } }`: the URL is a secret

@@ -19,7 +19,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use self::error::PolicyError;
-pub use self::file::{AdoptRef, PolicyConfig, ProjectsSpec, Region, WebhookConfig};
+pub use self::file::{AdoptRef, MirrorConfig, PolicyConfig, ProjectsSpec, Region, WebhookConfig};
 pub use self::model::{Integration, MixpanelSettings, Policy};
 
 /// Where the policy is read from when neither `--config` nor
@@ -156,6 +156,7 @@ mod tests {
             (format!("{etl}webhook = {{ url = {{ env = \"W\" }}, timeout = {absurd} }}\n"), "webhook.timeout"),
             (format!("[daemon]\nresync_interval = {absurd}\n{etl}"), "daemon.resync_interval"),
             (format!("[daemon]\nspread = {absurd}\n{etl}"), "daemon.spread"),
+            (format!("[daemon]\nmirror_interval = {absurd}\n{etl}"), "daemon.mirror_interval"),
             (format!("[sinks.v]\ntype = \"vault\"\naddress = \"https://v\"\nauth = {{ method = \"token\", token = {{ env = \"T\" }} }}\ntimeout = {absurd}\n{etl}"), "sinks.v.timeout"),
         ])
         .collect();

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::file::{AdoptRef, ProjectsSpec, WebhookConfig};
+use super::file::{AdoptRef, MirrorConfig, ProjectsSpec, WebhookConfig};
 use crate::mixpanel::types::Role;
 use crate::sink::SinkConfig;
 use crate::values::{Schedule, SecretRef};
@@ -47,12 +47,19 @@ pub struct Integration {
     pub on_rotate: Option<Vec<String>>,
     pub on_rotate_timeout: Duration,
     pub webhook: Option<WebhookConfig>,
+    /// Copies of the credential written from the primary (`sink`, `path`).
+    pub mirrors: Vec<MirrorConfig>,
 }
 
 impl Integration {
     /// The policy key of one of this integration's fields.
     pub fn key(&self, field: &str) -> String {
         format!("integrations[{}].{field}", self.index)
+    }
+
+    /// The key of one of this integration's mirrors' fields.
+    pub fn mirror_key(&self, mirror: usize, field: &str) -> String {
+        format!("integrations[{}].mirrors[{mirror}].{field}", self.index)
     }
 
     /// The stable jitter of the schedule slot `slot`: the same integration and
@@ -82,6 +89,8 @@ pub struct Policy {
     pub resync_interval: Duration,
     /// `[daemon] spread` (default 30 seconds).
     pub spread: Duration,
+    /// `[daemon] mirror_interval` (default 1 minute).
+    pub mirror_interval: Duration,
     /// `[audit] path`.
     pub audit_path: Option<PathBuf>,
     pub mixpanel: MixpanelSettings,

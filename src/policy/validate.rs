@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::Duration;
 
 use super::error::PolicyError;
-use super::file::{DefaultsConfig, IntegrationConfig, MixpanelConfig, PolicyConfig, ProjectsSpec};
+use super::file::{DaemonConfig, DefaultsConfig, IntegrationConfig, MixpanelConfig, PolicyConfig, ProjectsSpec};
 use super::model::{Integration, MixpanelSettings, Policy};
 use crate::mixpanel::types::Role;
 use crate::sink::SinkConfig;
@@ -37,15 +37,7 @@ pub(super) fn resolve(c: PolicyConfig) -> Result<Policy, PolicyError> {
             resolve_integration(index, ic, &c.defaults, &mut errs)
         })
         .collect();
-    if let Some(r) = c.daemon.resync_interval {
-        if r.0 < Duration::seconds(10) {
-            errs.push(PolicyError::invalid("daemon.resync_interval", "must be at least `10s`"));
-        }
-        at_most("daemon.resync_interval", r.0, MAX_RESYNC, &mut errs);
-    }
-    if let Some(s) = c.daemon.spread {
-        at_most("daemon.spread", s.0, MAX_SPREAD, &mut errs);
-    }
+    let mirror_interval = daemon_settings(&c.daemon, &integrations, &mut errs);
     if !errs.is_empty() {
         return Err(if errs.len() == 1 {
             errs.remove(0)
@@ -59,10 +51,46 @@ pub(super) fn resolve(c: PolicyConfig) -> Result<Policy, PolicyError> {
         audit_path: c.audit.path,
         resync_interval: c.daemon.resync_interval.map(|d| d.0).unwrap_or(Duration::minutes(10)),
         spread: c.daemon.spread.map(|d| d.0).unwrap_or(Duration::seconds(30)),
+        mirror_interval,
         mixpanel,
         sinks: c.sinks,
         integrations,
     })
+}
+
+/// Checks `[daemon]`, and each mirrored integration's `grace` against its
+/// mirror interval; returns the mirror interval.
+fn daemon_settings(d: &DaemonConfig, integrations: &[Integration], errs: &mut Vec<PolicyError>) -> Duration {
+    if let Some(r) = d.resync_interval {
+        if r.0 < Duration::seconds(10) {
+            errs.push(PolicyError::invalid("daemon.resync_interval", "must be at least `10s`"));
+        }
+        at_most("daemon.resync_interval", r.0, MAX_RESYNC, errs);
+    }
+    if let Some(s) = d.spread {
+        at_most("daemon.spread", s.0, MAX_SPREAD, errs);
+    }
+    if let Some(m) = d.mirror_interval {
+        if m.0 < Duration::seconds(5) {
+            errs.push(PolicyError::invalid("daemon.mirror_interval", "must be at least `5s`"));
+        }
+        at_most("daemon.mirror_interval", m.0, MAX_SPREAD, errs);
+    }
+    let mirror_interval = d.mirror_interval.map(|d| d.0).unwrap_or(Duration::minutes(1));
+    for i in integrations
+        .iter()
+        .filter(|i| !i.mirrors.is_empty() && i.grace < mirror_interval)
+    {
+        errs.push(PolicyError::invalid(
+            i.key("grace"),
+            format!(
+                "is {}, shorter than `daemon.mirror_interval` ({}): a mirror in another replica could still hold the old credential when its account is deleted; raise `grace` or lower `daemon.mirror_interval`",
+                format_duration(i.grace),
+                format_duration(mirror_interval)
+            ),
+        ));
+    }
+    mirror_interval
 }
 
 /// Names are part of usernames: lowercase letters, digits, single inner dashes.
@@ -143,7 +171,8 @@ fn mixpanel_settings(m: &MixpanelConfig, errs: &mut Vec<PolicyError>) -> Mixpane
 struct Unique {
     names: BTreeSet<String>,
     adopted: BTreeMap<String, usize>,
-    destinations: BTreeMap<String, usize>,
+    /// Where each primary and mirror lands: the integration and the key.
+    destinations: BTreeMap<String, (usize, String)>,
 }
 
 impl Unique {
@@ -166,34 +195,17 @@ impl Unique {
                 format!("`{}` is used by another integration: names must be unique", ic.name),
             ));
         }
-        match sinks.get(&ic.sink) {
-            None => {
-                let defined = if sinks.is_empty() {
-                    "none".to_string()
-                } else {
-                    sinks.keys().cloned().collect::<Vec<_>>().join(", ")
-                };
-                errs.push(PolicyError::invalid(
-                    key("sink"),
-                    format!(
-                        "is `{}`, but there is no `[sinks.{}]`; defined sinks: {defined}",
-                        ic.sink, ic.sink
-                    ),
-                ));
-            }
-            Some(s) => {
-                if let Err(msg) = s.check_path(&ic.path) {
-                    errs.push(PolicyError::invalid(key("path"), msg));
-                }
-                if let Some(j) = self.destinations.insert(s.location(&ic.path), i) {
-                    errs.push(PolicyError::invalid(
-                        key("path"),
-                        format!(
-                            "is also used by `integrations[{j}]` in the same place (the same sink, or another sink over the same directory, mount or account): each integration needs its own path"
-                        ),
-                    ));
-                }
-            }
+        self.destination(i, &key("sink"), &key("path"), (&ic.sink, &ic.path), sinks, errs);
+        for (m, mirror) in ic.mirrors.iter().enumerate() {
+            let mkey = |f: &str| format!("integrations[{i}].mirrors[{m}].{f}");
+            self.destination(
+                i,
+                &mkey("sink"),
+                &mkey("path"),
+                (&mirror.sink, &mirror.path),
+                sinks,
+                errs,
+            );
         }
         if let Some(a) = &ic.adopt
             && let Some(j) = self.adopted.insert(a.to_string(), i)
@@ -201,6 +213,48 @@ impl Unique {
             errs.push(PolicyError::invalid(
                 key("adopt"),
                 format!("`{a}` is also adopted by `integrations[{j}]`"),
+            ));
+        }
+    }
+
+    /// Checks one place an integration writes its credential (its primary,
+    /// or a mirror): the sink exists, the path suits it, and nothing else in
+    /// the policy writes there.
+    fn destination(
+        &mut self,
+        i: usize,
+        sink_key: &str,
+        path_key: &str,
+        (sink, path): (&str, &str),
+        sinks: &BTreeMap<String, SinkConfig>,
+        errs: &mut Vec<PolicyError>,
+    ) {
+        let Some(s) = sinks.get(sink) else {
+            let defined = if sinks.is_empty() {
+                "none".to_string()
+            } else {
+                sinks.keys().cloned().collect::<Vec<_>>().join(", ")
+            };
+            errs.push(PolicyError::invalid(
+                sink_key,
+                format!("is `{sink}`, but there is no `[sinks.{sink}]`; defined sinks: {defined}"),
+            ));
+            return;
+        };
+        if let Err(msg) = s.check_path(path) {
+            errs.push(PolicyError::invalid(path_key, msg));
+        }
+        if let Some((j, other)) = self.destinations.insert(s.location(path), (i, path_key.to_string())) {
+            let whose = if j == i {
+                "this integration".to_string()
+            } else {
+                format!("`integrations[{j}]`")
+            };
+            errs.push(PolicyError::invalid(
+                path_key,
+                format!(
+                    "is the same place as `{other}` of {whose} (the same sink, or another sink over the same directory, mount or account): every primary and every mirror needs its own path"
+                ),
             ));
         }
     }
@@ -218,7 +272,7 @@ pub const MAX_DRAIN: Duration = Duration::days(365);
 pub const MAX_HOOK_TIMEOUT: Duration = Duration::hours(1);
 /// The longest timeout of one request (`mixpanel.timeout`, a webhook's, a sink's).
 pub const MAX_REQUEST_TIMEOUT: Duration = Duration::minutes(10);
-/// The longest `[daemon] spread`.
+/// The longest `[daemon] spread` and `[daemon] mirror_interval`.
 pub const MAX_SPREAD: Duration = Duration::hours(1);
 /// The longest `[daemon] resync_interval`.
 pub const MAX_RESYNC: Duration = Duration::days(30);
@@ -427,5 +481,6 @@ fn resolve_integration(
         on_rotate: ic.on_rotate.clone(),
         on_rotate_timeout: t.on_rotate_timeout.value,
         webhook: ic.webhook.clone().or_else(|| d.webhook.clone()),
+        mirrors: ic.mirrors.clone(),
     }
 }

@@ -11,6 +11,7 @@ use super::context::Context;
 use super::decide::{Blocked, NotOwned, Plan, Request, decide};
 use super::error::{Cause, Consequence, SetupError, Step, StepError};
 use super::memberships::desired;
+use super::mirror::{self, MirrorState, MirrorSync, MirrorView};
 use super::observe::{MembershipCache, Observation, resolve_adopt};
 use super::report::{CurrentView, Report, Rotated};
 use super::rotate::Rotation;
@@ -20,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::mixpanel::types::ServiceAccount;
 use crate::mixpanel::{Client, RetryPolicy};
 use crate::policy::{Integration, Policy};
-use crate::sink::Sink;
+use crate::sink::{Payload, Sink};
 
 /// Account id -> (integration, its `adopt` key) of every integration adopting it.
 type Adopters = std::collections::BTreeMap<u64, Vec<(String, String)>>;
@@ -256,18 +257,85 @@ impl Engine {
                         .push(StepError::new(&i.name, b.step(), Cause::Blocked(b.clone())));
                 }
                 self.report_ownership(i, &plan, &mut report);
+                let mut changed = None;
                 if opts.dry_run {
                     self.preview(i, &plan, cache, &mut report).await;
                 } else if opts.stopping() {
                     report.warnings.push("shutting down: nothing started".into());
                 } else {
-                    self.act(i, &obs, &plan, cache, opts, &mut report).await;
+                    changed = self.act(i, &obs, &plan, cache, opts, &mut report).await;
                 }
+                let refused = matches!(
+                    plan.blocked,
+                    Some(Blocked::SharedPath(_) | Blocked::ForeignCurrent { .. })
+                );
+                let primary = changed.or_else(|| obs.published.map(|p| p.payload));
+                self.mirror(i, primary.as_ref().filter(|_| !refused), opts, &mut report)
+                    .await;
                 report.plan = plan;
             }
         }
         self.record(&report);
         report
+    }
+
+    /// Brings the integration's mirrors up to date with what the primary
+    /// holds (a dry run only reads them); a failure is an error of the
+    /// pass, with its webhook.
+    async fn mirror(&self, i: &Integration, primary: Option<&Payload>, opts: &PassOptions, report: &mut Report) {
+        if i.mirrors.is_empty() {
+            return;
+        }
+        let synced = mirror::sync(&self.ctx, i, primary, !opts.dry_run).await;
+        report.mirrors = synced.views;
+        if let (Some(e), false) = (synced.errors.first(), opts.dry_run) {
+            let ev = failed_event(i, EventKind::MirrorFailed, report.current.as_ref(), e);
+            self.run_hooks(i, &ev, &mut report.warnings).await;
+        }
+        report.errors.extend(synced.errors);
+    }
+
+    /// Brings the mirrors of the selected integrations up to date from their
+    /// primaries, between passes: one primary read and one read per mirror,
+    /// no Mixpanel call, never a rotation or a deletion.
+    pub async fn sync_mirrors(&self, only: Option<&BTreeSet<String>>) -> Vec<MirrorSync> {
+        let selected = self
+            .ctx
+            .policy
+            .integrations
+            .iter()
+            .filter(|i| !i.mirrors.is_empty() && only.is_none_or(|o| o.contains(&i.name)));
+        let synced = futures_util::future::join_all(selected.map(|i| async move {
+            let sink = match self.ctx.sink_for(i) {
+                Ok(s) => s,
+                Err(c) => return unread(i, StepError::new(&i.name, Step::ReadSink, c)),
+            };
+            match sink.read_current(&i.path).await {
+                Ok(p) => mirror::sync(&self.ctx, i, p.map(|(p, _)| p).as_ref(), true).await,
+                Err(e) => unread(
+                    i,
+                    StepError::new(&i.name, Step::ReadSink, self.ctx.sink_cause(i, e)).then(Consequence::MirrorLeft),
+                ),
+            }
+        }))
+        .await;
+        for s in &synced {
+            self.record_mirrors(&s.integration, &s.views);
+        }
+        synced
+    }
+
+    /// The mirrors' states in the metrics.
+    fn record_mirrors(&self, integration: &str, views: &[MirrorView]) {
+        let Some(m) = &self.ctx.metrics else { return };
+        for v in views {
+            let wrote = match v.state {
+                MirrorState::Updated => Some(true),
+                MirrorState::Failed => Some(false),
+                _ => None,
+            };
+            m.mirror(integration, &v.sink, &v.path, v.state.up_to_date(), wrote);
+        }
     }
 
     /// Unexplained accounts in use are errors; payload entries naming
@@ -303,7 +371,8 @@ impl Engine {
     }
 
     /// Carries out the plan: deletions due, then the rotation, its
-    /// `--revoke-old` deletions and its hooks.
+    /// `--revoke-old` deletions and its hooks. Returns what the primary
+    /// holds when that changed in this pass (for the mirrors).
     async fn act(
         &self,
         i: &Integration,
@@ -312,7 +381,7 @@ impl Engine {
         cache: &MembershipCache,
         opts: &PassOptions,
         report: &mut Report,
-    ) {
+    ) -> Option<Payload> {
         let protected = obs.published.as_ref().map(|p| p.payload.service_account_id);
         for d in &plan.delete_now {
             match self.ctx.delete(i, d, protected, None).await {
@@ -320,13 +389,11 @@ impl Engine {
                 Err(e) => report.errors.push(e),
             }
         }
-        let Some(rp) = plan.rotate.as_ref().filter(|_| !opts.stopping()) else {
-            return;
-        };
+        let rp = plan.rotate.as_ref().filter(|_| !opts.stopping())?;
         let outcome = Rotation::new(&self.ctx, i, obs, rp).run(cache, &report.deleted).await;
         report.warnings.extend(outcome.warnings);
         let event = match outcome.result {
-            Ok(None) => return, // another instance rotated first: its hooks ran there
+            Ok(None) => return outcome.primary, // another instance rotated first: its hooks ran there
             Ok(Some(rotated)) => {
                 let new_id = rotated.service_account_id;
                 for d in rp.revoke.iter().filter(|d| d.id != new_id) {
@@ -353,6 +420,7 @@ impl Engine {
         };
         crate::failpoint::point("before_hooks", &i.name).await;
         self.run_hooks(i, &event, &mut report.warnings).await;
+        outcome.primary
     }
 
     /// Runs the integration's hooks; a failure is a warning, never an error.
@@ -392,6 +460,26 @@ impl Engine {
             m.deleted(i, d.reason.as_str());
         }
         m.next_rotation(i, r.next_rotation());
+        self.record_mirrors(i, &r.mirrors);
+    }
+}
+
+/// Mirrors that could not be synced because the primary could not be read.
+fn unread(i: &Integration, e: StepError) -> MirrorSync {
+    tracing::error!(integration = %i.name, "{e}");
+    MirrorSync {
+        integration: i.name.clone(),
+        views: i
+            .mirrors
+            .iter()
+            .map(|m| MirrorView {
+                sink: m.sink.clone(),
+                path: m.path.clone(),
+                state: MirrorState::Failed,
+                rotation_id: None,
+            })
+            .collect(),
+        errors: vec![e],
     }
 }
 

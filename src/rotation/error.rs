@@ -29,6 +29,7 @@ pub enum Step {
     CheckAccounts,
     AddMemberships,
     Audit,
+    Mirror,
 }
 
 impl Step {
@@ -61,6 +62,7 @@ impl fmt::Display for Step {
             Step::CheckAccounts => "checking the integration's accounts",
             Step::AddMemberships => "adding the missing memberships to the new account",
             Step::Audit => "opening the audit trail",
+            Step::Mirror => "bringing a mirror up to date",
         })
     }
 }
@@ -225,6 +227,8 @@ pub enum Consequence {
     NewDeleteFailed { id: u64, error: String },
     /// The publish may have landed (the sink could not be read back): the new account is kept.
     NewKept { id: u64, read_error: String },
+    /// A mirror failed: it keeps what it held, nothing else was touched.
+    MirrorLeft,
 }
 
 impl fmt::Display for Consequence {
@@ -251,6 +255,10 @@ impl fmt::Display for Consequence {
             Consequence::NewDeleteFailed { id, error } => write!(
                 f,
                 "; deleting the new account {id} failed too ({error}): the next pass deletes it as an orphan once `orphan_after` has passed"
+            ),
+            Consequence::MirrorLeft => write!(
+                f,
+                "; the mirror keeps what it held (a whole payload, never part of one), the primary and the accounts are untouched, and the next pass writes it again"
             ),
             Consequence::NewKept { id, read_error } => write!(
                 f,

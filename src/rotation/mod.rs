@@ -7,7 +7,8 @@
 //! - [`engine`]: the engine, a pass, and what it reports to metrics and hooks;
 //! - [`error`]: typed failures ([`Step`], [`Cause`], [`Consequence`]);
 //! - [`report`]: what a pass did ([`Report`]);
-//! - [`lineage`]: the usernames this rotator owns.
+//! - [`lineage`]: the usernames this rotator owns;
+//! - [`mirror`]: copies of the credential, written from the primary.
 
 mod context;
 pub mod decide;
@@ -16,6 +17,7 @@ pub mod engine;
 pub mod error;
 pub mod lineage;
 mod memberships;
+pub mod mirror;
 pub mod observe;
 pub mod report;
 mod rotate;
@@ -25,5 +27,6 @@ pub use decide::{
 };
 pub use engine::{Engine, PassOptions};
 pub use error::{Cause, Consequence, SetupError, Step, StepError};
+pub use mirror::{MirrorState, MirrorSync, MirrorView};
 pub use observe::{MembershipCache, Observation};
 pub use report::{CurrentView, Report, Rotated};

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::decide::{Disposal, Plan, RotateReason};
 use super::error::StepError;
+use super::mirror::MirrorView;
 use super::observe::Observation;
 use crate::mixpanel::types::ProjectGrant;
 use crate::policy::Integration;
@@ -69,6 +70,8 @@ pub struct Report {
     /// Accounts deleted in this pass.
     pub deleted: Vec<Disposal>,
     pub rotated: Option<Rotated>,
+    /// Each mirror, after the pass.
+    pub mirrors: Vec<MirrorView>,
     pub warnings: Vec<String>,
     pub errors: Vec<StepError>,
 }
@@ -86,6 +89,7 @@ impl Report {
             preview: None,
             deleted: vec![],
             rotated: None,
+            mirrors: vec![],
             warnings: vec![],
             errors: vec![],
         }

@@ -40,13 +40,17 @@ pub(super) struct Rotation<'a> {
     at: DateTime<Utc>,
     started: Instant,
     warnings: Vec<String>,
+    /// The payload the primary holds, once this rotation has seen it change.
+    primary: Option<Payload>,
 }
 
 /// The rotation's result (`None`: another instance rotated first, nothing
-/// was created), and what it warned about on the way.
+/// was created), what it warned about on the way, and what the primary was
+/// seen to hold last when that changed in this rotation (for the mirrors).
 pub(super) struct RotationOutcome {
     pub result: Result<Option<Rotated>, StepError>,
     pub warnings: Vec<String>,
+    pub primary: Option<Payload>,
 }
 
 /// The new account between its creation and its publish: the only place its token lives.
@@ -82,6 +86,7 @@ impl<'a> Rotation<'a> {
             at: ctx.clock.now().trunc_subsecs(0),
             started: Instant::now(),
             warnings: vec![],
+            primary: None,
         }
     }
 
@@ -92,6 +97,7 @@ impl<'a> Rotation<'a> {
         RotationOutcome {
             result,
             warnings: self.warnings,
+            primary: self.primary,
         }
     }
 
@@ -147,7 +153,7 @@ impl<'a> Rotation<'a> {
     /// Right before create, a routine rotation re-reads the sink: if another
     /// instance sharing it published since the observation, this one stops
     /// (a forced rotation goes on: it was asked for).
-    async fn rotated_elsewhere(&self) -> Result<Option<String>, StepError> {
+    async fn rotated_elsewhere(&mut self) -> Result<Option<String>, StepError> {
         if self.plan.reason == super::decide::RotateReason::Forced {
             return Ok(None);
         }
@@ -157,7 +163,14 @@ impl<'a> Rotation<'a> {
             .await
             .map_err(|e| self.fail(Step::ReadSink, self.ctx.sink_cause(self.i, e)))?;
         let seen = self.obs.published.as_ref().map(|p| p.payload.rotation_id.as_str());
-        Ok(now.map(|(p, _)| p.rotation_id).filter(|id| Some(id.as_str()) != seen))
+        match now {
+            Some((p, _)) if Some(p.rotation_id.as_str()) != seen => {
+                let id = p.rotation_id.clone();
+                self.primary = Some(p);
+                Ok(Some(id))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Creates the account. Create is never retried: when its answer was
@@ -375,7 +388,7 @@ impl<'a> Rotation<'a> {
     }
 
     /// Publishes the new credential with compare-and-swap: the commit point.
-    async fn publish(&self, new: &NewAccount, deleted: &[Disposal]) -> Result<(), Failure> {
+    async fn publish(&mut self, new: &NewAccount, deleted: &[Disposal]) -> Result<(), Failure> {
         let i = self.i;
         let sink = self
             .ctx
@@ -406,6 +419,7 @@ impl<'a> Rotation<'a> {
                     detail: Some(format!("sink `{}` path `{}` version {version}", i.sink, i.path)),
                     ..self.ctx.audit_event(&i.name, Action::Publish, Outcome::Published)
                 });
+                self.primary = Some(payload);
                 return Ok(());
             }
             Err(e) => e,
@@ -418,6 +432,7 @@ impl<'a> Rotation<'a> {
         match sink.read_current(&i.path).await {
             Ok(Some((p, _))) if p.rotation_id == self.id => {
                 tracing::warn!(error = %e, "Publish reported an error but the credential is published.");
+                self.primary = Some(p);
                 Ok(())
             }
             Ok(_) => Err(Failure::DeleteNew(failed)),

@@ -115,6 +115,14 @@ struct Parts {
     message: String,
 }
 
+/// The payload as the secret's string, in a buffer wiped on drop.
+fn body(payload: &Payload) -> Result<zeroize::Zeroizing<String>, SinkError> {
+    let json = payload.to_json()?;
+    Ok(zeroize::Zeroizing::new(String::from_utf8(json.to_vec()).map_err(
+        |e| SinkError::invalid(format!("payload is not UTF-8: {e}")),
+    )?))
+}
+
 fn parts<E: ProvideErrorMetadata + std::error::Error + 'static>(e: &SdkError<E, HttpResponse>) -> Parts {
     let status = e.raw_response().map(|r| r.status().as_u16());
     let (code, message) = match (e.code(), status) {
@@ -365,14 +373,37 @@ impl Sink for AwsSink {
     }
 
     async fn publish(&self, path: &str, payload: &Payload, expected: Option<&Version>) -> Result<Version, SinkError> {
-        let json = payload.to_json()?;
-        let body = zeroize::Zeroizing::new(
-            String::from_utf8(json.to_vec()).map_err(|e| SinkError::invalid(format!("payload is not UTF-8: {e}")))?,
-        );
+        let body = body(payload)?;
         let Some(expected) = expected else {
             return self.create(path, payload, &body).await;
         };
         self.swap(path, payload, &body, expected).await
+    }
+
+    async fn overwrite(&self, path: &str, payload: &Payload) -> Result<Version, SinkError> {
+        let body = body(payload)?;
+        // A fresh token per write: a version with the same token and body
+        // would be ignored by AWS, and AWSCURRENT left where it is.
+        let token = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+        let put = self
+            .client()
+            .await
+            .put_secret_value()
+            .secret_id(path)
+            .client_request_token(&token)
+            .secret_string(body.as_str())
+            .send()
+            .await;
+        match put {
+            Ok(out) => Ok(Version(out.version_id().unwrap_or(&token).to_string())),
+            Err(e) => {
+                let Parts { code, message } = parts(&e);
+                if code == "ResourceNotFoundException" {
+                    return self.create(path, payload, &body).await;
+                }
+                Err(self.fail("PutSecretValue", path, &code, &message))
+            }
+        }
     }
 
     async fn healthcheck(&self, path: &str) -> Result<String, SinkError> {

@@ -177,6 +177,11 @@ pub trait Sink: Send + Sync + fmt::Debug {
     /// (`None`: nothing may be stored yet). Returns the new version.
     async fn publish(&self, path: &str, payload: &Payload, expected: Option<&Version>) -> Result<Version, SinkError>;
 
+    /// Writes `payload` whatever is stored, atomically (a reader sees the old
+    /// payload or the new one, never a mix). For mirrors only: a copy that
+    /// decides nothing, rewritten from the primary whenever it differs.
+    async fn overwrite(&self, path: &str, payload: &Payload) -> Result<Version, SinkError>;
+
     /// Whether the sink is reachable and writable for `path`.
     async fn healthcheck(&self, path: &str) -> Result<String, SinkError>;
 }

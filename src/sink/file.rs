@@ -135,6 +135,26 @@ impl FileSink {
     }
 }
 
+/// The failpoints of one kind of write (tests crash the process there).
+#[derive(Debug, Clone, Copy)]
+struct Points {
+    /// The temporary file is written and synced, not yet renamed.
+    before_rename: &'static str,
+    /// Renamed into place.
+    after_rename: &'static str,
+}
+
+impl Points {
+    const PUBLISH: Self = Self {
+        before_rename: "publish_before_cas",
+        after_rename: "publish_after_cas",
+    };
+    const MIRROR: Self = Self {
+        before_rename: "mirror_before_rename",
+        after_rename: "mirror_after_rename",
+    };
+}
+
 fn lock_path(target: &Path) -> PathBuf {
     let mut s = target.as_os_str().to_owned();
     s.push(".lock");
@@ -216,8 +236,20 @@ impl FileSink {
                 expected.map(|v| v.0.as_str()).unwrap_or("(none)")
             )));
         }
-        self.write_atomically(&dir, &target, payload)?;
+        self.write_atomically(&dir, &target, payload, Points::PUBLISH)?;
         drop(lock); // releases the flock
+        Ok(Version(payload.rotation_id.clone()))
+    }
+
+    /// Writes `payload` whatever the file holds (a mirror), under the lock.
+    fn overwrite_blocking(&self, path: &str, payload: &Payload) -> Result<Version, SinkError> {
+        let target = self.target(path)?;
+        let dir = self.ensure_dir(&target)?;
+        let lock = self.lock(&target)?;
+        refuse_symlink(&target)?;
+        self.clean_stale_temps(&dir, &target);
+        self.write_atomically(&dir, &target, payload, Points::MIRROR)?;
+        drop(lock);
         Ok(Version(payload.rotation_id.clone()))
     }
 
@@ -285,7 +317,7 @@ impl FileSink {
 
     /// Writes the payload to a temporary file (0600 from its creation,
     /// widened to `mode` while still empty), fsyncs it, and renames it over `target`.
-    fn write_atomically(&self, dir: &Path, target: &Path, payload: &Payload) -> Result<(), SinkError> {
+    fn write_atomically(&self, dir: &Path, target: &Path, payload: &Payload, points: Points) -> Result<(), SinkError> {
         let json = payload.to_json()?;
         let mode = self
             .config
@@ -308,7 +340,7 @@ impl FileSink {
             }
             f.write_all(&json)?;
             f.sync_all()?;
-            if crate::failpoint::tripped("publish_before_cas", &payload.integration) {
+            if crate::failpoint::tripped(points.before_rename, &payload.integration) {
                 return Err(std::io::Error::other(crate::failpoint::CRASHED));
             }
             fs::rename(&tmp, target)?;
@@ -320,7 +352,7 @@ impl FileSink {
                 let _ = fs::remove_file(&tmp);
                 Err(self.io("write", target, e))
             }
-            Ok(()) if crate::failpoint::tripped("publish_after_cas", &payload.integration) => {
+            Ok(()) if crate::failpoint::tripped(points.after_rename, &payload.integration) => {
                 Err(SinkError::invalid(crate::failpoint::CRASHED))
             }
             Ok(()) => Ok(()),
@@ -371,6 +403,16 @@ impl Sink for FileSink {
             std::future::pending::<()>().await;
         }
         published
+    }
+
+    async fn overwrite(&self, path: &str, payload: &Payload) -> Result<Version, SinkError> {
+        let me = self.handle();
+        let (path, payload) = (path.to_string(), payload.clone());
+        let written = blocking(move || me.overwrite_blocking(&path, &payload)).await;
+        if written.as_ref().is_err_and(|e| e.detail == crate::failpoint::CRASHED) {
+            std::future::pending::<()>().await;
+        }
+        written
     }
 
     async fn healthcheck(&self, path: &str) -> Result<String, SinkError> {

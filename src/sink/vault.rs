@@ -293,6 +293,59 @@ impl VaultSink {
 
     /// Runs `op` with a logged-in client; on 403 (token expired or revoked)
     /// logs in again and retries once.
+    /// Writes the payload at `path` if the stored version is still `cas` (0: nothing).
+    async fn set(&self, path: &str, payload: &Payload, cas: u32) -> Result<Version, SinkError> {
+        let mount = self.config.mount.as_str();
+        let json = payload.to_json()?;
+        let data: serde_json::Value = serde_json::from_slice(&json).map_err(|e| SinkError::invalid(e.to_string()))?;
+        let data = &data;
+        let result = self
+            .run(|c| async move {
+                vaultrs::kv2::set_with_options(&*c, mount, path, data, SetSecretRequestOptions { cas }).await
+            })
+            .await;
+        match result {
+            Ok(m) => Ok(Version(m.version.to_string())),
+            Err(Fail::Api(e)) if is_cas_conflict(&e) => Err(SinkError::conflict(format!(
+                "{mount}/data/{path} is no longer at version {cas}"
+            ))),
+            Err(Fail::Api(e)) => Err(self.err("cannot write", path, &e)),
+            Err(Fail::Login(e)) => Err(e),
+        }
+    }
+
+    /// Bookkeeping for people browsing Vault, after a write (best effort:
+    /// the payload is written already).
+    async fn tag(&self, path: &str, payload: &Payload) {
+        let mount = self.config.mount.as_str();
+        let meta: HashMap<String, String> = [
+            ("integration", payload.integration.clone()),
+            ("rotation_id", payload.rotation_id.clone()),
+            ("service_account_id", payload.service_account_id.to_string()),
+            ("username", payload.username.clone()),
+            ("expires", payload.expires.map(crate::text::rfc3339).unwrap_or_default()),
+            ("managed_by", "mixpanel-rotator".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let meta = &meta;
+        let r = self
+            .run(|c| async move {
+                let endpoint = SetSecretMetadataRequest::builder()
+                    .mount(mount)
+                    .path(path)
+                    .custom_metadata(meta.clone())
+                    .build()
+                    .map_err(|_| ClientError::InvalidUpdateParameter)?;
+                vaultrs::api::exec_with_empty(&*c, endpoint).await
+            })
+            .await;
+        if let Err(Fail::Api(e)) = &r {
+            tracing::warn!(sink = %self.name, path, error = %describe(e).text, "Written, but could not set custom_metadata (needs update on the metadata path).");
+        }
+    }
+
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, Fail>
     where
         F: Fn(Arc<VaultClient>) -> Fut,
@@ -436,55 +489,30 @@ impl Sink for VaultSink {
                     .map_err(|_| SinkError::invalid(format!("version `{v}` is not a KV version")))?
             }
         };
-        let mount = self.config.mount.as_str();
-        let json = payload.to_json()?;
-        let data: serde_json::Value = serde_json::from_slice(&json).map_err(|e| SinkError::invalid(e.to_string()))?;
-        let data = &data;
         crate::failpoint::point("publish_before_cas", &payload.integration).await;
-        let result = self
-            .run(|c| async move {
-                vaultrs::kv2::set_with_options(&*c, mount, path, data, SetSecretRequestOptions { cas }).await
-            })
+        let version = self.set(path, payload, cas).await?;
+        crate::failpoint::point("publish_after_cas", &payload.integration).await;
+        self.tag(path, payload).await;
+        Ok(version)
+    }
+
+    async fn overwrite(&self, path: &str, payload: &Payload) -> Result<Version, SinkError> {
+        // With the current version as `cas`, so that a mount with
+        // `cas_required` accepts it; a writer in between makes it fail, and
+        // the next pass tries again.
+        let mount = self.config.mount.as_str();
+        let current = self
+            .run(|c| async move { vaultrs::kv2::read_metadata(&*c, mount, path).await })
             .await;
-        let written = match result {
-            Ok(m) => m,
-            Err(Fail::Api(e)) if is_cas_conflict(&e) => {
-                return Err(SinkError::conflict(format!(
-                    "{mount}/data/{path} is no longer at version {cas}"
-                )));
-            }
-            Err(Fail::Api(e)) => return Err(self.err("cannot write", path, &e)),
+        let cas = match current {
+            Ok(m) => m.current_version.try_into().unwrap_or(u32::MAX),
+            Err(Fail::Api(e)) if is_not_found(&e) => 0,
+            Err(Fail::Api(e)) => return Err(self.err("cannot read the metadata of", path, &e)),
             Err(Fail::Login(e)) => return Err(e),
         };
-        crate::failpoint::point("publish_after_cas", &payload.integration).await;
-        // Bookkeeping for people browsing Vault; the publish has already happened.
-        let meta: HashMap<String, String> = [
-            ("integration", payload.integration.clone()),
-            ("rotation_id", payload.rotation_id.clone()),
-            ("service_account_id", payload.service_account_id.to_string()),
-            ("username", payload.username.clone()),
-            ("expires", payload.expires.map(crate::text::rfc3339).unwrap_or_default()),
-            ("managed_by", "mixpanel-rotator".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        let meta = &meta;
-        let r = self
-            .run(|c| async move {
-                let endpoint = SetSecretMetadataRequest::builder()
-                    .mount(mount)
-                    .path(path)
-                    .custom_metadata(meta.clone())
-                    .build()
-                    .map_err(|_| ClientError::InvalidUpdateParameter)?;
-                vaultrs::api::exec_with_empty(&*c, endpoint).await
-            })
-            .await;
-        if let Err(Fail::Api(e)) = &r {
-            tracing::warn!(sink = %self.name, path, error = %describe(e).text, "Published, but could not set custom_metadata (needs update on the metadata path).");
-        }
-        Ok(Version(written.version.to_string()))
+        let version = self.set(path, payload, cas).await?;
+        self.tag(path, payload).await;
+        Ok(version)
     }
 
     async fn healthcheck(&self, path: &str) -> Result<String, SinkError> {

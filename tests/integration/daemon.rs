@@ -134,7 +134,7 @@ async fn get(url: &str) -> Option<(u16, String)> {
 
 fn policy(legacy: u64, port: u16, grace: &str, extra: &str) -> String {
     format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[daemon]\nresync_interval = \"10s\"\n\
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[daemon]\nresync_interval = \"10s\"\nspread = \"0s\"\n\
          [[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nrole = \"analyst\"\ngrace = \"{grace}\"\nadopt = {legacy}\n{extra}"
     )
 }

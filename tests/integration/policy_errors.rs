@@ -37,6 +37,8 @@ fn a_valid_policy_loads() {
     assert_eq!(p.namespace, "mpr");
     assert_eq!(p.mixpanel.base_url, "https://mixpanel.com/api/app");
     assert_eq!(p.mixpanel.max_concurrency, 3);
+    assert!(i.mirrors.is_empty());
+    assert_eq!(p.mirror_interval, chrono::Duration::minutes(1));
 }
 
 #[test]
@@ -342,6 +344,79 @@ fn invalid_policies_name_the_key() {
                 &ETL.replace("\"etl\"", "\"ci\"").replace("1001", "1002"),
             ]),
             &["`integrations[1].path`"],
+        ),
+        (
+            "mirror on an undefined sink",
+            policy(&[
+                "version = 1",
+                BASE_MIXPANEL,
+                SINK,
+                &format!("{ETL}mirrors = [{{ sink = \"pod\", path = \"etl.json\" }}]"),
+            ]),
+            &["`integrations[0].mirrors[0].sink`", "no `[sinks.pod]`"],
+        ),
+        (
+            "mirror over its own primary",
+            policy(&[
+                "version = 1",
+                BASE_MIXPANEL,
+                SINK,
+                &format!("{ETL}mirrors = [{{ sink = \"local\", path = \"etl.json\" }}]"),
+            ]),
+            &[
+                "`integrations[0].mirrors[0].path`",
+                "`integrations[0].path` of this integration",
+            ],
+        ),
+        (
+            "mirror over another integration's primary (another sink, same directory)",
+            policy(&[
+                "version = 1",
+                BASE_MIXPANEL,
+                SINK,
+                "[sinks.pod]\ntype = \"file\"\ndir = \"/run/mixpanel-rotator\"\n",
+                &format!("{ETL}mirrors = [{{ sink = \"pod\", path = \"ci.json\" }}]"),
+                &ETL.replace("\"etl\"", "\"ci\"")
+                    .replace("1001", "1002")
+                    .replace("etl.json", "ci.json"),
+            ]),
+            &[
+                "`integrations[1].path`",
+                "`integrations[0].mirrors[0].path` of `integrations[0]`",
+            ],
+        ),
+        (
+            "mirror with an unknown key",
+            policy(&[
+                "version = 1",
+                BASE_MIXPANEL,
+                SINK,
+                &format!("{ETL}mirrors = [{{ sink = \"local\", path = \"m.json\", mode = \"0644\" }}]"),
+            ]),
+            &["mirrors", "unknown field `mode`"],
+        ),
+        (
+            "mirror_interval too short",
+            policy(&[
+                "version = 1",
+                "[daemon]\nmirror_interval = \"1s\"",
+                BASE_MIXPANEL,
+                SINK,
+                ETL,
+            ]),
+            &["`daemon.mirror_interval`", "at least `5s`"],
+        ),
+        (
+            "grace shorter than the mirror interval",
+            policy(&[
+                "version = 1",
+                "[daemon]\nmirror_interval = \"10m\"",
+                BASE_MIXPANEL,
+                SINK,
+                "[sinks.pod]\ntype = \"file\"\ndir = \"/run/pod\"\n",
+                &format!("{ETL}grace = \"5m\"\nmirrors = [{{ sink = \"pod\", path = \"etl.json\" }}]"),
+            ]),
+            &["`integrations[0].grace`", "shorter than `daemon.mirror_interval` (10m)"],
         ),
         ("not TOML", "version = 1\n[mixpanel\n".to_string(), &["TOML"]),
     ];
