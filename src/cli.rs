@@ -315,6 +315,14 @@ async fn validate(cli: &Cli, online: bool, clock: SharedClock) -> Result<Exit, E
         let Some(sink) = engine.sink(&i.sink) else { continue };
         let health = sink.healthcheck(&i.path).await.map_err(|e| e.to_string());
         checks.check(&format!("{}: {}", i.name, sink.describe()), health);
+        for m in &i.mirrors {
+            let Some(mirror) = engine.sink(&m.sink) else { continue };
+            let health = mirror.healthcheck(&m.path).await.map_err(|e| e.to_string());
+            checks.check(
+                &format!("{}: mirror {} path `{}`", i.name, mirror.describe(), m.path),
+                health,
+            );
+        }
         if let Ok(accounts) = &accounts {
             let readiness = readiness(&engine, i, accounts).await;
             checks.check(&format!("{}: rotation readiness", i.name), readiness);

@@ -171,8 +171,8 @@ fn mixpanel_settings(m: &MixpanelConfig, errs: &mut Vec<PolicyError>) -> Mixpane
 struct Unique {
     names: BTreeSet<String>,
     adopted: BTreeMap<String, usize>,
-    /// Where each primary and mirror lands: the integration and the key.
-    destinations: BTreeMap<String, (usize, String)>,
+    /// Where each primary and mirror lands, and the key that put it there.
+    destinations: BTreeMap<String, String>,
 }
 
 impl Unique {
@@ -195,17 +195,10 @@ impl Unique {
                 format!("`{}` is used by another integration: names must be unique", ic.name),
             ));
         }
-        self.destination(i, &key("sink"), &key("path"), (&ic.sink, &ic.path), sinks, errs);
+        self.destination(&key("sink"), &key("path"), (&ic.sink, &ic.path), sinks, errs);
         for (m, mirror) in ic.mirrors.iter().enumerate() {
             let mkey = |f: &str| format!("integrations[{i}].mirrors[{m}].{f}");
-            self.destination(
-                i,
-                &mkey("sink"),
-                &mkey("path"),
-                (&mirror.sink, &mirror.path),
-                sinks,
-                errs,
-            );
+            self.destination(&mkey("sink"), &mkey("path"), (&mirror.sink, &mirror.path), sinks, errs);
         }
         if let Some(a) = &ic.adopt
             && let Some(j) = self.adopted.insert(a.to_string(), i)
@@ -222,7 +215,6 @@ impl Unique {
     /// the policy writes there.
     fn destination(
         &mut self,
-        i: usize,
         sink_key: &str,
         path_key: &str,
         (sink, path): (&str, &str),
@@ -244,16 +236,11 @@ impl Unique {
         if let Err(msg) = s.check_path(path) {
             errs.push(PolicyError::invalid(path_key, msg));
         }
-        if let Some((j, other)) = self.destinations.insert(s.location(path), (i, path_key.to_string())) {
-            let whose = if j == i {
-                "this integration".to_string()
-            } else {
-                format!("`integrations[{j}]`")
-            };
+        if let Some(other) = self.destinations.insert(s.location(path), path_key.to_string()) {
             errs.push(PolicyError::invalid(
                 path_key,
                 format!(
-                    "is the same place as `{other}` of {whose} (the same sink, or another sink over the same directory, mount or account): every primary and every mirror needs its own path"
+                    "is the same place as `{other}` (the same sink, or another sink over the same directory, mount or account): every primary and every mirror needs its own path"
                 ),
             ));
         }

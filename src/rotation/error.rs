@@ -126,7 +126,7 @@ pub enum Cause {
     },
     /// A lineage account in use that this integration's sink neither publishes nor vouches for.
     #[error(
-        "account {} ({}) is in use but not published here (Mixpanel's last_used: {}): another rotator with the same namespace and integration probably publishes it elsewhere. Share one primary sink between them, or give each rotator its own `namespace`. It is kept, and deleted once unused for `grace` (at {} if nobody uses it again)",
+        "account {} ({}) is in use but not published here (Mixpanel's last_used: {}): another rotator with the same namespace and integration probably publishes it elsewhere. Share one primary sink between them (each may keep a local copy with `mirrors`), or give each rotator its own `namespace`. It is kept, and deleted once unused for `grace` (at {} if nobody uses it again)",
         .0.id, .0.username, rfc3339(.0.last_used), rfc3339(.0.idle_at)
     )]
     InUseElsewhere(InUse),

@@ -9,6 +9,7 @@ mod crashes;
 mod daemon;
 mod faults;
 mod hooks;
+mod kubernetes;
 mod mirrors;
 mod ownership;
 mod policy_errors;

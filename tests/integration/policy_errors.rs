@@ -439,20 +439,6 @@ fn invalid_policies_name_the_key() {
 }
 
 #[test]
-fn the_kubernetes_example_policy_loads() {
-    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/kubernetes/sidecar.yaml")).unwrap();
-    let start = yaml.find("policy.toml: |\n").unwrap() + "policy.toml: |\n".len();
-    let policy: String = yaml[start..]
-        .lines()
-        .take_while(|l| l.is_empty() || l.starts_with("    "))
-        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
-        .collect();
-    let p = Policy::parse(&policy).unwrap_or_else(|e| panic!("config/kubernetes/sidecar.yaml: {e}"));
-    assert_eq!(p.integrations.len(), 2);
-    assert!(p.listen.is_some());
-}
-
-#[test]
 fn a_systemd_credential_needs_credentials_directory() {
     let text = policy(&[
         "version = 1",
