@@ -339,6 +339,8 @@ struct Replica {
     shutdown: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<mixpanel_rotator::exit::Exit>,
     mirror: PathBuf,
+    /// What `/startupz` answers.
+    health: std::sync::Arc<mixpanel_rotator::server::Health>,
 }
 
 /// Passes, mirror syncs and reloads so far: moves whenever the daemon did something.
@@ -361,9 +363,10 @@ impl Replica {
             .retry(fast_retry(), fast_retry())
             .spread_share(share)
             .shutdown_timeout(StdDuration::from_secs(5));
-        let progress = daemon.progress();
+        let (progress, health) = (daemon.progress(), daemon.health());
         let (control, handle) = mixpanel_rotator::daemon::Control::new();
         Self {
+            health,
             progress,
             shutdown: handle.shutdown,
             task: tokio::spawn(daemon.run(control)),
@@ -409,9 +412,14 @@ async fn replicas_share_one_primary(kind: Primary) {
         .enumerate()
         .map(|(k, share)| Replica::start(&h, &primary, &path, k, share))
         .collect();
+    let started = |r: &Replica| r.health.started.load(std::sync::atomic::Ordering::SeqCst);
     for r in &mut replicas {
-        // The first mirror sync, at start: nothing to copy yet.
+        // The first mirror sync, at start: nothing to copy yet, so the app would wait.
         r.settled(0, h.clock_now() - chrono::Duration::seconds(1)).await;
+        assert!(
+            !started(r),
+            "/startupz answers 503 before the mirror holds a credential"
+        );
     }
     let start = h.clock_now();
     let mut per_rotation: Vec<usize> = vec![];
@@ -455,6 +463,10 @@ async fn replicas_share_one_primary(kind: Primary) {
             }
         }
     }
+    assert!(
+        replicas.iter().all(started),
+        "/startupz answers 200 once the mirror was written"
+    );
     let total = creates(&h);
     per_rotation.push(total - last_creates);
     println!(
@@ -494,4 +506,102 @@ async fn three_replicas_sharing_a_vault_primary_create_one_account_per_rotation(
 #[tokio::test]
 async fn three_replicas_sharing_an_aws_primary_create_one_account_per_rotation() {
     replicas_share_one_primary(Primary::Aws).await;
+}
+
+/// Moto's Secrets Manager, for set-up and checks.
+async fn moto() -> aws_sdk_secretsmanager::Client {
+    let url = std::env::var("MPR_TEST_MOTO_URL").unwrap_or_else(|_| {
+        panic!(
+            "MPR_TEST_MOTO_URL is not set: moto is not running. Run the tests with scripts/test.sh, which starts it."
+        )
+    });
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(url)
+        .load()
+        .await;
+    aws_sdk_secretsmanager::Client::new(&conf)
+}
+
+/// The current payload of an AWS secret.
+async fn aws_current(c: &aws_sdk_secretsmanager::Client, name: &str) -> String {
+    c.get_secret_value()
+        .secret_id(name)
+        .send()
+        .await
+        .unwrap()
+        .secret_string()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn vault_and_aws_mirrors_are_written_and_restored_from_the_primary() {
+    let h = Harness::new(Seed::Demo).await;
+    let (vault, kv_path) = primary_sink(&h, Primary::Vault).await;
+    let (aws, secret) = primary_sink(&h, Primary::Aws).await;
+    // The primary is the file sink; the mirrors are in Vault and in AWS.
+    let policy = format!(
+        "{}{}\n[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nrole = \"analyst\"\nadopt = {}\n\
+         mirrors = [{{ sink = \"vault\", path = \"{kv_path}\" }}, {{ sink = \"aws\", path = \"{secret}\" }}]\n",
+        vault.replace("[sinks.primary]", "[sinks.vault]"),
+        aws.replace("[sinks.primary]", "[sinks.aws]"),
+        h.accounts_with_prefix("etl-legacy")[0].id
+    );
+    let engine = h.engine(&policy);
+    let r = h.pass(&engine).await;
+    ok(&r);
+    assert_eq!(
+        r.mirrors.iter().map(|m| m.state).collect::<Vec<_>>(),
+        vec![MirrorState::Updated, MirrorState::Updated]
+    );
+    let bao = crate::vault::Bao::from_env();
+    let primary: serde_json::Value = h.payload("etl.json").unwrap();
+    let (data, _) = bao.read(&kv_path).await;
+    assert_eq!(data, primary);
+    let c = moto().await;
+    let stored: serde_json::Value = serde_json::from_str(&aws_current(&c, &secret).await).unwrap();
+    assert_eq!(stored, primary);
+    h.client_for(&data).me().await.unwrap();
+
+    // Both are damaged behind the rotator's back: something that is not a payload.
+    let (st, body) = bao
+        .call(
+            reqwest::Method::POST,
+            &format!("secret/data/{kv_path}"),
+            Some(serde_json::json!({"data": {"note": "overwritten by hand"}})),
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    c.put_secret_value()
+        .secret_id(&secret)
+        .secret_string("not a payload")
+        .send()
+        .await
+        .unwrap();
+    let dry = engine
+        .pass(&PassOptions {
+            dry_run: true,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        dry[0].mirrors.iter().map(|m| m.state).collect::<Vec<_>>(),
+        vec![MirrorState::Stale, MirrorState::Stale]
+    );
+    h.sim.clear_requests();
+    let synced = engine.sync_mirrors(None).await;
+    assert!(synced[0].errors.is_empty(), "{:?}", synced[0].errors);
+    assert!(h.sim.requests().is_empty());
+    let (data, _) = bao.read(&kv_path).await;
+    assert_eq!(data, primary);
+    let stored: serde_json::Value = serde_json::from_str(&aws_current(&c, &secret).await).unwrap();
+    assert_eq!(stored, primary);
+    // In sync now: the next sync writes nothing.
+    let synced = engine.sync_mirrors(None).await;
+    assert_eq!(
+        synced[0].views.iter().map(|m| m.state).collect::<Vec<_>>(),
+        vec![MirrorState::InSync, MirrorState::InSync]
+    );
+    h.assert_no_secret_leaked(&[&r]);
 }

@@ -365,7 +365,7 @@ fn invalid_policies_name_the_key() {
             ]),
             &[
                 "`integrations[0].mirrors[0].path`",
-                "`integrations[0].path` of this integration",
+                "the same place as `integrations[0].path`",
             ],
         ),
         (
@@ -382,7 +382,7 @@ fn invalid_policies_name_the_key() {
             ]),
             &[
                 "`integrations[1].path`",
-                "`integrations[0].mirrors[0].path` of `integrations[0]`",
+                "the same place as `integrations[0].mirrors[0].path`",
             ],
         ),
         (
