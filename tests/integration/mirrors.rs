@@ -425,6 +425,7 @@ async fn replicas_share_one_primary(kind: Primary) {
     let mut per_rotation: Vec<usize> = vec![];
     let (mut last_creates, mut last_hour) = (0, -1i64);
     let mut checks = 0;
+    let mut clients = std::collections::HashMap::new();
     let end = start + chrono::Duration::hours(20) + chrono::Duration::minutes(50);
     while h.clock_now() < end {
         let next = replicas.iter().map(Replica::wake_at).min().unwrap();
@@ -452,8 +453,12 @@ async fn replicas_share_one_primary(kind: Primary) {
         for r in &replicas {
             match read(&r.mirror) {
                 Some(bytes) => {
+                    // One client per credential (building one loads the TLS roots).
                     let p: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-                    h.client_for(&p)
+                    let client = clients
+                        .entry(p["rotation_id"].as_str().unwrap().to_string())
+                        .or_insert_with(|| h.client_for(&p));
+                    client
                         .me()
                         .await
                         .unwrap_or_else(|e| panic!("{kind:?}: a mirror's credential fails at {next}: {e}"));
