@@ -335,17 +335,18 @@ async fn validate(cli: &Cli, online: bool, clock: SharedClock) -> Result<Exit, E
 async fn rotator_role(client: &crate::mixpanel::Client) -> Result<String, String> {
     let org = client.organization_id();
     let me = client.me().await.map_err(|e| e.to_string())?;
-    match me.organizations.values().find(|o| o.id == org) {
-        Some(o) if matches!(o.role.as_deref(), Some("admin" | "owner")) => Ok(format!(
-            "authenticated; role `{}` in organization {org}",
-            o.role.as_deref().unwrap_or("?")
-        )),
-        Some(o) => Err(format!(
-            "the rotator's account has role `{}` in organization {org}; it must be an organization admin or owner to create and delete service accounts",
-            o.role.as_deref().unwrap_or("unknown")
+    let Some(o) = me.organization(org) else {
+        return Err(format!(
+            "the rotator's account does not belong to organization {org}: check `mixpanel.organization_id`"
+        ));
+    };
+    match &o.role {
+        Some(r) if r.can_manage_accounts() => Ok(format!("authenticated; role `{r}` in organization {org}")),
+        Some(r) => Err(format!(
+            "the rotator's account has role `{r}` in organization {org}; it must be an organization admin or owner to create and delete service accounts"
         )),
         None => Err(format!(
-            "the rotator's account does not belong to organization {org}: check `mixpanel.organization_id`"
+            "Mixpanel reports no role for the rotator's account in organization {org}; it must be an organization admin or owner to create and delete service accounts"
         )),
     }
 }

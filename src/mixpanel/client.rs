@@ -17,10 +17,12 @@ use rand::Rng as _;
 use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
+
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
 use super::error::MixpanelError;
+use super::lenient::List;
 use super::types::*;
 use crate::secret::Secret;
 
@@ -171,8 +173,9 @@ impl Client {
     /// `GET /organizations/{org}/service-accounts`
     pub async fn list_accounts(&self) -> Result<Vec<ServiceAccount>, MixpanelError> {
         let path = format!("/organizations/{}/service-accounts", self.org);
-        self.call(Method::GET, &path, None::<&()>, "list-service-accounts")
+        self.call::<List<ServiceAccount>>(Method::GET, &path, None::<&()>, "list-service-accounts")
             .await
+            .map(|l| l.0)
     }
 
     /// `GET /organizations/{org}/service-accounts/{id}` (bare or wrapped body).
@@ -221,8 +224,9 @@ impl Client {
     /// `GET /projects/{project}/service-accounts`
     pub async fn list_project_members(&self, project: u64) -> Result<Vec<ProjectMember>, MixpanelError> {
         let path = format!("/projects/{project}/service-accounts");
-        self.call(Method::GET, &path, None::<&()>, "list-project-service-accounts")
+        self.call::<List<ProjectMember>>(Method::GET, &path, None::<&()>, "list-project-service-accounts")
             .await
+            .map(|l| l.0)
     }
 
     /// `GET /me?include_workspace_users=false`: who the caller is and what it sees.
@@ -399,27 +403,43 @@ pub(crate) fn decode<T: DeserializeOwned>(
     }
     // Every endpoint wraps its result as {"status":"ok","results":..}, except
     // get-service-account in the published description: accept both shapes.
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Body<T> {
-        Wrapped { status: Option<String>, results: T },
-        Bare(T),
-    }
+    // When `results` is there it must decode: an answer that does not is an
+    // error, never silently an empty value.
     // Mutations answer {"status":"ok"} and nothing else; an empty body is taken as `null`.
     let bytes = if bytes.is_empty() { b"null".as_slice() } else { bytes };
-    match serde_json::from_slice::<Body<T>>(bytes) {
-        Ok(Body::Wrapped { status: Some(s), .. }) if s == "error" => Err(MixpanelError::Decode {
+    let not_json = |e: serde_json::Error| MixpanelError::Decode {
+        endpoint,
+        status: code,
+        // Deliberately not echoing the body: a create response carries a token.
+        detail: format!("not the expected JSON (line {}, column {})", e.line(), e.column()),
+    };
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(not_json)?;
+    if value.get("status").and_then(serde_json::Value::as_str) == Some("error") {
+        return Err(MixpanelError::Decode {
             endpoint,
             status: code,
             detail: "status is \"error\" on a success code".into(),
-        }),
-        Ok(Body::Wrapped { results, .. }) | Ok(Body::Bare(results)) => Ok(results),
-        // Deliberately not echoing the body: a create response carries a token.
-        Err(e) => Err(MixpanelError::Decode {
-            endpoint,
-            status: code,
-            detail: format!("not the expected JSON (line {}, column {})", e.line(), e.column()),
-        }),
+        });
+    }
+    let results = match value.as_object_mut().and_then(|o| o.remove("results")) {
+        Some(r) => r,
+        None => value,
+    };
+    T::deserialize(results).map_err(|e| MixpanelError::Decode {
+        endpoint,
+        status: code,
+        detail: format!("its results are not what this client expects ({})", shape_error(&e)),
+    })
+}
+
+/// A decode error without any value from the body (which may hold a secret):
+/// serde's own words name fields and types, never values, except for
+/// `invalid value: string "..."`, which is cut.
+fn shape_error(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.find(": string \"") {
+        Some(i) => format!("{} (value withheld)", s.get(..i).unwrap_or_default()),
+        None => crate::text::server_text(&s),
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod error;
+pub mod lenient;
 pub mod types;
 
 pub use client::{Client, ClientSettings, Credentials, RetryPolicy};

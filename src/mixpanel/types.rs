@@ -41,13 +41,17 @@ impl fmt::Display for Role {
     }
 }
 
-/// A service account as listed by Mixpanel.
+/// A service account as listed by Mixpanel. Decoded leniently
+/// ([`super::lenient`]): ids as numbers or numeric strings, any field `null`,
+/// timestamps in the forms Mixpanel really sends; only `id` and `username`
+/// are required.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value")]
 pub struct ServiceAccount {
     pub id: u64,
     pub username: String,
-    // Mixpanel may send `null`; the published description has no nullable
-    // fields, so absent values are left out when serialising (the simulator).
+    // The published description has no nullable fields, so absent values
+    // are left out when serialising.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,6 +62,32 @@ pub struct ServiceAccount {
     pub created: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<u64>,
+    /// Mixpanel sent a `last_used` this client cannot read: whether the
+    /// account is in use is unknown, so it is taken as in use.
+    #[serde(skip)]
+    pub last_used_unknown: bool,
+}
+
+impl TryFrom<serde_json::Value> for ServiceAccount {
+    type Error = String;
+
+    fn try_from(v: serde_json::Value) -> Result<Self, String> {
+        use super::lenient::{Stamp, id_of, string_of};
+        let o = v.as_object().ok_or("a service account is not a JSON object")?;
+        let last_used = Stamp::of("last_used", o.get("last_used"));
+        Ok(Self {
+            id: id_of(o.get("id")).ok_or("a service account has no usable `id`")?,
+            username: string_of(o.get("username"))
+                .filter(|u| !u.is_empty())
+                .ok_or("a service account has no `username`")?,
+            last_used_unknown: last_used == Stamp::Unreadable,
+            last_used: last_used.at(),
+            expires: Stamp::of("expires", o.get("expires")).at(),
+            creator: id_of(o.get("creator")),
+            created: Stamp::of("created", o.get("created")).at(),
+            user: id_of(o.get("user")),
+        })
+    }
 }
 
 impl ServiceAccount {
@@ -77,12 +107,111 @@ pub fn strip_mixpanel_suffix(username: &str) -> &str {
     username
 }
 
+/// A project role: one of Mixpanel's four, or a custom role (Enterprise
+/// plans let organizations define their own, by name).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProjectRole {
+    Owner,
+    Admin,
+    Analyst,
+    Consumer,
+    /// A role outside the four, as Mixpanel names it.
+    Custom(String),
+}
+
+impl ProjectRole {
+    /// Reads a role name: the four known ones (any case), else a custom one.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        if t.is_empty() || t.len() > 64 || t.chars().any(char::is_control) {
+            return Err(format!(
+                "`{}` is not a role name (1 to 64 printable characters)",
+                crate::text::server_text(s)
+            ));
+        }
+        Ok(match t.to_ascii_lowercase().as_str() {
+            "owner" => ProjectRole::Owner,
+            "admin" => ProjectRole::Admin,
+            "analyst" => ProjectRole::Analyst,
+            "consumer" => ProjectRole::Consumer,
+            _ => ProjectRole::Custom(t.to_string()),
+        })
+    }
+
+    /// The role as Mixpanel writes it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ProjectRole::Owner => "owner",
+            ProjectRole::Admin => "admin",
+            ProjectRole::Analyst => "analyst",
+            ProjectRole::Consumer => "consumer",
+            ProjectRole::Custom(s) => s,
+        }
+    }
+
+    /// The rank of a known role (a custom role's rights are unknown).
+    fn rank(&self) -> Option<u8> {
+        match self {
+            ProjectRole::Owner => Some(4),
+            ProjectRole::Admin => Some(3),
+            ProjectRole::Analyst => Some(2),
+            ProjectRole::Consumer => Some(1),
+            ProjectRole::Custom(_) => None,
+        }
+    }
+
+    /// Whether holding this role gives at least the access of `want`: a
+    /// known role covers itself and the known roles below it; a custom
+    /// role covers only itself.
+    pub fn covers(&self, want: &ProjectRole) -> bool {
+        match (self.rank(), want.rank()) {
+            (Some(have), Some(want)) => have >= want,
+            _ => self == want,
+        }
+    }
+
+    /// Whether this is a custom role.
+    pub fn is_custom(&self) -> bool {
+        matches!(self, ProjectRole::Custom(_))
+    }
+}
+
+impl From<Role> for ProjectRole {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Owner => ProjectRole::Owner,
+            Role::Admin => ProjectRole::Admin,
+            Role::Analyst => ProjectRole::Analyst,
+            Role::Consumer => ProjectRole::Consumer,
+        }
+    }
+}
+
+impl fmt::Display for ProjectRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ProjectRole {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ProjectRole {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ProjectRole::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A project membership to give an account: `{"id": 456, "role": "admin"}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectGrant {
     pub id: u64,
-    pub role: Role,
+    pub role: ProjectRole,
 }
 
 /// A list of grants for people: `[101 analyst, 102 admin]`.
@@ -147,8 +276,7 @@ pub struct RemoveFromProjects {
 }
 
 /// How an account came to be a member of a project.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TargetType {
     /// Granted to the account itself: can be copied with add-to-project.
     Individual,
@@ -156,50 +284,146 @@ pub enum TargetType {
     Team,
     /// Through an organization-wide grant: cannot be re-created by this API.
     Organization,
+    /// A kind of grant this client does not know: never copied.
+    Other(String),
+}
+
+impl TargetType {
+    fn parse(s: &str) -> Self {
+        match s {
+            "individual" => TargetType::Individual,
+            "team" => TargetType::Team,
+            "organization" => TargetType::Organization,
+            other => TargetType::Other(other.to_string()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            TargetType::Individual => "individual",
+            TargetType::Team => "team",
+            TargetType::Organization => "organization",
+            TargetType::Other(s) => s,
+        }
+    }
 }
 
 impl fmt::Display for TargetType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            TargetType::Individual => "individual",
-            TargetType::Team => "team",
-            TargetType::Organization => "organization",
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for TargetType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for TargetType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(TargetType::parse(&String::deserialize(d)?))
+    }
+}
+
+/// A row of `GET /projects/{project}/service-accounts`: the account and its
+/// role there. A row without a role or a grant type is skipped by the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value")]
+pub struct ProjectMember {
+    #[serde(flatten)]
+    pub account: ServiceAccount,
+    pub role: ProjectRole,
+    pub target_type: TargetType,
+}
+
+impl TryFrom<serde_json::Value> for ProjectMember {
+    type Error = String;
+
+    fn try_from(v: serde_json::Value) -> Result<Self, String> {
+        use super::lenient::string_of;
+        let role = string_of(v.get("role")).ok_or("a membership row has no `role`")?;
+        let target_type = string_of(v.get("target_type")).ok_or("a membership row has no `target_type`")?;
+        Ok(Self {
+            role: ProjectRole::parse(&role)?,
+            target_type: TargetType::parse(&target_type),
+            account: ServiceAccount::try_from(v)?,
         })
     }
 }
 
-/// A row of `GET /projects/{project}/service-accounts`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProjectMember {
-    #[serde(flatten)]
-    pub account: ServiceAccount,
-    pub role: Role,
-    pub target_type: TargetType,
-    #[serde(default, rename = "hasSensitiveAccess")]
-    pub has_sensitive_access: Option<bool>,
-    #[serde(default)]
-    pub role_order: Option<i64>,
-    #[serde(default)]
-    pub email: Option<String>,
+/// An organization role as `/me` reports it: only owner and admin may
+/// manage service accounts; anything else (`"member"`, `"no role"`,
+/// `"billing admin"`) may not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrgRole {
+    Owner,
+    Admin,
+    Other(String),
+}
+
+impl OrgRole {
+    /// Whether this role may create, delete and re-assign service accounts.
+    pub fn can_manage_accounts(&self) -> bool {
+        matches!(self, OrgRole::Owner | OrgRole::Admin)
+    }
+}
+
+impl fmt::Display for OrgRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OrgRole::Owner => "owner",
+            OrgRole::Admin => "admin",
+            OrgRole::Other(s) => s,
+        })
+    }
+}
+
+impl Serialize for OrgRole {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for OrgRole {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "owner" => OrgRole::Owner,
+            "admin" => OrgRole::Admin,
+            _ => OrgRole::Other(s),
+        })
+    }
 }
 
 /// An organization as listed by `GET /me`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeOrganization {
-    pub id: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::lenient::opt_id")]
+    pub id: Option<u64>,
+    #[serde(default, deserialize_with = "super::lenient::opt_string")]
     pub name: Option<String>,
-    #[serde(default)]
-    pub role: Option<String>,
+    #[serde(default, deserialize_with = "opt_org_role")]
+    pub role: Option<OrgRole>,
+}
+
+fn opt_org_role<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<OrgRole>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(match v {
+        serde_json::Value::String(s) => OrgRole::deserialize(serde_json::Value::String(s)).ok(),
+        _ => None,
+    })
 }
 
 /// A project as listed by `GET /me`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeProject {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::lenient::opt_string")]
     pub name: Option<String>,
-    pub organization_id: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::lenient::opt_id")]
+    pub organization_id: Option<u64>,
+    /// The project's regional host, e.g. `eu.mixpanel.com`.
+    #[serde(default, deserialize_with = "super::lenient::opt_string")]
     pub domain: Option<String>,
 }
 
@@ -210,26 +434,39 @@ pub struct Me {
     pub organizations: BTreeMap<String, MeOrganization>,
     #[serde(default)]
     pub projects: BTreeMap<String, MeProject>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::lenient::opt_string")]
     pub user_email: Option<String>,
 }
 
 impl Me {
+    /// The organization `org`, as the caller sees it.
+    pub fn organization(&self, org: u64) -> Option<&MeOrganization> {
+        self.organizations
+            .iter()
+            .find(|(k, o)| o.id == Some(org) || **k == org.to_string())
+            .map(|(_, o)| o)
+    }
+
     /// Whether the caller belongs to organization `org`.
     pub fn sees(&self, org: u64) -> bool {
-        self.organizations.values().any(|o| o.id == org) || self.organizations.contains_key(&org.to_string())
+        self.organization(org).is_some()
+    }
+
+    /// The projects of organization `org` that the caller sees: id and domain.
+    pub fn projects_of(&self, org: u64) -> Vec<(u64, Option<String>)> {
+        let mut out: Vec<(u64, Option<String>)> = self
+            .projects
+            .iter()
+            .filter(|(_, p)| p.organization_id == Some(org))
+            .filter_map(|(k, p)| Some((k.parse().ok()?, p.domain.clone())))
+            .collect();
+        out.sort();
+        out
     }
 
     /// The ids of the projects of organization `org` that the caller sees.
     pub fn project_ids(&self, org: u64) -> Vec<u64> {
-        let mut ids: Vec<u64> = self
-            .projects
-            .iter()
-            .filter(|(_, p)| p.organization_id == org)
-            .filter_map(|(k, _)| k.parse().ok())
-            .collect();
-        ids.sort_unstable();
-        ids
+        self.projects_of(org).into_iter().map(|(id, _)| id).collect()
     }
 }
 

@@ -9,7 +9,7 @@ use chrono::Duration;
 use super::error::PolicyError;
 use super::file::{DaemonConfig, DefaultsConfig, IntegrationConfig, MixpanelConfig, PolicyConfig, ProjectsSpec};
 use super::model::{Integration, MixpanelSettings, Policy};
-use crate::mixpanel::types::Role;
+use crate::mixpanel::types::{ProjectRole, Role};
 use crate::sink::SinkConfig;
 use crate::text::format_duration;
 use crate::values::{HumanDuration, check_url};
@@ -408,6 +408,9 @@ impl Durations {
     }
 }
 
+/// Why `owner` is refused for a service account.
+const NO_OWNER: &str = "which Mixpanel does not allow for service accounts (a client whose tests run against the real API reports it): use `admin`";
+
 fn check_projects(projects: &ProjectsSpec, key: &dyn Fn(&str) -> String, errs: &mut Vec<PolicyError>) {
     if let ProjectsSpec::Explicit(list) = projects {
         let mut seen = BTreeSet::new();
@@ -416,6 +419,12 @@ fn check_projects(projects: &ProjectsSpec, key: &dyn Fn(&str) -> String, errs: &
                 errs.push(PolicyError::invalid(
                     key("projects"),
                     format!("lists project {} twice", g.id),
+                ));
+            }
+            if g.role == ProjectRole::Owner {
+                errs.push(PolicyError::invalid(
+                    key("projects"),
+                    format!("gives project {} the role `owner`, {NO_OWNER}", g.id),
                 ));
             }
         }
@@ -433,6 +442,15 @@ fn resolve_integration(
     t.check(&key, errs);
     let projects = ic.projects.clone().or_else(|| d.projects.clone()).unwrap_or_default();
     check_projects(&projects, &key, errs);
+    let role = ic.role.or(d.role).unwrap_or(Role::Consumer);
+    if role == Role::Owner {
+        let at = if ic.role.is_some() {
+            key("role")
+        } else {
+            "defaults.role".into()
+        };
+        errs.push(PolicyError::invalid(at, format!("is `owner`, {NO_OWNER}")));
+    }
     let webhook_key = if ic.webhook.is_some() {
         key("webhook.timeout")
     } else {
@@ -454,7 +472,7 @@ fn resolve_integration(
         name: ic.name.clone(),
         sink: ic.sink.clone(),
         path: ic.path.clone(),
-        role: ic.role.or(d.role).unwrap_or(Role::Consumer),
+        role,
         projects,
         adopt: ic.adopt.clone(),
         ttl: t.ttl.value,

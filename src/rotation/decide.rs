@@ -404,7 +404,11 @@ pub struct Plan {
 pub struct InUse {
     pub id: u64,
     pub username: String,
+    /// Mixpanel's `last_used` (the time of the pass when Mixpanel sent one
+    /// that could not be read: taken as in use).
     pub last_used: DateTime<Utc>,
+    /// Whether Mixpanel's `last_used` could not be read.
+    pub last_used_unknown: bool,
     /// When it is deleted if nobody uses it again (`last_used` + `grace`).
     pub idle_at: DateTime<Utc>,
 }
@@ -743,7 +747,9 @@ fn unexplained(
         return (Disposal::of(a, DeleteReason::Orphan, Rule::Expired, e), None);
     }
     let settled = after(ts, i.orphan_after);
-    match a.last_used.filter(|u| *u > after(ts, own_use_window(i))) {
+    // An unreadable `last_used` is taken as a use now: kept while unknown.
+    let last_used = if a.last_used_unknown { Some(now) } else { a.last_used };
+    match last_used.filter(|u| *u > after(ts, own_use_window(i))) {
         None => (Disposal::of(a, DeleteReason::Orphan, Rule::NeverUsed, settled), None),
         Some(used) => {
             let idle_at = after(used, i.grace);
@@ -751,6 +757,7 @@ fn unexplained(
                 id: a.id,
                 username: a.username.clone(),
                 last_used: used,
+                last_used_unknown: a.last_used_unknown,
                 idle_at,
             });
             (
@@ -769,7 +776,12 @@ fn retiring(i: &Integration, a: &ServiceAccount, grace_end: DateTime<Utc>, rule:
         return Disposal::of(a, DeleteReason::Retiring, rule, grace_end);
     };
     let cap = after(grace_end, span_between(i.max_grace, i.grace));
-    let idle_since = a.last_used.map(|t| after(t, idle)).unwrap_or(grace_end);
+    // An unreadable `last_used`: not provably idle, so the cap decides.
+    let idle_since = match (a.last_used_unknown, a.last_used) {
+        (true, _) => cap,
+        (false, Some(t)) => after(t, idle),
+        (false, None) => grace_end,
+    };
     let due = grace_end.max(idle_since);
     if due > cap {
         Disposal::of(a, DeleteReason::Retiring, Rule::MaxGrace, cap)

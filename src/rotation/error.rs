@@ -126,8 +126,8 @@ pub enum Cause {
     },
     /// A lineage account in use that this integration's sink neither publishes nor vouches for.
     #[error(
-        "account {} ({}) is in use but not published here (Mixpanel's last_used: {}): another rotator with the same namespace and integration probably publishes it elsewhere. Share one primary sink between them (each may keep a local copy with `mirrors`), or give each rotator its own `namespace`. It is kept, and deleted once unused for `grace` (at {} if nobody uses it again)",
-        .0.id, .0.username, rfc3339(.0.last_used), rfc3339(.0.idle_at)
+        "account {} ({}) is in use but not published here ({}): another rotator with the same namespace and integration probably publishes it elsewhere. Share one primary sink between them (each may keep a local copy with `mirrors`), or give each rotator its own `namespace`. It is kept, and deleted once unused for `grace` (at {} if nobody uses it again)",
+        .0.id, .0.username, used(&.0), rfc3339(.0.idle_at)
     )]
     InUseElsewhere(InUse),
     /// Mixpanel answered a create with an account that is not the one asked for.
@@ -149,12 +149,30 @@ pub enum Cause {
         "the new account {id} no longer exists, so it is not published: it was deleted behind the rotator's back (by another rotator that took it for an orphan?)"
     )]
     Vanished { id: u64 },
+    /// Copy mode, and `/me` shows no project to copy from.
+    #[error(
+        "Mixpanel's GET /me lists no project of organization {organization} for the rotator's account, so the memberships of account {account} cannot be copied (an empty copy is never published): check that the rotator's account is an organization admin or owner, or list the projects in `{key}`"
+    )]
+    NoProjectsVisible {
+        organization: u64,
+        account: u64,
+        key: String,
+    },
     /// The audit trail cannot be written.
     #[error("{0}")]
     Audit(String),
     /// The published account was about to be deleted (the last line of defence).
     #[error("refused to delete account {id} because it is the published credential")]
     Protected { id: u64 },
+}
+
+/// The evidence of use, in words.
+fn used(u: &InUse) -> String {
+    if u.last_used_unknown {
+        "Mixpanel's last_used could not be read, so it is taken as in use".into()
+    } else {
+        format!("Mixpanel's last_used: {}", rfc3339(u.last_used))
+    }
 }
 
 impl Cause {

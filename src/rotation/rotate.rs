@@ -283,11 +283,20 @@ impl<'a> Rotation<'a> {
                 .await
                 .map_err(|e| self.fail(Step::ReadBack, Cause::Project { id: g.id, source: e }))?;
             failpoint::point("after_member_list", &self.i.name).await;
-            let ok = rows
-                .iter()
-                .any(|r| r.account.id == account && r.role == g.role && r.target_type == TargetType::Individual);
+            // Access parity (README, "Compatibility with Mixpanel"): its own
+            // grant with exactly the desired role, or an organization-level
+            // grant (from its organization role, which no project call can
+            // change) that gives at least that role.
+            let ok = rows.iter().any(|r| {
+                r.account.id == account
+                    && match r.target_type {
+                        TargetType::Individual => r.role == g.role,
+                        TargetType::Organization => r.role.covers(&g.role),
+                        TargetType::Team | TargetType::Other(_) => false,
+                    }
+            });
             if !ok {
-                missing.push(*g);
+                missing.push(g.clone());
             }
         }
         Ok(missing)

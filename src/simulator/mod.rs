@@ -22,7 +22,7 @@ pub use self::shared::{Fault, FaultAction, Gate, GateState, LoggedRequest};
 pub use self::state::{OrgState, Quirks, SimAccount};
 use crate::clock::SharedClock;
 use crate::mixpanel::Credentials;
-use crate::mixpanel::types::{Role, ServiceAccount, TargetType};
+use crate::mixpanel::types::{ProjectRole, Role, ServiceAccount, TargetType};
 use crate::secret::Secret;
 
 /// The organization a simulator starts with.
@@ -134,13 +134,13 @@ impl Simulator {
         base: &str,
         role: Role,
         expires: Option<DateTime<Utc>>,
-        grants: &[(u64, Role, TargetType)],
+        grants: &[(u64, ProjectRole, TargetType)],
     ) -> (ServiceAccount, Credentials) {
         let now = self.clock.now();
         let mut s = self.lock();
         let a = s.org.insert_account(base, role, expires, now);
         for (p, r, t) in grants {
-            s.org.grant(*p, a.id, *r, *t);
+            s.org.grant(*p, a.id, r.clone(), t.clone());
         }
         (
             a.public(),
@@ -179,12 +179,16 @@ impl Simulator {
     }
 
     /// An account's memberships: (project, role, grant type).
-    pub fn memberships(&self, account: u64) -> Vec<(u64, Role, TargetType)> {
+    pub fn memberships(&self, account: u64) -> Vec<(u64, ProjectRole, TargetType)> {
         let s = self.lock();
         s.org
             .projects
             .values()
-            .filter_map(|p| p.members.get(&account).map(|m| (p.id, m.role, m.target_type)))
+            .filter_map(|p| {
+                p.members
+                    .get(&account)
+                    .map(|m| (p.id, m.role.clone(), m.target_type.clone()))
+            })
             .collect()
     }
 

@@ -36,14 +36,15 @@ impl SimAccount {
             creator: Some(self.creator),
             created: Some(self.created),
             user: Some(self.user),
+            last_used_unknown: false,
         }
     }
 }
 
 /// A membership of an account in a project.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimMembership {
-    pub role: Role,
+    pub role: ProjectRole,
     pub target_type: TargetType,
 }
 
@@ -149,7 +150,8 @@ impl OrgState {
     }
 
     /// Grants `account` a membership in `project`.
-    pub fn grant(&mut self, project: u64, account: u64, role: Role, target_type: TargetType) {
+    pub fn grant(&mut self, project: u64, account: u64, role: impl Into<ProjectRole>, target_type: TargetType) {
+        let role = role.into();
         if let Some(p) = self.projects.get_mut(&project) {
             p.members.insert(account, SimMembership { role, target_type });
         }
@@ -289,7 +291,7 @@ impl OrgState {
         }
         for p in &req.projects {
             for sa in &req.service_account_ids {
-                self.grant(p.id, *sa, p.role, TargetType::Individual);
+                self.grant(p.id, *sa, p.role.clone(), TargetType::Individual);
             }
         }
         Ok((200, json!({"status": "ok"})))
@@ -326,7 +328,7 @@ impl OrgState {
                 obj.insert("role".into(), json!(m.role));
                 obj.insert("target_type".into(), json!(m.target_type));
                 obj.insert("hasSensitiveAccess".into(), json!(false));
-                obj.insert("role_order".into(), json!(role_order(m.role)));
+                obj.insert("role_order".into(), json!(role_order(&m.role)));
                 obj.insert("email".into(), json!(format!("{}@serviceaccount.mixpanel.com", a.id)));
                 Some(row)
             })
@@ -381,7 +383,7 @@ impl OrgState {
         }
         if !self.quirks.ignore_create_projects {
             for p in &projects {
-                self.grant(p.id, acct.id, p.role, TargetType::Individual);
+                self.grant(p.id, acct.id, p.role.clone(), TargetType::Individual);
             }
         }
         let shown = self
@@ -415,11 +417,12 @@ pub fn allowed_methods(segs: &[&str]) -> &'static [&'static str] {
     }
 }
 
-fn role_order(r: Role) -> i64 {
+fn role_order(r: &ProjectRole) -> Option<i64> {
     match r {
-        Role::Owner => 0,
-        Role::Admin => 1,
-        Role::Analyst => 2,
-        Role::Consumer => 3,
+        ProjectRole::Owner => Some(0),
+        ProjectRole::Admin => Some(1),
+        ProjectRole::Analyst => Some(2),
+        ProjectRole::Consumer => Some(3),
+        ProjectRole::Custom(_) => None,
     }
 }

@@ -1,6 +1,7 @@
 //! Invalid policies: each is rejected with a message naming the key.
 
-use mixpanel_rotator::policy::Policy;
+use mixpanel_rotator::mixpanel::ProjectRole;
+use mixpanel_rotator::policy::{Policy, ProjectsSpec};
 
 const BASE_MIXPANEL: &str = r#"[mixpanel]
 region = "us"
@@ -66,6 +67,22 @@ fn defaults_are_overridden_per_integration() {
     assert_eq!(p.integrations[1].renew_before, chrono::Duration::days(20));
     assert_eq!(p.integrations[1].role, mixpanel_rotator::mixpanel::Role::Consumer);
     assert_eq!(p.integrations[0].role, mixpanel_rotator::mixpanel::Role::Analyst);
+}
+
+#[test]
+fn explicit_projects_may_name_a_custom_role() {
+    let p = Policy::parse(&policy(&[
+        "version = 1",
+        BASE_MIXPANEL,
+        SINK,
+        &format!("{ETL}projects = [{{ id = 456, role = \"Data Steward\" }}, {{ id = 457, role = \"Admin\" }}]"),
+    ]))
+    .unwrap();
+    let ProjectsSpec::Explicit(grants) = &p.integrations[0].projects else {
+        panic!("explicit projects")
+    };
+    assert_eq!(grants[0].role, ProjectRole::Custom("Data Steward".into()));
+    assert_eq!(grants[1].role, ProjectRole::Admin);
 }
 
 #[test]
@@ -305,14 +322,29 @@ fn invalid_policies_name_the_key() {
             &["`integrations[0].projects`", "copy"],
         ),
         (
-            "bad project role",
+            "empty project role",
             policy(&[
                 "version = 1",
                 BASE_MIXPANEL,
                 SINK,
-                &format!("{ETL}projects = [{{ id = 1, role = \"boss\" }}]"),
+                &format!("{ETL}projects = [{{ id = 1, role = \"\" }}]"),
             ]),
-            &["`integrations[0].projects[0].role`"],
+            &["`integrations[0].projects[0].role`", "not a role name"],
+        ),
+        (
+            "owner project role",
+            policy(&[
+                "version = 1",
+                BASE_MIXPANEL,
+                SINK,
+                &format!("{ETL}projects = [{{ id = 1, role = \"owner\" }}]"),
+            ]),
+            &["`integrations[0].projects`", "does not allow for service accounts"],
+        ),
+        (
+            "owner organization role, inherited",
+            policy(&["version = 1", BASE_MIXPANEL, "[defaults]\nrole = \"owner\"", SINK, ETL]),
+            &["`defaults.role`", "is `owner`", "does not allow for service accounts"],
         ),
         (
             "same project twice",

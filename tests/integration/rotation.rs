@@ -1,7 +1,7 @@
 //! The rotation protocol end to end against the simulator and the file sink.
 
 use chrono::Duration;
-use mixpanel_rotator::mixpanel::types::{Role, TargetType};
+use mixpanel_rotator::mixpanel::types::{ProjectRole, Role, TargetType};
 use mixpanel_rotator::rotation::lineage::Lineage;
 use mixpanel_rotator::rotation::{Cause, DeleteReason, PassOptions, RotateReason};
 use mixpanel_rotator::simulator::Seed;
@@ -49,14 +49,14 @@ async fn full_rotation_into_file_sink_then_grace_deletes_old() {
     assert_eq!(
         m,
         vec![
-            (101, Role::Analyst, TargetType::Individual),
-            (102, Role::Admin, TargetType::Individual)
+            (101, ProjectRole::Analyst, TargetType::Individual),
+            (102, ProjectRole::Admin, TargetType::Individual)
         ]
     );
     assert!(
         r.warnings
             .iter()
-            .any(|w| w.contains("project 103") && w.contains("team grant")),
+            .any(|w| w.contains("project 103") && w.contains("`team` grant")),
         "{:?}",
         r.warnings
     );
@@ -229,8 +229,8 @@ projects = [{ id = 103, role = "consumer" }, { id = 101, role = "analyst" }]
     assert_eq!(
         m,
         vec![
-            (101, Role::Analyst, TargetType::Individual),
-            (103, Role::Consumer, TargetType::Individual)
+            (101, ProjectRole::Analyst, TargetType::Individual),
+            (103, ProjectRole::Consumer, TargetType::Individual)
         ]
     );
     assert!(h.accounts_with_prefix("etl-legacy").len() == 1, "nothing else touched");
@@ -287,8 +287,8 @@ async fn current_deleted_behind_our_back_is_rotated_next_pass() {
     assert_eq!(
         m,
         vec![
-            (101, Role::Analyst, TargetType::Individual),
-            (102, Role::Admin, TargetType::Individual)
+            (101, ProjectRole::Analyst, TargetType::Individual),
+            (102, ProjectRole::Admin, TargetType::Individual)
         ]
     );
     assert!(r.warnings.iter().any(|w| w.contains("gone from Mixpanel")));
@@ -401,7 +401,7 @@ async fn an_emptied_sink_does_not_delete_live_lineage_accounts_early() {
 #[tokio::test]
 async fn drain_aware_deletion_waits_for_the_old_account_to_go_idle_up_to_max_grace() {
     let h = Harness::new(Seed::Demo).await;
-    let grants = [(101, Role::Analyst, TargetType::Individual)];
+    let grants = [(101, ProjectRole::Analyst, TargetType::Individual)];
     let (old_a, creds_a) = h.sim.add_account("etl-a", Role::Analyst, None, &grants);
     let (old_b, creds_b) = h.sim.add_account("etl-b", Role::Analyst, None, &grants);
     let engine = h.engine(&format!(
@@ -489,8 +489,8 @@ async fn a_wiped_primary_with_adopt_gone_bootstraps_from_the_newest_lineage_acco
     assert_eq!(
         m,
         vec![
-            (101, Role::Analyst, TargetType::Individual),
-            (102, Role::Admin, TargetType::Individual)
+            (101, ProjectRole::Analyst, TargetType::Individual),
+            (102, ProjectRole::Admin, TargetType::Individual)
         ],
         "the newest lineage account's memberships"
     );

@@ -74,7 +74,10 @@ async fn create_is_201_with_suffix_and_token_and_bodies_are_strict() {
     assert_eq!(strip_mixpanel_suffix(u), "etl-bot");
     assert!(body["results"]["token"].as_str().unwrap().len() >= 32);
     let id = body["results"]["id"].as_u64().unwrap();
-    assert_eq!(h.sim.memberships(id), vec![(101, Role::Admin, TargetType::Individual)]);
+    assert_eq!(
+        h.sim.memberships(id),
+        vec![(101, ProjectRole::Admin, TargetType::Individual)]
+    );
 
     let bad: Vec<(&str, Value)> = vec![
         ("unknown field", json!({"username": "x", "colour": "red"})),
@@ -133,7 +136,7 @@ async fn auth_rules() {
         "reader",
         Role::Analyst,
         None,
-        &[(101, Role::Analyst, TargetType::Individual)],
+        &[(101, ProjectRole::Analyst, TargetType::Individual)],
     );
     let c = client(&h, analyst);
     assert!(c.list_accounts().await.is_ok());
@@ -202,7 +205,7 @@ async fn shapes_memberships_and_deletion() {
     c.add_to_projects(&AddToProjects {
         projects: vec![ProjectGrant {
             id: 101,
-            role: Role::Consumer,
+            role: ProjectRole::Consumer,
         }],
         service_account_ids: vec![legacy.id],
     })
@@ -211,7 +214,7 @@ async fn shapes_memberships_and_deletion() {
     assert!(
         h.sim
             .memberships(legacy.id)
-            .contains(&(101, Role::Consumer, TargetType::Individual))
+            .contains(&(101, ProjectRole::Consumer, TargetType::Individual))
     );
 
     assert!(c.delete_account(legacy.id).await.unwrap());

@@ -36,6 +36,7 @@ fn sa(id: u64, username: &str, expires: Option<DateTime<Utc>>) -> ServiceAccount
         creator: None,
         created: None,
         user: None,
+        last_used_unknown: false,
     }
 }
 
@@ -318,6 +319,7 @@ fn an_unexplained_lineage_account_is_deleted_only_when_idle() {
             id: 11,
             username: l.orphan.username.clone(),
             last_used: used,
+            last_used_unknown: false,
             idle_at: used + Duration::hours(24)
         }]
     );
@@ -478,7 +480,7 @@ fn memberships_come_from_the_policy_the_current_account_or_the_payload() {
     let mut p = payload(10, rot, exp, vec![]);
     p.projects = vec![ProjectGrant {
         id: 101,
-        role: Role::Analyst,
+        role: Role::Analyst.into(),
     }];
     let d = forced(&i, &obs(&i, vec![cur.clone()], Some(p.clone())), rot, false);
     assert_eq!(
@@ -502,7 +504,7 @@ fn memberships_come_from_the_policy_the_current_account_or_the_payload() {
         MembershipSource::Explicit {
             grants: vec![ProjectGrant {
                 id: 103,
-                role: Role::Consumer
+                role: Role::Consumer.into()
             }]
         }
     );

@@ -38,11 +38,11 @@ fn grants() -> Vec<ProjectGrant> {
     vec![
         ProjectGrant {
             id: 101,
-            role: Role::Analyst,
+            role: Role::Analyst.into(),
         },
         ProjectGrant {
             id: 102,
-            role: Role::Admin,
+            role: Role::Admin.into(),
         },
     ]
 }
@@ -113,8 +113,17 @@ fn catalogue() -> Vec<StepError> {
             id: 1004,
             username: "mpr-etl-20261128T040000Z-7f3a.abc123.mp-service-account".into(),
             last_used: chrono::DateTime::parse_from_rfc3339("2026-11-28T05:00:00Z").unwrap().with_timezone(&chrono::Utc),
+            last_used_unknown: false,
             idle_at: chrono::DateTime::parse_from_rfc3339("2026-11-29T05:00:00Z").unwrap().with_timezone(&chrono::Utc),
         })),
+        e(Step::CheckAccounts, Cause::InUseElsewhere(crate::rotation::decide::InUse {
+            id: 1004,
+            username: "mpr-etl-20261128T040000Z-7f3a.abc123.mp-service-account".into(),
+            last_used: chrono::DateTime::parse_from_rfc3339("2026-11-28T05:00:00Z").unwrap().with_timezone(&chrono::Utc),
+            last_used_unknown: true,
+            idle_at: chrono::DateTime::parse_from_rfc3339("2026-11-29T05:00:00Z").unwrap().with_timezone(&chrono::Utc),
+        })),
+        e(Step::CopyMemberships, Cause::NoProjectsVisible { organization: 1, account: 1002, key: "integrations[0].projects".into() }),
     ];
     out.extend(blocked().into_iter().map(|b| e(b.step(), Cause::Blocked(b))));
     out
