@@ -103,6 +103,11 @@ pub enum Command {
         /// Where to write the simulator admin account's secret (mode 0600).
         #[arg(long, value_name = "PATH")]
         admin_secret_file: Option<PathBuf>,
+        /// Answer in the shape of Mixpanel's published OpenAPI description
+        /// (RFC 3339 timestamps, unset fields left out) instead of the looser
+        /// shape real Mixpanel sends: for checking conformance to that file.
+        #[arg(long)]
+        published_shape: bool,
     },
 }
 
@@ -154,7 +159,13 @@ pub async fn run(cli: Cli) -> Exit {
             seed,
             allow_non_loopback,
             admin_secret_file,
-        } => return simulator(*listen, *seed, *allow_non_loopback, admin_secret_file.clone()).await,
+            published_shape,
+        } => {
+            let shape = Shape {
+                published: *published_shape,
+            };
+            return simulator(*listen, *seed, *allow_non_loopback, admin_secret_file.clone(), shape).await;
+        }
         Command::Run { shutdown_timeout } => return daemon(&cli, shutdown_timeout).await,
         Command::Validate { online } => validate(&cli, *online, clock).await,
         Command::Plan => passes(&cli, clock, Mode::Plan).await,
@@ -366,7 +377,19 @@ async fn readiness(
     }
 }
 
-async fn simulator(listen: SocketAddr, seed: Seed, allow_non_loopback: bool, secret_file: Option<PathBuf>) -> Exit {
+/// How the simulator shapes its answers.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    published: bool,
+}
+
+async fn simulator(
+    listen: SocketAddr,
+    seed: Seed,
+    allow_non_loopback: bool,
+    secret_file: Option<PathBuf>,
+    shape: Shape,
+) -> Exit {
     if !listen.ip().is_loopback() && !allow_non_loopback {
         eprintln!(
             "error: refusing to serve the simulator on {listen}, which is not a loopback address: anyone who reaches it could use it. Pass --allow-non-loopback if you mean it."
@@ -381,6 +404,12 @@ async fn simulator(listen: SocketAddr, seed: Seed, allow_non_loopback: bool, sec
             return Exit::Failed;
         }
     };
+    if shape.published {
+        sim.set_quirks(crate::simulator::Quirks {
+            published_shape: true,
+            ..Default::default()
+        });
+    }
     let path = secret_file
         .unwrap_or_else(|| std::env::temp_dir().join(format!("mixpanel-simulator-{}.secret", sim.addr().port())));
     let admin = sim.admin();
@@ -390,6 +419,9 @@ async fn simulator(listen: SocketAddr, seed: Seed, allow_non_loopback: bool, sec
     }
     println!("Mixpanel SIMULATOR (not Mixpanel: an in-memory organization, lost on exit)");
     println!("listening on {}", sim.base_url());
+    for (domain, url) in sim.region_urls() {
+        println!("region {domain} on {url}");
+    }
     println!();
     println!("Point a policy at it:");
     println!();
@@ -398,6 +430,10 @@ async fn simulator(listen: SocketAddr, seed: Seed, allow_non_loopback: bool, sec
     println!("organization_id = {}", sim.organization_id());
     println!("username = \"{}\"", admin.username);
     println!("secret = {{ file = \"{}\" }}", path.display());
+    let regions = sim.region_urls_toml();
+    if !regions.is_empty() {
+        println!("{regions}");
+    }
     println!();
     if seed == Seed::Demo {
         for a in sim.accounts() {

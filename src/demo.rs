@@ -152,6 +152,7 @@ base_url = "{base}"
 organization_id = {org}
 username = "{user}"
 secret = {{ file = "{secret}" }}
+{regions}
 
 [defaults]
 ttl = "30d"
@@ -170,6 +171,7 @@ projects = "copy"
 adopt = {legacy}
 "#,
             base = self.sim.base_url(),
+            regions = self.sim.region_urls_toml(),
             org = self.sim.organization_id(),
             user = self.sim.admin().username,
             secret = secret_path.display(),

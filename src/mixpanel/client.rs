@@ -73,6 +73,21 @@ impl RetryPolicy {
     }
 }
 
+/// Mixpanel's API hosts, by the `domain` `/me` gives each project.
+pub const MIXPANEL_DOMAINS: [&str; 3] = ["mixpanel.com", "eu.mixpanel.com", "in.mixpanel.com"];
+
+/// Where project-scoped calls (`/projects/{id}/...`) go: each project is
+/// served by its own region's host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProjectHosts {
+    /// `mixpanel.region` was set: a project on a known Mixpanel domain is
+    /// reached at `https://{domain}/api/app`. Off (`mixpanel.base_url`): at
+    /// the base URL, unless `urls` maps its domain.
+    pub regional: bool,
+    /// Domain -> API base (`mixpanel.region_urls`), before anything else.
+    pub urls: std::collections::BTreeMap<String, String>,
+}
+
 /// Everything a client needs.
 #[derive(Clone, Debug)]
 pub struct ClientSettings {
@@ -97,6 +112,9 @@ pub struct Client {
     limit: Arc<Semaphore>,
     retry: RetryPolicy,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    hosts: Arc<ProjectHosts>,
+    /// For `Retry-After` given as a date.
+    clock: crate::clock::SharedClock,
 }
 
 impl std::fmt::Debug for Client {
@@ -141,6 +159,42 @@ impl Client {
             limit: Arc::new(Semaphore::new(s.max_concurrency.max(1))),
             retry: s.retry,
             metrics: None,
+            hosts: Arc::new(ProjectHosts::default()),
+            clock: Arc::new(crate::clock::SystemClock),
+        })
+    }
+
+    /// Sends project-scoped calls to each project's region (see [`ProjectHosts`]).
+    pub fn with_project_hosts(mut self, hosts: ProjectHosts) -> Self {
+        self.hosts = Arc::new(hosts);
+        self
+    }
+
+    /// Reads the time from `clock` (a `Retry-After` date).
+    pub fn with_clock(mut self, clock: crate::clock::SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The API base of a project hosted at `domain` (as `/me` reports it;
+    /// `None`: the organization's base URL).
+    pub fn project_base(&self, domain: Option<&str>) -> Result<String, MixpanelError> {
+        let Some(d) = domain.map(str::trim).filter(|d| !d.is_empty()) else {
+            return Ok(self.base_url.to_string());
+        };
+        let d = d.to_ascii_lowercase();
+        if let Some(u) = self.hosts.urls.get(&d) {
+            return Ok(u.trim_end_matches('/').to_string());
+        }
+        if !MIXPANEL_DOMAINS.contains(&d.as_str()) {
+            return Err(MixpanelError::UnknownRegion {
+                domain: crate::text::server_text(&d),
+            });
+        }
+        Ok(if self.hosts.regional {
+            format!("https://{d}/api/app")
+        } else {
+            self.base_url.to_string()
         })
     }
 
@@ -221,10 +275,16 @@ impl Client {
             .map(|_| ())
     }
 
-    /// `GET /projects/{project}/service-accounts`
-    pub async fn list_project_members(&self, project: u64) -> Result<Vec<ProjectMember>, MixpanelError> {
+    /// `GET /projects/{project}/service-accounts`, on the host of the
+    /// project's region (`domain`, as `/me` reports it).
+    pub async fn list_project_members(
+        &self,
+        project: u64,
+        domain: Option<&str>,
+    ) -> Result<Vec<ProjectMember>, MixpanelError> {
+        let base = self.project_base(domain)?;
         let path = format!("/projects/{project}/service-accounts");
-        self.call::<List<ProjectMember>>(Method::GET, &path, None::<&()>, "list-project-service-accounts")
+        self.call_on::<List<ProjectMember>>(&base, Method::GET, &path, None::<&()>, "list-project-service-accounts")
             .await
             .map(|l| l.0)
     }
@@ -242,11 +302,23 @@ impl Client {
         body: Option<&impl Serialize>,
         endpoint: &'static str,
     ) -> Result<T, MixpanelError> {
+        let base = self.base_url.clone();
+        self.call_on(&base, method, path, body, endpoint).await
+    }
+
+    async fn call_on<T: DeserializeOwned>(
+        &self,
+        base: &str,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+        endpoint: &'static str,
+    ) -> Result<T, MixpanelError> {
         let retries = method == Method::GET || method == Method::DELETE;
         let mut attempt = 0u32;
         loop {
             attempt = attempt.saturating_add(1);
-            let Attempt { result, retry_after } = self.once(&method, path, body, endpoint).await;
+            let Attempt { result, retry_after } = self.once(base, &method, path, body, endpoint).await;
             match result {
                 Ok(v) => return Ok(v),
                 Err(e) if retries && e.retryable() && attempt < self.retry.max_attempts => {
@@ -261,6 +333,7 @@ impl Client {
 
     async fn once<T: DeserializeOwned>(
         &self,
+        base: &str,
         method: &Method,
         path: &str,
         body: Option<&impl Serialize>,
@@ -269,7 +342,7 @@ impl Client {
         // The semaphore is never closed, so acquire only fails if it were; then run unlimited.
         let _permit = self.limit.acquire().await.ok();
         let started = Instant::now();
-        let resp = match self.send(method, path, body, endpoint).await {
+        let resp = match self.send(base, method, path, body, endpoint).await {
             Ok(r) => r,
             Err(e) => {
                 return Attempt {
@@ -288,9 +361,7 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let retry_after = header(RETRY_AFTER)
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = header(RETRY_AFTER).and_then(|v| retry_after(&v, self.clock.now()));
         let location = header(reqwest::header::LOCATION);
         let result = match crate::bounded::read_body(resp, crate::bounded::DOCUMENT_MAX).await {
             Ok(bytes) => decode(endpoint, status, location, &bytes),
@@ -321,12 +392,13 @@ impl Client {
     /// Sends one request; a request that got no answer is a transport error.
     async fn send(
         &self,
+        base: &str,
         method: &Method,
         path: &str,
         body: Option<&impl Serialize>,
         endpoint: &'static str,
     ) -> Result<reqwest::Response, MixpanelError> {
-        let url = format!("{}{}", self.base_url, path);
+        let url = format!("{base}{path}");
         let mut req = self
             .http
             .request(method.clone(), &url)
@@ -355,6 +427,17 @@ impl Client {
     }
 }
 
+/// A `Retry-After` value: delay-seconds, or an HTTP date (RFC 9110), as a
+/// delay from `now` (a date in the past: retry at once).
+fn retry_after(v: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    Some(at.signed_duration_since(now).to_std().unwrap_or_default())
+}
+
 /// One attempt's outcome, and the server's `Retry-After` if it gave one.
 struct Attempt<T> {
     result: Result<T, MixpanelError>,
@@ -372,6 +455,49 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// What an error answer says, whatever its shape: `{"error": ..}`,
+/// `{"detail": ..}`, `{"message": ..}`, an HTML page from a proxy (its
+/// title, or its text), or plain text. The caller cuts it to one masked line.
+fn error_text(bytes: &[u8]) -> Option<String> {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        return ["error", "detail", "message"].iter().find_map(|k| match v.get(k)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Null => None,
+            other => Some(other.to_string()),
+        });
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("<html") || lower.contains("<!doctype") {
+        let title = lower
+            .find("<title>")
+            .zip(lower.find("</title>"))
+            .and_then(|(a, b)| text.get(a.saturating_add(7)..b));
+        let shown = title.map(str::to_string).unwrap_or_else(|| strip_tags(&text));
+        return Some(format!("(an HTML page) {}", shown.trim())).filter(|s| s.len() > 14);
+    }
+    let t = text.trim();
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+/// The text of an HTML page, tags removed, whitespace collapsed.
+fn strip_tags(html: &str) -> String {
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => {
+                in_tag = false;
+                out.push(' ');
+            }
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 pub(crate) fn decode<T: DeserializeOwned>(
     endpoint: &'static str,
     status: StatusCode,
@@ -387,14 +513,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
         });
     }
     if !status.is_success() {
-        #[derive(serde::Deserialize)]
-        struct ErrBody {
-            error: Option<String>,
-        }
-        let message = serde_json::from_slice::<ErrBody>(bytes)
-            .ok()
-            .and_then(|b| b.error)
-            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+        let message = error_text(bytes).unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
         return Err(MixpanelError::Api {
             endpoint,
             status: code,

@@ -34,6 +34,11 @@ pub enum MixpanelError {
         status: u16,
         detail: String,
     },
+    /// A project is hosted on a domain that is not a known Mixpanel API host.
+    #[error(
+        "a project is hosted at `{domain}` (its `domain` in GET /me), which is not a Mixpanel API host this rotator knows (mixpanel.com, eu.mixpanel.com, in.mixpanel.com): map it to its API base in `mixpanel.region_urls`"
+    )]
+    UnknownRegion { domain: String },
     /// The client could not be built (TLS setup).
     #[error("cannot set up the HTTP client: {0}")]
     Setup(String),

@@ -6,6 +6,6 @@ pub mod error;
 pub mod lenient;
 pub mod types;
 
-pub use client::{Client, ClientSettings, Credentials, RetryPolicy};
+pub use client::{Client, ClientSettings, Credentials, MIXPANEL_DOMAINS, ProjectHosts, RetryPolicy};
 pub use error::MixpanelError;
 pub use types::*;

@@ -111,6 +111,13 @@ pub struct MixpanelConfig {
     /// Timeout of one HTTP request (default `30s`).
     #[serde(default = "default_timeout")]
     pub timeout: HumanDuration,
+    /// The API base of each region, by the `domain` `GET /me` gives its
+    /// projects, e.g. `{ "eu.mixpanel.com" = "https://proxy.internal/eu/api/app" }`.
+    /// Project-scoped calls go to their project's region: with `region`, to
+    /// `https://{domain}/api/app` for Mixpanel's own domains; with
+    /// `base_url`, to `base_url` unless the domain is mapped here.
+    #[serde(default)]
+    pub region_urls: BTreeMap<String, String>,
 }
 
 fn default_max_concurrency() -> usize {

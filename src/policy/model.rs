@@ -21,6 +21,8 @@ pub struct MixpanelSettings {
     pub secret: SecretRef,
     pub max_concurrency: usize,
     pub timeout: std::time::Duration,
+    /// Where project-scoped calls go.
+    pub project_hosts: crate::mixpanel::ProjectHosts,
 }
 
 /// One integration with every default applied.

@@ -156,7 +156,28 @@ fn mixpanel_settings(m: &MixpanelConfig, errs: &mut Vec<PolicyError>) -> Mixpane
         errs.push(PolicyError::invalid("mixpanel.timeout", "must be at least `1s`"));
     }
     at_most("mixpanel.timeout", m.timeout.0, MAX_REQUEST_TIMEOUT, errs);
+    let mut urls = std::collections::BTreeMap::new();
+    for (domain, url) in &m.region_urls {
+        let key = format!("mixpanel.region_urls.\"{domain}\"");
+        let d = domain.trim().to_ascii_lowercase();
+        if d.is_empty() || !d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
+            errs.push(PolicyError::invalid(
+                key.clone(),
+                "must be keyed by a project domain as GET /me reports it, e.g. `eu.mixpanel.com`",
+            ));
+        }
+        match check_url(url) {
+            Ok(u) => {
+                urls.insert(d, u);
+            }
+            Err(msg) => errs.push(PolicyError::invalid(key, msg)),
+        }
+    }
     MixpanelSettings {
+        project_hosts: crate::mixpanel::ProjectHosts {
+            regional: m.region.is_some(),
+            urls,
+        },
         base_url,
         organization_id: m.organization_id,
         username: m.username.clone(),

@@ -56,7 +56,9 @@ impl Context {
             max_concurrency: m.max_concurrency,
             timeout: m.timeout,
             retry: api,
-        })?;
+        })?
+        .with_project_hosts(m.project_hosts.clone())
+        .with_clock(clock.clone());
         let mut sinks = BTreeMap::new();
         for (name, cfg) in &policy.sinks {
             let s = sink::build(name, cfg).map_err(|source| SetupError::Sink {

@@ -89,28 +89,53 @@ pub fn resolve_adopt<'a>(adopt: &AdoptRef, accounts: &'a [ServiceAccount]) -> Op
 /// Project memberships read during one pass, shared by every integration.
 #[derive(Debug, Default)]
 pub struct MembershipCache {
-    projects: OnceCell<Vec<u64>>,
+    /// The organization's projects the rotator sees, with their region's domain.
+    projects: OnceCell<Vec<(u64, Option<String>)>>,
     members: Mutex<HashMap<u64, Arc<OnceCell<Vec<ProjectMember>>>>>,
 }
 
 impl MembershipCache {
-    /// The organization's projects the rotator can see (from `GET /me`).
-    pub async fn projects(&self, client: &Client) -> Result<Vec<u64>, MixpanelError> {
+    /// The organization's projects the rotator can see (from `GET /me`),
+    /// with the domain of each one's region.
+    pub async fn projects_with_domains(&self, client: &Client) -> Result<Vec<(u64, Option<String>)>, MixpanelError> {
         self.projects
-            .get_or_try_init(|| async { Ok(client.me().await?.project_ids(client.organization_id())) })
+            .get_or_try_init(|| async { Ok(client.me().await?.projects_of(client.organization_id())) })
             .await
             .cloned()
     }
 
-    /// The members of `project`, read at most once per pass.
+    /// The organization's projects the rotator can see.
+    pub async fn projects(&self, client: &Client) -> Result<Vec<u64>, MixpanelError> {
+        Ok(self
+            .projects_with_domains(client)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// The region's domain of `project` (`None`: not listed by `/me`, or no domain).
+    pub async fn domain_of(&self, client: &Client, project: u64) -> Result<Option<String>, MixpanelError> {
+        Ok(self
+            .projects_with_domains(client)
+            .await?
+            .into_iter()
+            .find(|(id, _)| *id == project)
+            .and_then(|(_, d)| d))
+    }
+
+    /// The members of `project`, read at most once per pass, from its region.
     pub async fn members(&self, client: &Client, project: u64) -> Result<Vec<ProjectMember>, MixpanelError> {
         let cell = {
             let mut m = self.members.lock().unwrap_or_else(|e| e.into_inner());
             m.entry(project).or_default().clone()
         };
-        cell.get_or_try_init(|| client.list_project_members(project))
-            .await
-            .cloned()
+        cell.get_or_try_init(|| async {
+            let domain = self.domain_of(client, project).await?;
+            client.list_project_members(project, domain.as_deref()).await
+        })
+        .await
+        .cloned()
     }
 
     /// Every membership of `account` in the visible projects: (project, row).

@@ -131,7 +131,7 @@ impl<'a> Rotation<'a> {
         let name = &self.i.name;
         failpoint::point("after_create", name).await;
         let done = async {
-            self.read_back(&mut new).await?;
+            self.read_back(&mut new, cache).await?;
             failpoint::point("after_memberships", name).await;
             self.verify(&new).await?;
             failpoint::point("after_verify", name).await;
@@ -247,7 +247,7 @@ impl<'a> Rotation<'a> {
     }
 
     /// Reads the account back: is `expires` honoured, are the memberships there?
-    async fn read_back(&mut self, new: &mut NewAccount) -> Result<(), Failure> {
+    async fn read_back(&mut self, new: &mut NewAccount, cache: &MembershipCache) -> Result<(), Failure> {
         let id = new.account.id;
         let back = self
             .ctx
@@ -267,21 +267,29 @@ impl<'a> Rotation<'a> {
                 other.or(Some(new.asked)).map(|e| e.min(new.asked))
             }
         };
-        self.repair_memberships(id, &new.desired)
+        self.repair_memberships(id, &new.desired, cache)
             .await
             .map_err(Failure::DeleteNew)
     }
 
     /// The desired grants `account` lacks, read from each project's members.
-    async fn missing(&self, account: u64, desired: &[ProjectGrant]) -> Result<Vec<ProjectGrant>, StepError> {
+    async fn missing(
+        &self,
+        account: u64,
+        desired: &[ProjectGrant],
+        cache: &MembershipCache,
+    ) -> Result<Vec<ProjectGrant>, StepError> {
         let mut missing = Vec::new();
         for g in desired {
+            let fail = |e| self.fail(Step::ReadBack, Cause::Project { id: g.id, source: e });
+            // Fresh, not the pass's cached lists: the account is new.
+            let domain = cache.domain_of(&self.ctx.client, g.id).await.map_err(fail)?;
             let rows = self
                 .ctx
                 .client
-                .list_project_members(g.id)
+                .list_project_members(g.id, domain.as_deref())
                 .await
-                .map_err(|e| self.fail(Step::ReadBack, Cause::Project { id: g.id, source: e }))?;
+                .map_err(fail)?;
             failpoint::point("after_member_list", &self.i.name).await;
             // Access parity (README, "Compatibility with Mixpanel"): its own
             // grant with exactly the desired role, or an organization-level
@@ -303,8 +311,13 @@ impl<'a> Rotation<'a> {
     }
 
     /// Memberships equal to the desired set, repaired once if not.
-    async fn repair_memberships(&self, account: u64, desired: &[ProjectGrant]) -> Result<(), StepError> {
-        let missing = self.missing(account, desired).await?;
+    async fn repair_memberships(
+        &self,
+        account: u64,
+        desired: &[ProjectGrant],
+        cache: &MembershipCache,
+    ) -> Result<(), StepError> {
+        let missing = self.missing(account, desired, cache).await?;
         if missing.is_empty() {
             return Ok(());
         }
@@ -328,7 +341,7 @@ impl<'a> Rotation<'a> {
             detail: Some(Grants(&missing).to_string()),
             ..self.ctx.audit_event(&self.i.name, Action::AddToProject, Outcome::Added)
         });
-        let missing = self.missing(account, desired).await?;
+        let missing = self.missing(account, desired, cache).await?;
         if missing.is_empty() {
             Ok(())
         } else {

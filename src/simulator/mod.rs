@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 
 use self::shared::Shared;
 pub use self::shared::{Fault, FaultAction, Gate, GateState, LoggedRequest};
-pub use self::state::{OrgState, Quirks, SimAccount};
+pub use self::state::{OrgState, Quirks, SimAccount, SimRequest, Stamps};
 use crate::clock::SharedClock;
 use crate::mixpanel::Credentials;
 use crate::mixpanel::types::{ProjectRole, Role, ServiceAccount, TargetType};
@@ -31,7 +31,11 @@ pub enum Seed {
     /// Organization 1 with an admin account (`rotator`) and three projects.
     Empty,
     /// As `empty`, plus `etl-legacy`: an analyst account with individual
-    /// grants on projects 101 and 102 and a team grant on 103.
+    /// grants on projects 101 and 102 and a team grant on 103; and what real
+    /// organizations have: a project (201) in the EU region, served by a
+    /// second listener; an account with a custom project role; the admin
+    /// listed in every project through an organization-level grant; an
+    /// account whose organization role is `"no role"`.
     Demo,
 }
 
@@ -40,8 +44,10 @@ pub struct Simulator {
     shared: Arc<Mutex<Shared>>,
     clock: SharedClock,
     addr: SocketAddr,
+    /// Listeners of the other regions, by domain.
+    regions: std::collections::BTreeMap<String, SocketAddr>,
     admin: Credentials,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Simulator {
@@ -54,36 +60,87 @@ impl std::fmt::Debug for Simulator {
 
 impl Drop for Simulator {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
 /// The simulated organization's id.
 pub const ORG_ID: u64 = 1;
 
+/// The region of the main listener.
+pub const HOME_REGION: &str = "mixpanel.com";
+
+/// The EU project of the `demo` seed.
+pub const EU_PROJECT: u64 = 201;
+
+fn project(org: &mut OrgState, id: u64, name: &str, domain: &str) {
+    org.projects.insert(
+        id,
+        state::SimProject {
+            id,
+            name: name.into(),
+            domain: domain.into(),
+            members: Default::default(),
+        },
+    );
+}
+
+/// The organization of a seed, as real ones look: besides the accounts the
+/// seed is about, a custom project role, organization-level grants (the
+/// admin appears in every project's list through its organization role), an
+/// organization role `"no role"`, and a project in another region.
+fn seeded(seed: Seed, now: DateTime<Utc>) -> OrgState {
+    let mut org = OrgState::new(ORG_ID, "Simulated Org");
+    for (id, name) in [(101, "Web"), (102, "Mobile"), (103, "Warehouse")] {
+        project(&mut org, id, name, HOME_REGION);
+    }
+    let admin = org.insert_account("rotator", Role::Admin, None, now);
+    if seed == Seed::Demo {
+        project(&mut org, EU_PROJECT, "Web EU", "eu.mixpanel.com");
+        let created = crate::clock::before(now, chrono::Duration::days(400));
+        let legacy = org.insert_account("etl-legacy", Role::Analyst, None, created);
+        org.grant(101, legacy.id, Role::Analyst, TargetType::Individual);
+        org.grant(102, legacy.id, Role::Admin, TargetType::Individual);
+        org.grant(103, legacy.id, Role::Consumer, TargetType::Team);
+        let steward = org.insert_account("data-steward", Role::Consumer, None, created);
+        org.grant(
+            101,
+            steward.id,
+            ProjectRole::Custom("Data Steward".into()),
+            TargetType::Individual,
+        );
+        org.grant(EU_PROJECT, steward.id, Role::Consumer, TargetType::Individual);
+        let billing = org.insert_account("billing-export", Role::Consumer, None, created);
+        if let Some(a) = org.accounts.get_mut(&billing.id) {
+            a.role_label = Some("no role".into());
+        }
+        for p in [101, 102, 103, EU_PROJECT] {
+            org.grant(p, admin.id, Role::Admin, TargetType::Organization);
+        }
+    }
+    org
+}
+
 impl Simulator {
-    /// Starts a simulator on `addr` (use port 0 for a free port).
+    /// Starts a simulator on `addr` (use port 0 for a free port), and one
+    /// more listener, on the same IP and a free port, for each other region
+    /// the seed has projects in ([`Simulator::region_url`]).
     pub async fn start(seed: Seed, clock: SharedClock, addr: SocketAddr) -> std::io::Result<Self> {
-        let now = clock.now();
-        let mut org = OrgState::new(ORG_ID, "Simulated Org");
-        for (id, name) in [(101, "Web"), (102, "Mobile"), (103, "Warehouse")] {
-            org.projects.insert(
-                id,
-                state::SimProject {
-                    id,
-                    name: name.into(),
-                    members: Default::default(),
-                },
-            );
-        }
-        let admin = org.insert_account("rotator", Role::Admin, None, now);
-        if seed == Seed::Demo {
-            let created = crate::clock::before(now, chrono::Duration::days(400));
-            let legacy = org.insert_account("etl-legacy", Role::Analyst, None, created);
-            org.grant(101, legacy.id, Role::Analyst, TargetType::Individual);
-            org.grant(102, legacy.id, Role::Admin, TargetType::Individual);
-            org.grant(103, legacy.id, Role::Consumer, TargetType::Team);
-        }
+        let org = seeded(seed, clock.now());
+        let mut domains: Vec<String> = org.projects.values().map(|p| p.domain.clone()).collect();
+        domains.sort();
+        domains.dedup();
+        let admin = org
+            .accounts
+            .values()
+            .find(|a| a.username.starts_with("rotator."))
+            .map(|a| Credentials {
+                username: a.username.clone(),
+                secret: a.token.clone(),
+            })
+            .ok_or_else(|| std::io::Error::other("the seed has no rotator account"))?;
         let shared = Arc::new(Mutex::new(Shared {
             org,
             faults: Vec::new(),
@@ -91,17 +148,55 @@ impl Simulator {
         }));
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(server::serve(listener, shared.clone(), clock.clone()));
+        let mut tasks = vec![tokio::spawn(server::serve(
+            listener,
+            shared.clone(),
+            clock.clone(),
+            HOME_REGION.into(),
+        ))];
+        let mut regions = std::collections::BTreeMap::new();
+        for d in domains.into_iter().filter(|d| d != HOME_REGION) {
+            let l = tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0)).await?;
+            regions.insert(d.clone(), l.local_addr()?);
+            tasks.push(tokio::spawn(server::serve(l, shared.clone(), clock.clone(), d)));
+        }
         Ok(Self {
             shared,
             clock,
             addr,
-            admin: Credentials {
-                username: admin.username,
-                secret: admin.token,
-            },
-            task,
+            regions,
+            admin,
+            tasks,
         })
+    }
+
+    /// The API base URL of another region's listener (`eu.mixpanel.com`),
+    /// for `mixpanel.region_urls`.
+    pub fn region_url(&self, domain: &str) -> Option<String> {
+        self.regions.get(domain).map(|a| format!("http://{a}/api/app"))
+    }
+
+    /// `region_urls = { ... }` for a policy's `[mixpanel]`: every other
+    /// region's listener (an empty line when there is none).
+    pub fn region_urls_toml(&self) -> String {
+        let pairs: Vec<String> = self
+            .region_urls()
+            .into_iter()
+            .map(|(d, u)| format!("\"{d}\" = \"{u}\""))
+            .collect();
+        if pairs.is_empty() {
+            String::new()
+        } else {
+            format!("region_urls = {{ {} }}", pairs.join(", "))
+        }
+    }
+
+    /// Every other region's domain and API base URL.
+    pub fn region_urls(&self) -> Vec<(String, String)> {
+        self.regions
+            .iter()
+            .map(|(d, a)| (d.clone(), format!("http://{a}/api/app")))
+            .collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
@@ -151,16 +246,9 @@ impl Simulator {
         )
     }
 
-    /// Adds a project.
+    /// Adds a project in the main listener's region.
     pub fn add_project(&self, id: u64, name: &str) {
-        self.lock().org.projects.insert(
-            id,
-            state::SimProject {
-                id,
-                name: name.into(),
-                members: Default::default(),
-            },
-        );
+        project(&mut self.lock().org, id, name, HOME_REGION);
     }
 
     /// Deletes an account behind the rotator's back.

@@ -22,14 +22,25 @@ const PREFIX: &str = "/api/app";
 struct Ctx {
     shared: Arc<Mutex<Shared>>,
     clock: SharedClock,
+    /// The region this listener serves (`mixpanel.com`, `eu.mixpanel.com`).
+    region: Arc<str>,
 }
 
 /// Asks the connection task to drop the connection.
 #[derive(Clone)]
 struct Killer(Arc<Notify>);
 
-pub(super) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Mutex<Shared>>, clock: SharedClock) {
-    let ctx = Ctx { shared, clock };
+pub(super) async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Mutex<Shared>>,
+    clock: SharedClock,
+    region: String,
+) {
+    let ctx = Ctx {
+        shared,
+        clock,
+        region: Arc::from(region),
+    };
     let app = axum::Router::new().fallback(handle).with_state(ctx);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -107,14 +118,19 @@ impl Req<'_> {
             caller,
             received: self.received,
             at: self.at,
+            region: self.ctx.region.to_string(),
         });
     }
 
     /// Applies the first fault programmed for this request, if any.
-    async fn fault(&self, path: &str) -> Faulted {
+    async fn fault(&self, path: &str, headers: &HeaderMap) -> Faulted {
+        let caller = credentials(headers).map(|(u, _)| u);
         let action = {
             let mut s = self.ctx.shared.lock().unwrap_or_else(|e| e.into_inner());
-            let hit = s.faults.iter_mut().find(|f| f.matches(&self.method, path));
+            let hit = s
+                .faults
+                .iter_mut()
+                .find(|f| f.matches(&self.method, path, caller.as_deref()));
             hit.map(|f| {
                 if let Some(n) = f.times.as_mut() {
                     *n = n.saturating_sub(1);
@@ -166,7 +182,13 @@ impl Req<'_> {
         match s.org.authenticate(&user, &secret, now) {
             Err(answer) => refused(answer),
             Ok(caller) => {
-                let (status, body) = s.org.handle(caller, &self.method, path, body, now);
+                let req = super::state::SimRequest {
+                    method: &self.method,
+                    path,
+                    body,
+                    region: &self.ctx.region,
+                };
+                let (status, body) = s.org.handle(caller, &req, now);
                 Answered {
                     status,
                     body,
@@ -210,7 +232,7 @@ async fn handle(
         let to = format!("{PREFIX}{}", path.trim_end_matches('/'));
         return Ok(respond(301, &serde_json::json!({}), &[(header::LOCATION, to)]));
     }
-    let drop_after = match req.fault(&path).await {
+    let drop_after = match req.fault(&path, &headers).await {
         Faulted::Answer(resp) => return Ok(resp),
         Faulted::Drop => true,
         Faulted::Proceed => false,

@@ -84,6 +84,8 @@ pub struct Fault {
     pub path: String,
     pub action: FaultAction,
     pub times: Option<u32>,
+    /// Only requests whose Basic-auth username starts with this (`None`: any).
+    pub caller_prefix: Option<String>,
 }
 
 impl Fault {
@@ -99,6 +101,7 @@ impl Fault {
             path: path.to_string(),
             action,
             times: Some(n),
+            caller_prefix: None,
         }
     }
 
@@ -109,11 +112,24 @@ impl Fault {
             path: path.to_string(),
             action,
             times: None,
+            caller_prefix: None,
         }
     }
 
-    pub(super) fn matches(&self, method: &str, path: &str) -> bool {
+    /// The same fault, only for callers whose username starts with `prefix`
+    /// (e.g. `mpr-`: the new credential's own calls, not the rotator's).
+    pub fn from_callers(mut self, prefix: &str) -> Self {
+        self.caller_prefix = Some(prefix.to_string());
+        self
+    }
+
+    pub(super) fn matches(&self, method: &str, path: &str, caller: Option<&str>) -> bool {
         if self.method != method || self.times == Some(0) {
+            return false;
+        }
+        if let Some(p) = &self.caller_prefix
+            && !caller.is_some_and(|c| c.starts_with(p.as_str()))
+        {
             return false;
         }
         let want: Vec<&str> = self.path.trim_matches('/').split('/').collect();
@@ -136,6 +152,8 @@ pub struct LoggedRequest {
     pub received: Instant,
     /// The simulator clock's time when it arrived.
     pub at: DateTime<Utc>,
+    /// The region of the listener that received it (`mixpanel.com`, `eu.mixpanel.com`).
+    pub region: String,
 }
 
 impl LoggedRequest {

@@ -23,9 +23,55 @@ pub struct SimAccount {
     pub last_used: Option<DateTime<Utc>>,
     pub creator: u64,
     pub user: u64,
+    /// The organization role as `/me` and the account list show it, when
+    /// not the role's own name (real organizations have `"no role"`).
+    pub role_label: Option<String>,
+}
+
+/// How timestamps are written in an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamps {
+    /// `2026-11-28T04:00:00Z`: the published description's form.
+    Rfc3339,
+    /// `2026-11-28T04:00:00`: no offset (seen in real `/me` answers).
+    NoOffset,
+    /// `2026-11-28 04:00:00`: a space and no offset (seen on other App API endpoints).
+    Space,
+}
+
+impl Stamps {
+    fn write(self, t: Option<DateTime<Utc>>) -> Value {
+        let Some(t) = t else { return Value::Null };
+        Value::String(match self {
+            Stamps::Rfc3339 => crate::text::rfc3339(t),
+            Stamps::NoOffset => t.format("%Y-%m-%dT%H:%M:%S").to_string(),
+            Stamps::Space => t.format("%Y-%m-%d %H:%M:%S").to_string(),
+        })
+    }
 }
 
 impl SimAccount {
+    /// The account as an answer shows it: the published description's shape
+    /// (`published`), or what real Mixpanel sends (every field present,
+    /// `null` when unset, the extra fields, timestamps in `stamps`).
+    pub fn json(&self, published: bool, stamps: Stamps) -> Value {
+        if published {
+            return json!(self.public());
+        }
+        json!({
+            "id": self.id,
+            "username": self.username,
+            "last_used": stamps.write(self.last_used),
+            "expires": stamps.write(self.expires),
+            "creator": self.creator,
+            "creator_email": format!("user{}@example.com", self.creator),
+            "creator_name": Value::Null,
+            "created": stamps.write(Some(self.created)),
+            "user": self.user,
+            "role": self.role_label.clone().map_or_else(|| json!(self.role), |l| if l.is_empty() { Value::Null } else { json!(l) }),
+        })
+    }
+
     /// The account as the API lists it.
     pub fn public(&self) -> ServiceAccount {
         ServiceAccount {
@@ -53,6 +99,9 @@ pub struct SimMembership {
 pub struct SimProject {
     pub id: u64,
     pub name: String,
+    /// The region's domain (`mixpanel.com`, `eu.mixpanel.com`): project calls
+    /// are answered only by that region's listener.
+    pub domain: String,
     /// Memberships by account id.
     pub members: BTreeMap<u64, SimMembership>,
 }
@@ -67,6 +116,10 @@ pub struct Quirks {
     /// Create the account, but answer with this other account's fields (a
     /// broken or hostile answer: the rotator must not trust it).
     pub create_answers_with: Option<u64>,
+    /// Answer in the published description's shape (RFC 3339 timestamps,
+    /// unset fields left out, no extra fields) instead of real Mixpanel's:
+    /// for the conformance check against that description.
+    pub published_shape: bool,
 }
 
 /// The organization and its rules.
@@ -80,6 +133,17 @@ pub struct OrgState {
     pub quirks: Quirks,
     /// Every token ever issued, so tests can search their output for leaks.
     pub issued: Vec<Secret>,
+}
+
+/// One request, as the organization's rules see it.
+#[derive(Debug, Clone, Copy)]
+pub struct SimRequest<'a> {
+    pub method: &'a str,
+    /// Below `/api/app`.
+    pub path: &'a str,
+    pub body: &'a [u8],
+    /// The domain of the listener that received it (`mixpanel.com`, `eu.mixpanel.com`).
+    pub region: &'a str,
 }
 
 /// An API answer: status and JSON body.
@@ -144,6 +208,7 @@ impl OrgState {
             last_used: None,
             creator: 42,
             user: self.next_id.saturating_add(500_000),
+            role_label: None,
         };
         self.accounts.insert(acct.id, acct.clone());
         acct
@@ -213,20 +278,19 @@ impl OrgState {
     }
 
     /// Dispatches one authenticated request. `path` is below `/api/app`.
-    pub fn handle(&mut self, caller: u64, method: &str, path: &str, body: &[u8], now: DateTime<Utc>) -> Answer {
-        match self.route(caller, method, path, body, now) {
+    pub fn handle(&mut self, caller: u64, req: &SimRequest<'_>, now: DateTime<Utc>) -> Answer {
+        match self.route(caller, req, now) {
             Ok(a) | Err(a) => a,
         }
     }
 
-    fn route(
-        &mut self,
-        caller: u64,
-        method: &str,
-        path: &str,
-        body: &[u8],
-        now: DateTime<Utc>,
-    ) -> Result<Answer, Answer> {
+    fn route(&mut self, caller: u64, req: &SimRequest<'_>, now: DateTime<Utc>) -> Result<Answer, Answer> {
+        let SimRequest {
+            method,
+            path,
+            body,
+            region,
+        } = *req;
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let num = |s: &str| s.parse::<u64>().map_err(|_| error(404, "Not found"));
         let allowed = allowed_methods(&segs);
@@ -240,9 +304,7 @@ impl OrgState {
             ("GET", ["me"]) => Ok(self.me(caller)),
             ("GET", ["organizations", org, "service-accounts"]) => {
                 self.check_org(num(org)?)?;
-                Ok(ok(Value::Array(
-                    self.accounts.values().map(|a| json!(a.public())).collect(),
-                )))
+                Ok(self.list_accounts())
             }
             ("POST", ["organizations", org, "service-accounts"]) => {
                 self.check_org(num(org)?)?;
@@ -263,7 +325,7 @@ impl OrgState {
                 self.check_org(num(org)?)?;
                 // The published description shows a bare object here.
                 match self.accounts.get(&num(id)?) {
-                    Some(a) => Ok((200, json!(a.public()))),
+                    Some(a) => Ok((200, a.json(self.quirks.published_shape, Stamps::NoOffset))),
                     None => Err(error(404, "Service account not found")),
                 }
             }
@@ -276,9 +338,19 @@ impl OrgState {
                     Err(error(404, "Service account not found"))
                 }
             }
-            ("GET", ["projects", project, "service-accounts"]) => self.project_members(caller, num(project)?),
+            ("GET", ["projects", project, "service-accounts"]) => self.project_members(caller, num(project)?, region),
             _ => Err(error(404, "Not found")),
         }
+    }
+
+    fn list_accounts(&self) -> Answer {
+        let published = self.quirks.published_shape;
+        ok(Value::Array(
+            self.accounts
+                .values()
+                .map(|a| a.json(published, Stamps::NoOffset))
+                .collect(),
+        ))
     }
 
     fn add_to_project(&mut self, body: &[u8]) -> Result<Answer, Answer> {
@@ -310,11 +382,19 @@ impl OrgState {
         Ok((200, json!({"status": "ok"})))
     }
 
-    fn project_members(&self, caller: u64, pid: u64) -> Result<Answer, Answer> {
+    fn project_members(&self, caller: u64, pid: u64, region: &str) -> Result<Answer, Answer> {
         let caller_admin = self.require_admin(caller).is_ok();
         let Some(p) = self.projects.get(&pid) else {
             return Err(error(404, "Project not found"));
         };
+        if p.domain != region {
+            // Real Mixpanel's answer to a project call on another region's
+            // host is not documented; this one is explicit.
+            return Err(error(
+                400,
+                format!("Project {pid} is hosted in {}; call that region's host", p.domain),
+            ));
+        }
         if !caller_admin && !p.members.contains_key(&caller) {
             return Err(error(403, "User does not have access to this project"));
         }
@@ -323,7 +403,13 @@ impl OrgState {
             .iter()
             .filter_map(|(id, m)| {
                 let a = self.accounts.get(id)?;
-                let mut row = json!(a.public());
+                let published = self.quirks.published_shape;
+                // The published description's role enum cannot express a
+                // custom role: in its shape, such rows are left out.
+                if published && m.role.is_custom() {
+                    return None;
+                }
+                let mut row = a.json(published, Stamps::Space);
                 let obj = row.as_object_mut()?;
                 obj.insert("role".into(), json!(m.role));
                 obj.insert("target_type".into(), json!(m.target_type));
@@ -348,15 +434,16 @@ impl OrgState {
             .map(|p| {
                 (
                     p.id.to_string(),
-                    json!({"name": p.name, "organization_id": self.org_id, "domain": "mixpanel.com", "timezone": "UTC"}),
+                    json!({"name": p.name, "organization_id": self.org_id, "domain": p.domain, "timezone": "UTC"}),
                 )
             })
             .collect();
         ok(json!({
-            "organizations": { self.org_id.to_string(): {"id": self.org_id, "name": self.org_name, "role": acct.role} },
+            "organizations": { self.org_id.to_string(): {"id": self.org_id, "name": self.org_name, "role": acct.role_label.clone().unwrap_or_else(|| acct.role.to_string())} },
             "projects": projects,
             "user_email": format!("{}@serviceaccount.mixpanel.com", acct.id),
             "user_name": acct.username,
+            "date_joined_iso": Stamps::NoOffset.write(Some(acct.created)),
         }))
     }
 
@@ -386,13 +473,13 @@ impl OrgState {
                 self.grant(p.id, acct.id, p.role.clone(), TargetType::Individual);
             }
         }
-        let shown = self
+        let published = self.quirks.published_shape;
+        let mut results = self
             .quirks
             .create_answers_with
             .and_then(|id| self.accounts.get(&id))
-            .map(SimAccount::public)
-            .unwrap_or_else(|| acct.public());
-        let mut results = json!(shown);
+            .map(|a| a.json(published, Stamps::Rfc3339))
+            .unwrap_or_else(|| acct.json(published, Stamps::Rfc3339));
         if let Some(obj) = results.as_object_mut() {
             obj.insert("token".into(), json!(acct.token.expose()));
         }

@@ -127,6 +127,7 @@ base_url = "{base}"
 organization_id = 1
 username = "{user}"
 secret = {{ file = "{secret}" }}
+{regions}
 
 [sinks.local]
 type = "file"
@@ -135,6 +136,7 @@ dir = "{dir}"
 {rest}
 "#,
             base = self.sim.base_url(),
+            regions = self.sim.region_urls_toml(),
             user = self.sim.admin().username,
             secret = self.dir.path().join("admin.secret").display(),
             dir = self.creds_dir().display(),
@@ -231,12 +233,15 @@ dir = "{dir}"
     /// returns (winner, loser).
     pub async fn race(&self, a: &Engine, b: &Engine) -> (Report, Report) {
         let before = self.accounts_with_prefix("mpr-etl-").len();
-        self.sim.inject(mixpanel_rotator::simulator::Fault::times(
-            "GET",
-            "/me",
-            mixpanel_rotator::simulator::FaultAction::Latency(StdDuration::from_millis(300)),
-            4,
-        ));
+        self.sim.inject(
+            mixpanel_rotator::simulator::Fault::times(
+                "GET",
+                "/me",
+                mixpanel_rotator::simulator::FaultAction::Latency(StdDuration::from_millis(300)),
+                4,
+            )
+            .from_callers("mpr-"),
+        );
         let (ra, rb) = tokio::join!(self.force(a, "etl", false), self.force(b, "etl", false));
         let winners = [&ra, &rb].iter().filter(|r| r.rotated.is_some()).count();
         assert_eq!(

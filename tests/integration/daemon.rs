@@ -364,7 +364,8 @@ const EXPLICIT_ETL: &str = "[[integrations]]\nname = \"etl\"\nsink = \"local\"\n
 /// bootstrap with explicit projects) wait at a gate.
 fn hold_verification(h: &Harness) -> Gate {
     let gate = Gate::new();
-    h.sim.inject(Fault::once("GET", "/me", FaultAction::Hold(gate.clone())));
+    h.sim
+        .inject(Fault::once("GET", "/me", FaultAction::Hold(gate.clone())).from_callers("mpr-"));
     gate
 }
 

@@ -112,7 +112,8 @@ async fn server_error_on_add_to_project_deletes_the_new_account() {
 async fn server_error_on_verify_deletes_the_new_account() {
     let h = Harness::new(Seed::Demo).await;
     let engine = h.engine(EXPLICIT);
-    h.sim.inject(Fault::always("GET", "/me", FaultAction::Status(500)));
+    h.sim
+        .inject(Fault::always("GET", "/me", FaultAction::Status(500)).from_callers("mpr-"));
     let r = h.pass(&engine).await;
     assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
     assert_eq!(r.errors[0].step, Step::Verify);

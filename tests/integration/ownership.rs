@@ -246,7 +246,8 @@ async fn a_rotation_slower_than_orphan_after_never_publishes() {
     let h = Harness::new(Seed::Demo).await;
     let engine = h.engine(EXPLICIT);
     let gate = Gate::new();
-    h.sim.inject(Fault::once("GET", "/me", FaultAction::Hold(gate.clone())));
+    h.sim
+        .inject(Fault::once("GET", "/me", FaultAction::Hold(gate.clone())).from_callers("mpr-"));
     let slow = async {
         gate.arrived(1).await;
         // The verification takes 50 s; the publish deadline is 45 s (3/4 of 1m).
@@ -271,7 +272,8 @@ async fn an_account_deleted_while_its_rotation_runs_is_never_published() {
     let h = Harness::new(Seed::Demo).await;
     let engine = h.engine(EXPLICIT);
     let gate = Gate::new();
-    h.sim.inject(Fault::once("GET", "/me", FaultAction::Hold(gate.clone())));
+    h.sim
+        .inject(Fault::once("GET", "/me", FaultAction::Hold(gate.clone())).from_callers("mpr-"));
     let other_rotator = async {
         gate.arrived(1).await;
         let new = h.accounts_with_prefix("mpr-etl-")[0].id;
@@ -294,7 +296,7 @@ async fn a_crash_between_verify_and_publish_leaves_an_orphan_deleted_after_orpha
     // Hold the verification, then hold the existence re-check right before the publish, and crash there.
     let verify = Gate::new();
     h.sim
-        .inject(Fault::once("GET", "/me", FaultAction::Hold(verify.clone())));
+        .inject(Fault::once("GET", "/me", FaultAction::Hold(verify.clone())).from_callers("mpr-"));
     let opts = PassOptions::default();
     let pass = engine.pass(&opts);
     let crash = async {

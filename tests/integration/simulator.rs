@@ -155,7 +155,7 @@ async fn auth_rules() {
     assert_eq!(c.me().await.unwrap().project_ids(1), vec![101]);
     assert_eq!(
         client(&h, admin).me().await.unwrap().project_ids(1),
-        vec![101, 102, 103]
+        vec![101, 102, 103, 201]
     );
 
     // 401 once expired.
@@ -190,7 +190,7 @@ async fn shapes_memberships_and_deletion() {
     assert!(body.get("results").is_none());
     assert_eq!(c.get_account(legacy.id).await.unwrap().id, legacy.id);
 
-    let rows = c.list_project_members(103).await.unwrap();
+    let rows = c.list_project_members(103, None).await.unwrap();
     let row = rows.iter().find(|r| r.account.id == legacy.id).unwrap();
     assert_eq!(row.target_type, TargetType::Team);
     c.remove_from_projects(&RemoveFromProjects {
