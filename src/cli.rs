@@ -313,7 +313,14 @@ async fn validate(cli: &Cli, online: bool, clock: SharedClock) -> Result<Exit, E
     let engine = engine(policy, clock)?;
     let mut checks = Checks::default();
     let client = engine.client();
-    checks.check(&format!("mixpanel {}", client.base_url()), rotator_role(client).await);
+    let me = client.me().await.map_err(|e| e.to_string());
+    checks.check(
+        &format!("mixpanel {}", client.base_url()),
+        me.clone().and_then(|me| rotator_role(client, &me)),
+    );
+    if let Ok(me) = &me {
+        checks.check("mixpanel regions", regions(client, me));
+    }
     let accounts = client.list_accounts().await;
     checks.check(
         "mixpanel list service accounts",
@@ -343,9 +350,8 @@ async fn validate(cli: &Cli, online: bool, clock: SharedClock) -> Result<Exit, E
 }
 
 /// Whether the rotator's own account may create and delete service accounts.
-async fn rotator_role(client: &crate::mixpanel::Client) -> Result<String, String> {
+fn rotator_role(client: &crate::mixpanel::Client, me: &crate::mixpanel::Me) -> Result<String, String> {
     let org = client.organization_id();
-    let me = client.me().await.map_err(|e| e.to_string())?;
     let Some(o) = me.organization(org) else {
         return Err(format!(
             "the rotator's account does not belong to organization {org}: check `mixpanel.organization_id`"
@@ -360,6 +366,25 @@ async fn rotator_role(client: &crate::mixpanel::Client) -> Result<String, String
             "Mixpanel reports no role for the rotator's account in organization {org}; it must be an organization admin or owner to create and delete service accounts"
         )),
     }
+}
+
+/// The regions the organization's projects are in, and where their calls go.
+fn regions(client: &crate::mixpanel::Client, me: &crate::mixpanel::Me) -> Result<String, String> {
+    let mut by_domain: std::collections::BTreeMap<Option<String>, usize> = std::collections::BTreeMap::new();
+    for (_, d) in me.projects_of(client.organization_id()) {
+        let n = by_domain.entry(d).or_default();
+        *n = n.saturating_add(1);
+    }
+    if by_domain.is_empty() {
+        return Err("GET /me lists no project of the organization: copying memberships is impossible".into());
+    }
+    let mut parts = vec![];
+    for (domain, n) in by_domain {
+        let name = domain.clone().unwrap_or_else(|| "(no domain)".into());
+        let base = client.project_base(domain.as_deref()).map_err(|e| e.to_string())?;
+        parts.push(format!("{name}: {n} project(s), at {base}"));
+    }
+    Ok(parts.join("; "))
 }
 
 /// Whether a pass could work on `i`: the same observation and plan as a pass.

@@ -9,6 +9,7 @@ use proptest::prelude::*;
 use reqwest::StatusCode;
 
 use crate::mixpanel::client::decode;
+use crate::mixpanel::lenient::List;
 use crate::mixpanel::types::{CreatedServiceAccount, Me, ProjectMember, ServiceAccount};
 use crate::policy::Policy;
 use crate::sink::Payload;
@@ -125,6 +126,42 @@ proptest! {
         let _ = decode::<CreatedServiceAccount>("create", status, None, &bytes);
         let _ = decode::<Vec<ProjectMember>>("members", status, None, &bytes);
         let _ = decode::<Me>("me", status, None, &bytes);
+    }
+
+    /// Rows with their required fields, any extra fields, and `null` or any
+    /// value in every optional one: the list keeps every row.
+    #[test]
+    fn extra_fields_and_nulls_never_fail_a_list(
+        rows in prop::collection::vec(
+            (
+                1u64..1_000_000,
+                any::<bool>(),
+                prop::collection::btree_map("[a-z_]{1,12}", json(), 0..6),
+                prop::collection::vec(
+                    (prop::sample::select(vec!["last_used", "expires", "created", "creator", "user", "role", "creator_email", "creator_name"]), json()),
+                    0..8,
+                ),
+            ),
+            0..12,
+        )
+    ) {
+        let mut want = vec![];
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(id, id_as_string, extra, optional)| {
+                let mut o: serde_json::Map<String, serde_json::Value> = extra.clone().into_iter().collect();
+                for (k, v) in optional {
+                    o.insert((*k).to_string(), v.clone());
+                }
+                o.insert("id".into(), if *id_as_string { id.to_string().into() } else { (*id).into() });
+                o.insert("username".into(), format!("bot-{id}.abc123.mp-service-account").into());
+                want.push(*id);
+                serde_json::Value::Object(o)
+            })
+            .collect();
+        let body = serde_json::json!({"status": "ok", "results": list});
+        let got = decode::<List<ServiceAccount>>("list", StatusCode::OK, None, body.to_string().as_bytes()).unwrap();
+        prop_assert_eq!(got.0.iter().map(|a| a.id).collect::<Vec<_>>(), want);
     }
 
     #[test]

@@ -605,6 +605,82 @@ mod tests {
     }
 
     #[test]
+    fn error_bodies_of_any_shape_give_one_line() {
+        let said = |body: &str| {
+            decode::<ServiceAccount>("get", StatusCode::BAD_GATEWAY, None, body.as_bytes())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(said(r#"{"detail":"Not allowed here"}"#).contains(": Not allowed here"));
+        assert!(said(r#"{"status":"error","error":"nope"}"#).contains(": nope"));
+        assert!(said("upstream timed out\nsecond line").ends_with(": upstream timed out"));
+        let html = "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body><h1>Bad</h1></body></html>";
+        assert!(
+            said(html).contains(": (an HTML page) 502 Bad Gateway"),
+            "{}",
+            said(html)
+        );
+        assert!(said("").contains("HTTP 502"));
+        // A credential-looking run in an error body is masked.
+        assert!(said(r#"{"detail":"bad token q8ZrT2vX9LmP4wKd7NfY3bHc"}"#).contains("[masked]"));
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        let now = chrono::DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn project_calls_go_to_their_region() {
+        let settings = |base: &str| ClientSettings {
+            base_url: base.into(),
+            organization_id: 1,
+            credentials: Credentials {
+                username: "u".into(),
+                secret: Secret::new("s"),
+            },
+            max_concurrency: 1,
+            timeout: Duration::from_secs(1),
+            retry: RetryPolicy::default(),
+        };
+        let regional = Client::new(settings("https://mixpanel.com/api/app"))
+            .unwrap()
+            .with_project_hosts(ProjectHosts {
+                regional: true,
+                urls: [("in.mixpanel.com".to_string(), "https://proxy/in/api/app".to_string())].into(),
+            });
+        assert_eq!(
+            regional.project_base(Some("eu.mixpanel.com")).unwrap(),
+            "https://eu.mixpanel.com/api/app"
+        );
+        assert_eq!(
+            regional.project_base(Some("EU.mixpanel.com")).unwrap(),
+            "https://eu.mixpanel.com/api/app"
+        );
+        assert_eq!(
+            regional.project_base(Some("in.mixpanel.com")).unwrap(),
+            "https://proxy/in/api/app"
+        );
+        assert_eq!(regional.project_base(None).unwrap(), "https://mixpanel.com/api/app");
+        let e = regional.project_base(Some("evil.example.com")).unwrap_err();
+        assert!(e.to_string().contains("`mixpanel.region_urls`"), "{e}");
+        let fixed = Client::new(settings("http://127.0.0.1:9/api/app")).unwrap();
+        assert_eq!(
+            fixed.project_base(Some("eu.mixpanel.com")).unwrap(),
+            "http://127.0.0.1:9/api/app"
+        );
+    }
+
+    #[test]
     fn decode_error_does_not_echo_the_body() {
         let err = decode::<CreatedServiceAccount>(
             "create",

@@ -481,6 +481,96 @@ mod tests {
         assert_eq!(strip_mixpanel_suffix("mp-service-account"), "mp-service-account");
     }
 
+    use crate::mixpanel::client::decode;
+    use crate::mixpanel::lenient::List;
+    use reqwest::StatusCode;
+
+    /// A list-service-accounts answer shaped like the evidence in
+    /// `shared/mixpanel-api.md` ("What real responses look like").
+    const REAL_LIST: &str = r#"{"status":"ok","results":[
+        {"id":1001,"username":"etl.95a0b8.mp-service-account","last_used":"2026-07-03T09:21:27","expires":null,"creator":7,"creator_email":"a@example.com","creator_name":null,"created":"2022-02-15 12:00:00","user":9,"role":null},
+        {"id":"1002","username":"ci.1a2b3c.mp-service-account","last_used":null,"expires":"2026-12-31 23:59:59.500","creator":"7","created":"2022-02-15T12:00:00.123456","user":null,"role":"admin"},
+        {"id":1003,"username":"odd.000000.mp-service-account","last_used":"last tuesday","expires":12345,"created":"2022-02-15T12:00:00+01:00"},
+        {"id":null,"username":"no-id"},
+        {"id":1005}
+    ]}"#;
+
+    #[test]
+    fn a_real_account_list_decodes_row_by_row() {
+        let got: List<ServiceAccount> = decode("list", StatusCode::OK, None, REAL_LIST.as_bytes()).unwrap();
+        let ids: Vec<u64> = got.0.iter().map(|a| a.id).collect();
+        assert_eq!(ids, vec![1001, 1002, 1003], "rows without id or username are skipped");
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let [a, b, c] = [&got.0[0], &got.0[1], &got.0[2]];
+        assert_eq!(a.last_used, Some(t("2026-07-03T09:21:27Z")));
+        assert_eq!(a.created, Some(t("2022-02-15T12:00:00Z")));
+        assert_eq!(a.expires, None);
+        assert!(!a.last_used_unknown);
+        assert_eq!(b.creator, Some(7));
+        assert_eq!(b.expires.map(|e| e.timestamp_subsec_millis()), Some(500));
+        assert_eq!(c.created, Some(t("2022-02-15T11:00:00Z")));
+        assert_eq!(
+            (c.last_used, c.last_used_unknown),
+            (None, true),
+            "unreadable: unknown, not never"
+        );
+        assert_eq!(c.expires, None);
+    }
+
+    #[test]
+    fn membership_rows_with_custom_roles_and_unknown_grants_decode() {
+        let body = r#"{"status":"ok","results":[
+            {"id":1,"username":"a.x.mp-service-account","role":"Data Steward","target_type":"individual","role_order":null,"hasSensitiveAccess":null,"email":null},
+            {"id":2,"username":"b.x.mp-service-account","role":"admin","target_type":"workspace"},
+            {"id":3,"username":"c.x.mp-service-account","role":null,"target_type":"individual"},
+            {"id":4,"username":"d.x.mp-service-account","role":"Consumer","target_type":"organization","created":"2022-02-15 12:00:00"}
+        ]}"#;
+        let got: List<ProjectMember> = decode("members", StatusCode::OK, None, body.as_bytes()).unwrap();
+        assert_eq!(got.0.len(), 3, "the row without a role is skipped, the others kept");
+        assert_eq!(got.0[0].role, ProjectRole::Custom("Data Steward".into()));
+        assert_eq!(got.0[1].target_type, TargetType::Other("workspace".into()));
+        assert_eq!(got.0[2].role, ProjectRole::Consumer);
+        assert_eq!(got.0[2].target_type, TargetType::Organization);
+    }
+
+    #[test]
+    fn me_decodes_loose_values_and_refuses_a_broken_shape() {
+        let body = r#"{"status":"ok","results":{
+            "organizations":{"123":{"id":"123","name":null,"role":"no role","date_joined_iso":"2026-07-03T09:21:27"}},
+            "projects":{"456":{"name":"Web","organization_id":123,"domain":"eu.mixpanel.com"},"457":{"organization_id":null}},
+            "user_email":null}}"#;
+        let me: Me = decode("me", StatusCode::OK, None, body.as_bytes()).unwrap();
+        let org = me.organization(123).unwrap();
+        assert_eq!(org.role, Some(OrgRole::Other("no role".into())));
+        assert!(!org.role.as_ref().unwrap().can_manage_accounts());
+        assert_eq!(me.projects_of(123), vec![(456, Some("eu.mixpanel.com".into()))]);
+        // A `results` that is not a /me is an error, never an empty one.
+        let broken = r#"{"status":"ok","results":{"organizations":"none","projects":[]}}"#;
+        let e = decode::<Me>("me", StatusCode::OK, None, broken.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("not what this client expects"), "{e}");
+    }
+
+    #[test]
+    fn roles_compare_as_access() {
+        use ProjectRole::*;
+        assert!(Admin.covers(&Analyst) && Admin.covers(&Admin) && Owner.covers(&Consumer));
+        assert!(!Analyst.covers(&Admin));
+        let steward = Custom("Data Steward".into());
+        assert!(steward.covers(&steward.clone()));
+        assert!(!Admin.covers(&steward) && !steward.covers(&Consumer));
+        assert_eq!(ProjectRole::parse("ANALYST").unwrap(), Analyst);
+        assert!(ProjectRole::parse("  ").is_err());
+        for (s, can) in [
+            ("owner", true),
+            ("Admin", true),
+            ("member", false),
+            ("billing admin", false),
+        ] {
+            let r: OrgRole = serde_json::from_value(serde_json::json!(s)).unwrap();
+            assert_eq!(r.can_manage_accounts(), can, "{s}");
+        }
+    }
+
     #[test]
     fn create_response_never_prints_token() {
         let c: CreatedServiceAccount = serde_json::from_str(

@@ -118,6 +118,15 @@ pub struct MixpanelConfig {
     /// `base_url`, to `base_url` unless the domain is mapped here.
     #[serde(default)]
     pub region_urls: BTreeMap<String, String>,
+    /// How long to keep trying a new credential (`GET /me` with it, with
+    /// capped backoff) before giving up and deleting the new account
+    /// (default `60s`, `1s` to `10m`; never more than half of `orphan_after`).
+    #[serde(default = "default_verify_timeout")]
+    pub verify_timeout: HumanDuration,
+}
+
+fn default_verify_timeout() -> HumanDuration {
+    HumanDuration(Duration::seconds(60))
 }
 
 fn default_max_concurrency() -> usize {

@@ -23,6 +23,8 @@ pub struct MixpanelSettings {
     pub timeout: std::time::Duration,
     /// Where project-scoped calls go.
     pub project_hosts: crate::mixpanel::ProjectHosts,
+    /// How long to keep trying a new credential.
+    pub verify_timeout: std::time::Duration,
 }
 
 /// One integration with every default applied.

@@ -173,7 +173,12 @@ fn mixpanel_settings(m: &MixpanelConfig, errs: &mut Vec<PolicyError>) -> Mixpane
             Err(msg) => errs.push(PolicyError::invalid(key, msg)),
         }
     }
+    if m.verify_timeout.0 < Duration::seconds(1) {
+        errs.push(PolicyError::invalid("mixpanel.verify_timeout", "must be at least `1s`"));
+    }
+    at_most("mixpanel.verify_timeout", m.verify_timeout.0, MAX_REQUEST_TIMEOUT, errs);
     MixpanelSettings {
+        verify_timeout: m.verify_timeout.to_std(),
         project_hosts: crate::mixpanel::ProjectHosts {
             regional: m.region.is_some(),
             urls,

@@ -74,8 +74,9 @@ pub struct Engine {
 
 /// How long to keep retrying the verification of a new credential by default.
 pub fn default_verify_retry() -> RetryPolicy {
+    // Bounded by `mixpanel.verify_timeout` (default 60 s) rather than a count.
     RetryPolicy {
-        max_attempts: 6,
+        max_attempts: 1000,
         base: std::time::Duration::from_millis(500),
         cap: std::time::Duration::from_secs(5),
         max_retry_after: std::time::Duration::from_secs(30),

@@ -114,8 +114,16 @@ pub enum Cause {
     #[error("the new credential works but does not see organization {organization}")]
     WrongOrganization { organization: u64 },
     /// The new credential was still refused after every attempt.
-    #[error("{last} (after {attempts} attempts)")]
-    NotAccepted { attempts: u32, last: Box<Cause> },
+    #[error(
+        "{last} (GET /me with the new credential, {attempts} attempts over {}; Mixpanel may take longer to accept a new account: raise `mixpanel.verify_timeout`)",
+        format_duration(*.over)
+    )]
+    NotAccepted {
+        attempts: u32,
+        /// From the first attempt to the last answer.
+        over: chrono::Duration,
+        last: Box<Cause>,
+    },
     /// Deleting an old account failed.
     #[error("account {id} ({username}, {reason}): {source}; the next pass tries again")]
     Delete {
@@ -198,8 +206,9 @@ impl Cause {
                 missing: missing.clone(),
                 source: quiet(source),
             },
-            Cause::NotAccepted { attempts, last } => Cause::NotAccepted {
+            Cause::NotAccepted { attempts, over, last } => Cause::NotAccepted {
                 attempts: *attempts,
+                over: *over,
                 last: Box::new(last.without_server_text()),
             },
             Cause::Delete {

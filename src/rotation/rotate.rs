@@ -360,6 +360,17 @@ impl<'a> Rotation<'a> {
             .map_err(|e| fail(Cause::Mixpanel(e)))?;
         let organization = self.ctx.client.organization_id();
         let retry = &self.ctx.verify_retry;
+        // `mixpanel.verify_timeout`, and never more than half of
+        // `orphan_after` (the publish deadline is three quarters of it).
+        let budget = self.ctx.policy.mixpanel.verify_timeout.min(
+            self.i
+                .orphan_after
+                .to_std()
+                .unwrap_or_default()
+                .checked_div(2)
+                .unwrap_or_default(),
+        );
+        let started = Instant::now();
         let mut attempt: u32 = 0;
         loop {
             attempt = attempt.saturating_add(1);
@@ -373,14 +384,16 @@ impl<'a> Rotation<'a> {
                 Err(e) if e.retryable() => Cause::Mixpanel(e),
                 Err(e) => return Err(fail(Cause::Mixpanel(e))),
             };
-            if attempt >= retry.max_attempts {
+            let delay = retry.delay(attempt, None);
+            if attempt >= retry.max_attempts || started.elapsed().saturating_add(delay) > budget {
                 return Err(fail(Cause::NotAccepted {
                     attempts: attempt,
+                    over: chrono::Duration::from_std(started.elapsed()).unwrap_or_default(),
                     last: Box::new(last),
                 }));
             }
             tracing::debug!(attempt, error = %last, "New credential not accepted yet; retrying.");
-            tokio::time::sleep(retry.delay(attempt, None)).await;
+            tokio::time::sleep(delay).await;
         }
     }
 

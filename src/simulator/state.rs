@@ -116,6 +116,10 @@ pub struct Quirks {
     /// Create the account, but answer with this other account's fields (a
     /// broken or hostile answer: the rotator must not trust it).
     pub create_answers_with: Option<u64>,
+    /// List an organization admin's project membership as the
+    /// organization-level grant of its role (`admin`, target type
+    /// `organization`) instead of its own grant, as Mixpanel may.
+    pub org_grant_hides_own: bool,
     /// Answer in the published description's shape (RFC 3339 timestamps,
     /// unset fields left out, no extra fields) instead of real Mixpanel's:
     /// for the conformance check against that description.
@@ -411,10 +415,15 @@ impl OrgState {
                 }
                 let mut row = a.json(published, Stamps::Space);
                 let obj = row.as_object_mut()?;
-                obj.insert("role".into(), json!(m.role));
-                obj.insert("target_type".into(), json!(m.target_type));
+                let (role, target) = if self.quirks.org_grant_hides_own && a.role == Role::Admin {
+                    (ProjectRole::Admin, TargetType::Organization)
+                } else {
+                    (m.role.clone(), m.target_type.clone())
+                };
+                obj.insert("role".into(), json!(role));
+                obj.insert("target_type".into(), json!(target));
                 obj.insert("hasSensitiveAccess".into(), json!(false));
-                obj.insert("role_order".into(), json!(role_order(&m.role)));
+                obj.insert("role_order".into(), json!(role_order(&role)));
                 obj.insert("email".into(), json!(format!("{}@serviceaccount.mixpanel.com", a.id)));
                 Some(row)
             })

@@ -46,6 +46,15 @@ async fn validate_exit_codes_and_messages() {
     let text = stdout(&o);
     assert!(text.contains("ok    mixpanel"), "{text}");
     assert!(text.contains("role `admin`"), "{text}");
+    // The regions it will talk to: the home one at base_url, the EU one at its mapped URL.
+    let eu = h.sim.region_url("eu.mixpanel.com").unwrap();
+    assert!(
+        text.contains(&format!(
+            "ok    mixpanel regions: eu.mixpanel.com: 1 project(s), at {eu}; mixpanel.com: 3 project(s), at {}",
+            h.sim.base_url()
+        )),
+        "{text}"
+    );
     assert!(
         text.contains("nothing published yet; the first pass bootstraps it"),
         "{text}"

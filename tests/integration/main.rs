@@ -5,6 +5,7 @@ mod architecture;
 mod aws;
 mod cli;
 mod common;
+mod compat;
 mod crashes;
 mod daemon;
 mod faults;
