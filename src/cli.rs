@@ -108,7 +108,29 @@ pub enum Command {
         /// shape real Mixpanel sends: for checking conformance to that file.
         #[arg(long)]
         published_shape: bool,
+        /// Delay every answer by this much (`20ms`, `0.5s`): a Mixpanel at a distance.
+        #[arg(long, value_name = "DURATION", value_parser = parse_delay, default_value = "0ms")]
+        latency: std::time::Duration,
+        /// Add a random extra delay of up to this much to every answer.
+        #[arg(long, value_name = "DURATION", value_parser = parse_delay, default_value = "0ms")]
+        jitter: std::time::Duration,
     },
+}
+
+/// `20ms`, `1.5s`.
+fn parse_delay(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        return Err(format!("`{s}`: write milliseconds (`20ms`) or seconds (`0.5s`)"));
+    };
+    let v: f64 = n.trim().parse().map_err(|_| format!("`{s}` is not a duration"))?;
+    if !(0.0..=60.0).contains(&(v * unit)) {
+        return Err(format!("`{s}`: from 0 to 60 seconds"));
+    }
+    Ok(std::time::Duration::from_secs_f64(v * unit))
 }
 
 /// Sets up logging to stderr.
@@ -160,9 +182,12 @@ pub async fn run(cli: Cli) -> Exit {
             allow_non_loopback,
             admin_secret_file,
             published_shape,
+            latency,
+            jitter,
         } => {
             let shape = Shape {
                 published: *published_shape,
+                latency: (*latency, *jitter),
             };
             return simulator(*listen, *seed, *allow_non_loopback, admin_secret_file.clone(), shape).await;
         }
@@ -406,6 +431,8 @@ async fn readiness(
 #[derive(Debug, Clone, Copy)]
 struct Shape {
     published: bool,
+    /// Base delay and jitter of every answer.
+    latency: (std::time::Duration, std::time::Duration),
 }
 
 async fn simulator(
@@ -435,6 +462,7 @@ async fn simulator(
             ..Default::default()
         });
     }
+    sim.set_latency(shape.latency.0, shape.latency.1);
     let path = secret_file
         .unwrap_or_else(|| std::env::temp_dir().join(format!("mixpanel-simulator-{}.secret", sim.addr().port())));
     let admin = sim.admin();

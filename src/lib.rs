@@ -20,6 +20,7 @@ pub mod bounded;
 pub mod clock;
 pub mod exit;
 pub mod failpoint;
+pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod secret;

@@ -30,7 +30,16 @@ fn main() -> ExitCode {
     cli::init_tracing(cli.log_format, level);
     // Only in test builds (the `failpoints` feature); nothing otherwise.
     mixpanel_rotator::failpoint::arm_from_env();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Few threads whatever the machine and the number of integrations: the
+    // work is waiting on the network, and sink reads queue for the blocking
+    // pool (at most 16 threads in all).
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

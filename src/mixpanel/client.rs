@@ -113,6 +113,8 @@ pub struct Client {
     retry: RetryPolicy,
     metrics: Option<Arc<crate::metrics::Metrics>>,
     hosts: Arc<ProjectHosts>,
+    /// Of one request.
+    timeout: Duration,
     /// For `Retry-After` given as a date.
     clock: crate::clock::SharedClock,
 }
@@ -125,6 +127,20 @@ impl std::fmt::Debug for Client {
             .field("username", &self.username)
             .finish_non_exhaustive()
     }
+}
+
+/// The HTTP client for `urls` (TLS only when one of them is https).
+fn http_client<'a>(
+    urls: impl IntoIterator<Item = &'a str>,
+    timeout: Duration,
+) -> Result<reqwest::Client, MixpanelError> {
+    crate::http::builder(urls)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .user_agent(concat!("mixpanel-rotator/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| MixpanelError::Setup(e.to_string()))
 }
 
 fn auth_header(c: &Credentials) -> Result<HeaderValue, MixpanelError> {
@@ -143,15 +159,10 @@ fn auth_header(c: &Credentials) -> Result<HeaderValue, MixpanelError> {
 impl Client {
     /// Builds a client.
     pub fn new(s: ClientSettings) -> Result<Self, MixpanelError> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(s.timeout)
-            .connect_timeout(s.timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("mixpanel-rotator/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| MixpanelError::Setup(e.to_string()))?;
+        let http = http_client([s.base_url.as_str()], s.timeout)?;
         Ok(Self {
             http,
+            timeout: s.timeout,
             base_url: Arc::from(s.base_url.trim_end_matches('/')),
             org: s.organization_id,
             username: Arc::from(s.credentials.username.as_str()),
@@ -165,9 +176,17 @@ impl Client {
     }
 
     /// Sends project-scoped calls to each project's region (see [`ProjectHosts`]).
-    pub fn with_project_hosts(mut self, hosts: ProjectHosts) -> Self {
+    pub fn with_project_hosts(mut self, hosts: ProjectHosts) -> Result<Self, MixpanelError> {
+        // A client built for an `http://` base has no TLS: rebuilt when a
+        // region may be reached over https.
+        if hosts.regional || hosts.urls.values().any(|u| !u.starts_with("http://")) {
+            let urls = std::iter::once(&*self.base_url)
+                .chain(hosts.urls.values().map(String::as_str))
+                .chain(hosts.regional.then_some("https://"));
+            self.http = http_client(urls, self.timeout)?;
+        }
         self.hosts = Arc::new(hosts);
-        self
+        Ok(self)
     }
 
     /// Reads the time from `clock` (a `Retry-After` date).
@@ -498,7 +517,8 @@ fn strip_tags(html: &str) -> String {
     out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(
+/// Decodes an answer of `endpoint` (public for the benchmarks).
+pub fn decode<T: DeserializeOwned>(
     endpoint: &'static str,
     status: StatusCode,
     location: Option<String>,
@@ -657,7 +677,8 @@ mod tests {
             .with_project_hosts(ProjectHosts {
                 regional: true,
                 urls: [("in.mixpanel.com".to_string(), "https://proxy/in/api/app".to_string())].into(),
-            });
+            })
+            .unwrap();
         assert_eq!(
             regional.project_base(Some("eu.mixpanel.com")).unwrap(),
             "https://eu.mixpanel.com/api/app"

@@ -11,7 +11,7 @@ use std::marker::PhantomData;
 use std::sync::Mutex;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use serde::de::{self, DeserializeOwned, Deserializer, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -127,10 +127,10 @@ pub fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::
 #[serde(transparent)]
 pub struct List<T>(pub Vec<T>);
 
-impl<'de, T: DeserializeOwned> Deserialize<'de> for List<T> {
+impl<'de, T: TryFrom<Value, Error = String>> Deserialize<'de> for List<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V<T>(PhantomData<T>);
-        impl<'de, T: DeserializeOwned> Visitor<'de> for V<T> {
+        impl<'de, T: TryFrom<Value, Error = String>> Visitor<'de> for V<T> {
             type Value = List<T>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a list")
@@ -141,11 +141,11 @@ impl<'de, T: DeserializeOwned> Deserialize<'de> for List<T> {
                 let mut first = None;
                 while let Some(row) = seq.next_element::<Value>()? {
                     let id = row.get("id").and_then(|v| id_of(Some(v)));
-                    match T::deserialize(row) {
+                    match T::try_from(row) {
                         Ok(t) => out.push(t),
                         Err(e) => {
                             skipped = skipped.saturating_add(1);
-                            first.get_or_insert((id, e.to_string()));
+                            first.get_or_insert((id, e));
                         }
                     }
                 }
@@ -208,9 +208,17 @@ mod tests {
 
     #[test]
     fn a_bad_row_is_skipped_not_fatal() {
-        #[derive(Debug, Deserialize, PartialEq)]
+        #[derive(Debug, PartialEq)]
         struct Row {
             id: u64,
+        }
+        impl TryFrom<Value> for Row {
+            type Error = String;
+            fn try_from(v: Value) -> Result<Self, String> {
+                Ok(Row {
+                    id: v.get("id").and_then(Value::as_u64).ok_or("no id")?,
+                })
+            }
         }
         let l: List<Row> = serde_json::from_str(r#"[{"id":1},{"id":"two"},null,{"id":3}]"#).unwrap();
         assert_eq!(l.0, vec![Row { id: 1 }, Row { id: 3 }]);

@@ -57,7 +57,7 @@ impl Context {
             timeout: m.timeout,
             retry: api,
         })?
-        .with_project_hosts(m.project_hosts.clone())
+        .with_project_hosts(m.project_hosts.clone())?
         .with_clock(clock.clone());
         let mut sinks = BTreeMap::new();
         for (name, cfg) in &policy.sinks {

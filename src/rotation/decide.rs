@@ -624,7 +624,7 @@ impl Owners<'_> {
     }
 
     fn account(&self, id: u64) -> Option<&ServiceAccount> {
-        self.obs.all.iter().find(|a| a.id == id)
+        self.obs.all.get(id)
     }
 
     fn current_id(&self) -> Option<u64> {

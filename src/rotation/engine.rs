@@ -12,7 +12,7 @@ use super::decide::{Blocked, NotOwned, Plan, Request, decide};
 use super::error::{Cause, Consequence, SetupError, Step, StepError};
 use super::memberships::desired;
 use super::mirror::{self, MirrorState, MirrorSync, MirrorView};
-use super::observe::{MembershipCache, Observation, resolve_adopt};
+use super::observe::{Accounts, MembershipCache, Observation};
 use super::report::{CurrentView, Report, Rotated};
 use super::rotate::Rotation;
 use crate::clock::SharedClock;
@@ -21,14 +21,14 @@ use crate::metrics::Metrics;
 use crate::mixpanel::types::ServiceAccount;
 use crate::mixpanel::{Client, RetryPolicy};
 use crate::policy::{Integration, Policy};
-use crate::sink::{Payload, Sink};
+use crate::sink::{Payload, Sink, Version};
 
 /// Account id -> (integration, its `adopt` key) of every integration adopting it.
 type Adopters = std::collections::BTreeMap<u64, Vec<(String, String)>>;
 
 /// What one pass reads once and every integration of it shares.
 struct Shared {
-    accounts: Vec<ServiceAccount>,
+    accounts: Arc<Accounts>,
     adopters: Adopters,
     /// Project memberships, read at most once per project.
     cache: MembershipCache,
@@ -140,17 +140,18 @@ impl Engine {
 
     /// Reads what the integration's sink has published, and builds its observation.
     pub async fn observe(&self, i: &Integration, accounts: &[ServiceAccount]) -> Result<Observation, StepError> {
-        self.observe_in(i, accounts, &self.adopters(accounts)).await
+        let accounts = Arc::new(Accounts::new(&self.ctx.scope.namespace, accounts.to_vec()));
+        self.observe_in(i, &accounts, &self.adopters(&accounts)).await
     }
 
     /// Which integrations' `adopt` names each account (by id): built once
     /// per pass, so that an account adopted twice (by id in one integration,
     /// by username in another, which load-time checks cannot see) is found
     /// without a scan per integration.
-    fn adopters(&self, accounts: &[ServiceAccount]) -> Adopters {
+    fn adopters(&self, accounts: &Accounts) -> Adopters {
         let mut out = Adopters::new();
         for j in &self.ctx.policy.integrations {
-            if let Some(a) = j.adopt.as_ref().and_then(|a| resolve_adopt(a, accounts)) {
+            if let Some(a) = j.adopt.as_ref().and_then(|a| accounts.resolve(a)) {
                 out.entry(a.id).or_default().push((j.name.clone(), j.key("adopt")));
             }
         }
@@ -160,15 +161,29 @@ impl Engine {
     async fn observe_in(
         &self,
         i: &Integration,
-        accounts: &[ServiceAccount],
+        accounts: &Arc<Accounts>,
         adopters: &Adopters,
     ) -> Result<Observation, StepError> {
+        let published = self.read_primary(i).await?;
+        Ok(self.observation(i, accounts, adopters, published))
+    }
+
+    /// What the integration's primary holds.
+    async fn read_primary(&self, i: &Integration) -> Result<Option<(Payload, Version)>, StepError> {
         let fail = |cause| StepError::new(&i.name, Step::ReadSink, cause).then(Consequence::NothingTouched);
         let sink = self.ctx.sink_for(i).map_err(fail)?;
-        let published = sink
-            .read_current(&i.path)
+        sink.read_current(&i.path)
             .await
-            .map_err(|e| fail(self.ctx.sink_cause(i, e)))?;
+            .map_err(|e| fail(self.ctx.sink_cause(i, e)))
+    }
+
+    fn observation(
+        &self,
+        i: &Integration,
+        accounts: &Arc<Accounts>,
+        adopters: &Adopters,
+        published: Option<(Payload, Version)>,
+    ) -> Observation {
         let mut obs = Observation::new(i, &self.ctx.scope.namespace, accounts, published);
         obs.adopt_shared_with = obs.adopt_target.as_ref().and_then(|mine| {
             adopters
@@ -177,7 +192,7 @@ impl Engine {
                 .find(|(name, _)| *name != i.name)
                 .map(|(_, key)| key.clone())
         });
-        Ok(obs)
+        obs
     }
 
     /// The plan for `i` now, as a pass would make it.
@@ -202,22 +217,35 @@ impl Engine {
             tracing::error!("{e}");
             return self.all_failed(&selected, now, Step::Audit, &Cause::Audit(e));
         }
-        let accounts = match self.ctx.client.list_accounts().await {
+        // At once: the account list, every primary, and (when a rotation is
+        // asked for) the projects to copy memberships from.
+        let cache = MembershipCache::default();
+        let reads = futures_util::future::join_all(selected.iter().map(|i| self.read_primary(i)));
+        let prefetch = async {
+            if !opts.force.is_empty() && !opts.dry_run {
+                // A failure is met again, and reported, where it matters.
+                let _ = cache.projects(&self.ctx.client).await;
+            }
+        };
+        let (listed, reads, ()) = tokio::join!(self.ctx.client.list_accounts(), reads, prefetch);
+        let accounts = match listed {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(error = %e, "Cannot list service accounts; nothing is done in this pass.");
                 return self.all_failed(&selected, now, Step::ListAccounts, &Cause::Mixpanel(e));
             }
         };
+        let accounts = Arc::new(Accounts::new(&self.ctx.scope.namespace, accounts));
         let shared = Shared {
             adopters: self.adopters(&accounts),
             accounts,
-            cache: MembershipCache::default(),
+            cache,
         };
         futures_util::future::join_all(
             selected
                 .into_iter()
-                .map(|i| self.integration_pass(i, &shared, opts, now)),
+                .zip(reads)
+                .map(|(i, read)| self.integration_pass(i, read, &shared, opts, now)),
         )
         .await
     }
@@ -239,13 +267,14 @@ impl Engine {
     async fn integration_pass(
         &self,
         i: &Integration,
+        read: Result<Option<(Payload, Version)>, StepError>,
         shared: &Shared,
         opts: &PassOptions,
         now: DateTime<Utc>,
     ) -> Report {
         let cache = &shared.cache;
         let mut report = Report::new(i, now);
-        match self.observe_in(i, &shared.accounts, &shared.adopters).await {
+        match read.map(|p| self.observation(i, &shared.accounts, &shared.adopters, p)) {
             Err(e) => report.errors.push(e),
             Ok(obs) => {
                 let plan = decide(i, &self.ctx.scope, &obs, now, opts.request_for(&i.name));

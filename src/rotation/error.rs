@@ -152,11 +152,6 @@ pub enum Cause {
         took: chrono::Duration,
         deadline: chrono::Duration,
     },
-    /// The new account disappeared before it could be published.
-    #[error(
-        "the new account {id} no longer exists, so it is not published: it was deleted behind the rotator's back (by another rotator that took it for an orphan?)"
-    )]
-    Vanished { id: u64 },
     /// Copy mode, and `/me` shows no project to copy from.
     #[error(
         "Mixpanel's GET /me lists no project of organization {organization} for the rotator's account, so the memberships of account {account} cannot be copied (an empty copy is never published): check that the rotator's account is an organization admin or owner, or list the projects in `{key}`"

@@ -48,6 +48,18 @@ impl Lineage {
     }
 }
 
+/// The integration whose lineage `username` has the shape of, under
+/// `namespace` (the part between `{namespace}-` and `-{timestamp}-{hex}`);
+/// [`Lineage::parse`] still decides whether it is one.
+pub fn integration_of<'a>(namespace: &str, username: &'a str) -> Option<&'a str> {
+    let base = strip_mixpanel_suffix(username);
+    let rest = base.strip_prefix(namespace)?.strip_prefix('-')?;
+    // `-` + 16 timestamp characters + `-` + 4 hex digits.
+    let cut = rest.len().checked_sub(22)?;
+    rest.get(cut..)?.starts_with('-').then_some(())?;
+    rest.get(..cut).filter(|i| !i.is_empty())
+}
+
 /// A new rotation id: a random UUID (v4) string, 36 characters, so it also
 /// fits AWS's `ClientRequestToken` (32 to 64 characters).
 pub fn new_rotation_id() -> String {
@@ -89,6 +101,19 @@ mod tests {
         assert_eq!(l.parse("mpr-etl-20261128T040000Z-7f3a-extra"), None);
         assert_eq!(l.parse("mpr-etl-20261128T040000Z-7F3A"), None);
         assert_eq!(l.parse("etl-legacy.abc.mp-service-account"), None);
+    }
+
+    #[test]
+    fn the_integration_is_found_from_the_username() {
+        assert_eq!(
+            integration_of("mpr", "mpr-etl-20261128T040000Z-7f3a.abc.mp-service-account"),
+            Some("etl")
+        );
+        assert_eq!(integration_of("mpr", "mpr-etl-x-20261128T040000Z-7f3a"), Some("etl-x"));
+        assert_eq!(integration_of("mpr", "mpr2-etl-20261128T040000Z-7f3a"), None);
+        assert_eq!(integration_of("mpr", "mpr-20261128T040000Z-7f3a"), None);
+        assert_eq!(integration_of("mpr", "etl-legacy.abc.mp-service-account"), None);
+        assert_eq!(integration_of("mpr", "mpr-é-20261128T040000Z-7f3a"), Some("é"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::OnceCell;
 
 use super::lineage::Lineage;
-use crate::mixpanel::types::{ProjectMember, ServiceAccount};
+use crate::mixpanel::types::{ProjectMember, ServiceAccount, strip_mixpanel_suffix};
 use crate::mixpanel::{Client, MixpanelError};
 use crate::policy::{AdoptRef, Integration};
 use crate::sink::{Payload, Version};
@@ -37,32 +37,94 @@ pub struct Observation {
     pub adopt_target: Option<ServiceAccount>,
     /// The `adopt` key of another integration naming the same account, if any.
     pub adopt_shared_with: Option<String>,
-    /// Every account of the organization (to resolve ids in the payload's `retiring`).
-    pub all: Vec<ServiceAccount>,
+    /// Every account of the organization (to resolve ids in the payload's
+    /// `retiring`), indexed once per pass and shared by every integration.
+    pub all: Arc<Accounts>,
+}
+
+/// The organization's accounts as one pass read them, indexed once: by id,
+/// by username without Mixpanel's suffix, and by the integration whose
+/// lineage their username looks like. Building an integration's
+/// observation then costs its own accounts, not the whole list.
+#[derive(Debug, Default)]
+pub struct Accounts {
+    list: Vec<ServiceAccount>,
+    by_id: HashMap<u64, usize>,
+    by_base: HashMap<String, usize>,
+    /// Integration name -> accounts whose username has that lineage's shape
+    /// (confirmed exactly by [`Lineage::parse`]).
+    by_integration: HashMap<String, Vec<usize>>,
+}
+
+impl Accounts {
+    /// Indexes `list` for lineages under `namespace`.
+    pub fn new(namespace: &str, list: Vec<ServiceAccount>) -> Self {
+        let mut me = Self {
+            list,
+            ..Self::default()
+        };
+        for (n, a) in me.list.iter().enumerate() {
+            me.by_id.insert(a.id, n);
+            me.by_base.entry(a.base_username().to_string()).or_insert(n);
+            if let Some(integration) = super::lineage::integration_of(namespace, &a.username) {
+                me.by_integration.entry(integration.to_string()).or_default().push(n);
+            }
+        }
+        me
+    }
+
+    /// Every account.
+    pub fn list(&self) -> &[ServiceAccount] {
+        &self.list
+    }
+
+    /// The account with id `id`.
+    pub fn get(&self, id: u64) -> Option<&ServiceAccount> {
+        self.by_id.get(&id).and_then(|n| self.list.get(*n))
+    }
+
+    /// The account `adopt` names (by id, or by username with or without
+    /// Mixpanel's suffix).
+    pub fn resolve(&self, adopt: &AdoptRef) -> Option<&ServiceAccount> {
+        match adopt {
+            AdoptRef::Id(id) => self.get(*id),
+            AdoptRef::Username(u) => {
+                let n = self.by_base.get(strip_mixpanel_suffix(u))?;
+                self.list
+                    .get(*n)
+                    .filter(|a| a.username == *u || a.base_username() == u.as_str())
+            }
+        }
+    }
+
+    /// The accounts that may be of `integration`'s lineage.
+    fn lineage_candidates(&self, integration: &str) -> impl Iterator<Item = &ServiceAccount> {
+        self.by_integration
+            .get(integration)
+            .into_iter()
+            .flatten()
+            .filter_map(|n| self.list.get(*n))
+    }
 }
 
 impl Observation {
-    /// Builds the observation from the shared account list and the sink read.
+    /// Builds the observation from the pass's account index and the sink read.
     pub fn new(
         integration: &Integration,
         namespace: &str,
-        accounts: &[ServiceAccount],
+        accounts: &Arc<Accounts>,
         published: Option<(Payload, Version)>,
     ) -> Self {
         let lineage_of = Lineage::new(namespace, &integration.name);
         let published = published.map(|(payload, version)| Published { payload, version });
         let current = published
             .as_ref()
-            .and_then(|p| accounts.iter().find(|a| a.id == p.payload.service_account_id).cloned());
+            .and_then(|p| accounts.get(p.payload.service_account_id).cloned());
         let lineage = accounts
-            .iter()
+            .lineage_candidates(&integration.name)
             .filter_map(|a| lineage_of.parse(&a.username).map(|t| (a.clone(), t)))
             .collect();
-        let adopt_target = integration
-            .adopt
-            .as_ref()
-            .and_then(|a| resolve_adopt(a, accounts))
-            .cloned();
+        let adopt_target = integration.adopt.as_ref().and_then(|a| accounts.resolve(a)).cloned();
         Self {
             adopt_shared_with: None,
             adopted: adopt_target.clone().filter(|_| published.is_none()),
@@ -70,19 +132,8 @@ impl Observation {
             published,
             current,
             lineage,
-            all: accounts.to_vec(),
+            all: accounts.clone(),
         }
-    }
-}
-
-/// The account an `adopt` names (by id, or by username with or without
-/// Mixpanel's suffix).
-pub fn resolve_adopt<'a>(adopt: &AdoptRef, accounts: &'a [ServiceAccount]) -> Option<&'a ServiceAccount> {
-    match adopt {
-        AdoptRef::Id(id) => accounts.iter().find(|a| a.id == *id),
-        AdoptRef::Username(u) => accounts
-            .iter()
-            .find(|a| a.username == *u || a.base_username() == u.as_str()),
     }
 }
 
@@ -92,6 +143,15 @@ pub struct MembershipCache {
     /// The organization's projects the rotator sees, with their region's domain.
     projects: OnceCell<Vec<(u64, Option<String>)>>,
     members: Mutex<HashMap<u64, Arc<OnceCell<Vec<ProjectMember>>>>>,
+    /// The latest read-back listing of each project (see [`MembershipCache::fresh_members`]).
+    fresh: Mutex<HashMap<u64, Arc<Listing>>>,
+}
+
+/// One listing of a project's members, started at `started`.
+#[derive(Debug)]
+struct Listing {
+    started: std::time::Instant,
+    rows: OnceCell<Result<Vec<ProjectMember>, MixpanelError>>,
 }
 
 impl MembershipCache {
@@ -136,6 +196,41 @@ impl MembershipCache {
         })
         .await
         .cloned()
+    }
+
+    /// The members of `project` as listed by a request that started after
+    /// `since`: a rotation reading its new account back joins a listing
+    /// that started after its create answered, or starts one. Rotations of
+    /// one pass into one project then share listings instead of each
+    /// listing every member (which grows with them).
+    pub async fn fresh_members(
+        &self,
+        client: &Client,
+        project: u64,
+        since: std::time::Instant,
+    ) -> Result<Vec<ProjectMember>, MixpanelError> {
+        let listing = {
+            let mut m = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
+            match m.get(&project) {
+                Some(l) if l.started >= since => l.clone(),
+                _ => {
+                    let l = Arc::new(Listing {
+                        started: std::time::Instant::now(),
+                        rows: OnceCell::new(),
+                    });
+                    m.insert(project, l.clone());
+                    l
+                }
+            }
+        };
+        listing
+            .rows
+            .get_or_init(|| async {
+                let domain = self.domain_of(client, project).await?;
+                client.list_project_members(project, domain.as_deref()).await
+            })
+            .await
+            .clone()
     }
 
     /// Every membership of `account` in the visible projects: (project, row).

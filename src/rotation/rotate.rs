@@ -60,6 +60,8 @@ struct NewAccount {
     desired: Vec<ProjectGrant>,
     /// The expiry asked for.
     asked: DateTime<Utc>,
+    /// When create answered: a membership listing started later sees the account.
+    created_at: Instant,
     /// The expiry Mixpanel recorded (or, if it ignored it, the one asked for).
     expires: Option<DateTime<Utc>>,
 }
@@ -70,8 +72,6 @@ enum Failure {
     DeleteNew(StepError),
     /// Leave it: it may have been published (the sink could not tell).
     KeepNew(StepError),
-    /// Nothing to clean up: it is gone already.
-    Gone(StepError),
 }
 
 impl<'a> Rotation<'a> {
@@ -131,11 +131,24 @@ impl<'a> Rotation<'a> {
         let name = &self.i.name;
         failpoint::point("after_create", name).await;
         let done = async {
-            self.read_back(&mut new, cache).await?;
-            failpoint::point("after_memberships", name).await;
-            self.verify(&new).await?;
-            failpoint::point("after_verify", name).await;
-            self.still_publishable(&new).await?;
+            // Independent once the account exists: read it back (its
+            // `expires` and memberships) and prove its credential, at once;
+            // the first failure stops the other.
+            let checked = async {
+                let back = self.read_back(&new, cache).await;
+                failpoint::point("after_memberships", name).await;
+                back
+            };
+            let verified = async {
+                let v = self.verify(&new).await;
+                failpoint::point("after_verify", name).await;
+                v
+            };
+            let (expires, ()) = tokio::try_join!(checked, verified)?;
+            new.expires = self.expiry(&new, expires);
+            if let Some(e) = self.too_slow() {
+                return Err(Failure::DeleteNew(e));
+            }
             failpoint::point("before_publish", name).await;
             self.publish(&new, deleted).await?;
             failpoint::point("after_publish", name).await;
@@ -196,7 +209,7 @@ impl<'a> Rotation<'a> {
             }
         };
         let account = created.account;
-        if strip_mixpanel_suffix(&account.username) != username || self.obs.all.iter().any(|a| a.id == account.id) {
+        if strip_mixpanel_suffix(&account.username) != username || self.obs.all.get(account.id).is_some() {
             // Not the account asked for: never touch it. Ours, if it was
             // created, is found by its unique name and deleted.
             let cause = Cause::UnexpectedCreate {
@@ -222,6 +235,7 @@ impl<'a> Rotation<'a> {
             account,
             desired,
             asked,
+            created_at: Instant::now(),
             expires: None,
         })
     }
@@ -247,16 +261,28 @@ impl<'a> Rotation<'a> {
     }
 
     /// Reads the account back: is `expires` honoured, are the memberships there?
-    async fn read_back(&mut self, new: &mut NewAccount, cache: &MembershipCache) -> Result<(), Failure> {
+    /// Reads the account back, and its memberships (repaired once if
+    /// short), at once: returns the `expires` Mixpanel recorded.
+    async fn read_back(&self, new: &NewAccount, cache: &MembershipCache) -> Result<Option<DateTime<Utc>>, Failure> {
         let id = new.account.id;
-        let back = self
-            .ctx
-            .client
-            .get_account(id)
-            .await
-            .map_err(|e| Failure::DeleteNew(self.fail(Step::ReadBack, Cause::Account { id, source: e })))?;
-        failpoint::point("after_read_back", &self.i.name).await;
-        new.expires = match back.expires {
+        let account = async {
+            let back = self
+                .ctx
+                .client
+                .get_account(id)
+                .await
+                .map_err(|e| self.fail(Step::ReadBack, Cause::Account { id, source: e }))?;
+            failpoint::point("after_read_back", &self.i.name).await;
+            Ok(back.expires)
+        };
+        let memberships = self.repair_memberships(id, &new.desired, cache, new.created_at);
+        let (expires, ()) = tokio::try_join!(account, memberships).map_err(Failure::DeleteNew)?;
+        Ok(expires)
+    }
+
+    /// The expiry to record: Mixpanel's, when it honoured the one asked for.
+    fn expiry(&mut self, new: &NewAccount, recorded: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+        match recorded {
             Some(e) if e.signed_duration_since(new.asked).num_seconds().unsigned_abs() <= 60 => Some(e),
             other => {
                 self.warn(format!(
@@ -266,31 +292,30 @@ impl<'a> Rotation<'a> {
                 ));
                 other.or(Some(new.asked)).map(|e| e.min(new.asked))
             }
-        };
-        self.repair_memberships(id, &new.desired, cache)
-            .await
-            .map_err(Failure::DeleteNew)
+        }
     }
 
-    /// The desired grants `account` lacks, read from each project's members.
+    /// The desired grants `account` lacks, read from each project's members
+    /// (every project at once; a listing that started after `since`, the
+    /// moment the account was known to exist, may serve several rotations).
     async fn missing(
         &self,
         account: u64,
         desired: &[ProjectGrant],
         cache: &MembershipCache,
+        since: Instant,
     ) -> Result<Vec<ProjectGrant>, StepError> {
-        let mut missing = Vec::new();
-        for g in desired {
-            let fail = |e| self.fail(Step::ReadBack, Cause::Project { id: g.id, source: e });
-            // Fresh, not the pass's cached lists: the account is new.
-            let domain = cache.domain_of(&self.ctx.client, g.id).await.map_err(fail)?;
-            let rows = self
-                .ctx
-                .client
-                .list_project_members(g.id, domain.as_deref())
+        let lists = futures_util::future::try_join_all(desired.iter().map(|g| async move {
+            let rows = cache
+                .fresh_members(&self.ctx.client, g.id, since)
                 .await
-                .map_err(fail)?;
+                .map_err(|e| self.fail(Step::ReadBack, Cause::Project { id: g.id, source: e }))?;
             failpoint::point("after_member_list", &self.i.name).await;
+            Ok::<_, StepError>(rows)
+        }))
+        .await?;
+        let mut missing = Vec::new();
+        for (g, rows) in desired.iter().zip(lists) {
             // Access parity (README, "Compatibility with Mixpanel"): its own
             // grant with exactly the desired role, or an organization-level
             // grant (from its organization role, which no project call can
@@ -316,8 +341,9 @@ impl<'a> Rotation<'a> {
         account: u64,
         desired: &[ProjectGrant],
         cache: &MembershipCache,
+        since: Instant,
     ) -> Result<(), StepError> {
-        let missing = self.missing(account, desired, cache).await?;
+        let missing = self.missing(account, desired, cache, since).await?;
         if missing.is_empty() {
             return Ok(());
         }
@@ -341,7 +367,7 @@ impl<'a> Rotation<'a> {
             detail: Some(Grants(&missing).to_string()),
             ..self.ctx.audit_event(&self.i.name, Action::AddToProject, Outcome::Added)
         });
-        let missing = self.missing(account, desired, cache).await?;
+        let missing = self.missing(account, desired, cache, Instant::now()).await?;
         if missing.is_empty() {
             Ok(())
         } else {
@@ -397,29 +423,17 @@ impl<'a> Rotation<'a> {
         }
     }
 
-    /// A rotation never publishes past its own orphan deadline, nor an
-    /// account that is gone: other rotators delete an unpublished lineage
-    /// account `orphan_after` after its creation (the margin of a quarter of
-    /// it covers clock skew between hosts and the publish itself).
-    async fn still_publishable(&self, new: &NewAccount) -> Result<(), Failure> {
+    /// A rotation never publishes past its own orphan deadline: other
+    /// rotators delete an unpublished lineage account `orphan_after` after
+    /// its creation (the margin of a quarter of it covers clock skew between
+    /// hosts and the publish itself).
+    fn too_slow(&self) -> Option<StepError> {
         let quarter = self.i.orphan_after.checked_div(4).unwrap_or_default();
         let deadline = span_between(self.i.orphan_after, quarter);
         let took = self.ctx.clock.now().signed_duration_since(self.at);
-        if took > deadline {
-            return Err(Failure::DeleteNew(
-                self.fail(Step::Publish, Cause::TooSlow { took, deadline }),
-            ));
-        }
-        let id = new.account.id;
-        match self.ctx.client.get_account(id).await {
-            Ok(_) => Ok(()),
-            Err(MixpanelError::Api { status: 404, .. }) => {
-                Err(Failure::Gone(self.fail(Step::Publish, Cause::Vanished { id })))
-            }
-            Err(e) => Err(Failure::DeleteNew(
-                self.fail(Step::Publish, Cause::Account { id, source: e }),
-            )),
-        }
+        // That the account still exists was proven by the verification just
+        // made: a deleted account's credential authenticates nobody.
+        (took > deadline).then(|| self.fail(Step::Publish, Cause::TooSlow { took, deadline }))
     }
 
     /// Publishes the new credential with compare-and-swap: the commit point.
@@ -481,7 +495,7 @@ impl<'a> Rotation<'a> {
     /// After a failure past create: delete the new account unless it may be published.
     async fn clean_up(&self, new: &NewAccount, failure: Failure) -> StepError {
         let e = match failure {
-            Failure::KeepNew(e) | Failure::Gone(e) => return e,
+            Failure::KeepNew(e) => return e,
             Failure::DeleteNew(e) => e,
         };
         let id = new.account.id;

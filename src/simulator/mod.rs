@@ -145,6 +145,7 @@ impl Simulator {
             org,
             faults: Vec::new(),
             log: Vec::new(),
+            latency: None,
         }));
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -288,6 +289,12 @@ impl Simulator {
     /// Removes every fault.
     pub fn clear_faults(&self) {
         self.lock().faults.clear();
+    }
+
+    /// Delays every answer by `base` plus a random part of `jitter` (a
+    /// network and a Mixpanel at a distance), on every listener.
+    pub fn set_latency(&self, base: std::time::Duration, jitter: std::time::Duration) {
+        self.lock().latency = Some((base, jitter)).filter(|(b, j)| !b.is_zero() || !j.is_zero());
     }
 
     /// Sets behaviours of real Mixpanel to imitate.

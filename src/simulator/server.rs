@@ -46,6 +46,8 @@ pub(super) async fn serve(
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        // As a real server would: no Nagle delay on small answers.
+        let _ = stream.set_nodelay(true);
         let app = app.clone();
         tokio::spawn(async move {
             let kill = Arc::new(Notify::new());
@@ -62,6 +64,30 @@ pub(super) async fn serve(
             }
         });
     }
+}
+
+/// `GET /_simulator/stats` (no auth, outside the API): how many requests
+/// the simulator answered, in all and by method and path shape, for
+/// benchmarks.
+fn stats(ctx: &Ctx) -> serde_json::Value {
+    let s = ctx.shared.lock().unwrap_or_else(|e| e.into_inner());
+    let mut by: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for q in &s.log {
+        let shape: Vec<&str> = q
+            .path
+            .split('/')
+            .map(|seg| {
+                if seg.bytes().all(|b| b.is_ascii_digit()) && !seg.is_empty() {
+                    "*"
+                } else {
+                    seg
+                }
+            })
+            .collect();
+        let n = by.entry(format!("{} {}", q.method, shape.join("/"))).or_default();
+        *n = n.saturating_add(1);
+    }
+    serde_json::json!({"requests": s.log.len(), "by_endpoint": by})
 }
 
 fn respond(status: u16, body: &serde_json::Value, extra: &[(header::HeaderName, String)]) -> Response<Body> {
@@ -221,6 +247,14 @@ async fn handle(
         at: ctx.clock.now(),
     };
     let full = uri.path().to_string();
+    if full == "/_simulator/stats" {
+        return Ok(respond(200, &stats(&ctx), &[]));
+    }
+    let latency = ctx.shared.lock().unwrap_or_else(|e| e.into_inner()).latency;
+    if let Some((base, jitter)) = latency {
+        let extra = jitter.mul_f64(rand::random::<f64>());
+        tokio::time::sleep(base.saturating_add(extra)).await;
+    }
     let Some(path) = full.strip_prefix(PREFIX).map(str::to_string) else {
         let (st, b) = error(404, "Not found");
         req.log(Some(st), &full, None);

@@ -168,4 +168,6 @@ pub(crate) struct Shared {
     pub org: OrgState,
     pub faults: Vec<Fault>,
     pub log: Vec<LoggedRequest>,
+    /// Added to every answer: a base delay and a random extra up to the second.
+    pub latency: Option<(std::time::Duration, std::time::Duration)>,
 }

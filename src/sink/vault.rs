@@ -196,15 +196,21 @@ impl VaultSink {
             .timeout
             .map(|t| t.to_std())
             .unwrap_or(std::time::Duration::from_secs(30));
-        let mut http = reqwest::Client::builder()
+        let mut http = crate::http::builder([config.address.as_str()])
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &config.ca_cert {
+            // Its own TLS set-up: the platform's roots plus this CA.
+            http = reqwest::Client::builder()
+                .timeout(timeout)
+                .redirect(reqwest::redirect::Policy::none());
             let pem = crate::bounded::read_file(ca, crate::bounded::DOCUMENT_MAX, true)
                 .map_err(|e| SinkError::invalid(format!("cannot read `sinks.{name}.ca_cert` {}: {e}", ca.display())))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| SinkError::invalid(format!("`sinks.{name}.ca_cert` {} is not PEM: {e}", ca.display())))?;
-            http = http.add_root_certificate(cert);
+            for cert in certs {
+                http = http.add_root_certificate(cert);
+            }
         }
         let http = http
             .build()
@@ -228,6 +234,8 @@ impl VaultSink {
         error_of(code, detail)
     }
 
+    /// A vaultrs client on this sink's own HTTP client (one connection pool
+    /// and TLS set-up for every login), carrying `token`.
     fn base_client(&self, token: &str) -> Result<VaultClient, SinkError> {
         let mut b = VaultClientSettingsBuilder::default();
         b.address(self.config.address.as_str()).token(token).verify(true);
@@ -245,7 +253,16 @@ impl VaultSink {
         let settings = b
             .build()
             .map_err(|e| SinkError::invalid(format!("bad settings: {e}")))?;
-        VaultClient::new(settings).map_err(|e| SinkError::invalid(e.to_string()))
+        Ok(VaultClient {
+            middle: vaultrs::api::EndpointMiddleware {
+                token: settings.token.clone(),
+                version: format!("v{}", settings.version),
+                wrap: None,
+                namespace: settings.namespace.clone(),
+            },
+            http: rustify::clients::reqwest::Client::new(settings.address.as_str(), self.http.clone()),
+            settings,
+        })
     }
 
     /// Logs in with the configured method; returns a client carrying the token.
@@ -291,8 +308,6 @@ impl VaultSink {
         }
     }
 
-    /// Runs `op` with a logged-in client; on 403 (token expired or revoked)
-    /// logs in again and retries once.
     /// Writes the payload at `path` if the stored version is still `cas` (0: nothing).
     async fn set(&self, path: &str, payload: &Payload, cas: u32) -> Result<Version, SinkError> {
         let mount = self.config.mount.as_str();
@@ -346,6 +361,8 @@ impl VaultSink {
         }
     }
 
+    /// Runs `op` with a logged-in client; on 403 (token expired or revoked)
+    /// logs in again and retries once.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, Fail>
     where
         F: Fn(Arc<VaultClient>) -> Fut,

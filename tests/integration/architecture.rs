@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
         "clock",
         "exit",
         "failpoint",
+        "http",
         "metrics",
         "notify",
         "secret",

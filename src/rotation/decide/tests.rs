@@ -58,6 +58,7 @@ fn payload(id: u64, rotated_at: DateTime<Utc>, expires: DateTime<Utc>, retiring:
 }
 
 fn obs(i: &Integration, accounts: Vec<ServiceAccount>, p: Option<Payload>) -> Observation {
+    let accounts = std::sync::Arc::new(crate::rotation::observe::Accounts::new("mpr", accounts));
     Observation::new(i, "mpr", &accounts, p.map(|p| (p, Version("v".into()))))
 }
 

@@ -108,7 +108,6 @@ fn catalogue() -> Vec<StepError> {
         e(Step::Delete, Cause::Protected { id: 1005 }),
         e(Step::Create, Cause::UnexpectedCreate { asked: "mpr-etl-20261128T040000Z-7f3a".into(), id: 1, username: "rotator.abc123.mp-service-account".into() }).then(Consequence::StrayDeleted { id: 1005 }),
         e(Step::Publish, Cause::TooSlow { took: chrono::Duration::seconds(68), deadline: chrono::Duration::seconds(45) }).then(Consequence::NewDeleted { id: 1005 }),
-        e(Step::Publish, Cause::Vanished { id: 1005 }),
         e(Step::CheckAccounts, Cause::InUseElsewhere(crate::rotation::decide::InUse {
             id: 1004,
             username: "mpr-etl-20261128T040000Z-7f3a.abc123.mp-service-account".into(),
