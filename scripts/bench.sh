@@ -64,24 +64,32 @@ policy() {
   } >"$file"
 }
 
-# measure CMD...: runs it; sets WALL (s), CPU (s), RSS (MiB), THREADS (peak), RC.
+# measure CMD...: runs it; sets WALL (s), CPU (s, user + system), RSS (MiB,
+# peak), THREADS (peak, sampled every millisecond), RC. Microsecond CPU from
+# wait4(2), not /usr/bin/time's hundredths.
 measure() {
-  "$BIN" --version >/dev/null
-  /usr/bin/time -f "%e %U %S %M" -o "$work/time" "$@" >"$work/out" 2>"$work/err" &
-  local tpid=$! peak=0 t c
-  while kill -0 "$tpid" 2>/dev/null; do
-    for c in $(pgrep -P "$tpid" 2>/dev/null); do
-      t=$(awk '/^Threads:/{print $2}' "/proc/$c/status" 2>/dev/null || true)
-      [ -n "$t" ] && [ "$t" -gt "$peak" ] && peak=$t
-    done
-    sleep 0.002
-  done
-  RC=0
-  wait "$tpid" || RC=$?
-  read -r WALL user sys rss <"$work/time"
-  CPU=$(python3 -c "print(f'{$user + $sys:.3f}')")
-  RSS=$(python3 -c "print(f'{$rss / 1024:.1f}')")
-  THREADS=$peak
+  read -r WALL CPU RSS THREADS RC < <(python3 - "$work/err" "$@" <<'PY'
+import os, subprocess, sys, time
+err = open(sys.argv[1], "w")
+start = time.monotonic()
+p = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=err)
+peak = 0
+while True:
+    pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+    if pid:
+        break
+    try:
+        with open(f"/proc/{p.pid}/status") as f:
+            for line in f:
+                if line.startswith("Threads:"):
+                    peak = max(peak, int(line.split()[1]))
+    except OSError:
+        pass
+    time.sleep(0.001)
+wall = time.monotonic() - start
+print(f"{wall:.3f} {ru.ru_utime + ru.ru_stime:.3f} {ru.ru_maxrss / 1024:.1f} {peak} {os.waitstatus_to_exitcode(status)}")
+PY
+  )
 }
 
 ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}x' if b > 0 else '-')" "$1" "$2"; }

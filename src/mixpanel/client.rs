@@ -109,7 +109,9 @@ pub struct Client {
     org: u64,
     username: Arc<str>,
     auth: HeaderValue,
-    limit: Arc<Semaphore>,
+    /// One limit per API host (a region's host is another host).
+    limits: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>>,
+    max_concurrency: usize,
     retry: RetryPolicy,
     metrics: Option<Arc<crate::metrics::Metrics>>,
     hosts: Arc<ProjectHosts>,
@@ -167,7 +169,8 @@ impl Client {
             org: s.organization_id,
             username: Arc::from(s.credentials.username.as_str()),
             auth: auth_header(&s.credentials)?,
-            limit: Arc::new(Semaphore::new(s.max_concurrency.max(1))),
+            limits: Arc::default(),
+            max_concurrency: s.max_concurrency.max(1),
             retry: s.retry,
             metrics: None,
             hosts: Arc::new(ProjectHosts::default()),
@@ -231,6 +234,18 @@ impl Client {
             username: Arc::from(c.username.as_str()),
             ..self.clone()
         })
+    }
+
+    /// The concurrency limit of the host of `base`.
+    fn limit_for(&self, base: &str) -> Arc<Semaphore> {
+        let host = reqwest::Url::parse(base)
+            .ok()
+            .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+            .unwrap_or_else(|| base.to_string());
+        let mut m = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(host)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.max_concurrency)))
+            .clone()
     }
 
     /// The organization this client manages.
@@ -359,7 +374,8 @@ impl Client {
         endpoint: &'static str,
     ) -> Attempt<T> {
         // The semaphore is never closed, so acquire only fails if it were; then run unlimited.
-        let _permit = self.limit.acquire().await.ok();
+        let limit = self.limit_for(base);
+        let _permit = limit.acquire().await.ok();
         let started = Instant::now();
         let resp = match self.send(base, method, path, body, endpoint).await {
             Ok(r) => r,
@@ -552,6 +568,28 @@ pub fn decode<T: DeserializeOwned>(
         // Deliberately not echoing the body: a create response carries a token.
         detail: format!("not the expected JSON (line {}, column {})", e.line(), e.column()),
     };
+    // The common case, straight from the bytes: a `results` that decodes
+    // (no tree of the whole answer: a list of 10,000 accounts is megabytes).
+    #[derive(serde::Deserialize)]
+    struct Envelope<T> {
+        #[serde(default, deserialize_with = "super::lenient::opt_string")]
+        status: Option<String>,
+        #[serde(default = "Option::default")]
+        results: Option<T>,
+    }
+    match serde_json::from_slice::<Envelope<T>>(bytes) {
+        Ok(Envelope { status: Some(s), .. }) if s == "error" => {
+            return Err(MixpanelError::Decode {
+                endpoint,
+                status: code,
+                detail: "status is \"error\" on a success code".into(),
+            });
+        }
+        Ok(Envelope { results: Some(r), .. }) => return Ok(r),
+        // A bare answer, or one that does not decode: read it again as a
+        // tree, which tells the two apart and says what is wrong.
+        _ => {}
+    }
     let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(not_json)?;
     if value.get("status").and_then(serde_json::Value::as_str) == Some("error") {
         return Err(MixpanelError::Decode {

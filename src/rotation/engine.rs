@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
 use super::context::Context;
@@ -22,6 +23,12 @@ use crate::mixpanel::types::ServiceAccount;
 use crate::mixpanel::{Client, RetryPolicy};
 use crate::policy::{Integration, Policy};
 use crate::sink::{Payload, Sink, Version};
+
+/// What reading an integration's primary gave.
+type PrimaryRead = Result<Option<(Payload, Version)>, StepError>;
+
+/// Integrations of one pass worked on at once.
+const PASS_CONCURRENCY: usize = 512;
 
 /// Account id -> (integration, its `adopt` key) of every integration adopting it.
 type Adopters = std::collections::BTreeMap<u64, Vec<(String, String)>>;
@@ -169,7 +176,7 @@ impl Engine {
     }
 
     /// What the integration's primary holds.
-    async fn read_primary(&self, i: &Integration) -> Result<Option<(Payload, Version)>, StepError> {
+    async fn read_primary(&self, i: &Integration) -> PrimaryRead {
         let fail = |cause| StepError::new(&i.name, Step::ReadSink, cause).then(Consequence::NothingTouched);
         let sink = self.ctx.sink_for(i).map_err(fail)?;
         sink.read_current(&i.path)
@@ -217,10 +224,18 @@ impl Engine {
             tracing::error!("{e}");
             return self.all_failed(&selected, now, Step::Audit, &Cause::Audit(e));
         }
-        // At once: the account list, every primary, and (when a rotation is
-        // asked for) the projects to copy memberships from.
+        // At once: the account list, the primaries (when there are few: a
+        // large pass reads each as it gets to it, so as not to hold them
+        // all), and (when a rotation is asked for) the projects to copy
+        // memberships from.
         let cache = MembershipCache::default();
-        let reads = futures_util::future::join_all(selected.iter().map(|i| self.read_primary(i)));
+        let early = selected.len() <= PASS_CONCURRENCY;
+        let reads = futures_util::future::join_all(
+            selected
+                .iter()
+                .filter(|_| early)
+                .map(|i| async { Some(self.read_primary(i).await) }),
+        );
         let prefetch = async {
             if !opts.force.is_empty() && !opts.dry_run {
                 // A failure is met again, and reported, where it matters.
@@ -241,13 +256,40 @@ impl Engine {
             accounts,
             cache,
         };
-        futures_util::future::join_all(
-            selected
-                .into_iter()
-                .zip(reads)
-                .map(|(i, read)| self.integration_pass(i, read, &shared, opts, now)),
-        )
-        .await
+        self.integrations(selected, reads, &shared, opts, now).await
+    }
+
+    /// Each integration's pass, in order, at most PASS_CONCURRENCY at a
+    /// time (the client's per-host limit bounds the load on Mixpanel; this
+    /// bounds the memory of a pass over thousands of integrations).
+    async fn integrations(
+        &self,
+        selected: Vec<&Integration>,
+        reads: Vec<Option<PrimaryRead>>,
+        shared: &Shared,
+        opts: &PassOptions,
+        now: DateTime<Utc>,
+    ) -> Vec<Report> {
+        let mut reads = reads.into_iter();
+        // Collected first (a future not yet started holds only its inputs):
+        // an iterator adapter held across the awaits makes the pass not `Send`.
+        let passes: Vec<_> = selected
+            .into_iter()
+            .map(|i| {
+                let read = reads.next().flatten();
+                async move {
+                    let read = match read {
+                        Some(r) => r,
+                        None => self.read_primary(i).await,
+                    };
+                    self.integration_pass(i, read, shared, opts, now).await
+                }
+            })
+            .collect();
+        futures_util::stream::iter(passes)
+            .buffered(PASS_CONCURRENCY)
+            .collect()
+            .await
     }
 
     /// A pass that stopped before any integration's own work: the same
@@ -267,7 +309,7 @@ impl Engine {
     async fn integration_pass(
         &self,
         i: &Integration,
-        read: Result<Option<(Payload, Version)>, StepError>,
+        read: PrimaryRead,
         shared: &Shared,
         opts: &PassOptions,
         now: DateTime<Utc>,
@@ -289,19 +331,20 @@ impl Engine {
                 self.report_ownership(i, &plan, &mut report);
                 let mut changed = None;
                 if opts.dry_run {
-                    self.preview(i, &plan, cache, &mut report).await;
+                    Box::pin(self.preview(i, &plan, cache, &mut report)).await;
                 } else if opts.stopping() {
                     report.warnings.push("shutting down: nothing started".into());
                 } else {
-                    changed = self.act(i, &obs, &plan, cache, opts, &mut report).await;
+                    // Boxed: a rotation's state is large, and a pass holds one
+                    // future per integration (10,000 of them stay small).
+                    changed = Box::pin(self.act(i, &obs, &plan, cache, opts, &mut report)).await;
                 }
                 let refused = matches!(
                     plan.blocked,
                     Some(Blocked::SharedPath(_) | Blocked::ForeignCurrent { .. })
                 );
                 let primary = changed.or_else(|| obs.published.map(|p| p.payload));
-                self.mirror(i, primary.as_ref().filter(|_| !refused), opts, &mut report)
-                    .await;
+                Box::pin(self.mirror(i, primary.as_ref().filter(|_| !refused), opts, &mut report)).await;
                 report.plan = plan;
             }
         }

@@ -142,16 +142,19 @@ impl Observation {
 pub struct MembershipCache {
     /// The organization's projects the rotator sees, with their region's domain.
     projects: OnceCell<Vec<(u64, Option<String>)>>,
-    members: Mutex<HashMap<u64, Arc<OnceCell<Vec<ProjectMember>>>>>,
+    members: Mutex<HashMap<u64, Arc<OnceCell<Members>>>>,
     /// The latest read-back listing of each project (see [`MembershipCache::fresh_members`]).
     fresh: Mutex<HashMap<u64, Arc<Listing>>>,
 }
+
+/// A project's members, shared (a project may list thousands).
+type Members = Arc<Vec<ProjectMember>>;
 
 /// One listing of a project's members, started at `started`.
 #[derive(Debug)]
 struct Listing {
     started: std::time::Instant,
-    rows: OnceCell<Result<Vec<ProjectMember>, MixpanelError>>,
+    rows: OnceCell<Result<Arc<Vec<ProjectMember>>, MixpanelError>>,
 }
 
 impl MembershipCache {
@@ -184,53 +187,61 @@ impl MembershipCache {
             .and_then(|(_, d)| d))
     }
 
-    /// The members of `project`, read at most once per pass, from its region.
-    pub async fn members(&self, client: &Client, project: u64) -> Result<Vec<ProjectMember>, MixpanelError> {
+    /// The members of `project`, read at most once per pass, from its
+    /// region (shared, never copied: a project may list thousands).
+    pub async fn members(&self, client: &Client, project: u64) -> Result<Arc<Vec<ProjectMember>>, MixpanelError> {
         let cell = {
             let mut m = self.members.lock().unwrap_or_else(|e| e.into_inner());
             m.entry(project).or_default().clone()
         };
         cell.get_or_try_init(|| async {
             let domain = self.domain_of(client, project).await?;
-            client.list_project_members(project, domain.as_deref()).await
+            Ok(Arc::new(client.list_project_members(project, domain.as_deref()).await?))
         })
         .await
         .cloned()
     }
 
     /// The members of `project` as listed by a request that started after
-    /// `since`: a rotation reading its new account back joins a listing
-    /// that started after its create answered, or starts one. Rotations of
-    /// one pass into one project then share listings instead of each
-    /// listing every member (which grows with them).
+    /// `since` (the moment a new account was known to exist). At most one
+    /// such listing of a project is in flight: a rotation that finds one
+    /// that started too early waits for it to end, and then joins the next,
+    /// which serves every rotation that waited. Rotations of one pass into
+    /// one project then share listings instead of each listing every member
+    /// (a list that grows with them).
     pub async fn fresh_members(
         &self,
         client: &Client,
         project: u64,
         since: std::time::Instant,
-    ) -> Result<Vec<ProjectMember>, MixpanelError> {
-        let listing = {
-            let mut m = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
-            match m.get(&project) {
-                Some(l) if l.started >= since => l.clone(),
-                _ => {
-                    let l = Arc::new(Listing {
-                        started: std::time::Instant::now(),
-                        rows: OnceCell::new(),
-                    });
-                    m.insert(project, l.clone());
-                    l
+    ) -> Result<Arc<Vec<ProjectMember>>, MixpanelError> {
+        loop {
+            let (listing, fits) = {
+                let mut m = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
+                match m.get(&project) {
+                    Some(l) if l.started >= since => (l.clone(), true),
+                    Some(l) if !l.rows.initialized() => (l.clone(), false),
+                    _ => {
+                        let l = Arc::new(Listing {
+                            started: std::time::Instant::now(),
+                            rows: OnceCell::new(),
+                        });
+                        m.insert(project, l.clone());
+                        (l, true)
+                    }
                 }
+            };
+            let rows = listing
+                .rows
+                .get_or_init(|| async {
+                    let domain = self.domain_of(client, project).await?;
+                    Ok(Arc::new(client.list_project_members(project, domain.as_deref()).await?))
+                })
+                .await;
+            if fits {
+                return rows.clone();
             }
-        };
-        listing
-            .rows
-            .get_or_init(|| async {
-                let domain = self.domain_of(client, project).await?;
-                client.list_project_members(project, domain.as_deref()).await
-            })
-            .await
-            .clone()
+        }
     }
 
     /// Every membership of `account` in the visible projects: (project, row).
@@ -245,9 +256,10 @@ impl MembershipCache {
             .into_iter()
             .zip(lists)
             .flat_map(|(p, rows)| {
-                rows.into_iter()
+                rows.iter()
                     .filter(|r| r.account.id == account)
-                    .map(move |r| (p, r))
+                    .map(|r| (p, r.clone()))
+                    .collect::<Vec<_>>()
             })
             .collect())
     }

@@ -144,8 +144,8 @@ impl<'a> Rotation<'a> {
                 failpoint::point("after_verify", name).await;
                 v
             };
-            let (expires, ()) = tokio::try_join!(checked, verified)?;
-            new.expires = self.expiry(&new, expires);
+            tokio::try_join!(checked, verified)?;
+            new.expires = self.expiry(&new, new.account.expires);
             if let Some(e) = self.too_slow() {
                 return Err(Failure::DeleteNew(e));
             }
@@ -261,23 +261,13 @@ impl<'a> Rotation<'a> {
     }
 
     /// Reads the account back: is `expires` honoured, are the memberships there?
-    /// Reads the account back, and its memberships (repaired once if
-    /// short), at once: returns the `expires` Mixpanel recorded.
-    async fn read_back(&self, new: &NewAccount, cache: &MembershipCache) -> Result<Option<DateTime<Utc>>, Failure> {
-        let id = new.account.id;
-        let account = async {
-            let back = self
-                .ctx
-                .client
-                .get_account(id)
-                .await
-                .map_err(|e| self.fail(Step::ReadBack, Cause::Account { id, source: e }))?;
-            failpoint::point("after_read_back", &self.i.name).await;
-            Ok(back.expires)
-        };
-        let memberships = self.repair_memberships(id, &new.desired, cache, new.created_at);
-        let (expires, ()) = tokio::try_join!(account, memberships).map_err(Failure::DeleteNew)?;
-        Ok(expires)
+    /// Checks the new account's memberships (repaired once if short). Its
+    /// `expires` is the one the create answered with: the account as
+    /// Mixpanel recorded it, so no second read is needed.
+    async fn read_back(&self, new: &NewAccount, cache: &MembershipCache) -> Result<(), Failure> {
+        self.repair_memberships(new.account.id, &new.desired, cache, new.created_at)
+            .await
+            .map_err(Failure::DeleteNew)
     }
 
     /// The expiry to record: Mixpanel's, when it honoured the one asked for.

@@ -8,7 +8,7 @@
 
 #![warn(missing_docs)]
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
@@ -84,10 +84,11 @@ impl FileSinkConfig {
 pub struct FileSink {
     name: String,
     config: FileSinkConfig,
-    /// The paths whose leftovers a read has already looked for: once per
-    /// path and process is enough (a publish always looks, under its lock),
-    /// and a quiet pass does not list the directory for every integration.
-    swept: Arc<Mutex<HashSet<PathBuf>>>,
+    /// The temporary files a dead writer left in each directory, listed
+    /// once per directory and process (not once per read or write: that is
+    /// quadratic in the number of integrations), and taken off as they are
+    /// removed.
+    leftovers: Arc<Mutex<HashMap<PathBuf, Vec<String>>>>,
 }
 
 impl FileSink {
@@ -96,7 +97,7 @@ impl FileSink {
         Self {
             name: name.into(),
             config,
-            swept: Arc::default(),
+            leftovers: Arc::default(),
         }
     }
 
@@ -105,7 +106,7 @@ impl FileSink {
         Self {
             name: self.name.clone(),
             config: self.config.clone(),
-            swept: self.swept.clone(),
+            leftovers: self.leftovers.clone(),
         }
     }
 
@@ -274,8 +275,8 @@ impl FileSink {
     /// left (best effort; the lock file is never created here, so a
     /// read-only command changes nothing else).
     fn clean_if_idle(&self, target: &Path) {
-        let swept = || self.swept.lock().unwrap_or_else(|e| e.into_inner());
-        if swept().contains(target) {
+        let Some(dir) = target.parent() else { return };
+        if self.leftovers_of(dir, target, false).is_empty() {
             return;
         }
         let Ok(lock) = OpenOptions::new()
@@ -286,31 +287,50 @@ impl FileSink {
             return;
         };
         if lock.try_lock().is_ok() {
-            if let Some(dir) = target.parent() {
-                self.clean_stale_temps(dir, target);
-            }
+            self.clean_stale_temps(dir, target);
             let _ = lock.unlock();
-            swept().insert(target.to_path_buf());
         }
     }
 
-    /// Removes this path's temporary files left by a writer that died
-    /// (`.{name}.XXXXXXXX.tmp`: they hold a secret). Called under the lock,
-    /// so no live writer's file is among them.
-    fn clean_stale_temps(&self, dir: &Path, target: &Path) {
+    /// The temporary files of `target` (`.{name}.XXXXXXXX.tmp`) found when
+    /// its directory was first listed; `take` removes them from the list.
+    fn leftovers_of(&self, dir: &Path, target: &Path, take: bool) -> Vec<PathBuf> {
         let name = target
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let Ok(entries) = fs::read_dir(dir) else { return };
-        for e in entries.flatten() {
-            let file = e.file_name().to_string_lossy().into_owned();
-            let stale = file
-                .strip_prefix(&format!(".{name}."))
+        let prefix = format!(".{name}.");
+        let mine = |file: &String| {
+            file.strip_prefix(&prefix)
                 .and_then(|rest| rest.strip_suffix(".tmp"))
-                .is_some_and(|hex| hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
-            if stale && fs::remove_file(e.path()).is_ok() {
-                tracing::warn!(sink = %self.name, file = %e.path().display(), "Removed a temporary file left by an interrupted publish.");
+                .is_some_and(|hex| hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        };
+        let mut all = self.leftovers.lock().unwrap_or_else(|e| e.into_inner());
+        let list = all.entry(dir.to_path_buf()).or_insert_with(|| {
+            fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|f| f.starts_with('.') && f.ends_with(".tmp"))
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
+        let found: Vec<PathBuf> = list.iter().filter(|f| mine(f)).map(|f| dir.join(f)).collect();
+        if take {
+            list.retain(|f| !mine(f));
+        }
+        found
+    }
+
+    /// Removes this path's temporary files left by a writer that died
+    /// (they hold a secret). Called under the lock, so no live writer's file
+    /// is among them.
+    fn clean_stale_temps(&self, dir: &Path, target: &Path) {
+        for p in self.leftovers_of(dir, target, true) {
+            if fs::remove_file(&p).is_ok() {
+                tracing::warn!(sink = %self.name, file = %p.display(), "Removed a temporary file left by an interrupted publish.");
             }
         }
     }

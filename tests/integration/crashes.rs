@@ -20,7 +20,6 @@ const POINTS: &[&str] = &[
     "before_delete",
     "after_delete",
     "after_create",
-    "after_read_back",
     "after_member_list",
     "after_memberships",
     "after_verify",
