@@ -166,12 +166,62 @@ fn lock_path(target: &Path) -> PathBuf {
 /// file in its `dir` (renaming over a link would silently replace it).
 fn refuse_symlink(target: &Path) -> Result<(), SinkError> {
     match fs::symlink_metadata(target) {
-        Ok(m) if m.file_type().is_symlink() => Err(SinkError::invalid(format!(
-            "{} is a symbolic link: the file sink reads and writes a regular file in its `dir`; point `dir` at the real directory instead",
-            target.display()
-        ))),
+        Ok(m) if m.file_type().is_symlink() => Err(symlink_error(target)),
         _ => Ok(()),
     }
+}
+
+fn symlink_error(target: &Path) -> SinkError {
+    SinkError::invalid(format!(
+        "{} is a symbolic link: the file sink reads and writes a regular file in its `dir`; point `dir` at the real directory instead",
+        target.display()
+    ))
+}
+
+/// The stored payload's bytes (at most 4 MiB) and its permission bits, or
+/// `None` when there is none: one `open` (never through a symbolic link,
+/// never blocking on a FIFO) and one `fstat`, as a read runs once per
+/// integration per pass.
+fn read_stored(target: &Path) -> Result<Option<Stored>, ReadFailure> {
+    use std::io::Read as _;
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(target)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(ReadFailure::Symlink),
+        Err(e) => return Err(ReadFailure::Io(e)),
+    };
+    let meta = file.metadata().map_err(ReadFailure::Io)?;
+    if !meta.is_file() {
+        return Err(ReadFailure::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        )));
+    }
+    let max = crate::bounded::DOCUMENT_MAX;
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(usize::try_from(meta.len().min(max)).unwrap_or(0)));
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(ReadFailure::Io)?;
+    if buf.len() as u64 > max {
+        return Err(ReadFailure::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {}", crate::bounded::size(max)),
+        )));
+    }
+    Ok(Some((buf, meta.permissions().mode() & 0o777)))
+}
+
+/// A stored payload's bytes (wiped on drop) and permission bits.
+type Stored = (zeroize::Zeroizing<Vec<u8>>, u32);
+
+/// Why a stored payload could not be read.
+enum ReadFailure {
+    Symlink,
+    Io(std::io::Error),
 }
 
 /// The stored payload's bytes (at most 4 MiB, a regular file), or `None` when there is none.
@@ -188,19 +238,19 @@ fn read_payload(target: &Path) -> std::io::Result<Option<zeroize::Zeroizing<Vec<
 impl FileSink {
     fn read_blocking(&self, path: &str) -> Result<Option<(Payload, Version)>, SinkError> {
         let target = self.target(path)?;
-        refuse_symlink(&target)?;
         self.clean_if_idle(&target);
-        let Some(bytes) = read_payload(&target).map_err(|e| self.io("read", &target, e))? else {
-            return Ok(None);
+        let (bytes, mode) = match read_stored(&target) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(None),
+            Err(ReadFailure::Symlink) => return Err(symlink_error(&target)),
+            Err(ReadFailure::Io(e)) => return Err(self.io("read", &target, e)),
         };
         let allowed = self.config.file_mode().unwrap_or(0o600);
-        if let Ok(meta) = fs::metadata(&target)
-            && meta.permissions().mode() & 0o777 & !allowed != 0
-        {
+        if mode & !allowed != 0 {
             tracing::warn!(
                 sink = %self.name,
                 path = %target.display(),
-                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                mode = format!("{mode:o}"),
                 "Credential file has wider permissions than the sink's `mode`; it is rewritten with `mode` at the next rotation."
             );
         }
