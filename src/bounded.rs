@@ -50,10 +50,22 @@ pub fn size(n: u64) -> String {
 /// an error. With `regular_only`, anything but a regular file is refused.
 pub fn read_file(path: &Path, max: u64, regular_only: bool) -> Result<Zeroizing<Vec<u8>>, ReadError> {
     let file = std::fs::File::open(path).map_err(ReadError::Io)?;
-    if regular_only && !file.metadata().map_err(ReadError::Io)?.is_file() {
+    let meta = file.metadata().map_err(ReadError::Io)?;
+    read_open(file, &meta, max, regular_only)
+}
+
+/// As [`read_file`], for a file the caller opened (its own way) and
+/// `fstat`ed already.
+pub fn read_open(
+    file: std::fs::File,
+    meta: &std::fs::Metadata,
+    max: u64,
+    regular_only: bool,
+) -> Result<Zeroizing<Vec<u8>>, ReadError> {
+    if regular_only && !meta.is_file() {
         return Err(ReadError::NotRegular);
     }
-    let mut buf = Zeroizing::new(Vec::new());
+    let mut buf = Zeroizing::new(Vec::with_capacity(usize::try_from(meta.len().min(max)).unwrap_or(0)));
     file.take(max.saturating_add(1))
         .read_to_end(&mut buf)
         .map_err(ReadError::Io)?;

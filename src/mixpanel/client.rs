@@ -181,8 +181,9 @@ impl Client {
     /// Sends project-scoped calls to each project's region (see [`ProjectHosts`]).
     pub fn with_project_hosts(mut self, hosts: ProjectHosts) -> Result<Self, MixpanelError> {
         // A client built for an `http://` base has no TLS: rebuilt when a
-        // region may be reached over https.
-        if hosts.regional || hosts.urls.values().any(|u| !u.starts_with("http://")) {
+        // region may be reached over https (one built for https has it).
+        let https_region = hosts.regional || hosts.urls.values().any(|u| !u.starts_with("http://"));
+        if self.base_url.starts_with("http://") && https_region {
             let urls = std::iter::once(&*self.base_url)
                 .chain(hosts.urls.values().map(String::as_str))
                 .chain(hosts.regional.then_some("https://"));

@@ -379,16 +379,9 @@ impl Engine {
             .iter()
             .filter(|i| !i.mirrors.is_empty() && only.is_none_or(|o| o.contains(&i.name)));
         let synced = futures_util::future::join_all(selected.map(|i| async move {
-            let sink = match self.ctx.sink_for(i) {
-                Ok(s) => s,
-                Err(c) => return unread(i, StepError::new(&i.name, Step::ReadSink, c)),
-            };
-            match sink.read_current(&i.path).await {
+            match self.read_primary(i).await {
                 Ok(p) => mirror::sync(&self.ctx, i, p.map(|(p, _)| p).as_ref(), true).await,
-                Err(e) => unread(
-                    i,
-                    StepError::new(&i.name, Step::ReadSink, self.ctx.sink_cause(i, e)).then(Consequence::MirrorLeft),
-                ),
+                Err(e) => mirror::unread(i, e.then(Consequence::MirrorLeft)),
             }
         }))
         .await;
@@ -534,25 +527,6 @@ impl Engine {
         }
         m.next_rotation(i, r.next_rotation());
         self.record_mirrors(i, &r.mirrors);
-    }
-}
-
-/// Mirrors that could not be synced because the primary could not be read.
-fn unread(i: &Integration, e: StepError) -> MirrorSync {
-    tracing::error!(integration = %i.name, "{e}");
-    MirrorSync {
-        integration: i.name.clone(),
-        views: i
-            .mirrors
-            .iter()
-            .map(|m| MirrorView {
-                sink: m.sink.clone(),
-                path: m.path.clone(),
-                state: MirrorState::Failed,
-                rotation_id: None,
-            })
-            .collect(),
-        errors: vec![e],
     }
 }
 

@@ -64,6 +64,18 @@ pub struct MirrorView {
     pub rotation_id: Option<String>,
 }
 
+impl MirrorView {
+    /// A mirror that could not be read or written.
+    fn failed(m: &MirrorConfig) -> Self {
+        Self {
+            sink: m.sink.clone(),
+            path: m.path.clone(),
+            state: MirrorState::Failed,
+            rotation_id: None,
+        }
+    }
+}
+
 /// What bringing an integration's mirrors up to date came to.
 #[derive(Debug, Clone, Default)]
 pub struct MirrorSync {
@@ -106,6 +118,16 @@ pub fn copyable<'a>(i: &Integration, organization_id: u64, primary: Option<&'a P
     primary.filter(|p| p.integration == i.name && p.organization_id == organization_id)
 }
 
+/// The mirrors of `i` when its primary could not be read: each left as it is.
+pub(super) fn unread(i: &Integration, e: StepError) -> MirrorSync {
+    tracing::error!(integration = %i.name, "{e}");
+    MirrorSync {
+        integration: i.name.clone(),
+        views: i.mirrors.iter().map(MirrorView::failed).collect(),
+        errors: vec![e],
+    }
+}
+
 /// Brings every mirror of `i` up to date with `primary` (with `write` off,
 /// only says where each stands).
 pub(super) async fn sync(ctx: &Context, i: &Integration, primary: Option<&Payload>, write: bool) -> MirrorSync {
@@ -118,12 +140,7 @@ pub(super) async fn sync(ctx: &Context, i: &Integration, primary: Option<&Payloa
             Ok(v) => out.views.push(v),
             Err(e) => {
                 tracing::error!(integration = %i.name, mirror_sink = %m.sink, mirror_path = %m.path, "{e}");
-                out.views.push(MirrorView {
-                    sink: m.sink.clone(),
-                    path: m.path.clone(),
-                    state: MirrorState::Failed,
-                    rotation_id: None,
-                });
+                out.views.push(MirrorView::failed(m));
                 out.errors.push(e);
             }
         }

@@ -183,7 +183,6 @@ fn symlink_error(target: &Path) -> SinkError {
 /// never blocking on a FIFO) and one `fstat`, as a read runs once per
 /// integration per pass.
 fn read_stored(target: &Path) -> Result<Option<Stored>, ReadFailure> {
-    use std::io::Read as _;
     let file = match OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -195,23 +194,10 @@ fn read_stored(target: &Path) -> Result<Option<Stored>, ReadFailure> {
         Err(e) => return Err(ReadFailure::Io(e)),
     };
     let meta = file.metadata().map_err(ReadFailure::Io)?;
-    if !meta.is_file() {
-        return Err(ReadFailure::Io(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "not a regular file",
-        )));
-    }
-    let max = crate::bounded::DOCUMENT_MAX;
-    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(usize::try_from(meta.len().min(max)).unwrap_or(0)));
-    file.take(max.saturating_add(1))
-        .read_to_end(&mut buf)
-        .map_err(ReadFailure::Io)?;
-    if buf.len() as u64 > max {
-        return Err(ReadFailure::Io(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {}", crate::bounded::size(max)),
-        )));
-    }
+    let buf = crate::bounded::read_open(file, &meta, crate::bounded::DOCUMENT_MAX, true).map_err(|e| match e {
+        crate::bounded::ReadError::Io(e) => ReadFailure::Io(e),
+        other => ReadFailure::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string())),
+    })?;
     Ok(Some((buf, meta.permissions().mode() & 0o777)))
 }
 

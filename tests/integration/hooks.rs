@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::common::*;
 
 /// A webhook receiver: every JSON body POSTed to it.
-async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
+pub async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
     let got: Arc<Mutex<Vec<Value>>> = Arc::default();
     let sink = got.clone();
     let app = axum::Router::new().route(

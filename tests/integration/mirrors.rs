@@ -134,7 +134,15 @@ use std::os::unix::fs::PermissionsExt as _;
 async fn a_failing_mirror_fails_the_pass_and_touches_nothing_else() {
     let h = Harness::new(Seed::Demo).await;
     let metrics = Metrics::shared();
-    let engine = h.engine(&etl(&h, true)).with_metrics(metrics.clone());
+    let (url, hooks) = crate::hooks::receiver().await;
+    let url_file = h.dir.path().join("webhook.url");
+    std::fs::write(&url_file, &url).unwrap();
+    let policy = format!(
+        "{}webhook = {{ url = {{ file = \"{}\" }} }}\n",
+        etl(&h, true),
+        url_file.display()
+    );
+    let engine = h.engine(&policy).with_metrics(metrics.clone());
     ok(&h.pass(&engine).await);
     let primary = read(&h.creds_dir().join("etl.json"));
     let accounts = h.sim.accounts();
@@ -179,6 +187,22 @@ async fn a_failing_mirror_fails_the_pass_and_touches_nothing_else() {
         m.contains("mixpanel_rotator_mirror_writes_total{integration=\"etl\",result=\"error\"} 1"),
         "{m}"
     );
+    // The webhook says so, naming the mirror, never the secret.
+    let events = hooks.lock().unwrap().clone();
+    let failed: Vec<_> = events.iter().filter(|e| e["event"] == "mirror_failed").collect();
+    assert_eq!(failed.len(), 1, "{events:?}");
+    assert!(
+        failed[0]["error"].as_str().unwrap().contains("mirror: file sink `pod`"),
+        "{:?}",
+        failed[0]
+    );
+    assert!(
+        failed[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("a mirror of `etl` is not up to date")
+    );
+    h.assert_no_secret_leaked(&[&r]);
     // Fixed, the next sync writes it.
     std::fs::remove_file(pod_dir(&h)).unwrap();
     let synced = engine.sync_mirrors(None).await;
