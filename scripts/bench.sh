@@ -68,11 +68,12 @@ policy() {
 # peak), THREADS (peak, sampled every millisecond), RC. Microsecond CPU from
 # wait4(2), not /usr/bin/time's hundredths.
 measure() {
-  read -r WALL CPU RSS THREADS RC < <(python3 - "$work/err" "$@" <<'PY'
+  read -r WALL CPU RSS THREADS RC < <(python3 - "$work/out" "$work/err" "$@" <<'PY'
 import os, subprocess, sys, time
-err = open(sys.argv[1], "w")
+out = open(sys.argv[1], "w")
+err = open(sys.argv[2], "w")
 start = time.monotonic()
-p = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=err)
+p = subprocess.Popen(sys.argv[3:], stdout=out, stderr=err)
 peak = 0
 while True:
     pid, status, ru = os.wait4(p.pid, os.WNOHANG)
@@ -92,6 +93,9 @@ PY
   )
 }
 
+# failed: what the last measured command said, when it failed.
+failed() { echo "exit status $RC"; tail -5 "$work/err"; grep -v '^$' "$work/out" | grep -iv '^ *rotated\|^ *ok\|unchanged' | tail -15; }
+
 ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}x' if b > 0 else '-')" "$1" "$2"; }
 
 printf '\n%-7s %-10s %9s %8s %8s %8s %7s %9s %9s\n' N phase wall_s cpu_s rss_MiB threads calls floor_s wall/floor
@@ -102,7 +106,7 @@ for n in $NS; do
     policy "$work/p$n.toml" "$n" "$dir"
     before=$(calls)
     measure "$BIN" --config "$work/p$n.toml" --log-level warn reconcile
-    [ "$RC" = 0 ] || { echo "bootstrap of $n failed:"; tail -5 "$work/err"; exit 1; }
+    [ "$RC" = 0 ] || { echo "bootstrap of $n failed:"; failed; exit 1; }
     used=$(( $(calls) - before ))
     floor=$(python3 -c "print(f'{$used / 3 * $lat_ms / 1000:.3f}')")
     printf '%-7s %-10s %9s %8s %8s %8s %7s %9s %9s\n' "$n" bootstrap "$WALL" "$CPU" "$RSS" "$THREADS" "$used" "$floor" "$(ratio "$WALL" "$floor")"
@@ -118,7 +122,7 @@ for n in $NS; do
   sim "zero$n" empty 0ms
   policy "$work/z$n.toml" "$n" "$dir"
   measure "$BIN" --config "$work/z$n.toml" --log-level warn reconcile
-  [ "$RC" = 0 ] || { echo "bootstrap of $n (no latency) failed:"; tail -5 "$work/err"; exit 1; }
+  [ "$RC" = 0 ] || { echo "bootstrap of $n (no latency) failed:"; failed; exit 1; }
   [ "$n" -le "$BOOTSTRAP_MAX" ] || printf '%-7s %-10s %9s %8s %8s %8s %7s %9s %9s\n' "$n" "bootstr/0" "$WALL" "$CPU" "$RSS" "$THREADS" - - -
   before=$(calls)
   measure "$BIN" --config "$work/z$n.toml" --log-level warn reconcile
@@ -171,7 +175,7 @@ best_wall=999 best_cpu=999
 for _ in 1 2 3 4 5; do
   before=$(calls)
   measure "$BIN" --config "$work/one.toml" --log-level warn rotate-now etl
-  [ "$RC" = 0 ] || { echo "rotate-now failed:"; tail -5 "$work/err"; exit 1; }
+  [ "$RC" = 0 ] || { echo "rotate-now failed:"; failed; exit 1; }
   used=$(( $(calls) - before ))
   best_wall=$(python3 -c "print(min($best_wall, $WALL))")
   best_cpu=$(python3 -c "print(min($best_cpu, $CPU))")

@@ -100,7 +100,8 @@ impl<'de> Deserialize<'de> for HumanDuration {
 #[derive(Clone)]
 pub struct Schedule {
     text: String,
-    cron: Cron,
+    /// Boxed: a parsed cron line is large, and every integration has a `schedule` field.
+    cron: Box<Cron>,
 }
 
 impl fmt::Debug for Schedule {
@@ -126,7 +127,7 @@ impl Schedule {
             .map_err(|e| format!("`{s}` is not a valid cron line: {e}"))?;
         Ok(Self {
             text: s.to_string(),
-            cron,
+            cron: Box::new(cron),
         })
     }
 

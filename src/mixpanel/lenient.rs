@@ -19,6 +19,11 @@ use serde_json::Value;
 /// one (read as UTC), with `T` or a space, with or without fractions.
 pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
     let s = s.trim();
+    // The form Mixpanel sends most (no offset), without chrono's format
+    // interpreter: a list of 10,000 accounts has 30,000 timestamps.
+    if let Some(t) = naive_fast(s) {
+        return Some(t.and_utc());
+    }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
@@ -35,6 +40,39 @@ pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
     .iter()
     .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
     .map(|n| n.and_utc())
+}
+
+/// `YYYY-MM-DD[T ]hh:mm:ss[.fraction]` exactly, or `None` (then the
+/// general forms are tried).
+fn naive_fast(s: &str) -> Option<NaiveDateTime> {
+    let b = s.as_bytes();
+    let sep = |i: usize, c: &[u8]| b.get(i).is_some_and(|x| c.contains(x));
+    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"T ") && sep(13, b":") && sep(16, b":")) {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<u32> {
+        let part = s.get(from..to)?;
+        if part.bytes().all(|c| c.is_ascii_digit()) {
+            part.parse().ok()
+        } else {
+            None
+        }
+    };
+    let date = chrono::NaiveDate::from_ymd_opt(i32::try_from(num(0, 4)?).ok()?, num(5, 7)?, num(8, 10)?)?;
+    let nanos = match s.get(19..)? {
+        "" => 0,
+        f => {
+            let digits = f.strip_prefix('.')?;
+            if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            // Nanoseconds: the first nine digits, padded.
+            let nine: String = digits.chars().chain(std::iter::repeat('0')).take(9).collect();
+            nine.parse().ok()?
+        }
+    };
+    let time = chrono::NaiveTime::from_hms_nano_opt(num(11, 13)?, num(14, 16)?, num(17, 19)?, nanos)?;
+    Some(NaiveDateTime::new(date, time))
 }
 
 /// What an optional timestamp field held.
@@ -192,8 +230,44 @@ mod tests {
                 .timestamp_subsec_millis(),
             500
         );
-        for bad in ["", "yesterday", "2026-13-03 09:21:27", "1751534487"] {
+        assert_eq!(
+            parse_timestamp("2026-07-03T09:21:27.1234567891")
+                .unwrap()
+                .timestamp_subsec_nanos(),
+            123_456_789
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-03 09:21:27",
+            "1751534487",
+            "2026-07-03T09:21:27.",
+            "2026-07-03T09:21:27.x",
+            "2026-07-03T09:21:60.5x",
+            "2026-07-03T24:00:00",
+        ] {
             assert_eq!(parse_timestamp(bad), None, "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The fast path reads what chrono's formats read, or leaves it to them.
+        #[test]
+        fn the_fast_path_agrees_with_chrono(
+            y in 0u32..10000, mo in 0u32..14, d in 0u32..33, h in 0u32..26, mi in 0u32..61, se in 0u32..62,
+            sep in proptest::sample::select(vec!['T', ' ']),
+            frac in proptest::option::of("[0-9]{1,12}"),
+        ) {
+            let s = format!("{y:04}-{mo:02}-{d:02}{sep}{h:02}:{mi:02}:{se:02}{}", frac.map(|f| format!(".{f}")).unwrap_or_default());
+            let slow = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+                .iter()
+                .find_map(|f| NaiveDateTime::parse_from_str(&s, f).ok());
+            if let Some(fast) = naive_fast(&s) {
+                proptest::prop_assert_eq!(Some(fast), slow, "{}", s);
+            } else {
+                // Only a leap second (60) may be read by chrono and not here; the general path still reads it.
+                proptest::prop_assert!(slow.is_none() || se == 60, "{}", s);
+            }
         }
     }
 

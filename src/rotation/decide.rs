@@ -386,11 +386,11 @@ pub struct Plan {
     /// Accounts to delete later.
     pub delete_later: Vec<Disposal>,
     /// The rotation to make now, if any.
-    pub rotate: Option<RotationPlan>,
+    pub rotate: Option<Box<RotationPlan>>,
     /// When the published credential is due (empty when nothing is published).
     pub deadlines: Deadlines,
     /// Nothing may be done until a person acts (the message says what to do).
-    pub blocked: Option<Blocked>,
+    pub blocked: Option<Box<Blocked>>,
     /// Lineage accounts neither published here nor vouched for, yet in use: kept, and reported.
     pub in_use: Vec<InUse>,
     /// Accounts the payload names that the rotator does not own: reported, never acted on.
@@ -465,7 +465,7 @@ impl Plan {
 pub fn decide(i: &Integration, scope: &Scope, obs: &Observation, now: DateTime<Utc>, req: Request) -> Plan {
     if let Some(blocked) = refuse(i, scope, obs) {
         return Plan {
-            blocked: Some(blocked),
+            blocked: Some(Box::new(blocked)),
             ..Plan::default()
         };
     }
@@ -482,7 +482,7 @@ pub fn decide(i: &Integration, scope: &Scope, obs: &Observation, now: DateTime<U
         }
     };
     let reason = reason.unwrap_or_else(|b| {
-        plan.blocked = Some(b);
+        plan.blocked = Some(Box::new(b));
         None
     });
     let owners = Owners { i, scope, obs };
@@ -496,7 +496,7 @@ pub fn decide(i: &Integration, scope: &Scope, obs: &Observation, now: DateTime<U
     }
     plan.in_use = sweep.in_use;
     plan.ignored = sweep.ignored;
-    plan.rotate = reason.map(|reason| owners.rotation(reason, now, req));
+    plan.rotate = reason.map(|reason| Box::new(owners.rotation(reason, now, req)));
     plan
 }
 

@@ -69,7 +69,8 @@ pub struct Report {
     pub preview: Option<Vec<ProjectGrant>>,
     /// Accounts deleted in this pass.
     pub deleted: Vec<Disposal>,
-    pub rotated: Option<Rotated>,
+    /// Boxed: most reports have none, and a pass over 10,000 integrations keeps every report.
+    pub rotated: Option<Box<Rotated>>,
     /// Each mirror, after the pass.
     pub mirrors: Vec<MirrorView>,
     pub warnings: Vec<String>,

@@ -180,6 +180,45 @@ async fn config_path_from_environment() {
     assert!(stdout(&o).contains(&cfg.display().to_string()));
 }
 
+/// Under journald (`$JOURNAL_STREAM` names stderr), lines carry a `<N>`
+/// priority and no timestamp of their own; elsewhere they keep both.
+#[tokio::test]
+async fn logs_fit_journald_when_stderr_is_the_journal() {
+    use std::os::unix::fs::MetadataExt as _;
+    let h = Harness::realtime(Seed::Demo).await;
+    let cfg = h.policy_file(&etl(&h));
+    // Not blocking: the simulator answers on this test's runtime.
+    let run_with = async |journal: Option<String>| {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args(["--config", cfg.to_str().unwrap(), "--log-level", "debug", "plan"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log.reopen().unwrap());
+        let meta = std::fs::metadata(log.path()).unwrap();
+        match journal {
+            Some(v) => cmd.env("JOURNAL_STREAM", v),
+            None => cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino())),
+        };
+        let status = cmd.status().await.unwrap();
+        (status, std::fs::read_to_string(log.path()).unwrap())
+    };
+    let (status, journal) = run_with(None).await;
+    assert!(status.success(), "{journal}");
+    let lines: Vec<&str> = journal.lines().filter(|l| l.starts_with('<')).collect();
+    assert!(!lines.is_empty(), "no journald line: {journal}");
+    for l in &lines {
+        let prio = &l[..3];
+        assert!(["<3>", "<4>", "<6>", "<7>"].contains(&prio), "{l}");
+        assert!(!l.contains(" INFO ") && !l.contains(" DEBUG "), "level word kept: {l}");
+        assert!(!l[3..].starts_with("20"), "own timestamp kept: {l}");
+    }
+    assert!(lines.iter().any(|l| l.starts_with("<7>")), "debug lines are priority 7: {journal}");
+    // A JOURNAL_STREAM that is not stderr (inherited, then redirected): the usual lines.
+    let (_, plain) = run_with(Some("1:1".into())).await;
+    assert!(!plain.lines().any(|l| l.starts_with('<')), "{plain}");
+    assert!(plain.lines().any(|l| l.starts_with("20") && l.contains("DEBUG")), "{plain}");
+}
+
 #[tokio::test]
 async fn demo_runs_end_to_end() {
     let o = tokio::process::Command::new(BIN)

@@ -257,7 +257,7 @@ fn a_published_account_the_rotator_does_not_own_blocks_everything() {
         let o = obs(&i, vec![l.old.clone(), foreign.clone(), l.orphan.clone()], Some(p));
         let d = forced(&i, &o, l.rot + Duration::days(40), true);
         assert!(
-            matches!(d.blocked, Some(Blocked::ForeignCurrent { id, .. }) if id == foreign.id),
+            matches!(d.blocked.as_deref(), Some(Blocked::ForeignCurrent { id, .. }) if *id == foreign.id),
             "{:?}",
             d.blocked
         );
@@ -391,7 +391,7 @@ fn bootstrap_needs_adopt_or_explicit_projects() {
     assert_eq!(rp.remember, Some(5), "an adopted account is remembered in the payload");
     let d = plan(&i, &obs(&i, vec![], None), now);
     assert!(
-        matches!(&d.blocked, Some(Blocked::AdoptNotFound { adopt_key, .. }) if adopt_key == "integrations[0].adopt"),
+        matches!(d.blocked.as_deref(), Some(Blocked::AdoptNotFound { adopt_key, .. }) if adopt_key == "integrations[0].adopt"),
         "{:?}",
         d.blocked
     );
@@ -401,7 +401,7 @@ fn bootstrap_needs_adopt_or_explicit_projects() {
     no_adopt.adopt = None;
     let d = forced(&no_adopt, &obs(&no_adopt, vec![], None), now, false);
     assert!(
-        matches!(d.blocked, Some(Blocked::NothingToCopy { .. })),
+        matches!(d.blocked.as_deref(), Some(Blocked::NothingToCopy { .. })),
         "{:?}",
         d.blocked
     );
@@ -445,7 +445,7 @@ fn a_wiped_primary_bootstraps_from_the_newest_lineage_account_and_the_old_ones_f
     assert_eq!(d.in_use.len(), 1);
     // No lineage and nothing to adopt: blocked, as before.
     let d = plan(&i, &obs(&i, vec![], None), now);
-    assert!(matches!(d.blocked, Some(Blocked::AdoptNotFound { .. })));
+    assert!(matches!(d.blocked.as_deref(), Some(Blocked::AdoptNotFound { .. })));
 }
 
 #[test]
@@ -623,7 +623,7 @@ fn a_payload_of_another_integration_or_organization_blocks_everything() {
             true,
         );
         let b = d.blocked.clone().expect("blocked");
-        assert!(matches!(b, Blocked::SharedPath(_)), "{b:?}");
+        assert!(matches!(*b, Blocked::SharedPath(_)), "{b:?}");
         assert_eq!(b.step(), Step::ReadSink);
         assert!(
             b.to_string()
@@ -647,7 +647,7 @@ fn adopting_the_rotators_own_account_blocks_everything() {
         Request::default(),
     );
     let b = d.blocked.expect("blocked");
-    assert!(matches!(b, Blocked::OwnAccountAdopted { .. }), "{b:?}");
+    assert!(matches!(*b, Blocked::OwnAccountAdopted { .. }), "{b:?}");
     assert!(b.to_string().contains("rotator's own account"));
     assert!(d.rotate.is_none());
 }
