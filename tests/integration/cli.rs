@@ -212,11 +212,17 @@ async fn logs_fit_journald_when_stderr_is_the_journal() {
         assert!(!l.contains(" INFO ") && !l.contains(" DEBUG "), "level word kept: {l}");
         assert!(!l[3..].starts_with("20"), "own timestamp kept: {l}");
     }
-    assert!(lines.iter().any(|l| l.starts_with("<7>")), "debug lines are priority 7: {journal}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("<7>")),
+        "debug lines are priority 7: {journal}"
+    );
     // A JOURNAL_STREAM that is not stderr (inherited, then redirected): the usual lines.
     let (_, plain) = run_with(Some("1:1".into())).await;
     assert!(!plain.lines().any(|l| l.starts_with('<')), "{plain}");
-    assert!(plain.lines().any(|l| l.starts_with("20") && l.contains("DEBUG")), "{plain}");
+    assert!(
+        plain.lines().any(|l| l.starts_with("20") && l.contains("DEBUG")),
+        "{plain}"
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# The systemd units under a real, booted systemd (CI runs it; README, "Run it
+# as a service"). Boots Debian bookworm (systemd 252) in systemd-nspawn from a
+# cached root filesystem (scripts/rootfs.sh), runs each unit header's
+# `Install:` lines verbatim from a copy of the repository, with a simulator
+# on the host's loopback as Mixpanel, and checks what the README promises:
+# the service runs and publishes with the documented mode and group, reload
+# applies a policy and refuses a broken one, the watchdog restarts a hung
+# process, stop is clean, the reconcile unit and its timer work, the
+# sandboxing scores <= 2.0, and no secret reaches the journal.
+#
+# Needs root. Fails (never skips) when the container cannot boot.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN="${MIXPANEL_ROTATOR_BIN:-$PWD/target/release/mixpanel-rotator}"
+[ -x "$BIN" ] || cargo build --release --locked --bin mixpanel-rotator
+ROOTFS=$(scripts/rootfs.sh)
+
+work=$(mktemp -d /var/tmp/mpr-systemd.XXXXXX)
+nspawn='' sim=''
+cleanup() {
+  [ -n "$nspawn" ] && kill "$nspawn" 2>/dev/null && sleep 1
+  [ -n "$sim" ] && kill "$sim" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() {
+  echo "FAIL: $*" >&2
+  if [ -n "${pid1:-}" ]; then
+    echo "--- journal of the units" >&2
+    inside journalctl --no-pager -n 60 -u mixpanel-rotator.service -u mixpanel-rotator-reconcile.service >&2 || true
+  fi
+  exit 1
+}
+step() { echo "== [${SECONDS}s] $*"; }
+
+# The simulator, on the host's loopback (the container shares the network).
+"$BIN" simulator --listen 127.0.0.1:0 --seed empty --admin-secret-file "$work/sim.secret" >"$work/sim.out" 2>&1 &
+sim=$!
+for _ in $(seq 1 100); do grep -q '^listening on ' "$work/sim.out" 2>/dev/null && break; sleep 0.05; done
+SIM_URL=$(sed -n 's/^listening on //p' "$work/sim.out")
+SIM_USER=$(sed -n 's/^username = "\(.*\)"$/\1/p' "$work/sim.out")
+SIM_REGIONS=$(grep '^region_urls' "$work/sim.out" || true)
+[ -n "$SIM_URL" ] || fail "the simulator did not start: $(cat "$work/sim.out")"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+
+step "a fresh copy of the root filesystem, with the repository staged in /root/stage"
+cp -a "$ROOTFS" "$work/root"
+stage="$work/root/root/stage"
+mkdir -p "$stage/target/release"
+git ls-files -z | xargs -0 cp --parents -t "$stage"
+cp "$BIN" "$stage/target/release/mixpanel-rotator"
+cp "$work/sim.secret" "$stage/rotator.secret"
+policy() {
+  cat <<EOF
+version = 1
+[mixpanel]
+base_url = "$SIM_URL"
+organization_id = 1
+username = "$SIM_USER"
+secret = { credential = "mixpanel" }
+$SIM_REGIONS
+[defaults]
+projects = [{ id = 101, role = "consumer" }]
+[sinks.local]
+type = "file"
+dir = "/run/mixpanel-rotator"
+mode = "0640"
+[server]
+listen = "127.0.0.1:$port"
+[[integrations]]
+name = "etl"
+sink = "local"
+path = "etl.json"
+EOF
+}
+policy >"$stage/policy.toml"
+
+step "boot systemd in systemd-nspawn"
+setsid systemd-nspawn --register=no --keep-unit -q -D "$work/root" -b </dev/null >"$work/console.log" 2>&1 &
+nspawn=$!
+pid1=''
+for _ in $(seq 1 100); do
+  pid1=$(pgrep -P "$nspawn" | head -1 || true)
+  [ -n "$pid1" ] && break
+  sleep 0.1
+done
+[ -n "$pid1" ] || fail "systemd-nspawn started no container: $(tail -20 "$work/console.log")"
+inside() { nsenter -t "$pid1" -a "$@"; }
+state=''
+for _ in $(seq 1 120); do
+  state=$(inside systemctl is-system-running 2>/dev/null || true)
+  case "$state" in running | degraded) break ;; esac
+  sleep 0.5
+done
+case "$state" in running | degraded) ;; *) fail "systemd did not boot (state: ${state:-none}): $(tail -20 "$work/console.log")" ;; esac
+echo "systemd $(inside systemctl --version | head -1 | cut -d' ' -f2) is $state"
+
+# install_lines UNIT: the `#   ` lines after `# Install`, verbatim.
+install_lines() { awk '/^# Install:$/ {on = 1; next} on && /^#   / {sub(/^#   /, ""); print; next} on {exit}' "$1"; }
+run_install() {
+  local lines
+  lines=$(install_lines "$1")
+  [ -n "$lines" ] || fail "no Install: lines in $1"
+  while IFS= read -r line; do
+    echo "# $line"
+    inside sh -c "cd /root/stage && $line" || fail "install line of $1 failed: $line"
+  done <<<"$lines"
+}
+prop() { inside systemctl show -P "$2" "$1"; }
+wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
+  local t=$1 what=$2
+  shift 2
+  for _ in $(seq 1 $((t * 4))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.25; done
+  fail "after ${t}s: $what"
+}
+
+step "mixpanel-rotator.service: its Install: lines, verbatim"
+run_install systemd/mixpanel-rotator.service
+wait_for 30 "etl published in /run/mixpanel-rotator" inside test -s /run/mixpanel-rotator/etl.json
+[ "$(inside systemctl is-active mixpanel-rotator.service)" = active ] || fail "not active"
+[ "$(prop mixpanel-rotator.service SubState)" = running ] || fail "not running"
+status_text=$(prop mixpanel-rotator.service StatusText)
+[ -n "$status_text" ] || fail "StatusText= is empty"
+echo "StatusText: $status_text"
+perm=$(inside stat -c '%a %G' /run/mixpanel-rotator/etl.json)
+[ "$perm" = "640 mixpanel-creds" ] || fail "etl.json is '$perm', the README says 640 and group mixpanel-creds"
+inside curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null || fail "/readyz does not answer 200 on loopback"
+echo "published 0640 group mixpanel-creds; /readyz answers"
+
+step "reload: a new integration is applied, a broken policy is refused and the service stays up"
+main_pid=$(prop mixpanel-rotator.service MainPID)
+{ policy; printf '[[integrations]]\nname = "etl2"\nsink = "local"\npath = "etl2.json"\n'; } >"$work/root/etc/mixpanel-rotator/policy.toml"
+inside systemctl reload mixpanel-rotator.service || fail "reload of a valid policy failed"
+wait_for 30 "etl2 published after reload" inside test -s /run/mixpanel-rotator/etl2.json
+cp "$work/root/etc/mixpanel-rotator/policy.toml" "$work/good.toml"
+echo 'this is not a policy' >>"$work/root/etc/mixpanel-rotator/policy.toml"
+if inside systemctl reload mixpanel-rotator.service 2>"$work/reload.err"; then
+  fail "reload of a broken policy succeeded"
+fi
+[ "$(inside systemctl is-active mixpanel-rotator.service)" = active ] || fail "a broken policy stopped the service"
+[ "$(prop mixpanel-rotator.service MainPID)" = "$main_pid" ] || fail "a reload restarted the process"
+inside journalctl --no-pager -o cat -u mixpanel-rotator.service | grep -q 'not valid TOML' || fail "the journal does not say why the reload failed"
+cp "$work/good.toml" "$work/root/etc/mixpanel-rotator/policy.toml"
+echo "reload applied etl2; the broken policy was refused (reload failed, same PID $main_pid)"
+
+step "journald: priorities, no second timestamp"
+inside journalctl --no-pager -o json -u mixpanel-rotator.service -t mixpanel-rotator >"$work/journal.json"
+python3 - "$work/journal.json" <<'PY' || fail "journal lines are not journald-shaped"
+import json, re, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+msgs = [(r.get("PRIORITY"), r.get("MESSAGE")) for r in rows if isinstance(r.get("MESSAGE"), str)]
+assert msgs, "no line from the service"
+stamped = [m for _, m in msgs if re.match(r"\s*\d{4}-\d\d-\d\dT", m)]
+assert not stamped, f"own timestamps: {stamped[:3]}"
+prios = {p for p, _ in msgs}
+assert "6" in prios, f"no info line (priorities {prios})"
+assert not any(m.startswith("<") for _, m in msgs), "a <N> prefix reached the message"
+print(f"{len(msgs)} lines, priorities {sorted(prios)}, none with its own timestamp")
+PY
+
+step "watchdog: a stopped process is restarted"
+inside mkdir -p /etc/systemd/system/mixpanel-rotator.service.d
+printf '[Service]\nWatchdogSec=3s\nTimeoutAbortSec=2s\nRestartSec=1s\n' >"$work/root/etc/systemd/system/mixpanel-rotator.service.d/watchdog.conf"
+inside systemctl daemon-reload
+inside systemctl restart mixpanel-rotator.service || fail "restart with WatchdogSec=3s failed"
+restarts=$(prop mixpanel-rotator.service NRestarts)
+sleep 8 # more than twice WatchdogSec: the pings keep it alive
+[ "$(prop mixpanel-rotator.service NRestarts)" = "$restarts" ] || fail "restarted although it was not hung (watchdog pings missing)"
+hung=$(prop mixpanel-rotator.service MainPID)
+inside kill -STOP "$hung"
+wait_for 30 "the watchdog restarted the hung process" sh -c \
+  "[ \"\$(nsenter -t $pid1 -a systemctl show -P NRestarts mixpanel-rotator.service)\" -gt $restarts ] && nsenter -t $pid1 -a systemctl is-active -q mixpanel-rotator.service"
+inside journalctl --no-pager -o cat -u mixpanel-rotator.service | grep -qi 'watchdog timeout' || fail "no watchdog timeout in the journal"
+echo "PID $hung stopped: watchdog timeout, restarted as $(prop mixpanel-rotator.service MainPID)"
+rm "$work/root/etc/systemd/system/mixpanel-rotator.service.d/watchdog.conf"
+inside systemctl daemon-reload
+inside systemctl restart mixpanel-rotator.service
+
+step "stop: clean, within TimeoutStopSec"
+wait_for 30 "ready again" inside curl -fsS "http://127.0.0.1:$port/readyz"
+t0=$(date +%s.%N)
+inside systemctl stop mixpanel-rotator.service
+took=$(python3 -c "print(f'{$(date +%s.%N) - $t0:.2f}')")
+[ "$(prop mixpanel-rotator.service Result)" = success ] || fail "stop: Result=$(prop mixpanel-rotator.service Result)"
+python3 -c "import sys; sys.exit(0 if $took < 45 else 1)" || fail "stop took ${took}s (TimeoutStopSec=45s)"
+echo "stopped in ${took}s, Result=success"
+
+step "mixpanel-rotator-reconcile: its Install: lines, verbatim; one pass; the timer"
+run_install systemd/mixpanel-rotator-reconcile.service
+inside systemctl start mixpanel-rotator-reconcile.service || fail "the reconcile pass failed"
+[ "$(prop mixpanel-rotator-reconcile.service Result)" = success ] || fail "reconcile: Result=$(prop mixpanel-rotator-reconcile.service Result)"
+[ "$(prop mixpanel-rotator-reconcile.service ExecMainStatus)" = 0 ] || fail "reconcile exited $(prop mixpanel-rotator-reconcile.service ExecMainStatus)"
+inside systemctl list-timers --all --no-pager | grep -q 'mixpanel-rotator-reconcile.timer' || fail "the timer is not listed"
+echo "one pass: Result=success; $(inside systemctl list-timers --all --no-pager | grep mixpanel-rotator-reconcile.timer | tr -s ' ')"
+
+step "systemd-analyze security, on the installed units"
+for u in mixpanel-rotator.service mixpanel-rotator-reconcile.service; do
+  score=$(inside systemd-analyze security --no-pager "$u" | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')
+  [ -n "$score" ] || fail "no exposure level for $u"
+  python3 -c "import sys; sys.exit(0 if $score <= 2.0 else 1)" || fail "$u: exposure $score > 2.0"
+  echo "$u: exposure $score"
+done
+
+step "no secret in the journal"
+inside journalctl --no-pager -o cat >"$work/journal.txt"
+secrets=("$(cat "$work/sim.secret")")
+for f in etl etl2; do
+  # The container's /run is its own tmpfs: read the payload from inside.
+  secrets+=("$(inside cat "/run/mixpanel-rotator/$f.json" | python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])')")
+done
+for s in "${secrets[@]}"; do
+  [ "${#s}" -ge 8 ] || fail "a secret to look for is too short to be one"
+  if grep -qF -- "$s" "$work/journal.txt"; then fail "a secret is in the journal"; fi
+done
+echo "${#secrets[@]} secrets looked for in $(wc -l <"$work/journal.txt") journal lines: none found"
+echo "systemd: all checks passed"
