@@ -397,6 +397,7 @@ async fn validate(cli: &Cli, online: bool, clock: SharedClock) -> Result<Exit, E
         policy.sinks.len(),
         policy.namespace
     );
+    check_secrets(&path, &policy)?;
     if !online {
         return Ok(Exit::Ok);
     }
@@ -410,6 +411,10 @@ async fn validate(cli: &Cli, online: bool, clock: SharedClock) -> Result<Exit, E
     );
     if let Ok(me) = &me {
         checks.check("mixpanel regions", regions(client, me));
+    }
+    if let Some(audit) = &engine.policy().audit_path {
+        let writable = engine.audit_writable().map(|()| "can be appended to".to_string());
+        checks.check(&format!("audit {}", audit.display()), writable);
     }
     let accounts = client.list_accounts().await;
     checks.check(
@@ -431,12 +436,38 @@ async fn validate(cli: &Cli, online: bool, clock: SharedClock) -> Result<Exit, E
                 health,
             );
         }
+        if let (Ok(me), crate::policy::ProjectsSpec::Explicit(grants)) = (&me, &i.projects) {
+            checks.check(
+                &format!("{}: projects", i.name),
+                explicit_projects(client, me, i, grants),
+            );
+        }
         if let Ok(accounts) = &accounts {
             let readiness = readiness(&engine, i, accounts).await;
             checks.check(&format!("{}: rotation readiness", i.name), readiness);
         }
     }
     Ok(Exit::from_failure(checks.failed))
+}
+
+/// Reads every secret the policy refers to (present, readable, not empty,
+/// bounded), without printing any: the first run should not be the first
+/// read. An error names the key, as policy errors do.
+fn check_secrets(path: &std::path::Path, policy: &Policy) -> Result<(), Exit> {
+    let refs = policy.secret_refs();
+    let errors: Vec<_> = refs.iter().filter_map(|(key, r)| r.resolve(key).err()).collect();
+    if errors.is_empty() {
+        println!(
+            "secrets: {} reference(s) resolve (present, readable, not empty)",
+            refs.len()
+        );
+        return Ok(());
+    }
+    eprintln!("error: policy {}:", path.display());
+    for e in &errors {
+        eprintln!("  {e}");
+    }
+    Err(Exit::Usage)
 }
 
 /// Whether the rotator's own account may create and delete service accounts.
@@ -456,6 +487,31 @@ fn rotator_role(client: &crate::mixpanel::Client, me: &crate::mixpanel::Me) -> R
             "Mixpanel reports no role for the rotator's account in organization {org}; it must be an organization admin or owner to create and delete service accounts"
         )),
     }
+}
+
+/// Whether every project an integration names exists and is visible to the
+/// rotator's account (a rotation into an unseen project fails after create).
+fn explicit_projects(
+    client: &crate::mixpanel::Client,
+    me: &crate::mixpanel::Me,
+    i: &crate::policy::Integration,
+    grants: &[crate::mixpanel::ProjectGrant],
+) -> Result<String, String> {
+    let visible = me.project_ids(client.organization_id());
+    let unseen: Vec<String> = grants
+        .iter()
+        .filter(|g| !visible.contains(&g.id))
+        .map(|g| g.id.to_string())
+        .collect();
+    if unseen.is_empty() {
+        return Ok(format!("{} project(s), each visible to the rotator", grants.len()));
+    }
+    Err(format!(
+        "`{}` names project(s) {} that do not exist in organization {} or are not visible to the rotator's account: fix the ids, or give the rotator's account access to them",
+        i.key("projects"),
+        unseen.join(", "),
+        client.organization_id()
+    ))
 }
 
 /// The regions the organization's projects are in, and where their calls go.

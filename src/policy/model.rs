@@ -9,6 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 use super::file::{AdoptRef, MirrorConfig, ProjectsSpec, WebhookConfig};
 use crate::mixpanel::types::Role;
 use crate::sink::SinkConfig;
+use crate::sink::vault::VaultAuth;
 use crate::values::{Schedule, SecretRef};
 
 /// Where to reach Mixpanel, checked.
@@ -100,6 +101,36 @@ pub struct Policy {
     pub mixpanel: MixpanelSettings,
     pub sinks: BTreeMap<String, SinkConfig>,
     pub integrations: Vec<Integration>,
+}
+
+impl Policy {
+    /// Every secret the policy refers to, with its key: the rotator's own
+    /// secret, each Vault sink's login material, each integration's webhook
+    /// URL. For a preflight that reads each without printing it.
+    pub fn secret_refs(&self) -> Vec<(String, SecretRef)> {
+        let mut refs = vec![("mixpanel.secret".to_string(), self.mixpanel.secret.clone())];
+        for (name, sink) in &self.sinks {
+            if let SinkConfig::Vault(v) = sink {
+                let key = |field: &str| format!("sinks.{name}.auth.{field}");
+                match &v.auth {
+                    VaultAuth::Token { token } => refs.push((key("token"), token.clone())),
+                    VaultAuth::Approle { role_id, secret_id, .. } => {
+                        refs.push((key("role_id"), role_id.clone()));
+                        refs.push((key("secret_id"), secret_id.clone()));
+                    }
+                    VaultAuth::Kubernetes { jwt_path, .. } => {
+                        refs.push((key("jwt_path"), SecretRef::File(jwt_path.clone())))
+                    }
+                }
+            }
+        }
+        for i in &self.integrations {
+            if let Some(w) = &i.webhook {
+                refs.push((i.key("webhook.url"), w.url.clone()));
+            }
+        }
+        refs
+    }
 }
 
 #[cfg(test)]

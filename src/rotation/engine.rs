@@ -122,6 +122,11 @@ impl Engine {
         &self.ctx.policy
     }
 
+    /// Whether the `[audit] path` can be appended to (no path: nothing to write).
+    pub fn audit_writable(&self) -> Result<(), String> {
+        self.ctx.audit_writable()
+    }
+
     /// The Mixpanel client.
     pub fn client(&self) -> &Client {
         &self.ctx.client

@@ -235,6 +235,8 @@ impl Cause {
 pub enum Consequence {
     /// The sink could not be read: the integration is left alone.
     NothingTouched,
+    /// A check before create failed: nothing was created.
+    NothingCreated,
     /// Create failed and the account was not created.
     NotCreated,
     /// Create failed, yet the account had been created; it was found and deleted.
@@ -257,6 +259,7 @@ impl fmt::Display for Consequence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Consequence::NothingTouched => write!(f, "; nothing is rotated or deleted until it can be read"),
+            Consequence::NothingCreated => write!(f, "; nothing was created (the check runs before create)"),
             Consequence::NotCreated => write!(
                 f,
                 "; no account of that name was found afterwards (if the create still lands, the next pass deletes it as an orphan once `orphan_after` has passed)"

@@ -112,7 +112,14 @@ impl<'a> Rotation<'a> {
 
     async fn steps(&mut self, cache: &MembershipCache, deleted: &[Disposal]) -> Result<Option<Rotated>, StepError> {
         tracing::info!(reason = %self.plan.reason, "Rotating.");
-        let desired = desired(self.ctx, self.i, &self.plan.memberships, cache, &mut self.warnings).await?;
+        // Before anything is created: can the sink take the publish? (At
+        // once with reading the memberships: no time added.)
+        let (desired, writable) = tokio::join!(
+            desired(self.ctx, self.i, &self.plan.memberships, cache, &mut self.warnings),
+            sink_writable(self.ctx, self.i)
+        );
+        writable?;
+        let desired = desired?;
         if desired.is_empty() {
             self.warnings.push(
                 "the new account has no project memberships (the account it replaces had none that could be copied)"
@@ -514,4 +521,12 @@ impl<'a> Rotation<'a> {
             duration_seconds: self.started.elapsed().as_secs_f64(),
         }
     }
+}
+
+/// Whether the integration's sink would take a publish; the error says
+/// nothing was created.
+async fn sink_writable(ctx: &Context, i: &Integration) -> Result<(), StepError> {
+    let fail = |cause| StepError::new(&i.name, Step::SinkCheck, cause).then(Consequence::NothingCreated);
+    let sink = ctx.sink_for(i).map_err(fail)?;
+    sink.writable(&i.path).await.map_err(|e| fail(ctx.sink_cause(i, e)))
 }

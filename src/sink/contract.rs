@@ -184,6 +184,14 @@ pub trait Sink: Send + Sync + fmt::Debug {
 
     /// Whether the sink is reachable and writable for `path`.
     async fn healthcheck(&self, path: &str) -> Result<String, SinkError>;
+
+    /// Whether a publish to `path` can succeed, as far as the backend lets
+    /// one know without writing it: checked before any account is created,
+    /// so that an unwritable sink costs no create and delete. Cheaper than
+    /// `healthcheck` where it can be (no new login).
+    async fn writable(&self, path: &str) -> Result<(), SinkError> {
+        self.healthcheck(path).await.map(|_| ())
+    }
 }
 
 #[cfg(test)]

@@ -532,6 +532,39 @@ impl Sink for VaultSink {
         Ok(version)
     }
 
+    async fn writable(&self, path: &str) -> Result<(), SinkError> {
+        let data_path = format!("{}/data/{path}", self.config.mount);
+        // The client in use (a login only if there is none yet): one
+        // capabilities call, not a login per rotation.
+        let client = {
+            let mut guard = self.client.lock().await;
+            match guard.as_ref() {
+                Some(c) => c.clone(),
+                None => {
+                    let c = Arc::new(self.login().await?);
+                    *guard = Some(c.clone());
+                    c
+                }
+            }
+        };
+        let caps = self
+            .capabilities(&client, std::slice::from_ref(&data_path))
+            .await
+            .map_err(|e| e.context("checking the token"))?;
+        let has = |c: &str| {
+            caps.get(&data_path)
+                .is_some_and(|v| v.iter().any(|x| x == c || x == "root"))
+        };
+        let missing: Vec<&str> = ["create", "update"].into_iter().filter(|c| !has(c)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(SinkError::denied(format!(
+            "the token lacks {} on {data_path}: grant them in its Vault policy (README, \"vault\" sink)",
+            missing.join(", ")
+        )))
+    }
+
     async fn healthcheck(&self, path: &str) -> Result<String, SinkError> {
         let data_path = format!("{}/data/{path}", self.config.mount);
         let meta_path = format!("{}/metadata/{path}", self.config.mount);

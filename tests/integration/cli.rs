@@ -166,6 +166,114 @@ async fn plan_rotate_status_reconcile_through_the_binary() {
     h.assert_no_secret_leaked(&[]);
 }
 
+/// Offline `validate` (the unit's `ExecStartPre`) reads every secret the
+/// policy refers to: a missing one fails now, naming its key, not at the
+/// first rotation. Nothing of a secret is printed.
+#[tokio::test]
+async fn offline_validate_resolves_every_secret_reference() {
+    let h = Harness::realtime(Seed::Demo).await;
+    let good = h.policy(&etl(&h));
+    let admin = h.dir.path().join("admin.secret");
+    let admin_line = format!("secret = {{ file = \"{}\" }}", admin.display());
+    assert!(good.contains(&admin_line));
+    let empty = h.dir.path().join("empty.secret");
+    std::fs::write(&empty, "\n").unwrap();
+    let huge = h.dir.path().join("huge.secret");
+    std::fs::write(&huge, "x".repeat(100 * 1024)).unwrap();
+    let cases = [
+        (
+            "secret = { env = \"MPR_TEST_SURELY_UNSET_SECRET\" }".to_string(),
+            "`mixpanel.secret`",
+            "not set",
+        ),
+        (
+            format!("secret = {{ file = \"{}\" }}", h.dir.path().join("missing").display()),
+            "`mixpanel.secret`",
+            "cannot be read",
+        ),
+        (
+            format!("secret = {{ file = \"{}\" }}", empty.display()),
+            "`mixpanel.secret`",
+            "empty",
+        ),
+        (
+            format!("secret = {{ file = \"{}\" }}", huge.display()),
+            "`mixpanel.secret`",
+            "larger than",
+        ),
+    ];
+    for (line, key, why) in cases {
+        let cfg = h.dir.path().join("secret-case.toml");
+        std::fs::write(&cfg, good.replace(&admin_line, &line)).unwrap();
+        let o = run(&h, &cfg, &["validate"]).await;
+        assert_eq!(o.status.code(), Some(2), "{line}: {}{}", stdout(&o), stderr(&o));
+        assert!(
+            stderr(&o).contains(key) && stderr(&o).contains(why),
+            "{line}: {}",
+            stderr(&o)
+        );
+    }
+    // A webhook URL is a secret too, named by its integration's key.
+    let cfg = h.dir.path().join("webhook-case.toml");
+    std::fs::write(
+        &cfg,
+        format!("{good}webhook = {{ url = {{ env = \"MPR_TEST_SURELY_UNSET_WEBHOOK\" }} }}\n"),
+    )
+    .unwrap();
+    let o = run(&h, &cfg, &["validate"]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("`integrations[0].webhook.url`"), "{}", stderr(&o));
+    // All present: OK, and the count, never a value.
+    let cfg = h.policy_file(&etl(&h));
+    let o = run(&h, &cfg, &["validate"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("secrets: 1 reference(s) resolve"), "{}", stdout(&o));
+    h.assert_no_secret_leaked(&[]);
+}
+
+/// `validate --online` fails on what would make the first rotation fail:
+/// a project that does not exist (or that the rotator cannot see), an audit
+/// file that cannot be written.
+#[tokio::test]
+async fn online_validate_names_unseen_projects_and_an_unwritable_audit_path() {
+    let h = Harness::realtime(Seed::Demo).await;
+    let cfg = h.policy_file(
+        "[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nprojects = [{ id = 101, role = \"analyst\" }, { id = 999, role = \"analyst\" }]\n",
+    );
+    let o = run(&h, &cfg, &["validate", "--online"]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("FAIL  etl: projects") && text.contains("`integrations[0].projects`") && text.contains("999"),
+        "{text}"
+    );
+    assert!(!text.contains("101,"), "only the unseen project is named: {text}");
+    // Every project visible: that check passes.
+    let cfg = h.policy_file(
+        "[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nprojects = [{ id = 101, role = \"analyst\" }]\n",
+    );
+    let o = run(&h, &cfg, &["validate", "--online"]).await;
+    assert!(
+        stdout(&o).contains("ok    etl: projects: 1 project(s)"),
+        "{}",
+        stdout(&o)
+    );
+
+    // An audit file in a directory that does not exist and cannot be made.
+    let text = h.policy(
+        "[audit]\npath = \"/proc/no-such-dir/audit.jsonl\"\n[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nprojects = [{ id = 101, role = \"analyst\" }]\n",
+    );
+    let cfg = h.dir.path().join("audit-case.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let o = run(&h, &cfg, &["validate", "--online"]).await;
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("FAIL  audit /proc/no-such-dir/audit.jsonl"),
+        "{}",
+        stdout(&o)
+    );
+}
+
 #[tokio::test]
 async fn config_path_from_environment() {
     let h = Harness::realtime(Seed::Demo).await;

@@ -162,6 +162,53 @@ async fn token_setup(h: &Harness, bao: &Bao) -> (String, String, String) {
     (policy, path, token)
 }
 
+/// A token that may read the path but not write it: `rotate-now` (and any
+/// rotation) stops before create, so no account is created and deleted.
+#[tokio::test]
+async fn an_unwritable_sink_stops_a_rotation_before_any_mutating_call() {
+    let h = Harness::new(Seed::Demo).await;
+    let bao = Bao::from_env();
+    let prefix = unique("ro");
+    let hcl = format!(
+        r#"path "secret/data/{prefix}/*" {{ capabilities = ["read"] }}
+path "secret/metadata/{prefix}/*" {{ capabilities = ["read"] }}"#
+    );
+    let (st, body) = bao
+        .call(
+            reqwest::Method::PUT,
+            &format!("sys/policies/acl/{prefix}"),
+            Some(json!({"policy": hcl})),
+        )
+        .await;
+    assert!(st < 300, "{st} {body}");
+    let token = bao.token(&[&prefix]).await;
+    let file = write_secret(&h, "vault-ro.token", &token);
+    let policy = format!(
+        "{}\n{}",
+        vault_sink(
+            &bao,
+            &format!("{{ method = \"token\", token = {{ file = \"{}\" }} }}", file.display())
+        ),
+        etl(&h, &format!("{prefix}/etl"))
+    );
+    let engine = h.engine(&policy);
+    h.sim.clear_requests();
+    let r = h.force(&engine, "etl", false).await;
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_eq!(r.errors[0].step, mixpanel_rotator::rotation::Step::SinkCheck);
+    let msg = r.errors[0].to_string();
+    assert!(
+        msg.contains("lacks create, update") && msg.contains("nothing was created"),
+        "{msg}"
+    );
+    assert!(
+        h.sim.requests().iter().all(|q| !q.is_mutating()),
+        "no create, no delete: {:?}",
+        h.sim.requests().iter().filter(|q| q.is_mutating()).collect::<Vec<_>>()
+    );
+    assert!(r.rotated.is_none());
+}
+
 #[tokio::test]
 async fn full_rotation_into_vault_versions_and_metadata() {
     let h = Harness::new(Seed::Demo).await;
