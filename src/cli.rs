@@ -425,29 +425,42 @@ async fn validate(cli: &Cli, online: bool, clock: SharedClock) -> Result<Exit, E
             .map_err(|e| e.to_string()),
     );
     for i in &engine.policy().integrations {
-        let Some(sink) = engine.sink(&i.sink) else { continue };
-        let health = sink.healthcheck(&i.path).await.map_err(|e| e.to_string());
-        checks.check(&format!("{}: {}", i.name, sink.describe()), health);
-        for m in &i.mirrors {
-            let Some(mirror) = engine.sink(&m.sink) else { continue };
-            let health = mirror.healthcheck(&m.path).await.map_err(|e| e.to_string());
-            checks.check(
-                &format!("{}: mirror {} path `{}`", i.name, mirror.describe(), m.path),
-                health,
-            );
-        }
-        if let (Ok(me), crate::policy::ProjectsSpec::Explicit(grants)) = (&me, &i.projects) {
-            checks.check(
-                &format!("{}: projects", i.name),
-                explicit_projects(client, me, i, grants),
-            );
-        }
-        if let Ok(accounts) = &accounts {
-            let readiness = readiness(&engine, i, accounts).await;
-            checks.check(&format!("{}: rotation readiness", i.name), readiness);
-        }
+        integration_checks(&engine, i, me.as_ref().ok(), accounts.as_deref().ok(), &mut checks).await;
     }
     Ok(Exit::from_failure(checks.failed))
+}
+
+/// `validate --online` for one integration: its sink and mirrors, its
+/// explicit projects, whether a pass could rotate it.
+async fn integration_checks(
+    engine: &Engine,
+    i: &crate::policy::Integration,
+    me: Option<&crate::mixpanel::Me>,
+    accounts: Option<&[crate::mixpanel::ServiceAccount]>,
+    checks: &mut Checks,
+) {
+    if let Some(sink) = engine.sink(&i.sink) {
+        let health = sink.healthcheck(&i.path).await.map_err(|e| e.to_string());
+        checks.check(&format!("{}: {}", i.name, sink.describe()), health);
+    }
+    for m in &i.mirrors {
+        let Some(mirror) = engine.sink(&m.sink) else { continue };
+        let health = mirror.healthcheck(&m.path).await.map_err(|e| e.to_string());
+        checks.check(
+            &format!("{}: mirror {} path `{}`", i.name, mirror.describe(), m.path),
+            health,
+        );
+    }
+    if let (Some(me), crate::policy::ProjectsSpec::Explicit(grants)) = (me, &i.projects) {
+        checks.check(
+            &format!("{}: projects", i.name),
+            explicit_projects(engine.client(), me, i, grants),
+        );
+    }
+    if let Some(accounts) = accounts {
+        let readiness = readiness(engine, i, accounts).await;
+        checks.check(&format!("{}: rotation readiness", i.name), readiness);
+    }
 }
 
 /// Reads every secret the policy refers to (present, readable, not empty,
