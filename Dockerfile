@@ -19,6 +19,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+COPY build.rs ./
 RUN cargo build --release --locked --bin mixpanel-rotator
 
 FROM ${RUNTIME_IMAGE}

@@ -79,9 +79,11 @@ policy >"$stage/policy.toml"
 step "boot systemd in systemd-nspawn"
 setsid systemd-nspawn --register=no --keep-unit -q -D "$work/root" -b </dev/null >"$work/console.log" 2>&1 &
 nspawn=$!
+# The container's PID 1 is the child of systemd-nspawn named `systemd` (an
+# intermediate child of nspawn's own exists for a moment at start: not it).
 pid1=''
-for _ in $(seq 1 100); do
-  pid1=$(pgrep -P "$nspawn" | head -1 || true)
+for _ in $(seq 1 200); do
+  pid1=$(pgrep -P "$nspawn" -x systemd | head -1 || true)
   [ -n "$pid1" ] && break
   sleep 0.1
 done

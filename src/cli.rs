@@ -28,7 +28,11 @@ pub enum LogFormat {
 /// account with the same project memberships, proves it works, publishes it
 /// to a sink, and deletes the old account after a grace period.
 #[derive(Debug, Parser)]
-#[command(name = "mixpanel-rotator", version, max_term_width = 100)]
+#[command(
+    name = "mixpanel-rotator",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("MIXPANEL_ROTATOR_COMMIT"), ")"),
+    max_term_width = 100
+)]
 pub struct Cli {
     /// Policy file [default: $MIXPANEL_ROTATOR_CONFIG, else /etc/mixpanel-rotator/policy.toml]
     #[arg(long, global = true, value_name = "PATH")]

@@ -34,6 +34,7 @@ pub struct Metrics {
     hook_failures: Family<Labels, Counter>,
     mirror_up_to_date: Family<Labels, Gauge>,
     mirror_writes: Family<Labels, Counter>,
+    in_use_elsewhere: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -102,8 +103,51 @@ impl Metrics {
                 "mirror_writes",
                 "Mirror syncs that wrote the mirror (ok) or failed (error), by integration",
             ),
-            registry: r,
+            in_use_elsewhere: family(&mut r, "accounts_in_use_elsewhere", IN_USE_HELP),
+            registry: with_build_info(r),
         }
+    }
+
+    /// Every counter of `integration`, at 0 until its first event: a rate
+    /// or an `increase()` over a series that does not exist yet is empty,
+    /// not 0, and an alert on it can never fire.
+    pub fn integration(&self, integration: &str, mirrored: bool) {
+        for result in ["success", "failure"] {
+            let _ = self
+                .rotations
+                .get_or_create(&labels(&[("integration", integration), ("result", result)]));
+        }
+        for result in ["ok", "error"] {
+            let _ = self
+                .passes
+                .get_or_create(&labels(&[("integration", integration), ("result", result)]));
+            if mirrored {
+                let _ = self
+                    .mirror_writes
+                    .get_or_create(&labels(&[("integration", integration), ("result", result)]));
+            }
+        }
+        for reason in ["retiring", "orphan", "revoked"] {
+            let _ = self
+                .deleted
+                .get_or_create(&labels(&[("integration", integration), ("reason", reason)]));
+        }
+        for hook in ["on_rotate", "webhook"] {
+            let _ = self
+                .hook_failures
+                .get_or_create(&labels(&[("integration", integration), ("hook", hook)]));
+        }
+        let _ = self
+            .in_use_elsewhere
+            .get_or_create(&labels(&[("integration", integration)]));
+    }
+
+    /// How many lineage accounts in use `integration` keeps because its sink
+    /// does not publish them (another rotator's, most likely).
+    pub fn in_use_elsewhere(&self, integration: &str, count: usize) {
+        self.in_use_elsewhere
+            .get_or_create(&labels(&[("integration", integration)]))
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Shared handle.
@@ -164,12 +208,19 @@ impl Metrics {
             .set(ts(at));
     }
 
-    /// When the next rotation of `integration` is due.
+    /// When the next rotation of `integration` is due; unknown (nothing
+    /// published, or a rotation due now or blocked) removes the series
+    /// rather than reporting 0, which would read as "overdue since 1970".
     pub fn next_rotation(&self, integration: &str, at: Option<DateTime<Utc>>) {
-        let g = self
-            .next_rotation
-            .get_or_create(&labels(&[("integration", integration)]));
-        g.set(at.map(ts).unwrap_or(0.0));
+        let key = labels(&[("integration", integration)]);
+        match at {
+            Some(t) => {
+                self.next_rotation.get_or_create(&key).set(ts(t));
+            }
+            None => {
+                self.next_rotation.remove(&key);
+            }
+        }
     }
 
     /// A hook (`on_rotate`, `webhook`) failed.
@@ -201,6 +252,24 @@ impl Metrics {
             self.reload_failures.inc()
         };
     }
+}
+
+const IN_USE_HELP: &str =
+    "Lineage accounts in use that this integration's sink neither publishes nor vouches for (kept, never deleted)";
+
+/// Adds `build_info{version,commit} 1`.
+fn with_build_info(mut r: Registry) -> Registry {
+    let info: Family<Labels, Gauge> = family(
+        &mut r,
+        "build_info",
+        "The running build: version and git commit (always 1)",
+    );
+    info.get_or_create(&labels(&[
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("commit", env!("MIXPANEL_ROTATOR_COMMIT")),
+    ]))
+    .set(1);
+    r
 }
 
 /// Registers `metric` under `name` and returns it (metrics are shared handles).

@@ -224,7 +224,14 @@ fn status_row(r: &Report) -> [String; 9] {
     let account = r
         .current
         .as_ref()
-        .map(|c| format!("{}{}", c.service_account_id, if c.exists { "" } else { " (gone)" }))
+        .map(|c| {
+            let note = match c.exists {
+                Some(true) => "",
+                Some(false) => " (gone)",
+                None => " (unchecked)",
+            };
+            format!("{}{note}", c.service_account_id)
+        })
         .unwrap_or_else(|| "-".into());
     let expires = r.current.as_ref().and_then(|c| c.expires).map(when);
     let next = match (&p.rotate, p.next_rotation()) {

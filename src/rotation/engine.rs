@@ -9,7 +9,7 @@ use futures_util::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
 use super::context::Context;
-use super::decide::{Blocked, NotOwned, Plan, Request, decide};
+use super::decide::{Blocked, Deadlines, NotOwned, Plan, Request, decide};
 use super::error::{Cause, Consequence, SetupError, Step, StepError};
 use super::memberships::desired;
 use super::mirror::{self, MirrorState, MirrorSync, MirrorView};
@@ -112,6 +112,9 @@ impl Engine {
 
     /// Records API requests, rotations and deletions in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        for i in &self.ctx.policy.integrations {
+            metrics.integration(&i.name, !i.mirrors.is_empty());
+        }
         self.ctx.client = self.ctx.client.with_metrics(metrics.clone());
         self.ctx.metrics = Some(metrics);
         self
@@ -252,7 +255,7 @@ impl Engine {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(error = %e, "Cannot list service accounts; nothing is done in this pass.");
-                return self.all_failed(&selected, now, Step::ListAccounts, &Cause::Mixpanel(e));
+                return self.unreached(selected, reads, now, &Cause::Mixpanel(e)).await;
             }
         };
         let accounts = Arc::new(Accounts::new(&self.ctx.scope.namespace, accounts));
@@ -312,6 +315,41 @@ impl Engine {
             None => self.read_primary(i).await,
         };
         self.integration_pass(i, read, shared, opts, now).await
+    }
+
+    /// A pass that could not list the accounts: the failure for each
+    /// integration, with what its sink publishes (its expiry and next
+    /// rotation are known without Mixpanel: monitoring does not go blind
+    /// when Mixpanel does).
+    async fn unreached(
+        &self,
+        selected: Vec<&Integration>,
+        mut reads: Vec<Option<PrimaryRead>>,
+        now: DateTime<Utc>,
+        cause: &Cause,
+    ) -> Vec<Report> {
+        reads.resize_with(selected.len(), || None);
+        let mut out = Vec::with_capacity(selected.len());
+        for (i, read) in selected.into_iter().zip(reads) {
+            let read = match read {
+                Some(r) => r,
+                None => self.read_primary(i).await,
+            };
+            let mut r = Report::new(i, now);
+            r.errors
+                .push(StepError::new(&i.name, Step::ListAccounts, cause.clone()));
+            match read {
+                Ok(Some((p, _))) => {
+                    r.plan.deadlines = Deadlines::of(i, p.expires, p.rotated_at);
+                    r.current = Some(CurrentView::published(&p));
+                }
+                Ok(None) => {}
+                Err(e) => r.errors.push(e),
+            }
+            self.record(&r);
+            out.push(r);
+        }
+        out
     }
 
     /// A pass that stopped before any integration's own work: the same
@@ -547,7 +585,16 @@ impl Engine {
         for d in &r.deleted {
             m.deleted(i, d.reason.as_str());
         }
-        m.next_rotation(i, r.next_rotation());
+        // Due now or failing: the time it was due (in the past), so that
+        // "overdue" can be alerted on; absent only when nothing is published.
+        let next = match &r.rotated {
+            Some(rot) => rot.next_rotation,
+            None => r.plan.deadlines.next_rotation(),
+        };
+        m.next_rotation(i, next);
+        if r.reached_everything() {
+            m.in_use_elsewhere(i, r.plan.in_use.len());
+        }
         self.record_mirrors(i, &r.mirrors);
     }
 }

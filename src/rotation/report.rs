@@ -19,8 +19,9 @@ pub struct CurrentView {
     pub expires: Option<DateTime<Utc>>,
     pub rotated_at: DateTime<Utc>,
     pub rotation_id: String,
-    /// Whether the account still exists in Mixpanel.
-    pub exists: bool,
+    /// Whether the account still exists in Mixpanel (`None`: Mixpanel was
+    /// not reached; the rest is what the sink holds).
+    pub exists: Option<bool>,
 }
 
 impl CurrentView {
@@ -32,8 +33,20 @@ impl CurrentView {
             expires: plan.deadlines.expires.or(p.payload.expires),
             rotated_at: p.payload.rotated_at,
             rotation_id: p.payload.rotation_id.clone(),
-            exists: obs.current.is_some(),
+            exists: Some(obs.current.is_some()),
         })
+    }
+
+    /// What the sink publishes, when Mixpanel could not be reached.
+    pub fn published(payload: &crate::sink::Payload) -> Self {
+        CurrentView {
+            service_account_id: payload.service_account_id,
+            username: payload.username.clone(),
+            expires: payload.expires,
+            rotated_at: payload.rotated_at,
+            rotation_id: payload.rotation_id.clone(),
+            exists: None,
+        }
     }
 }
 

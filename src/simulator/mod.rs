@@ -146,6 +146,7 @@ impl Simulator {
             faults: Vec::new(),
             log: Vec::new(),
             latency: None,
+            stopped: false,
         }));
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -289,6 +290,17 @@ impl Simulator {
     /// Removes every fault.
     pub fn clear_faults(&self) {
         self.lock().faults.clear();
+    }
+
+    /// Stops answering, as a Mixpanel that is down: new connections are
+    /// refused (the listeners close) and requests on connections still open
+    /// get no answer (the connection closes). For tests of "Mixpanel is
+    /// unreachable".
+    pub fn stop(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.lock().stopped = true;
     }
 
     /// Delays every answer by `base` plus a random part of `jitter` (a

@@ -250,7 +250,15 @@ async fn handle(
     if full == "/_simulator/stats" {
         return Ok(respond(200, &stats(&ctx), &[]));
     }
-    let latency = ctx.shared.lock().unwrap_or_else(|e| e.into_inner()).latency;
+    let (latency, stopped) = {
+        let s = ctx.shared.lock().unwrap_or_else(|e| e.into_inner());
+        (s.latency, s.stopped)
+    };
+    if stopped {
+        // As a server that is gone: no answer, the connection closed.
+        killer.0.notify_one();
+        std::future::pending::<()>().await;
+    }
     if let Some((base, jitter)) = latency {
         let extra = jitter.mul_f64(rand::random::<f64>());
         tokio::time::sleep(base.saturating_add(extra)).await;

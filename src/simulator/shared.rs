@@ -170,4 +170,7 @@ pub(crate) struct Shared {
     pub log: Vec<LoggedRequest>,
     /// Added to every answer: a base delay and a random extra up to the second.
     pub latency: Option<(std::time::Duration, std::time::Duration)>,
+    /// `Simulator::stop` was called: every request on a connection
+    /// still open is dropped unanswered.
+    pub stopped: bool,
 }

@@ -317,6 +317,67 @@ async fn in_process_the_old_account_goes_when_grace_ends_on_the_daemons_own_sche
     h.assert_no_secret_leaked(&[]);
 }
 
+/// Monitoring does not go blind when Mixpanel does: with the simulator
+/// stopped, the expiry and next-rotation gauges still come from what the
+/// sink publishes (never 0), and every counter exists (at 0) from the start.
+#[tokio::test]
+async fn in_process_metrics_stay_truthful_with_mixpanel_down() {
+    let h = Harness::new(Seed::Demo).await;
+    let cfg = h.policy_file(&etl_policy(&h, ""));
+    let mut d = InProcess::start(&h, &cfg, Duration::from_secs(5));
+    let p = d.passes(1).await;
+    // Every counter of every integration exists, at 0 until its first event.
+    let m = d.metrics.render();
+    for needle in [
+        "mixpanel_rotator_rotations_total{integration=\"etl\",result=\"success\"} 1",
+        "mixpanel_rotator_rotations_total{integration=\"etl\",result=\"failure\"} 0",
+        "mixpanel_rotator_passes_total{integration=\"etl\",result=\"error\"} 0",
+        "mixpanel_rotator_accounts_deleted_total{integration=\"etl\",reason=\"orphan\"} 0",
+        "mixpanel_rotator_hook_failures_total{integration=\"etl\",hook=\"webhook\"} 0",
+        "mixpanel_rotator_accounts_in_use_elsewhere{integration=\"etl\"} 0",
+        "mixpanel_rotator_build_info{version=",
+    ] {
+        assert!(m.contains(needle), "{needle} missing:\n{m}");
+    }
+    let rotated = p.reports[0].rotated.clone().expect("bootstrapped");
+    let gauge = |m: &str, name: &str| -> Option<f64> {
+        m.lines()
+            .find(|l| l.starts_with(&format!("mixpanel_rotator_{name}{{integration=\"etl\"}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(|v| v.parse().unwrap())
+    };
+    let m = d.metrics.render();
+    let expiry = gauge(&m, "credential_expiry_timestamp_seconds").expect("expiry after the rotation");
+    let next = gauge(&m, "next_rotation_timestamp_seconds").expect("next rotation after the rotation");
+    assert_eq!(expiry, rotated.expires.unwrap().timestamp() as f64);
+
+    // Mixpanel goes away. The next passes fail to list accounts...
+    h.sim.stop();
+    d.tick(&h).await;
+    let p = d.tick(&h).await;
+    assert!(!p.reports[0].reached_everything(), "{:?}", p.reports[0].errors);
+    let m = d.metrics.render();
+    assert!(
+        m.contains("mixpanel_rotator_passes_total{integration=\"etl\",result=\"error\"} 2"),
+        "{m}"
+    );
+    // ...yet the gauges still say what the sink publishes, and are never 0.
+    assert_eq!(gauge(&m, "credential_expiry_timestamp_seconds"), Some(expiry), "{m}");
+    assert_eq!(gauge(&m, "next_rotation_timestamp_seconds"), Some(next), "{m}");
+    // A fresh daemon started while Mixpanel is down knows them too (after a restart).
+    d.stop().await;
+    let mut fresh = InProcess::start(&h, &cfg, Duration::from_secs(5));
+    let p = fresh.passes(1).await;
+    assert!(!p.reports[0].reached_everything());
+    let current = p.reports[0].current.clone().expect("what the sink publishes");
+    assert_eq!(current.exists, None, "not checked: Mixpanel was not reached");
+    let m = fresh.metrics.render();
+    assert_eq!(gauge(&m, "credential_expiry_timestamp_seconds"), Some(expiry), "{m}");
+    assert_eq!(gauge(&m, "next_rotation_timestamp_seconds"), Some(next), "{m}");
+    assert!(!m.contains("_timestamp_seconds{integration=\"etl\"} 0\n"), "{m}");
+    fresh.stop().await;
+}
+
 #[tokio::test]
 async fn in_process_reload_applies_a_good_policy_and_rejects_a_broken_one() {
     let h = Harness::new(Seed::Demo).await;
