@@ -35,7 +35,8 @@ pub enum LogFormat {
 )]
 pub struct Cli {
     /// Policy file [default: $MIXPANEL_ROTATOR_CONFIG, else /etc/mixpanel-rotator/policy.toml]
-    #[arg(long, global = true, value_name = "PATH")]
+    /// (also accepted after the command, by the commands that read a policy)
+    #[arg(short = 'c', long, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Log format (logs go to stderr).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -45,6 +46,30 @@ pub struct Cli {
     pub log_level: String,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `-c, --config` of the commands that read a policy.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PolicyArgs {
+    /// Policy file [default: $MIXPANEL_ROTATOR_CONFIG, else /etc/mixpanel-rotator/policy.toml]
+    #[arg(short = 'c', long = "config", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+impl Cli {
+    /// The policy file named on the command line, after the command or before it.
+    pub fn config(&self) -> Option<&std::path::Path> {
+        let after = match &self.command {
+            Command::Run { policy, .. }
+            | Command::Validate { policy, .. }
+            | Command::Plan { policy }
+            | Command::RotateNow { policy, .. }
+            | Command::Reconcile { policy }
+            | Command::Status { policy, .. } => policy.config.as_deref(),
+            Command::Demo { .. } | Command::Simulator { .. } => None,
+        };
+        after.or(self.config.as_deref())
+    }
 }
 
 /// The commands.
@@ -57,15 +82,22 @@ pub enum Command {
         /// How long to wait for the step in flight on SIGTERM/SIGINT.
         #[arg(long, default_value = "30s", value_name = "DURATION")]
         shutdown_timeout: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// Check the policy; with --online, also reach Mixpanel and every sink.
     Validate {
         /// Also check the credentials, the rotator's rights, the sinks and bootstrap readiness.
         #[arg(long)]
         online: bool,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// Show what a pass would do now, without changing anything.
-    Plan,
+    Plan {
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
     /// Rotate the named integrations now (for a leaked or suspect credential).
     RotateNow {
         /// Integrations to rotate.
@@ -77,14 +109,21 @@ pub enum Command {
         /// Delete the old account as soon as the new one is published, without waiting for `grace`.
         #[arg(long)]
         revoke_old: bool,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// Run one reconcile pass over every integration, then exit (cron job, systemd timer).
-    Reconcile,
+    Reconcile {
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
     /// Show each integration's current account, expiry, next rotation and pending deletions.
     Status {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// A guided rotation against the built-in Mixpanel simulator, in a temporary directory.
     Demo {
@@ -221,7 +260,7 @@ fn release_freed_memory() {
 }
 
 fn load_policy(cli: &Cli) -> Result<Policy, Exit> {
-    let path = config_path(cli.config.as_deref());
+    let path = config_path(cli.config());
     let loaded = Policy::load(&path);
     release_freed_memory();
     loaded.map_err(|e| {
@@ -243,6 +282,10 @@ fn engine(policy: Policy, clock: SharedClock) -> Result<Engine, Exit> {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Exit {
     let clock: SharedClock = Arc::new(SystemClock);
+    if let (Some(_), Command::Demo { .. } | Command::Simulator { .. }) = (&cli.config, &cli.command) {
+        eprintln!("error: `demo` and `simulator` read no policy: --config does nothing there");
+        return Exit::Usage;
+    }
     let result = match &cli.command {
         Command::Demo { grace } => return crate::demo::run(grace).await,
         Command::Simulator {
@@ -260,10 +303,12 @@ pub async fn run(cli: Cli) -> Exit {
             };
             return simulator(*listen, *seed, *allow_non_loopback, admin_secret_file.clone(), shape).await;
         }
-        Command::Run { shutdown_timeout } => return daemon(&cli, shutdown_timeout).await,
-        Command::Validate { online } => validate(&cli, *online, clock).await,
-        Command::Plan => passes(&cli, clock, Mode::Plan).await,
-        Command::RotateNow { names, all, revoke_old } => {
+        Command::Run { shutdown_timeout, .. } => return daemon(&cli, shutdown_timeout).await,
+        Command::Validate { online, .. } => validate(&cli, *online, clock).await,
+        Command::Plan { .. } => passes(&cli, clock, Mode::Plan).await,
+        Command::RotateNow {
+            names, all, revoke_old, ..
+        } => {
             passes(
                 &cli,
                 clock,
@@ -275,8 +320,8 @@ pub async fn run(cli: Cli) -> Exit {
             )
             .await
         }
-        Command::Reconcile => passes(&cli, clock, Mode::Reconcile).await,
-        Command::Status { json } => passes(&cli, clock, Mode::Status { json: *json }).await,
+        Command::Reconcile { .. } => passes(&cli, clock, Mode::Reconcile).await,
+        Command::Status { json, .. } => passes(&cli, clock, Mode::Status { json: *json }).await,
     };
     result.unwrap_or_else(|e| e)
 }
@@ -366,7 +411,7 @@ async fn daemon(cli: &Cli, shutdown_timeout: &str) -> Exit {
             return Exit::Failed;
         }
     };
-    crate::daemon::Daemon::new(config_path(cli.config.as_deref()), Arc::new(SystemClock))
+    crate::daemon::Daemon::new(config_path(cli.config()), Arc::new(SystemClock))
         .shutdown_timeout(timeout)
         .notifier(crate::notify::Notifier::from_env())
         .run(control)
@@ -392,7 +437,7 @@ impl Checks {
 }
 
 async fn validate(cli: &Cli, online: bool, clock: SharedClock) -> Result<Exit, Exit> {
-    let path = config_path(cli.config.as_deref());
+    let path = config_path(cli.config());
     let policy = load_policy(cli)?;
     println!(
         "policy {}: OK ({} integration(s), {} sink(s), namespace `{}`)",

@@ -110,6 +110,45 @@ impl fmt::Debug for Schedule {
     }
 }
 
+/// The cron fields, in order, with what a name in them may be.
+const CRON_FIELDS: [(&str, &[&str]); 5] = [
+    ("minute", &[]),
+    ("hour", &[]),
+    ("day-of-month", &[]),
+    (
+        "month",
+        &[
+            "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+        ],
+    ),
+    ("day-of-week", &["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"]),
+];
+
+/// Names in a cron line, checked field by field before the cron parser sees
+/// them (it rewrites names into numbers first, so `MONDAY` reached the user
+/// as an internal `1DAY`).
+fn check_cron_names(s: &str) -> Result<(), String> {
+    for ((field, names), value) in CRON_FIELDS.iter().zip(s.split_whitespace()) {
+        for word in value
+            .split([',', '-', '/'])
+            .filter(|w| w.chars().any(|c| c.is_ascii_alphabetic()))
+        {
+            if names.iter().any(|n| n.eq_ignore_ascii_case(word)) {
+                continue;
+            }
+            return Err(if names.is_empty() {
+                format!("`{s}`: the {field} field `{value}` has `{word}`; write numbers there")
+            } else {
+                format!(
+                    "`{s}`: the {field} field `{value}` has `{word}`; write a number or a three-letter name ({})",
+                    names.join(", ")
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Schedule {
     /// Parses a 5-field cron line; seconds and years are rejected.
     pub fn parse(s: &str) -> Result<Self, String> {
@@ -119,12 +158,15 @@ impl Schedule {
                 "`{s}` has {fields} fields; write a standard 5-field cron line (minute hour day-of-month month day-of-week), e.g. `0 4 * * MON`"
             ));
         }
+        if !s.trim_start().starts_with('@') {
+            check_cron_names(s)?;
+        }
         let cron = CronParser::builder()
             .seconds(Seconds::Disallowed)
             .year(Year::Disallowed)
             .build()
             .parse(s)
-            .map_err(|e| format!("`{s}` is not a valid cron line: {e}"))?;
+            .map_err(|e| format!("`{s}` is not a valid cron line (minute hour day-of-month month day-of-week): {e}"))?;
         Ok(Self {
             text: s.to_string(),
             cron: Box::new(cron),
@@ -318,6 +360,22 @@ mod tests {
         assert!(Schedule::parse("0 0 4 * * MON").is_err(), "seconds are rejected");
         assert!(Schedule::parse("0 4 * *").is_err());
         assert!(Schedule::parse("61 4 * * *").is_err());
+        // Names are explained in cron terms, field by field.
+        let e = Schedule::parse("0 4 * * MONDAY").unwrap_err();
+        assert!(
+            e.contains("the day-of-week field `MONDAY`") && e.contains("MON, TUE") && !e.contains("1DAY"),
+            "{e}"
+        );
+        let e = Schedule::parse("0 4 * JANUARY MON").unwrap_err();
+        assert!(e.contains("the month field `JANUARY`"), "{e}");
+        let e = Schedule::parse("0 four * * *").unwrap_err();
+        assert!(e.contains("the hour field `four`") && e.contains("numbers"), "{e}");
+        assert!(
+            Schedule::parse("0 4 * jan-mar mon-fri").is_ok(),
+            "names in ranges, any case"
+        );
+        let e = Schedule::parse("61 4 * * *").unwrap_err();
+        assert!(e.contains("minute hour day-of-month month day-of-week"), "{e}");
     }
 
     #[test]

@@ -58,7 +58,12 @@ impl Policy {
         // less than parsing it twice).
         let doc = toml::de::DeTable::parse(text).map_err(|e| PolicyError::Parse {
             key: "(file)".into(),
-            message: format!("not valid TOML: {}", e.message()),
+            message: format!(
+                "not valid TOML{}: {}{}",
+                at(text, e.span()),
+                e.message().trim_end(),
+                excerpt(text, e.span())
+            ),
         })?;
         check_version(doc.get_ref(), text)?;
         let de = toml::Deserializer::from(doc);
@@ -67,7 +72,7 @@ impl Policy {
             let inner = e.into_inner();
             PolicyError::Parse {
                 key,
-                message: inner.message().to_string(),
+                message: format!("{}{}", inner.message().trim_end(), at(text, inner.span())),
             }
         })?;
         Self::from_config(config)
@@ -82,6 +87,36 @@ impl Policy {
     pub fn integration(&self, name: &str) -> Option<&Integration> {
         self.integrations.iter().find(|i| i.name == name)
     }
+}
+
+/// ` (line L, column C)` of a byte span's start, 1-based; empty without a span.
+fn at(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some((line, column, _)) = span.and_then(|s| position(text, s.start)) else {
+        return String::new();
+    };
+    format!(" (line {line}, column {column})")
+}
+
+/// The line of a span's start, with a caret under the column, indented
+/// under the message; empty without a span.
+fn excerpt(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some((line, column, source)) = span.and_then(|s| position(text, s.start)) else {
+        return String::new();
+    };
+    let gutter = line.to_string();
+    let pad = " ".repeat(gutter.len());
+    let caret = " ".repeat(column.saturating_sub(1));
+    format!("\n      {pad} |\n      {gutter} | {source}\n      {pad} | {caret}^")
+}
+
+/// Line and column (1-based, in characters) of byte `offset`, and the line's text.
+fn position(text: &str, offset: usize) -> Option<(usize, usize, &str)> {
+    let before = text.get(..offset.min(text.len()))?;
+    let line = before.matches('\n').count().saturating_add(1);
+    let start = before.rfind('\n').map_or(0, |i| i.saturating_add(1));
+    let column = before.get(start..)?.chars().count().saturating_add(1);
+    let source = text.get(start..)?.lines().next().unwrap_or("");
+    Some((line, column, source))
 }
 
 /// Reads `version` first, so that a future format gets a clear message

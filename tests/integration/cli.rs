@@ -274,6 +274,48 @@ async fn online_validate_names_unseen_projects_and_an_unwritable_audit_path() {
     );
 }
 
+/// `-c` before or after the command; not offered where no policy is read;
+/// a TOML syntax error shows where, with the line.
+#[tokio::test]
+async fn conventional_config_flag_and_located_syntax_errors() {
+    let h = Harness::realtime(Seed::Demo).await;
+    let good = h.policy_file(&etl(&h));
+    for args in [
+        vec!["-c", good.to_str().unwrap(), "validate"],
+        vec!["validate", "-c", good.to_str().unwrap()],
+        vec!["validate", "--config", good.to_str().unwrap()],
+    ] {
+        let o = tokio::process::Command::new(BIN).args(&args).output().await.unwrap();
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+    }
+    for args in [vec!["demo", "--config", "x"], vec!["--config", "x", "simulator"]] {
+        let o = tokio::process::Command::new(BIN).args(&args).output().await.unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains("--config"), "{args:?}: {}", stderr(&o));
+    }
+    let broken = h.dir.path().join("broken.toml");
+    std::fs::write(&broken, "version = 1\n[mixpanel]\nbase_url = \"http://x\n").unwrap();
+    let o = run(&h, &broken, &["validate"]).await;
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("not valid TOML (line 3, column"), "{err}");
+    assert!(err.contains("3 | base_url = \"http://x"), "the offending line: {err}");
+    assert!(err.contains("^"), "{err}");
+    let typed = h.dir.path().join("typed.toml");
+    std::fs::write(
+        &typed,
+        h.policy(&etl(&h))
+            .replace("organization_id = 1", "organization_id = \"one\""),
+    )
+    .unwrap();
+    let o = run(&h, &typed, &["validate"]).await;
+    assert!(
+        stderr(&o).contains("`mixpanel.organization_id`") && stderr(&o).contains("(line 5, column"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[tokio::test]
 async fn config_path_from_environment() {
     let h = Harness::realtime(Seed::Demo).await;

@@ -128,5 +128,8 @@ fn the_pod_monitor_scrapes_the_rotator_under_the_alerts_job_name() {
         .unwrap()
         .to_string();
     let alerts = std::fs::read_to_string(config("prometheus/alerts.yaml")).unwrap();
-    assert!(alerts.contains(&format!("up{{job=\"{job}\"}}")), "the alerts expect job `{job}`");
+    assert!(
+        alerts.contains(&format!("up{{job=\"{job}\"}}")),
+        "the alerts expect job `{job}`"
+    );
 }
