@@ -109,6 +109,10 @@ pub enum Command {
         /// Delete the old account as soon as the new one is published, without waiting for `grace`.
         #[arg(long)]
         revoke_old: bool,
+        /// Show the plan of this rotation (the account it would create, the
+        /// memberships, what it would delete) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         policy: PolicyArgs,
     },
@@ -307,7 +311,11 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Validate { online, .. } => validate(&cli, *online, clock).await,
         Command::Plan { .. } => passes(&cli, clock, Mode::Plan).await,
         Command::RotateNow {
-            names, all, revoke_old, ..
+            names,
+            all,
+            revoke_old,
+            dry_run,
+            ..
         } => {
             passes(
                 &cli,
@@ -316,6 +324,7 @@ pub async fn run(cli: Cli) -> Exit {
                     names: names.clone(),
                     all: *all,
                     revoke_old: *revoke_old,
+                    dry_run: *dry_run,
                 },
             )
             .await
@@ -333,6 +342,7 @@ enum Mode {
         names: Vec<String>,
         all: bool,
         revoke_old: bool,
+        dry_run: bool,
     },
     Status {
         json: bool,
@@ -345,7 +355,13 @@ async fn passes(cli: &Cli, clock: SharedClock, mode: Mode) -> Result<Exit, Exit>
     match &mode {
         Mode::Plan | Mode::Status { .. } => opts.dry_run = true,
         Mode::Reconcile => {}
-        Mode::RotateNow { names, all, revoke_old } => {
+        Mode::RotateNow {
+            names,
+            all,
+            revoke_old,
+            dry_run,
+        } => {
+            opts.dry_run = *dry_run;
             let selected: BTreeSet<String> = if *all {
                 policy.integrations.iter().map(|i| i.name.clone()).collect()
             } else {
@@ -382,7 +398,7 @@ async fn passes(cli: &Cli, clock: SharedClock, mode: Mode) -> Result<Exit, Exit>
         Mode::Status { json: false } => {
             let _ = write!(out, "{}", status_table(&reports));
         }
-        Mode::Plan => {
+        Mode::Plan | Mode::RotateNow { dry_run: true, .. } => {
             let _ = write!(out, "{}", plan_text(&reports));
         }
         _ => {

@@ -77,7 +77,14 @@ fn rotation_lines(
         r.sink,
         r.path
     )];
-    if let Some(old) = &rp.replaces {
+    if rp.revoke_old {
+        for x in &rp.revoke {
+            lines.push(format!(
+                "delete account {} ({}) as soon as the new one is published (--revoke-old)",
+                x.id, x.username
+            ));
+        }
+    } else if let Some(old) = &rp.replaces {
         lines.push(format!(
             "keep the old account {} ({}) for `grace` ({}), then delete it",
             old.id,

@@ -150,6 +150,25 @@ async fn plan_rotate_status_reconcile_through_the_binary() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).contains("etl: up to date"), "{}", stdout(&o));
 
+    // rotate-now --dry-run: the plan of that rotation, and no mutating call.
+    let before = h.payload("etl.json").unwrap();
+    h.sim.clear_requests();
+    let o = run(&h, &cfg, &["rotate-now", "--dry-run", "--revoke-old", "etl"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("rotate (rotation requested)"), "{text}");
+    let current = before["service_account_id"].as_u64().unwrap();
+    assert!(
+        text.contains(&format!("delete account {current} (")) && text.contains("as soon as the new one is published"),
+        "--revoke-old shows in the plan: {text}"
+    );
+    assert!(text.contains("nothing was changed"), "{text}");
+    assert!(
+        h.sim.requests().iter().all(|q| !q.is_mutating()),
+        "--dry-run made a mutating request"
+    );
+    assert_eq!(h.payload("etl.json").unwrap()["rotation_id"], before["rotation_id"]);
+
     // A failing rotation: exit 1, the error names integration and step.
     h.sim.inject(mixpanel_rotator::simulator::Fault::always(
         "POST",
