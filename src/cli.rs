@@ -441,6 +441,11 @@ struct Checks {
 }
 
 impl Checks {
+    /// Not a failure, but something to act on soon.
+    fn warn(&self, what: &str, detail: &str) {
+        println!("WARN  {what}: {detail}");
+    }
+
     fn check(&mut self, what: &str, result: Result<String, String>) {
         match result {
             Ok(detail) => println!("ok    {what}: {detail}"),
@@ -466,7 +471,7 @@ async fn validate(cli: &Cli, online: bool, clock: SharedClock) -> Result<Exit, E
     if !online {
         return Ok(Exit::Ok);
     }
-    let engine = engine(policy, clock)?;
+    let engine = engine(policy, clock.clone())?;
     let mut checks = Checks::default();
     let client = engine.client();
     let me = client.me().await.map_err(|e| e.to_string());
@@ -489,10 +494,46 @@ async fn validate(cli: &Cli, online: bool, clock: SharedClock) -> Result<Exit, E
             .map(|a| format!("{} service account(s) listed", a.len()))
             .map_err(|e| e.to_string()),
     );
+    if let Ok(accounts) = &accounts {
+        own_expiry(&engine, accounts, clock.now(), &mut checks);
+    }
     for i in &engine.policy().integrations {
         integration_checks(&engine, i, me.as_ref().ok(), accounts.as_deref().ok(), &mut checks).await;
     }
     Ok(Exit::from_failure(checks.failed))
+}
+
+/// When the rotator's own account expires: it never rotates itself, so a
+/// person must replace it in time (README, "The rotator's own credential").
+fn own_expiry(
+    engine: &Engine,
+    accounts: &[crate::mixpanel::ServiceAccount],
+    now: chrono::DateTime<chrono::Utc>,
+    checks: &mut Checks,
+) {
+    let me = &engine.policy().mixpanel.username;
+    let what = "the rotator's own account";
+    let Some(own) = accounts.iter().find(|a| &a.username == me) else {
+        checks.warn(
+            what,
+            &format!(
+                "`{me}` is not in the list of service accounts (a user, not a service account?): its expiry is unknown"
+            ),
+        );
+        return;
+    };
+    match own.expires {
+        None => println!("ok    {what}: `{me}` does not expire (give it an expiry, and replace it before then)"),
+        Some(t) if t <= crate::clock::after(now, chrono::Duration::days(30)) => checks.warn(
+            what,
+            &format!(
+                "`{me}` expires at {} ({}): create its replacement now (README, \"The rotator's own credential\")",
+                crate::text::rfc3339(t),
+                crate::text::relative(t, now)
+            ),
+        ),
+        Some(t) => println!("ok    {what}: `{me}` expires at {}", crate::text::rfc3339(t)),
+    }
 }
 
 /// `validate --online` for one integration: its sink and mirrors, its

@@ -335,6 +335,52 @@ async fn conventional_config_flag_and_located_syntax_errors() {
     );
 }
 
+/// The rotator never rotates its own account: `validate --online` says when
+/// it expires, and warns a month ahead.
+#[tokio::test]
+async fn online_validate_warns_when_the_rotators_own_account_expires_soon() {
+    let h = Harness::realtime(Seed::Demo).await;
+    let cfg = h.policy_file(&etl(&h));
+    let o = run(&h, &cfg, &["validate", "--online"]).await;
+    assert!(
+        stdout(&o).contains("ok    the rotator's own account: ") && stdout(&o).contains("does not expire"),
+        "{}",
+        stdout(&o)
+    );
+    let soon = chrono::Utc::now() + chrono::Duration::days(10);
+    let (_, creds) = h.sim.add_account(
+        "rotator-2",
+        mixpanel_rotator::mixpanel::types::Role::Admin,
+        Some(soon),
+        &[(
+            101,
+            mixpanel_rotator::mixpanel::ProjectRole::Admin,
+            mixpanel_rotator::mixpanel::TargetType::Individual,
+        )],
+    );
+    let secret = h.dir.path().join("rotator-2.secret");
+    std::fs::write(&secret, creds.secret.expose()).unwrap();
+    let text = h
+        .policy(&etl(&h))
+        .replace(&h.sim.admin().username, &creds.username)
+        .replace(
+            &h.dir.path().join("admin.secret").display().to_string(),
+            &secret.display().to_string(),
+        );
+    let cfg = h.dir.path().join("rotator-2.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let o = run(&h, &cfg, &["validate", "--online"]).await;
+    let out = stdout(&o);
+    assert!(
+        out.contains(&format!(
+            "WARN  the rotator's own account: `{}` expires at",
+            creds.username
+        )) && out.contains("create its replacement now"),
+        "{out}"
+    );
+    h.assert_no_secret_leaked(&[]);
+}
+
 #[tokio::test]
 async fn config_path_from_environment() {
     let h = Harness::realtime(Seed::Demo).await;
