@@ -347,7 +347,7 @@ async fn online_validate_warns_when_the_rotators_own_account_expires_soon() {
         "{}",
         stdout(&o)
     );
-    let soon = chrono::Utc::now() + chrono::Duration::days(10);
+    let soon = h.clock_now() + chrono::Duration::days(10);
     let (_, creds) = h.sim.add_account(
         "rotator-2",
         mixpanel_rotator::mixpanel::types::Role::Admin,
