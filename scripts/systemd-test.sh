@@ -58,7 +58,7 @@ version = 1
 base_url = "$SIM_URL"
 organization_id = 1
 username = "$SIM_USER"
-secret = { credential = "mixpanel" }
+secret = { file = "/etc/mixpanel-rotator/mixpanel.secret" }
 $SIM_REGIONS
 [defaults]
 projects = [{ id = 101, role = "consumer" }]
@@ -128,7 +128,8 @@ echo "StatusText: $status_text"
 perm=$(inside stat -c '%a %G' /run/mixpanel-rotator/etl.json)
 [ "$perm" = "640 mixpanel-creds" ] || fail "etl.json is '$perm', the README says 640 and group mixpanel-creds"
 inside curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null || fail "/readyz does not answer 200 on loopback"
-echo "published 0640 group mixpanel-creds; /readyz answers"
+inside grep -q '^\.TH mixpanel-rotator 1' /usr/local/share/man/man1/mixpanel-rotator.1 || fail "the man page the units name is not installed"
+echo "published 0640 group mixpanel-creds; /readyz answers; man page installed"
 
 step "reload: a new integration is applied, a broken policy is refused and the service stays up"
 main_pid=$(prop mixpanel-rotator.service MainPID)

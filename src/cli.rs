@@ -66,7 +66,7 @@ impl Cli {
             | Command::RotateNow { policy, .. }
             | Command::Reconcile { policy }
             | Command::Status { policy, .. } => policy.config.as_deref(),
-            Command::Demo { .. } | Command::Simulator { .. } => None,
+            Command::Demo { .. } | Command::Simulator { .. } | Command::Completions { .. } | Command::Man => None,
         };
         after.or(self.config.as_deref())
     }
@@ -129,6 +129,15 @@ pub enum Command {
         #[command(flatten)]
         policy: PolicyArgs,
     },
+    /// Print a shell completion script (install it where your shell looks:
+    /// README, "Install").
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. into /usr/local/share/man/man1/mixpanel-rotator.1.
+    Man,
     /// A guided rotation against the built-in Mixpanel simulator, in a temporary directory.
     Demo {
         /// Grace period of the demo (how long the old account is kept).
@@ -286,12 +295,16 @@ fn engine(policy: Policy, clock: SharedClock) -> Result<Engine, Exit> {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Exit {
     let clock: SharedClock = Arc::new(SystemClock);
-    if let (Some(_), Command::Demo { .. } | Command::Simulator { .. }) = (&cli.config, &cli.command) {
-        eprintln!("error: `demo` and `simulator` read no policy: --config does nothing there");
+    if let (Some(_), Command::Demo { .. } | Command::Simulator { .. } | Command::Completions { .. } | Command::Man) =
+        (&cli.config, &cli.command)
+    {
+        eprintln!("error: `demo`, `simulator`, `completions` and `man` read no policy: --config does nothing there");
         return Exit::Usage;
     }
     let result = match &cli.command {
         Command::Demo { grace } => return crate::demo::run(grace).await,
+        Command::Completions { shell } => return completions(*shell),
+        Command::Man => return man_page(),
         Command::Simulator {
             listen,
             seed,
@@ -333,6 +346,26 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Status { json, .. } => passes(&cli, clock, Mode::Status { json: *json }).await,
     };
     result.unwrap_or_else(|e| e)
+}
+
+/// A completion script for `shell`, on stdout.
+fn completions(shell: clap_complete::Shell) -> Exit {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut cmd, "mixpanel-rotator", &mut std::io::stdout());
+    Exit::Ok
+}
+
+/// The manual page, on stdout.
+fn man_page() -> Exit {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let mut out = std::io::stdout().lock();
+    match clap_mangen::Man::new(cmd).render(&mut out) {
+        Ok(()) => Exit::Ok,
+        Err(e) => {
+            eprintln!("error: cannot write the manual page: {e}");
+            Exit::Failed
+        }
+    }
 }
 
 enum Mode {

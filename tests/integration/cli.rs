@@ -312,6 +312,29 @@ async fn conventional_config_flag_and_located_syntax_errors() {
         assert_eq!(o.status.code(), Some(2), "{args:?}");
         assert!(stderr(&o).contains("--config"), "{args:?}: {}", stderr(&o));
     }
+    // Completions and the manual page come from the binary itself.
+    for shell in ["bash", "zsh", "fish"] {
+        let o = tokio::process::Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{shell}");
+        assert!(
+            stdout(&o).contains("rotate-now") && stdout(&o).contains("dry-run"),
+            "{shell}: {}",
+            stdout(&o)
+        );
+    }
+    let o = tokio::process::Command::new(BIN).arg("man").output().await.unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains(".TH mixpanel-rotator 1"), "{}", stdout(&o));
+    let o = tokio::process::Command::new(BIN)
+        .arg("--version")
+        .output()
+        .await
+        .unwrap();
+    assert!(stdout(&o).contains("(commit "), "{}", stdout(&o));
     let broken = h.dir.path().join("broken.toml");
     std::fs::write(&broken, "version = 1\n[mixpanel]\nbase_url = \"http://x\n").unwrap();
     let o = run(&h, &broken, &["validate"]).await;
