@@ -37,17 +37,13 @@ trap cleanup EXIT
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); latency ${LATENCY} per Mixpanel call"
 
-# sim NAME SEED LATENCY: starts a simulator; sets SIM_URL, SIM_USER, SIM_SECRET_FILE, SIM_REGIONS.
+# sim NAME SEED LATENCY: starts a simulator (scripts/simulator.sh); sets
+# SIM_URL, SIM_USER, SIM_SECRET_FILE, SIM_REGIONS.
+# shellcheck source=scripts/simulator.sh
+. scripts/simulator.sh
 sim() {
-  local name=$1 seed=$2 latency=$3
-  "$BIN" simulator --listen 127.0.0.1:0 --seed "$seed" --latency "$latency" \
-    --admin-secret-file "$work/$name.secret" >"$work/$name.out" 2>&1 &
-  pids+=("$!")
-  for _ in $(seq 1 100); do grep -q '^listening on ' "$work/$name.out" 2>/dev/null && break; sleep 0.05; done
-  SIM_URL=$(sed -n 's/^listening on //p' "$work/$name.out")
-  SIM_USER=$(sed -n 's/^username = "\(.*\)"$/\1/p' "$work/$name.out")
-  SIM_REGIONS=$(grep '^region_urls' "$work/$name.out" || true)
-  SIM_SECRET_FILE="$work/$name.secret"
+  start_simulator "$BIN" "$work" "$1" "$2" "$3" || { echo "the simulator did not start"; exit 1; }
+  pids+=("$SIM_PID")
 }
 
 calls() { curl -fsS "${SIM_URL%/api/app}/_simulator/stats" | jq .requests; }
@@ -141,7 +137,7 @@ type = "file"
 dir = "'"$work"'/one-creds"'
 isink=local
 if [ -n "$BAO" ]; then
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  port=$(free_port)
   python3 -c 'import secrets; print(secrets.token_hex(16))' >"$work/bao.token"
   env BAO_DEV_ROOT_TOKEN_ID="$(cat "$work/bao.token")" "$BAO" server -dev -dev-listen-address="127.0.0.1:$port" \
     -dev-no-store-token >"$work/bao.log" 2>&1 &

@@ -62,14 +62,11 @@ user=$(pm image inspect -f '{{.Config.User}}' localhost/mixpanel-rotator:test)
 [ "$user" = 65532:65532 ] || fail "the image's user is '$user', not 65532:65532"
 
 step "the simulator on the host's loopback; policy and secret as the sidecar mounts them"
-"$BIN" simulator --listen 127.0.0.1:0 --seed empty --admin-secret-file "$work/sim.secret" >"$work/sim.out" 2>&1 &
-sim=$!
-for _ in $(seq 1 100); do grep -q '^listening on ' "$work/sim.out" 2>/dev/null && break; sleep 0.05; done
-SIM_URL=$(sed -n 's/^listening on //p' "$work/sim.out")
-SIM_USER=$(sed -n 's/^username = "\(.*\)"$/\1/p' "$work/sim.out")
-SIM_REGIONS=$(grep '^region_urls' "$work/sim.out" || true)
-[ -n "$SIM_URL" ] || fail "the simulator did not start"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# shellcheck source=scripts/simulator.sh
+. scripts/simulator.sh
+start_simulator "$BIN" "$work" sim empty || { sim=${SIM_PID:-}; fail "the simulator did not start"; }
+sim=$SIM_PID
+port=$(free_port)
 mkdir -p "$work/secret"
 install -m 0400 -o 65532 -g 65532 "$work/sim.secret" "$work/secret/mixpanel"
 cat >"$work/policy.toml" <<EOF

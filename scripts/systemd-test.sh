@@ -35,14 +35,11 @@ fail() {
 step() { echo "== [${SECONDS}s] $*"; }
 
 # The simulator, on the host's loopback (the container shares the network).
-"$BIN" simulator --listen 127.0.0.1:0 --seed empty --admin-secret-file "$work/sim.secret" >"$work/sim.out" 2>&1 &
-sim=$!
-for _ in $(seq 1 100); do grep -q '^listening on ' "$work/sim.out" 2>/dev/null && break; sleep 0.05; done
-SIM_URL=$(sed -n 's/^listening on //p' "$work/sim.out")
-SIM_USER=$(sed -n 's/^username = "\(.*\)"$/\1/p' "$work/sim.out")
-SIM_REGIONS=$(grep '^region_urls' "$work/sim.out" || true)
-[ -n "$SIM_URL" ] || fail "the simulator did not start: $(cat "$work/sim.out")"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# shellcheck source=scripts/simulator.sh
+. scripts/simulator.sh
+start_simulator "$BIN" "$work" sim empty || { sim=${SIM_PID:-}; fail "the simulator did not start: $(cat "$work/sim.out")"; }
+sim=$SIM_PID
+port=$(free_port)
 
 step "a fresh copy of the root filesystem, with the repository staged in /root/stage"
 cp -a "$ROOTFS" "$work/root"
