@@ -109,7 +109,7 @@ pm exec "$name" test -s /run/mixpanel-rotator/etl.json || fail "etl was not publ
 pm exec "$name" sh -c 'touch /usr/local/bin/x' 2>/dev/null && fail "the root filesystem is writable"
 read -r uid mode owner < <(pm exec "$name" sh -c 'echo "$(id -u) $(stat -c "%a %u" /run/mixpanel-rotator/etl.json)"')
 [ "$uid" = 65532 ] && [ "$mode" = 600 ] && [ "$owner" = 65532 ] || fail "process uid $uid, etl.json mode $mode owner $owner"
-curl -fsS "http://127.0.0.1:$port/metrics" | grep -q '^mixpanel_rotator_rotations_total{.*integration="etl".*} 1' ||
+grep -q '^mixpanel_rotator_rotations_total{.*integration="etl".*} 1' <<<"$(curl -fsS "http://127.0.0.1:$port/metrics")" ||
   fail "/metrics does not count the rotation"
 echo "running as uid 65532 on a read-only root; etl published 0600 on the tmpfs; /healthz and /readyz answer"
 

