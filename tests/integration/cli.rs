@@ -358,6 +358,29 @@ async fn conventional_config_flag_and_located_syntax_errors() {
     );
 }
 
+/// `rotate-now` into a file sink that cannot be written (sysfs: not even
+/// root creates a file there) stops before create: no mutating request.
+#[tokio::test]
+async fn rotate_now_into_an_unwritable_file_sink_makes_no_mutating_call() {
+    let h = Harness::realtime(Seed::Demo).await;
+    let text = h
+        .policy("[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nprojects = [{ id = 101, role = \"consumer\" }]\n")
+        .replace(&format!("dir = \"{}\"", h.creds_dir().display()), "dir = \"/sys/kernel/mm\"");
+    assert!(text.contains("/sys/kernel/mm"));
+    let cfg = h.dir.path().join("unwritable.toml");
+    std::fs::write(&cfg, text).unwrap();
+    h.sim.clear_requests();
+    let o = run(&h, &cfg, &["rotate-now", "etl"]).await;
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("checking the sink failed") && out.contains("nothing was created"),
+        "{out}"
+    );
+    let mutating: Vec<_> = h.sim.requests().into_iter().filter(|q| q.is_mutating()).collect();
+    assert!(mutating.is_empty(), "{mutating:?}");
+}
+
 /// The rotator never rotates its own account: `validate --online` says when
 /// it expires, and warns a month ahead.
 #[tokio::test]
