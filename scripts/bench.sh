@@ -89,6 +89,27 @@ PY
   )
 }
 
+# probe_latency: the mean time of one GET /me to the newest simulator, in
+# ms, over 50 calls on one kept-alive connection (the floor's real per-call time).
+probe_latency() {
+  python3 - "$SIM_URL" "$SIM_USER" "$SIM_SECRET_FILE" <<'PY'
+import base64, http.client, statistics, sys, time, urllib.parse
+u = urllib.parse.urlparse(sys.argv[1])
+auth = base64.b64encode(f"{sys.argv[2]}:{open(sys.argv[3]).read().strip()}".encode()).decode()
+c = http.client.HTTPConnection(u.hostname, u.port)
+ts = []
+for _ in range(50):
+    t = time.perf_counter()
+    c.request("GET", u.path + "/me", headers={"Authorization": "Basic " + auth})
+    c.getresponse().read()
+    ts.append((time.perf_counter() - t) * 1000)
+print(f"{statistics.mean(ts):.2f}")
+PY
+}
+
+# sim_cpu: the CPU seconds (user + system) the newest simulator has used.
+sim_cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/${pids[-1]}/stat"; }
+
 # failed: what the last measured command said, when it failed.
 failed() { echo "exit status $RC"; tail -5 "$work/err"; grep -v '^$' "$work/out" | grep -iv '^ *rotated\|^ *ok\|unchanged' | tail -15; }
 
@@ -101,11 +122,18 @@ for n in $NS; do
     sim "lat$n" empty "$LATENCY"
     policy "$work/p$n.toml" "$n" "$dir"
     before=$(calls)
+    sim_before=$(sim_cpu)
     measure "$BIN" --config "$work/p$n.toml" --log-level warn reconcile
     [ "$RC" = 0 ] || { echo "bootstrap of $n failed:"; failed; exit 1; }
     used=$(( $(calls) - before ))
+    sim_used=$(python3 -c "print(f'{$(sim_cpu) - $sim_before:.2f}')")
     floor=$(python3 -c "print(f'{$used / 3 * $lat_ms / 1000:.3f}')")
     printf '%-7s %-10s %9s %8s %8s %8s %7s %9s %9s\n' "$n" bootstrap "$WALL" "$CPU" "$RSS" "$THREADS" "$used" "$floor" "$(ratio "$WALL" "$floor")"
+    echo "        (the simulator used ${sim_used} s of CPU for these ${used} calls, on the same cores)"
+    per_call=$(probe_latency)
+    real_floor=$(python3 -c "print(f'{$used / 3 * $per_call / 1000:.3f}')")
+    echo "        (one call to this simulator takes ${per_call} ms at --latency ${LATENCY}, measured sequentially: its timer and HTTP;"
+    echo "         with that per-call time the floor is ${real_floor} s and the wall is $(ratio "$WALL" "$real_floor") of it)"
     before=$(calls)
     measure "$BIN" --config "$work/p$n.toml" --log-level warn reconcile
     used=$(( $(calls) - before ))
