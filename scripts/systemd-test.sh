@@ -65,6 +65,8 @@ dir = "/run/mixpanel-rotator"
 mode = "0640"
 [server]
 listen = "127.0.0.1:$port"
+[daemon]
+spread = "0s"   # one rotator: its first pass need not wait for a share of the spread
 [[integrations]]
 name = "etl"
 sink = "local"
