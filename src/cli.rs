@@ -383,6 +383,9 @@ enum Mode {
 }
 
 async fn passes(cli: &Cli, clock: SharedClock, mode: Mode) -> Result<Exit, Exit> {
+    // The reports go to stdout: their warnings and errors are not logged
+    // again on stderr (at debug only).
+    crate::rotation::log_reported(false);
     let policy = load_policy(cli)?;
     let mut opts = PassOptions::default();
     match &mode {

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::context::Context;
 use super::decide::{Blocked, Deadlines, NotOwned, Plan, Request, decide};
+use super::echo::reported;
 use super::error::{Cause, Consequence, SetupError, Step, StepError};
 use super::memberships::desired;
 use super::mirror::{self, MirrorState, MirrorSync, MirrorView};
@@ -229,7 +230,7 @@ impl Engine {
         if !opts.dry_run
             && let Err(e) = self.ctx.audit_writable()
         {
-            tracing::error!("{e}");
+            reported!(error, "{e}");
             return self.all_failed(&selected, now, Step::Audit, &Cause::Audit(e));
         }
         // At once: the account list, the primaries (when there are few: a
@@ -254,7 +255,7 @@ impl Engine {
         let accounts = match listed {
             Ok(a) => a,
             Err(e) => {
-                tracing::error!(error = %e, "Cannot list service accounts; nothing is done in this pass.");
+                reported!(error, error = %e, "Cannot list service accounts; nothing is done in this pass.");
                 return self.unreached(selected, reads, now, &Cause::Mixpanel(e)).await;
             }
         };
@@ -469,7 +470,7 @@ impl Engine {
     fn report_ownership(&self, i: &Integration, plan: &Plan, report: &mut Report) {
         for u in &plan.in_use {
             let e = StepError::new(&i.name, Step::CheckAccounts, Cause::InUseElsewhere(u.clone()));
-            tracing::warn!(integration = %i.name, account_id = u.id, "{e}");
+            reported!(warn, integration = %i.name, account_id = u.id, "{e}");
             report.errors.push(e);
         }
         for x in &plan.ignored {
@@ -482,7 +483,7 @@ impl Engine {
                 "{sink} path `{}`: the payload's `{}` names account {} ({}), which is {whose}: ignored, never deleted; someone who can write the sink may have edited it",
                 i.path, x.field, x.id, x.username
             );
-            tracing::warn!(integration = %i.name, account_id = x.id, "{w}");
+            reported!(warn, integration = %i.name, account_id = x.id, "{w}");
             report.warnings.push(w);
         }
     }
@@ -557,7 +558,7 @@ impl Engine {
         }
         for (hook, r) in results {
             if let Err(msg) = r {
-                tracing::warn!(integration = %i.name, hook, "Hook failed (the rotation stands): {msg}");
+                reported!(warn, integration = %i.name, hook, "Hook failed (the rotation stands): {msg}");
                 if let Some(m) = &self.ctx.metrics {
                     m.hook_failure(&i.name, hook);
                 }

@@ -3,6 +3,7 @@
 
 use super::context::Context;
 use super::decide::MembershipSource;
+use super::echo::reported;
 use super::error::{Cause, Step, StepError};
 use super::observe::MembershipCache;
 use crate::mixpanel::types::{ProjectGrant, ProjectMember, ProjectRole, TargetType};
@@ -56,7 +57,7 @@ pub async fn desired(
             row.target_type,
             i.key("projects")
         );
-        tracing::warn!(integration = %i.name, project, account_id = src.id, "{w}");
+        reported!(warn, integration = %i.name, project, account_id = src.id, "{w}");
         warnings.push(w);
     }
     out.sort();

@@ -8,6 +8,7 @@
 use serde::Serialize;
 
 use super::context::Context;
+use super::echo::reported;
 use super::error::{Cause, Consequence, Step, StepError};
 use crate::audit::{Action, AuditEvent, Outcome};
 use crate::policy::{Integration, MirrorConfig};
@@ -120,7 +121,7 @@ pub fn copyable<'a>(i: &Integration, organization_id: u64, primary: Option<&'a P
 
 /// The mirrors of `i` when its primary could not be read: each left as it is.
 pub(super) fn unread(i: &Integration, e: StepError) -> MirrorSync {
-    tracing::error!(integration = %i.name, "{e}");
+    reported!(error, integration = %i.name, "{e}");
     MirrorSync {
         integration: i.name.clone(),
         views: i.mirrors.iter().map(MirrorView::failed).collect(),
@@ -139,7 +140,7 @@ pub(super) async fn sync(ctx: &Context, i: &Integration, primary: Option<&Payloa
         match sync_one(ctx, i, m, primary, write).await {
             Ok(v) => out.views.push(v),
             Err(e) => {
-                tracing::error!(integration = %i.name, mirror_sink = %m.sink, mirror_path = %m.path, "{e}");
+                reported!(error, integration = %i.name, mirror_sink = %m.sink, mirror_path = %m.path, "{e}");
                 out.views.push(MirrorView::failed(m));
                 out.errors.push(e);
             }

@@ -13,6 +13,7 @@
 mod context;
 pub mod decide;
 mod delete;
+pub mod echo;
 pub mod engine;
 pub mod error;
 pub mod lineage;
@@ -25,6 +26,7 @@ mod rotate;
 pub use decide::{
     Blocked, DeleteReason, Disposal, MembershipSource, Plan, Request, RotateReason, RotationPlan, Rule, Scope, decide,
 };
+pub use echo::log_reported;
 pub use engine::{Engine, PassOptions};
 pub use error::{Cause, Consequence, SetupError, Step, StepError};
 pub use mirror::{MirrorState, MirrorSync, MirrorView};

@@ -12,6 +12,7 @@ use tracing::Instrument as _;
 
 use super::context::Context;
 use super::decide::{Deadlines, DeleteReason, Disposal, RotationPlan, Rule};
+use super::echo::reported;
 use super::error::{Cause, Consequence, Step, StepError};
 use super::lineage::{Lineage, new_rotation_id};
 use super::memberships::desired;
@@ -106,7 +107,7 @@ impl<'a> Rotation<'a> {
     }
 
     fn warn(&mut self, w: String) {
-        tracing::warn!("{w}");
+        reported!(warn, "{w}");
         self.warnings.push(w);
     }
 

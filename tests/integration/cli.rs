@@ -358,6 +358,19 @@ async fn conventional_config_flag_and_located_syntax_errors() {
     );
 }
 
+/// A warning is printed once: in the report on stdout, not again in the log
+/// on stderr (the daemon, which prints no report, logs it).
+#[tokio::test]
+async fn a_warning_is_printed_once() {
+    let h = Harness::realtime(Seed::Demo).await;
+    let cfg = h.policy_file(&etl(&h));
+    let o = run(&h, &cfg, &["rotate-now", "etl"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let needle = "a grant that cannot be copied";
+    assert_eq!(stdout(&o).matches(needle).count(), 1, "{}", stdout(&o));
+    assert!(!stderr(&o).contains(needle), "logged too: {}", stderr(&o));
+}
+
 /// `rotate-now` into a file sink that cannot be written (sysfs: not even
 /// root creates a file there) stops before create: no mutating request.
 #[tokio::test]
