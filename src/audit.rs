@@ -24,6 +24,8 @@ pub enum Action {
     Publish,
     /// A mirror was brought up to date from the primary.
     Mirror,
+    /// A published credential was removed from a sink (`retire`).
+    Remove,
 }
 
 /// How the call ended.
@@ -48,6 +50,7 @@ impl Action {
             Action::AddToProject => "add_to_project",
             Action::Publish => "publish",
             Action::Mirror => "mirror",
+            Action::Remove => "remove",
         }
     }
 }

@@ -65,7 +65,8 @@ impl Cli {
             | Command::Plan { policy }
             | Command::RotateNow { policy, .. }
             | Command::Reconcile { policy }
-            | Command::Status { policy, .. } => policy.config.as_deref(),
+            | Command::Status { policy, .. }
+            | Command::Retire { policy, .. } => policy.config.as_deref(),
             Command::Demo { .. } | Command::Simulator { .. } | Command::Completions { .. } | Command::Man => None,
         };
         after.or(self.config.as_deref())
@@ -126,6 +127,20 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Decommission an integration: show every account of its lineage, the
+    /// account its `adopt` names and the payloads of its primary and
+    /// mirrors; with --yes, delete and remove them (audited). Then remove
+    /// it from the policy (a pass would bootstrap it again).
+    Retire {
+        /// The integration (it must still be in the policy).
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Do it (without: show what would be done, change nothing).
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         policy: PolicyArgs,
     },
@@ -343,9 +358,42 @@ pub async fn run(cli: Cli) -> Exit {
             .await
         }
         Command::Reconcile { .. } => passes(&cli, clock, Mode::Reconcile).await,
+        Command::Retire { name, yes, .. } => retire(&cli, clock, name, *yes).await,
         Command::Status { json, .. } => passes(&cli, clock, Mode::Status { json: *json }).await,
     };
     result.unwrap_or_else(|e| e)
+}
+
+/// `retire NAME [--yes]`.
+async fn retire(cli: &Cli, clock: SharedClock, name: &str, yes: bool) -> Result<Exit, Exit> {
+    let policy = load_policy(cli)?;
+    if policy.integration(name).is_none() {
+        let known: Vec<&str> = policy.integrations.iter().map(|i| i.name.as_str()).collect();
+        eprintln!(
+            "error: no integration `{name}` in the policy (retire needs its sink and path: put it back to retire it); known: {}",
+            known.join(", ")
+        );
+        return Err(Exit::Usage);
+    }
+    let engine = engine(policy, clock)?;
+    let Some(i) = engine.policy().integration(name).cloned() else {
+        return Err(Exit::Usage);
+    };
+    let plan = match engine.retire_plan(&i).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Err(Exit::Failed);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if !yes {
+        let _ = write!(out, "{}", crate::render::retire_text(&plan, None));
+        return Ok(Exit::Ok);
+    }
+    let done = engine.retire(&i, plan.clone()).await;
+    let _ = write!(out, "{}", crate::render::retire_text(&plan, Some(&done)));
+    Ok(Exit::from_failure(!done.errors.is_empty()))
 }
 
 /// A completion script for `shell`, on stdout.

@@ -127,7 +127,7 @@ impl Metrics {
                     .get_or_create(&labels(&[("integration", integration), ("result", result)]));
             }
         }
-        for reason in ["retiring", "orphan", "revoked"] {
+        for reason in ["retiring", "orphan", "revoked", "retired"] {
             let _ = self
                 .deleted
                 .get_or_create(&labels(&[("integration", integration), ("reason", reason)]));

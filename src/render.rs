@@ -1,6 +1,8 @@
 //! Reports as people read them: `plan`, `reconcile`/`rotate-now` and
 //! `status`. Pure functions of [`Report`]s; nothing here decides anything.
 
+use std::fmt::Write as _;
+
 use chrono::{DateTime, Utc};
 
 use crate::mixpanel::types::Grants;
@@ -126,7 +128,72 @@ fn why(x: &Disposal) -> String {
         Rule::Expired => "expired: it authenticates nobody".into(),
         Rule::RevokeOld => "`--revoke-old`".into(),
         Rule::FailedRotation => "created by a rotation that failed before its publish".into(),
+        Rule::Retire => format!("`retire --yes`: the integration is decommissioned (last_used {used})"),
     }
+}
+
+/// `retire` output: what it deletes and removes (`done`: what it did).
+pub fn retire_text(
+    plan: &crate::rotation::retire::RetirePlan,
+    done: Option<&crate::rotation::retire::Retired>,
+) -> String {
+    let verb = |did: bool, planned: &str, past: &str| {
+        if done.is_some() && did {
+            past.to_string()
+        } else {
+            planned.to_string()
+        }
+    };
+    let mut s = format!("retire {}:\n", plan.integration);
+    for d in &plan.delete {
+        let did = done.is_some_and(|x| x.deleted.contains(&d.id));
+        let used = d.last_used.map(rfc3339).unwrap_or_else(|| "never".into());
+        let _ = writeln!(
+            s,
+            "  - {} account {} ({}; last used {used})",
+            verb(did, "delete", "deleted"),
+            d.id,
+            d.username
+        );
+    }
+    for (id, username, why) in &plan.kept {
+        let _ = writeln!(s, "  - keep account {id} ({username}): {why}");
+    }
+    for p in plan.places.iter().filter(|p| p.present) {
+        let did = done.is_some_and(|x| x.removed.iter().any(|r| r.sink == p.sink && r.path == p.path));
+        let what = if p.mirror {
+            "the mirror's payload"
+        } else {
+            "the payload"
+        };
+        let _ = writeln!(
+            s,
+            "  - {} {what} at sink `{}` path `{}`",
+            verb(did, "remove", "removed"),
+            p.sink,
+            p.path
+        );
+    }
+    if plan.delete.is_empty() && !plan.places.iter().any(|p| p.present) {
+        let _ = writeln!(s, "  (no account and no payload left)");
+    }
+    match done {
+        None => s.push_str("(nothing was changed: run again with --yes to do it)\n"),
+        Some(d) if d.errors.is_empty() => {
+            let _ = writeln!(
+                s,
+                "retired: now remove `{}` from the policy (while it is there, a pass would bootstrap it again)",
+                plan.integration
+            );
+        }
+        Some(d) => {
+            for e in &d.errors {
+                let _ = writeln!(s, "  error: {e}");
+            }
+            s.push_str("not finished: fix the cause and run `retire --yes` again\n");
+        }
+    }
+    s
 }
 
 /// `reconcile` / `rotate-now` output: what was done.

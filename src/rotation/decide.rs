@@ -97,6 +97,8 @@ pub enum DeleteReason {
     Orphan,
     /// Superseded and revoked at once (`--revoke-old`).
     Revoked,
+    /// The integration is decommissioned (`retire --yes`).
+    Retired,
 }
 
 impl DeleteReason {
@@ -106,6 +108,7 @@ impl DeleteReason {
             DeleteReason::Retiring => "retiring",
             DeleteReason::Orphan => "orphan",
             DeleteReason::Revoked => "revoked",
+            DeleteReason::Retired => "retired",
         }
     }
 }
@@ -140,6 +143,8 @@ pub enum Rule {
     RevokeOld,
     /// A rotation failed before its publish: its own new account, at once.
     FailedRotation,
+    /// `retire --yes`: every account of the integration, at once.
+    Retire,
 }
 
 /// How long after its creation an account's use is put down to its own

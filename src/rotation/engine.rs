@@ -77,7 +77,7 @@ impl PassOptions {
 /// The reconcile engine.
 #[derive(Debug)]
 pub struct Engine {
-    ctx: Context,
+    pub(super) ctx: Context,
 }
 
 /// How long to keep retrying the verification of a new credential by default.

@@ -21,6 +21,7 @@ mod memberships;
 pub mod mirror;
 pub mod observe;
 pub mod report;
+pub mod retire;
 mod rotate;
 
 pub use decide::{

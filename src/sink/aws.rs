@@ -380,6 +380,28 @@ impl Sink for AwsSink {
         self.swap(path, payload, &body, expected).await
     }
 
+    async fn remove(&self, path: &str) -> Result<bool, SinkError> {
+        // With AWS's recovery window (7 days): restorable by a person.
+        match self
+            .client()
+            .await
+            .delete_secret()
+            .secret_id(path)
+            .recovery_window_in_days(7)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let Parts { code, message } = parts(&e);
+                if code == "ResourceNotFoundException" {
+                    return Ok(false);
+                }
+                Err(self.fail("DeleteSecret", path, &code, &message))
+            }
+        }
+    }
+
     async fn overwrite(&self, path: &str, payload: &Payload) -> Result<Version, SinkError> {
         let body = body(payload)?;
         // A fresh token per write: a version with the same token and body

@@ -192,6 +192,10 @@ pub trait Sink: Send + Sync + fmt::Debug {
     async fn writable(&self, path: &str) -> Result<(), SinkError> {
         self.healthcheck(path).await.map(|_| ())
     }
+
+    /// Removes what is published at `path` (`retire`): `Ok(false)` when
+    /// nothing was there. Never used by a pass.
+    async fn remove(&self, path: &str) -> Result<bool, SinkError>;
 }
 
 #[cfg(test)]

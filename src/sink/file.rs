@@ -341,6 +341,24 @@ impl FileSink {
         Ok(Version(payload.rotation_id.clone()))
     }
 
+    /// Removes the payload at `path` and its lock file, under the lock.
+    fn remove_blocking(&self, path: &str) -> Result<bool, SinkError> {
+        let target = self.target(path)?;
+        if !target.parent().is_some_and(Path::exists) {
+            return Ok(false);
+        }
+        let lock = self.lock(&target)?;
+        refuse_symlink(&target)?;
+        let removed = match fs::remove_file(&target) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(self.io("remove", &target, e)),
+        };
+        let _ = fs::remove_file(lock_path(&target));
+        drop(lock);
+        Ok(removed)
+    }
+
     /// Takes the writers' lock of `target`: `{target}.lock`, never through a
     /// symbolic link (which could make the rotator create a file elsewhere).
     fn lock(&self, target: &Path) -> Result<File, SinkError> {
@@ -535,6 +553,12 @@ impl Sink for FileSink {
         let me = self.handle();
         let path = path.to_string();
         blocking(move || me.health_blocking(&path)).await
+    }
+
+    async fn remove(&self, path: &str) -> Result<bool, SinkError> {
+        let me = self.handle();
+        let path = path.to_string();
+        blocking(move || me.remove_blocking(&path)).await
     }
 }
 

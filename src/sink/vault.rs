@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use tokio::sync::Mutex;
-use vaultrs::api::kv2::requests::{ReadSecretRequest, SetSecretMetadataRequest, SetSecretRequestOptions};
+use vaultrs::api::kv2::requests::{
+    DeleteSecretMetadataRequest, ReadSecretRequest, SetSecretMetadataRequest, SetSecretRequestOptions,
+};
 use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 
@@ -530,6 +532,29 @@ impl Sink for VaultSink {
         let version = self.set(path, payload, cas).await?;
         self.tag(path, payload).await;
         Ok(version)
+    }
+
+    async fn remove(&self, path: &str) -> Result<bool, SinkError> {
+        if self.read_current(path).await?.is_none() {
+            return Ok(false);
+        }
+        let mount = self.config.mount.as_str();
+        // Every version and the metadata (needs `delete` on the metadata path).
+        let r = self
+            .run(|c| async move {
+                let endpoint = DeleteSecretMetadataRequest::builder()
+                    .mount(mount)
+                    .path(path)
+                    .build()
+                    .map_err(|_| ClientError::InvalidUpdateParameter)?;
+                vaultrs::api::exec_with_empty(&*c, endpoint).await
+            })
+            .await;
+        match r {
+            Ok(()) => Ok(true),
+            Err(Fail::Api(e)) => Err(self.err("cannot delete", path, &e)),
+            Err(Fail::Login(e)) => Err(e),
+        }
     }
 
     async fn writable(&self, path: &str) -> Result<(), SinkError> {

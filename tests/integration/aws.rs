@@ -43,6 +43,21 @@ fn policy(h: &Harness, secret: &str) -> String {
     )
 }
 
+/// `retire`'s removal from Secrets Manager: DeleteSecret with a recovery
+/// window (restorable by a person), then nothing to read.
+#[tokio::test]
+async fn retire_removes_the_secret_with_a_recovery_window() {
+    let h = Harness::new(Seed::Demo).await;
+    let secret = unique("mixpanel/retire");
+    let engine = h.engine(&policy(&h, &secret));
+    ok(&h.pass(&engine).await);
+    let sink = engine.sink("aws").unwrap().clone();
+    assert!(sink.remove(&secret).await.unwrap());
+    let d = aws().await.describe_secret().secret_id(&secret).send().await.unwrap();
+    assert!(d.deleted_date().is_some(), "scheduled for deletion, restorable");
+    assert!(sink.read_current(&secret).await.is_err() || sink.read_current(&secret).await.unwrap().is_none());
+}
+
 /// (payload, version id) at `stage`.
 async fn at_stage(c: &Client, secret: &str, stage: &str) -> (Value, String) {
     let out = c

@@ -358,6 +358,98 @@ async fn conventional_config_flag_and_located_syntax_errors() {
     );
 }
 
+/// `retire` shows what it will delete and changes nothing; with `--yes` no
+/// account of the lineage, no adopted account and no payload (primary and
+/// mirror) is left, and nothing else is touched. Removing an integration
+/// from the policy alone deletes nothing.
+#[tokio::test]
+async fn retire_shows_then_removes_every_trace_of_an_integration() {
+    let h = Harness::realtime(Seed::Demo).await;
+    let legacy = h.accounts_with_prefix("etl-legacy")[0].id;
+    let mirror = "mirrors = [{ sink = \"pod\", path = \"etl-copy.json\" }]\n";
+    let pod = h.dir.path().join("pod");
+    let sinks = format!("[sinks.pod]\ntype = \"file\"\ndir = \"{}\"\n", pod.display());
+    let cfg = h.policy_file(&format!("{sinks}{}{mirror}", etl(&h)));
+    let o = run(&h, &cfg, &["rotate-now", "etl"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let o = run(&h, &cfg, &["rotate-now", "etl"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let lineage: Vec<u64> = h.accounts_with_prefix("mpr-etl-").iter().map(|a| a.id).collect();
+    assert_eq!(lineage.len(), 2, "two rotations, the first kept for grace");
+    assert!(pod.join("etl-copy.json").exists());
+    let others: Vec<u64> = h
+        .sim
+        .accounts()
+        .iter()
+        .map(|a| a.id)
+        .filter(|id| !lineage.contains(id) && *id != legacy)
+        .collect();
+
+    // Removing it from the policy and running a pass deletes nothing of it.
+    let without = h.policy_file(
+        "[[integrations]]\nname = \"ci\"\nsink = \"local\"\npath = \"ci.json\"\nprojects = [{ id = 101, role = \"consumer\" }]\n",
+    );
+    let o = run(&h, &without, &["reconcile"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    for id in lineage.iter().chain([&legacy]) {
+        assert!(
+            h.sim.account(*id).is_some(),
+            "account {id} deleted by a policy without etl"
+        );
+    }
+    let others: Vec<u64> = others
+        .into_iter()
+        .chain(h.accounts_with_prefix("mpr-ci-").iter().map(|a| a.id))
+        .collect();
+
+    // Without --yes: the list, and nothing changed.
+    h.sim.clear_requests();
+    let o = run(&h, &cfg, &["retire", "etl"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    for id in lineage.iter().chain([&legacy]) {
+        assert!(text.contains(&format!("delete account {id} (")), "{id}: {text}");
+    }
+    assert!(
+        text.contains("remove the payload at sink `local` path `etl.json`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("remove the mirror's payload at sink `pod` path `etl-copy.json`"),
+        "{text}"
+    );
+    assert!(text.contains("nothing was changed"), "{text}");
+    assert!(h.sim.requests().iter().all(|q| !q.is_mutating()));
+    assert!(h.payload("etl.json").is_some());
+
+    // With --yes: every trace gone, audited; nothing else touched.
+    let o = run(&h, &cfg, &["retire", "etl", "--yes"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("retired: now remove `etl` from the policy"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(h.accounts_with_prefix("mpr-etl-").is_empty());
+    assert!(h.sim.account(legacy).is_none());
+    assert!(h.payload("etl.json").is_none());
+    assert!(!pod.join("etl-copy.json").exists());
+    for id in &others {
+        assert!(h.sim.account(*id).is_some(), "account {id} is not etl's and must stay");
+    }
+    let log = stderr(&o);
+    assert!(
+        log.contains("action=\"delete\"") && log.contains("reason=\"retired\""),
+        "{log}"
+    );
+    assert!(log.contains("action=\"remove\""), "{log}");
+    // Again: nothing left to do.
+    let o = run(&h, &cfg, &["retire", "etl", "--yes"]).await;
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("no account and no payload left"), "{}", stdout(&o));
+    h.assert_no_secret_leaked(&[]);
+}
+
 /// A warning is printed once: in the report on stdout, not again in the log
 /// on stderr (the daemon, which prints no report, logs it).
 #[tokio::test]

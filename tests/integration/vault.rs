@@ -209,6 +209,47 @@ path "secret/metadata/{prefix}/*" {{ capabilities = ["read"] }}"#
     assert!(r.rotated.is_none());
 }
 
+/// `retire`'s removal from Vault: every version and the metadata go; the
+/// rotator's usual policy (no `delete`) is refused with the missing right.
+#[tokio::test]
+async fn retire_removes_every_version_from_vault() {
+    let h = Harness::new(Seed::Demo).await;
+    let bao = Bao::from_env();
+    let (policy, path, _) = token_setup(&h, &bao).await;
+    let engine = h.engine(&policy);
+    ok(&h.pass(&engine).await);
+    let sink = engine.sink("vault").unwrap().clone();
+    let refused = sink.remove(&path).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("403") || refused.to_string().contains("permission"),
+        "{refused}"
+    );
+    assert!(sink.read_current(&path).await.unwrap().is_some(), "nothing removed");
+    // With `delete` on the metadata path (the root token here).
+    let root = write_secret(
+        &h,
+        "root.token",
+        &std::fs::read_to_string(std::env::var("MPR_TEST_BAO_TOKEN_FILE").unwrap()).unwrap(),
+    );
+    let root_policy = format!(
+        "{}\n{}",
+        vault_sink(
+            &bao,
+            &format!("{{ method = \"token\", token = {{ file = \"{}\" }} }}", root.display())
+        ),
+        etl(&h, &path)
+    );
+    let engine = h.engine(&root_policy);
+    let sink = engine.sink("vault").unwrap().clone();
+    assert!(sink.remove(&path).await.unwrap(), "removed");
+    assert!(sink.read_current(&path).await.unwrap().is_none());
+    let (st, _) = bao
+        .call(reqwest::Method::GET, &format!("secret/metadata/{path}"), None)
+        .await;
+    assert_eq!(st, 404, "no version and no metadata left");
+    assert!(!sink.remove(&path).await.unwrap(), "nothing left to remove");
+}
+
 #[tokio::test]
 async fn full_rotation_into_vault_versions_and_metadata() {
     let h = Harness::new(Seed::Demo).await;
