@@ -48,6 +48,24 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    /// For people.
+    #[default]
+    Text,
+    /// The versioned JSON document of docs/output.schema.json.
+    Json,
+}
+
+/// `-o, --output` of the commands that print results.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct OutputArgs {
+    /// Output format: text, or the versioned JSON document (docs/output.schema.json).
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
 /// `-c, --config` of the commands that read a policy.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct PolicyArgs {
@@ -62,9 +80,9 @@ impl Cli {
         let after = match &self.command {
             Command::Run { policy, .. }
             | Command::Validate { policy, .. }
-            | Command::Plan { policy }
+            | Command::Plan { policy, .. }
             | Command::RotateNow { policy, .. }
-            | Command::Reconcile { policy }
+            | Command::Reconcile { policy, .. }
             | Command::Status { policy, .. }
             | Command::Retire { policy, .. } => policy.config.as_deref(),
             Command::Demo { .. } | Command::Simulator { .. } | Command::Completions { .. } | Command::Man => None,
@@ -97,6 +115,8 @@ pub enum Command {
     /// Show what a pass would do now, without changing anything.
     Plan {
         #[command(flatten)]
+        output: OutputArgs,
+        #[command(flatten)]
         policy: PolicyArgs,
     },
     /// Rotate the named integrations now (for a leaked or suspect credential).
@@ -115,18 +135,24 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
         #[command(flatten)]
+        output: OutputArgs,
+        #[command(flatten)]
         policy: PolicyArgs,
     },
     /// Run one reconcile pass over every integration, then exit (cron job, systemd timer).
     Reconcile {
         #[command(flatten)]
+        output: OutputArgs,
+        #[command(flatten)]
         policy: PolicyArgs,
     },
     /// Show each integration's current account, expiry, next rotation and pending deletions.
     Status {
-        /// Print JSON instead of a table.
-        #[arg(long)]
+        /// The same as `-o json`.
+        #[arg(long, hide = true)]
         json: bool,
+        #[command(flatten)]
+        output: OutputArgs,
         #[command(flatten)]
         policy: PolicyArgs,
     },
@@ -337,12 +363,13 @@ pub async fn run(cli: Cli) -> Exit {
         }
         Command::Run { shutdown_timeout, .. } => return daemon(&cli, shutdown_timeout).await,
         Command::Validate { online, .. } => validate(&cli, *online, clock).await,
-        Command::Plan { .. } => passes(&cli, clock, Mode::Plan).await,
+        Command::Plan { output, .. } => passes(&cli, clock, Mode::Plan, output.output).await,
         Command::RotateNow {
             names,
             all,
             revoke_old,
             dry_run,
+            output,
             ..
         } => {
             passes(
@@ -354,12 +381,16 @@ pub async fn run(cli: Cli) -> Exit {
                     revoke_old: *revoke_old,
                     dry_run: *dry_run,
                 },
+                output.output,
             )
             .await
         }
-        Command::Reconcile { .. } => passes(&cli, clock, Mode::Reconcile).await,
+        Command::Reconcile { output, .. } => passes(&cli, clock, Mode::Reconcile, output.output).await,
         Command::Retire { name, yes, .. } => retire(&cli, clock, name, *yes).await,
-        Command::Status { json, .. } => passes(&cli, clock, Mode::Status { json: *json }).await,
+        Command::Status { json, output, .. } => {
+            let output = if *json { Output::Json } else { output.output };
+            passes(&cli, clock, Mode::Status, output).await
+        }
     };
     result.unwrap_or_else(|e| e)
 }
@@ -425,19 +456,29 @@ enum Mode {
         revoke_old: bool,
         dry_run: bool,
     },
-    Status {
-        json: bool,
-    },
+    Status,
 }
 
-async fn passes(cli: &Cli, clock: SharedClock, mode: Mode) -> Result<Exit, Exit> {
+impl Mode {
+    /// The command's name in the JSON document.
+    fn command(&self) -> &'static str {
+        match self {
+            Mode::Plan => "plan",
+            Mode::Reconcile => "reconcile",
+            Mode::RotateNow { .. } => "rotate-now",
+            Mode::Status => "status",
+        }
+    }
+}
+
+async fn passes(cli: &Cli, clock: SharedClock, mode: Mode, output: Output) -> Result<Exit, Exit> {
     // The reports go to stdout: their warnings and errors are not logged
     // again on stderr (at debug only).
     crate::rotation::log_reported(false);
     let policy = load_policy(cli)?;
     let mut opts = PassOptions::default();
     match &mode {
-        Mode::Plan | Mode::Status { .. } => opts.dry_run = true,
+        Mode::Plan | Mode::Status => opts.dry_run = true,
         Mode::Reconcile => {}
         Mode::RotateNow {
             names,
@@ -465,7 +506,7 @@ async fn passes(cli: &Cli, clock: SharedClock, mode: Mode) -> Result<Exit, Exit>
     }
     let engine = engine(policy, clock.clone())?;
     let mut reports = engine.pass(&opts).await;
-    if matches!(mode, Mode::Status { .. }) {
+    if matches!(mode, Mode::Status) {
         // Status also says whether each sink would accept the next publish.
         for r in &mut reports {
             if let Some(e) = engine.sink_check(&r.integration).await {
@@ -475,11 +516,12 @@ async fn passes(cli: &Cli, clock: SharedClock, mode: Mode) -> Result<Exit, Exit>
     }
     let mut out = std::io::stdout().lock();
     match mode {
-        Mode::Status { json: true } => {
-            let _ = serde_json::to_writer_pretty(&mut out, &reports);
+        _ if output == Output::Json => {
+            let doc = crate::render::json_document(mode.command(), &reports, clock.now());
+            let _ = serde_json::to_writer_pretty(&mut out, &doc);
             let _ = writeln!(out);
         }
-        Mode::Status { json: false } => {
+        Mode::Status => {
             let _ = write!(out, "{}", status_table(&reports));
         }
         Mode::Plan | Mode::RotateNow { dry_run: true, .. } => {

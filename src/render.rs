@@ -330,3 +330,105 @@ fn status_row(r: &Report) -> [String; 9] {
         state,
     ]
 }
+
+/// The `-o json` document of `plan`, `status`, `rotate-now` and `reconcile`
+/// (`docs/output.schema.json`, version 1): per integration its state, the
+/// published account, when it next acts, the actions planned or performed
+/// (accounts by id; a planned create by its username pattern), warnings and
+/// errors. Never a secret.
+pub fn json_document(command: &str, reports: &[Report], at: DateTime<Utc>) -> serde_json::Value {
+    serde_json::json!({
+        "version": 1,
+        "command": command,
+        "at": rfc3339(at),
+        "ok": !reports.iter().any(Report::failed),
+        "integrations": reports.iter().map(integration_json).collect::<Vec<_>>(),
+    })
+}
+
+fn integration_json(r: &Report) -> serde_json::Value {
+    let state = if r.plan.blocked.is_some() {
+        "blocked"
+    } else if r.failed() {
+        "failed"
+    } else if r.rotated.is_some() {
+        "rotated"
+    } else if r.plan.rotate.is_some() {
+        "due"
+    } else if r.current.is_none() {
+        "unpublished"
+    } else {
+        "ok"
+    };
+    let next_action = r.plan.next_action().map(|at| {
+        let what = if r.plan.next_rotation() == Some(at) {
+            "rotate"
+        } else {
+            "delete"
+        };
+        serde_json::json!({ "at": rfc3339(at), "what": what })
+    });
+    serde_json::json!({
+        "name": r.integration,
+        "sink": r.sink,
+        "path": r.path,
+        "state": state,
+        "current": r.current.as_ref().map(|c| serde_json::json!({
+            "service_account_id": c.service_account_id,
+            "username": c.username,
+            "expires": c.expires.map(rfc3339),
+            "rotated_at": rfc3339(c.rotated_at),
+            "rotation_id": c.rotation_id,
+            "exists": c.exists,
+        })),
+        "next_rotation": r.next_rotation().map(rfc3339),
+        "next_action": next_action,
+        "actions": actions_json(r),
+        "mirrors": r.mirrors.iter().map(|m| serde_json::json!({
+            "sink": m.sink, "path": m.path, "state": m.state, "rotation_id": m.rotation_id,
+        })).collect::<Vec<_>>(),
+        "warnings": r.warnings,
+        "errors": r.errors.iter().map(|e| serde_json::json!({ "step": e.step.to_string(), "message": e.to_string() })).collect::<Vec<_>>(),
+    })
+}
+
+/// Planned (`done: false`) and performed (`done: true`) creates and deletes,
+/// each account once (a deletion done, or due now, is not listed again as
+/// a later one).
+fn actions_json(r: &Report) -> Vec<serde_json::Value> {
+    let delete = |d: &Disposal, done: bool, at: Option<DateTime<Utc>>| {
+        serde_json::json!({
+            "kind": "delete", "done": done, "account_id": d.id, "username": d.username,
+            "username_pattern": null, "reason": d.reason.as_str(), "at": at.map(rfc3339),
+        })
+    };
+    let mut out = vec![];
+    let mut deletes: Vec<(&Disposal, bool, Option<DateTime<Utc>>)> = vec![];
+    match (&r.rotated, &r.plan.rotate) {
+        (Some(rot), _) => out.push(serde_json::json!({
+            "kind": "create", "done": true, "account_id": rot.service_account_id, "username": rot.username,
+            "username_pattern": null, "reason": rot.reason.to_string(), "at": rfc3339(rot.rotated_at),
+        })),
+        (None, Some(rp)) if !r.failed() => {
+            out.push(serde_json::json!({
+                "kind": "create", "done": false, "account_id": null, "username": null,
+                "username_pattern": rp.username_pattern, "reason": rp.reason.to_string(), "at": rfc3339(r.at),
+            }));
+            deletes.extend(rp.revoke.iter().map(|d| (d, false, Some(r.at))));
+        }
+        _ => {}
+    }
+    deletes.extend(r.deleted.iter().map(|d| (d, true, Some(r.at))));
+    deletes.extend(r.plan.delete_now.iter().map(|d| (d, false, Some(r.at))));
+    deletes.extend(r.plan.delete_later.iter().map(|d| (d, false, d.due)));
+    // Done first, then due now, then later: the first mention of an account wins.
+    deletes.sort_by_key(|(_, done, _)| !*done);
+    let mut seen: Vec<u64> = vec![];
+    for (d, done, at) in deletes {
+        if !seen.contains(&d.id) {
+            seen.push(d.id);
+            out.push(delete(d, done, at));
+        }
+    }
+    out
+}

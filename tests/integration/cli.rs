@@ -141,10 +141,14 @@ async fn plan_rotate_status_reconcile_through_the_binary() {
     assert!(table.starts_with("INTEGRATION"), "{table}");
     assert!(table.contains("etl") && table.contains(" ok"), "{table}");
 
-    let o = run(&h, &cfg, &["status", "--json"]).await;
+    let o = run(&h, &cfg, &["status", "-o", "json"]).await;
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v[0]["integration"], "etl");
-    assert_eq!(v[0]["plan"]["delete_later"][0]["reason"], "retiring");
+    assert_eq!(v["integrations"][0]["name"], "etl");
+    let later = &v["integrations"][0]["actions"][0];
+    assert_eq!(
+        (later["kind"].as_str(), later["reason"].as_str()),
+        (Some("delete"), Some("retiring"))
+    );
 
     let o = run(&h, &cfg, &["reconcile"]).await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -377,6 +381,13 @@ async fn retire_shows_then_removes_every_trace_of_an_integration() {
     let lineage: Vec<u64> = h.accounts_with_prefix("mpr-etl-").iter().map(|a| a.id).collect();
     assert_eq!(lineage.len(), 2, "two rotations, the first kept for grace");
     assert!(pod.join("etl-copy.json").exists());
+    let status = assert_schema(&stdout(&run(&h, &cfg, &["status", "-o", "json"]).await));
+    let m = &status["integrations"][0]["mirrors"][0];
+    assert_eq!(
+        (m["sink"].as_str(), m["state"].as_str()),
+        (Some("pod"), Some("in_sync")),
+        "{status}"
+    );
     let others: Vec<u64> = h
         .sim
         .accounts()
@@ -447,6 +458,106 @@ async fn retire_shows_then_removes_every_trace_of_an_integration() {
     let o = run(&h, &cfg, &["retire", "etl", "--yes"]).await;
     assert_eq!(o.status.code(), Some(0));
     assert!(stdout(&o).contains("no account and no payload left"), "{}", stdout(&o));
+    h.assert_no_secret_leaked(&[]);
+}
+
+/// Checks `doc` against docs/output.schema.json with the venv's jsonschema.
+fn assert_schema(doc: &str) -> serde_json::Value {
+    use std::io::Write as _;
+    let python = std::env::var("MPR_TEST_PYTHON")
+        .unwrap_or_else(|_| panic!("MPR_TEST_PYTHON is not set: run the tests with scripts/test.sh"));
+    let schema = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/output.schema.json");
+    let mut child = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import json, sys, jsonschema; jsonschema.validate(json.load(sys.stdin), json.load(open(sys.argv[1])))",
+        ])
+        .arg(schema)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(doc.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}\n{doc}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(doc).unwrap()
+}
+
+/// Every `-o json` output follows docs/output.schema.json, and what `plan`
+/// (or `rotate-now --dry-run`) names is exactly what `rotate-now` then
+/// creates and deletes.
+#[tokio::test]
+async fn json_output_follows_its_schema_and_the_plan_names_what_is_done() {
+    let h = Harness::realtime(Seed::Demo).await;
+    let cfg = h.policy_file(&etl(&h));
+    let ids = |doc: &serde_json::Value, kind: &str, done: bool| -> Vec<u64> {
+        let mut v: Vec<u64> = doc["integrations"][0]["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["kind"] == kind && a["done"] == done)
+            .filter_map(|a| a["account_id"].as_u64())
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    // Bootstrap: the plan's create, then the one rotate-now makes.
+    let plan = assert_schema(&stdout(&run(&h, &cfg, &["plan", "-o", "json"]).await));
+    assert_eq!(plan["command"], "plan");
+    assert_eq!(plan["integrations"][0]["state"], "due");
+    let create = &plan["integrations"][0]["actions"][0];
+    assert_eq!(
+        (create["kind"].as_str(), create["done"].as_bool()),
+        (Some("create"), Some(false))
+    );
+    let pattern = create["username_pattern"].as_str().unwrap().to_string();
+    let prefix = pattern.split("<timestamp>").next().unwrap().to_string();
+    let done = assert_schema(&stdout(&run(&h, &cfg, &["rotate-now", "etl", "-o", "json"]).await));
+    assert_eq!(done["integrations"][0]["state"], "rotated");
+    let made = &done["integrations"][0]["actions"][0];
+    assert_eq!(
+        (made["kind"].as_str(), made["done"].as_bool()),
+        (Some("create"), Some(true))
+    );
+    assert!(
+        made["username"].as_str().unwrap().starts_with(&prefix),
+        "{made} vs {pattern}"
+    );
+    assert_eq!(
+        ids(&plan, "delete", false),
+        ids(&done, "delete", true),
+        "no deletion planned, none done"
+    );
+
+    // --revoke-old: the dry run names the accounts; the real run deletes exactly those.
+    let dry = assert_schema(&stdout(
+        &run(
+            &h,
+            &cfg,
+            &["rotate-now", "etl", "--revoke-old", "--dry-run", "-o", "json"],
+        )
+        .await,
+    ));
+    let planned = ids(&dry, "delete", false);
+    assert!(!planned.is_empty(), "{dry}");
+    let o = run(&h, &cfg, &["rotate-now", "etl", "--revoke-old", "-o", "json"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let done = assert_schema(&stdout(&o));
+    assert_eq!(ids(&done, "delete", true), planned, "{done}");
+    for id in &planned {
+        assert!(h.sim.account(*id).is_none());
+    }
+
+    // status and reconcile, and the old `status --json` spelling.
+    for args in [
+        vec!["status", "-o", "json"],
+        vec!["status", "--json"],
+        vec!["reconcile", "-o", "json"],
+    ] {
+        let doc = assert_schema(&stdout(&run(&h, &cfg, &args).await));
+        assert_eq!(doc["integrations"][0]["current"]["exists"], true, "{args:?}: {doc}");
+        assert_eq!(doc["ok"], true, "{args:?}: {doc}");
+    }
     h.assert_no_secret_leaked(&[]);
 }
 
