@@ -142,9 +142,10 @@ impl FileSink {
     }
 
     /// The blocking reader: answers every waiting read, then the ones that
-    /// arrived meanwhile, until none is left.
-    fn read_waiting(&self) {
-        let _done = ReaderDone(self.reads.clone());
+    /// arrived meanwhile, until none is left. `_done` ends its turn however
+    /// it ends (it is made before the task is spawned, so a task that never
+    /// runs, at shutdown, still releases the waiters).
+    fn read_waiting(&self, _done: ReaderDone) {
         loop {
             let batch = {
                 let mut q = self.reads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -522,7 +523,8 @@ impl Sink for FileSink {
         };
         if start {
             let me = self.handle();
-            drop(tokio::task::spawn_blocking(move || me.read_waiting()));
+            let done = ReaderDone(self.reads.clone());
+            drop(tokio::task::spawn_blocking(move || me.read_waiting(done)));
         }
         rx.await
             .map_err(|_| SinkError::unavailable("the file sink's reader stopped before answering"))?
