@@ -52,8 +52,8 @@ calls() { curl -fsS "${SIM_URL%/api/app}/_simulator/stats" | jq .requests; }
 policy() {
   local file=$1 n=$2 dir=$3
   {
-    printf 'version = 1\n[mixpanel]\nbase_url = "%s"\norganization_id = 1\nusername = "%s"\nsecret = { file = "%s" }\n%s\n' \
-      "$SIM_URL" "$SIM_USER" "$SIM_SECRET_FILE" "$SIM_REGIONS"
+    printf 'version = 1\n'
+    mixpanel_section "$SIM_SECRET_FILE"
     printf '[defaults]\nprojects = [{ id = 101, role = "consumer" }, { id = 102, role = "consumer" }]\n'
     printf '[sinks.local]\ntype = "file"\ndir = "%s"\n' "$dir"
     awk -v n="$n" 'BEGIN { for (i = 1; i <= n; i++) printf "[[integrations]]\nname = \"i%05d\"\nsink = \"local\"\npath = \"i%05d.json\"\n", i, i }'

@@ -71,12 +71,7 @@ mkdir -p "$work/secret"
 install -m 0400 -o 65532 -g 65532 "$work/sim.secret" "$work/secret/mixpanel"
 cat >"$work/policy.toml" <<EOF
 version = 1
-[mixpanel]
-base_url = "$SIM_URL"
-organization_id = 1
-username = "$SIM_USER"
-secret = { file = "/etc/mixpanel-rotator/secret/mixpanel" }
-$SIM_REGIONS
+$(mixpanel_section /etc/mixpanel-rotator/secret/mixpanel)
 [defaults]
 projects = [{ id = 101, role = "consumer" }]
 [sinks.local]

@@ -19,6 +19,13 @@ start_simulator() {
   [ -n "$SIM_URL" ]
 }
 
+# mixpanel_section SECRET_FILE: the policy's [mixpanel] section for the newest
+# simulator, its secret read from SECRET_FILE (where the rotator will see it).
+mixpanel_section() {
+  printf '[mixpanel]\nbase_url = "%s"\norganization_id = 1\nusername = "%s"\nsecret = { file = "%s" }\n%s\n' \
+    "$SIM_URL" "$SIM_USER" "$1" "$SIM_REGIONS"
+}
+
 # A free TCP port on loopback.
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

@@ -51,12 +51,7 @@ cp "$work/sim.secret" "$stage/rotator.secret"
 policy() {
   cat <<EOF
 version = 1
-[mixpanel]
-base_url = "$SIM_URL"
-organization_id = 1
-username = "$SIM_USER"
-secret = { file = "/etc/mixpanel-rotator/mixpanel.secret" }
-$SIM_REGIONS
+$(mixpanel_section /etc/mixpanel-rotator/mixpanel.secret)
 [defaults]
 projects = [{ id = 101, role = "consumer" }]
 [sinks.local]
