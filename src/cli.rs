@@ -110,6 +110,8 @@ pub enum Command {
         #[arg(long)]
         online: bool,
         #[command(flatten)]
+        output: OutputArgs,
+        #[command(flatten)]
         policy: PolicyArgs,
     },
     /// Show what a pass would do now, without changing anything.
@@ -362,7 +364,7 @@ pub async fn run(cli: Cli) -> Exit {
             return simulator(*listen, *seed, *allow_non_loopback, admin_secret_file.clone(), shape).await;
         }
         Command::Run { shutdown_timeout, .. } => return daemon(&cli, shutdown_timeout).await,
-        Command::Validate { online, .. } => validate(&cli, *online, clock).await,
+        Command::Validate { online, output, .. } => validate(&cli, *online, output.output, clock).await,
         Command::Plan { output, .. } => passes(&cli, clock, Mode::Plan, output.output).await,
         Command::RotateNow {
             names,
@@ -560,45 +562,97 @@ async fn daemon(cli: &Cli, shutdown_timeout: &str) -> Exit {
         .await
 }
 
-/// The lines of `validate --online`: `ok` or `FAIL`, what, and the detail.
-#[derive(Default)]
+/// The checks of `validate`: `ok`, `WARN` or `FAIL`, what, and the detail;
+/// printed as they come (text), or kept for the JSON document.
 struct Checks {
     failed: bool,
+    json: bool,
+    entries: Vec<serde_json::Value>,
 }
 
 impl Checks {
+    fn new(output: Output) -> Self {
+        Self {
+            failed: false,
+            json: output == Output::Json,
+            entries: vec![],
+        }
+    }
+
+    fn record(&mut self, status: &str, what: &str, detail: &str) {
+        if self.json {
+            self.entries
+                .push(serde_json::json!({ "name": what, "status": status, "detail": detail }));
+        } else {
+            let tag = match status {
+                "ok" => "ok  ",
+                "warn" => "WARN",
+                _ => "FAIL",
+            };
+            println!("{tag}  {what}: {detail}");
+        }
+    }
+
+    /// Passed.
+    fn ok(&mut self, what: &str, detail: &str) {
+        self.record("ok", what, detail);
+    }
+
     /// Not a failure, but something to act on soon.
-    fn warn(&self, what: &str, detail: &str) {
-        println!("WARN  {what}: {detail}");
+    fn warn(&mut self, what: &str, detail: &str) {
+        self.record("warn", what, detail);
     }
 
     fn check(&mut self, what: &str, result: Result<String, String>) {
         match result {
-            Ok(detail) => println!("ok    {what}: {detail}"),
+            Ok(detail) => self.ok(what, &detail),
             Err(e) => {
                 self.failed = true;
-                println!("FAIL  {what}: {e}");
+                self.record("fail", what, &e);
             }
         }
     }
+
+    /// The JSON document (`docs/output.schema.json`), when asked for.
+    fn finish(self, path: &std::path::Path, online: bool, at: chrono::DateTime<chrono::Utc>) -> Exit {
+        if self.json {
+            let doc = serde_json::json!({
+                "version": 1,
+                "command": "validate",
+                "at": crate::text::rfc3339(at),
+                "ok": !self.failed,
+                "policy": path.display().to_string(),
+                "online": online,
+                "checks": self.entries,
+            });
+            let mut out = std::io::stdout().lock();
+            let _ = serde_json::to_writer_pretty(&mut out, &doc);
+            let _ = writeln!(out);
+        }
+        Exit::from_failure(self.failed)
+    }
 }
 
-async fn validate(cli: &Cli, online: bool, clock: SharedClock) -> Result<Exit, Exit> {
+async fn validate(cli: &Cli, online: bool, output: Output, clock: SharedClock) -> Result<Exit, Exit> {
     let path = config_path(cli.config());
     let policy = load_policy(cli)?;
-    println!(
-        "policy {}: OK ({} integration(s), {} sink(s), namespace `{}`)",
-        path.display(),
+    let mut checks = Checks::new(output);
+    let summary = format!(
+        "OK ({} integration(s), {} sink(s), namespace `{}`)",
         policy.integrations.len(),
         policy.sinks.len(),
         policy.namespace
     );
-    check_secrets(&path, &policy)?;
+    if checks.json {
+        checks.ok(&format!("policy {}", path.display()), &summary);
+    } else {
+        println!("policy {}: {summary}", path.display());
+    }
+    check_secrets(&path, &policy, &mut checks)?;
     if !online {
-        return Ok(Exit::Ok);
+        return Ok(checks.finish(&path, online, clock.now()));
     }
     let engine = engine(policy, clock.clone())?;
-    let mut checks = Checks::default();
     let client = engine.client();
     let me = client.me().await.map_err(|e| e.to_string());
     checks.check(
@@ -626,7 +680,7 @@ async fn validate(cli: &Cli, online: bool, clock: SharedClock) -> Result<Exit, E
     for i in &engine.policy().integrations {
         integration_checks(&engine, i, me.as_ref().ok(), accounts.as_deref().ok(), &mut checks).await;
     }
-    Ok(Exit::from_failure(checks.failed))
+    Ok(checks.finish(&path, online, clock.now()))
 }
 
 /// When the rotator's own account expires: it never rotates itself, so a
@@ -649,7 +703,10 @@ fn own_expiry(
         return;
     };
     match own.expires {
-        None => println!("ok    {what}: `{me}` does not expire (give it an expiry, and replace it before then)"),
+        None => checks.ok(
+            what,
+            &format!("`{me}` does not expire (give it an expiry, and replace it before then)"),
+        ),
         Some(t) if t <= crate::clock::after(now, chrono::Duration::days(30)) => checks.warn(
             what,
             &format!(
@@ -658,7 +715,7 @@ fn own_expiry(
                 crate::text::relative(t, now)
             ),
         ),
-        Some(t) => println!("ok    {what}: `{me}` expires at {}", crate::text::rfc3339(t)),
+        Some(t) => checks.ok(what, &format!("`{me}` expires at {}", crate::text::rfc3339(t))),
     }
 }
 
@@ -698,14 +755,16 @@ async fn integration_checks(
 /// Reads every secret the policy refers to (present, readable, not empty,
 /// bounded), without printing any: the first run should not be the first
 /// read. An error names the key, as policy errors do.
-fn check_secrets(path: &std::path::Path, policy: &Policy) -> Result<(), Exit> {
+fn check_secrets(path: &std::path::Path, policy: &Policy, checks: &mut Checks) -> Result<(), Exit> {
     let refs = policy.secret_refs();
     let errors: Vec<_> = refs.iter().filter_map(|(key, r)| r.resolve(key).err()).collect();
     if errors.is_empty() {
-        println!(
-            "secrets: {} reference(s) resolve (present, readable, not empty)",
-            refs.len()
-        );
+        let detail = format!("{} reference(s) resolve (present, readable, not empty)", refs.len());
+        if checks.json {
+            checks.ok("secrets", &detail);
+        } else {
+            println!("secrets: {detail}");
+        }
         return Ok(());
     }
     eprintln!("error: policy {}:", path.display());

@@ -548,6 +548,41 @@ async fn json_output_follows_its_schema_and_the_plan_names_what_is_done() {
         assert!(h.sim.account(*id).is_none());
     }
 
+    // validate, offline and online; a failing check in the document.
+    for args in [
+        vec!["validate", "-o", "json"],
+        vec!["validate", "--online", "-o", "json"],
+    ] {
+        let o = run(&h, &cfg, &args).await;
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}{}", stdout(&o), stderr(&o));
+        let doc = assert_schema(&stdout(&o));
+        assert_eq!(
+            (doc["command"].as_str(), doc["ok"].as_bool()),
+            (Some("validate"), Some(true)),
+            "{doc}"
+        );
+        let checks = doc["checks"].as_array().unwrap();
+        assert!(
+            checks.iter().any(|c| c["name"] == "secrets" && c["status"] == "ok"),
+            "{doc}"
+        );
+    }
+    let unseen = h.policy_file(
+        "[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nprojects = [{ id = 999, role = \"analyst\" }]\n",
+    );
+    let o = run(&h, &unseen, &["validate", "--online", "-o", "json"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    let doc = assert_schema(&stdout(&o));
+    assert_eq!(doc["ok"], false);
+    assert!(
+        doc["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["status"] == "fail" && c["name"] == "etl: projects"),
+        "{doc}"
+    );
+
     // status and reconcile, and the old `status --json` spelling.
     for args in [
         vec!["status", "-o", "json"],
