@@ -363,6 +363,17 @@ impl VaultSink {
         }
     }
 
+    /// The client in use, logging in first if there is none yet.
+    async fn logged_in(&self) -> Result<Arc<VaultClient>, SinkError> {
+        let mut guard = self.client.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(self.login().await?);
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
     /// Runs `op` with a logged-in client; on 403 (token expired or revoked)
     /// logs in again and retries once.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, Fail>
@@ -370,17 +381,7 @@ impl VaultSink {
         F: Fn(Arc<VaultClient>) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
-        let client = {
-            let mut guard = self.client.lock().await;
-            match guard.as_ref() {
-                Some(c) => c.clone(),
-                None => {
-                    let c = Arc::new(self.login().await.map_err(Fail::Login)?);
-                    *guard = Some(c.clone());
-                    c
-                }
-            }
-        };
+        let client = self.logged_in().await.map_err(Fail::Login)?;
         match op(client.clone()).await {
             Err(e) if describe(&e).code == Some(403) => {
                 tracing::info!(sink = %self.name, "Vault answered 403; logging in again and retrying once.");
@@ -561,17 +562,7 @@ impl Sink for VaultSink {
         let data_path = format!("{}/data/{path}", self.config.mount);
         // The client in use (a login only if there is none yet): one
         // capabilities call, not a login per rotation.
-        let client = {
-            let mut guard = self.client.lock().await;
-            match guard.as_ref() {
-                Some(c) => c.clone(),
-                None => {
-                    let c = Arc::new(self.login().await?);
-                    *guard = Some(c.clone());
-                    c
-                }
-            }
-        };
+        let client = self.logged_in().await?;
         let caps = self
             .capabilities(&client, std::slice::from_ref(&data_path))
             .await
