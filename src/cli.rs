@@ -507,6 +507,10 @@ async fn passes(cli: &Cli, clock: SharedClock, mode: Mode, output: Output) -> Re
         }
     }
     let engine = engine(policy, clock.clone())?;
+    if output == Output::Text && !matches!(mode, Mode::Status) {
+        let plan = matches!(mode, Mode::Plan | Mode::RotateNow { dry_run: true, .. });
+        return Ok(streamed(&engine, &opts, plan).await);
+    }
     let mut reports = engine.pass(&opts).await;
     if matches!(mode, Mode::Status) {
         // Status also says whether each sink would accept the next publish.
@@ -517,23 +521,40 @@ async fn passes(cli: &Cli, clock: SharedClock, mode: Mode, output: Output) -> Re
         }
     }
     let mut out = std::io::stdout().lock();
-    match mode {
-        _ if output == Output::Json => {
-            let doc = crate::render::json_document(mode.command(), &reports, clock.now());
-            let _ = serde_json::to_writer_pretty(&mut out, &doc);
-            let _ = writeln!(out);
-        }
-        Mode::Status => {
-            let _ = write!(out, "{}", status_table(&reports));
-        }
-        Mode::Plan | Mode::RotateNow { dry_run: true, .. } => {
-            let _ = write!(out, "{}", plan_text(&reports));
-        }
-        _ => {
-            let _ = write!(out, "{}", outcome_text(&reports));
-        }
+    if output == Output::Json {
+        let doc = crate::render::json_document(mode.command(), &reports, clock.now());
+        let _ = serde_json::to_writer_pretty(&mut out, &doc);
+        let _ = writeln!(out);
+    } else {
+        let _ = write!(out, "{}", status_table(&reports));
     }
     Ok(Exit::from_failure(reports.iter().any(Report::failed)))
+}
+
+/// The text of a pass's reports, each integration's lines as soon as it is
+/// done (and those before it): nothing waits for the end of a pass over
+/// 10,000 integrations, nor holds its reports. Buffered, flushed at most
+/// every 100 ms: no write per integration.
+async fn streamed(engine: &Engine, opts: &PassOptions, plan: bool) -> Exit {
+    let mut failed = false;
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    let mut flushed = std::time::Instant::now();
+    engine
+        .pass_each(opts, &mut |r| {
+            failed |= r.failed();
+            let text = if plan { plan_text(&[r]) } else { outcome_text(&[r]) };
+            let _ = out.write_all(text.as_bytes());
+            if flushed.elapsed() >= std::time::Duration::from_millis(100) {
+                let _ = out.flush();
+                flushed = std::time::Instant::now();
+            }
+        })
+        .await;
+    if plan {
+        let _ = writeln!(out, "{}", crate::render::PLAN_ONLY);
+    }
+    let _ = out.flush();
+    Exit::from_failure(failed)
 }
 
 async fn daemon(cli: &Cli, shutdown_timeout: &str) -> Exit {

@@ -213,7 +213,8 @@ adopt = {legacy}
             "plan: what would happen (no change is made)",
             "`mixpanel-rotator plan` observes and decides, and makes no mutating call.",
         );
-        indent(&plan_text(&engine.pass(&dry_run()).await));
+        let text = plan_text(&engine.pass(&dry_run()).await);
+        indent(&format!("{text}{}\n", crate::render::PLAN_ONLY));
     }
 
     async fn rotate_step(&self, engine: &Engine) -> Result<(), String> {

@@ -9,7 +9,10 @@ use crate::mixpanel::types::Grants;
 use crate::rotation::{DeleteReason, Disposal, MirrorState, MirrorView, Report, RotationPlan, Rule};
 use crate::text::{format_duration, relative, rfc3339};
 
-/// `plan` output: what each integration would do.
+/// The line that ends `plan` output.
+pub const PLAN_ONLY: &str = "(plan only: nothing was changed)";
+
+/// `plan` output: what each integration would do (without [`PLAN_ONLY`]).
 pub fn plan_text(reports: &[Report]) -> String {
     let mut s = String::new();
     for r in reports {
@@ -27,7 +30,6 @@ pub fn plan_text(reports: &[Report]) -> String {
             s.push_str(&format!("  ! error: {e}\n"));
         }
     }
-    s.push_str("(plan only: nothing was changed)\n");
     s
 }
 

@@ -173,6 +173,13 @@ macro_rules! overridable {
             pub mirrors: Vec<MirrorConfig>,
             $( $(#[$meta])* pub $field: Option<$ty>, )*
         }
+
+        impl IntegrationConfig {
+            /// Whether it sets none of the keys of `[defaults]`.
+            pub fn overrides_nothing(&self) -> bool {
+                $( self.$field.is_none() && )* true
+            }
+        }
     };
 }
 

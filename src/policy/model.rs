@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -28,7 +29,10 @@ pub struct MixpanelSettings {
     pub verify_timeout: std::time::Duration,
 }
 
-/// One integration with every default applied.
+/// One integration with every default applied. Its inherited settings
+/// ([`Settings`], read through `Deref`: `i.ttl`) are shared by every
+/// integration that overrides none of them: a policy of 10,000 such
+/// integrations holds one copy, not 10,000.
 #[derive(Debug, Clone)]
 pub struct Integration {
     /// Position in `[[integrations]]` (for error messages naming keys).
@@ -36,9 +40,19 @@ pub struct Integration {
     pub name: String,
     pub sink: String,
     pub path: String,
+    pub adopt: Option<AdoptRef>,
+    pub on_rotate: Option<Vec<String>>,
+    /// Copies of the credential written from the primary (`sink`, `path`).
+    pub mirrors: Vec<MirrorConfig>,
+    pub settings: Arc<Settings>,
+}
+
+/// The keys of `[defaults]`, as one integration has them (its own value,
+/// else the default's, else the built-in default).
+#[derive(Debug, Clone)]
+pub struct Settings {
     pub role: Role,
     pub projects: ProjectsSpec,
-    pub adopt: Option<AdoptRef>,
     pub ttl: Duration,
     pub renew_before: Duration,
     pub schedule: Option<Schedule>,
@@ -49,11 +63,16 @@ pub struct Integration {
     pub delete_when_idle: Option<Duration>,
     /// Hard cap of drain-aware deletion.
     pub max_grace: Duration,
-    pub on_rotate: Option<Vec<String>>,
     pub on_rotate_timeout: Duration,
     pub webhook: Option<WebhookConfig>,
-    /// Copies of the credential written from the primary (`sink`, `path`).
-    pub mirrors: Vec<MirrorConfig>,
+}
+
+impl std::ops::Deref for Integration {
+    type Target = Settings;
+
+    fn deref(&self) -> &Settings {
+        &self.settings
+    }
 }
 
 impl Integration {

@@ -3,19 +3,26 @@
 //! key; where a value is inherited, the message says from where.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use chrono::Duration;
 
 use super::error::PolicyError;
 use super::file::{DaemonConfig, DefaultsConfig, IntegrationConfig, MixpanelConfig, PolicyConfig, ProjectsSpec};
-use super::model::{Integration, MixpanelSettings, Policy};
+use super::model::{Integration, MixpanelSettings, Policy, Settings};
 use crate::mixpanel::types::{ProjectRole, Role};
 use crate::sink::SinkConfig;
 use crate::text::format_duration;
 use crate::values::{HumanDuration, check_url};
 
-/// Checks `c` and resolves it into a [`Policy`].
-pub(super) fn resolve(c: PolicyConfig) -> Result<Policy, PolicyError> {
+/// Checks `c` and resolves it into a [`Policy`]: the integrations of `c`,
+/// then the `more` ones (`count` in all, to size the list), each resolved as
+/// it comes so that a large policy is never held twice.
+pub(super) fn resolve(
+    mut c: PolicyConfig,
+    count: usize,
+    more: impl Iterator<Item = IntegrationConfig>,
+) -> Result<Policy, PolicyError> {
     let mut errs = Vec::new();
     check_namespace(&c.namespace, &mut errs);
     let mixpanel = mixpanel_settings(&c.mixpanel, &mut errs);
@@ -28,15 +35,13 @@ pub(super) fn resolve(c: PolicyConfig) -> Result<Policy, PolicyError> {
         }
     }
     let mut unique = Unique::default();
-    let integrations: Vec<Integration> = c
-        .integrations
-        .iter()
-        .enumerate()
-        .map(|(index, ic)| {
-            unique.check(index, ic, &c.sinks, &mut errs);
-            resolve_integration(index, ic, &c.defaults, &mut errs)
-        })
-        .collect();
+    let mut integrations = Vec::with_capacity(count);
+    let mut inherited = None;
+    for (index, ic) in std::mem::take(&mut c.integrations).into_iter().chain(more).enumerate() {
+        unique.check(index, &ic, &c.sinks, &mut errs);
+        integrations.push(resolve_integration(index, ic, &c.defaults, &mut inherited, &mut errs));
+    }
+    drop(unique);
     let mirror_interval = daemon_settings(&c.daemon, &integrations, &mut errs);
     if !errs.is_empty() {
         return Err(if errs.len() == 1 {
@@ -437,8 +442,8 @@ impl Durations {
 /// Why `owner` is refused for a service account.
 const NO_OWNER: &str = "which Mixpanel does not allow for service accounts (a client whose tests run against the real API reports it): use `admin`";
 
-fn check_projects(projects: &ProjectsSpec, key: &dyn Fn(&str) -> String, errs: &mut Vec<PolicyError>) {
-    if let ProjectsSpec::Explicit(list) = projects {
+fn check_projects(projects: Option<&ProjectsSpec>, key: &dyn Fn(&str) -> String, errs: &mut Vec<PolicyError>) {
+    if let Some(ProjectsSpec::Explicit(list)) = projects {
         let mut seen = BTreeSet::new();
         for g in list {
             if !seen.insert(g.id) {
@@ -457,17 +462,18 @@ fn check_projects(projects: &ProjectsSpec, key: &dyn Fn(&str) -> String, errs: &
     }
 }
 
-fn resolve_integration(
+/// The checks of one integration's settings (each error names the key
+/// the value came from); its effective durations and role.
+fn check_integration(
     index: usize,
     ic: &IntegrationConfig,
     d: &DefaultsConfig,
     errs: &mut Vec<PolicyError>,
-) -> Integration {
+) -> (Durations, Role) {
     let key = |f: &str| format!("integrations[{index}].{f}");
     let t = Durations::pick(index, ic, d);
     t.check(&key, errs);
-    let projects = ic.projects.clone().or_else(|| d.projects.clone()).unwrap_or_default();
-    check_projects(&projects, &key, errs);
+    check_projects(ic.projects.as_ref().or(d.projects.as_ref()), &key, errs);
     let role = ic.role.or(d.role).unwrap_or(Role::Consumer);
     if role == Role::Owner {
         let at = if ic.role.is_some() {
@@ -493,25 +499,51 @@ fn resolve_integration(
             "must name a command: an argv list such as [\"systemctl\", \"reload\", \"etl.service\"] (no shell)",
         ));
     }
+    (t, role)
+}
+
+/// One integration resolved; `inherited` is the settings of those that
+/// override nothing (made by the first of them, then shared).
+fn resolve_integration(
+    index: usize,
+    ic: IntegrationConfig,
+    d: &DefaultsConfig,
+    inherited: &mut Option<Arc<Settings>>,
+    errs: &mut Vec<PolicyError>,
+) -> Integration {
+    let (t, role) = check_integration(index, &ic, d, errs);
+    let overrides_nothing = ic.overrides_nothing();
+    let settings = match inherited {
+        Some(shared) if overrides_nothing => shared.clone(),
+        _ => {
+            let own = Arc::new(Settings {
+                role,
+                projects: ic.projects.or_else(|| d.projects.clone()).unwrap_or_default(),
+                ttl: t.ttl.value,
+                renew_before: t.renew_before.value,
+                schedule: ic.schedule.or_else(|| d.schedule.clone()),
+                jitter: t.jitter.value,
+                grace: t.grace.value,
+                orphan_after: t.orphan_after.value,
+                delete_when_idle: t.delete_when_idle,
+                max_grace: t.max_grace.value,
+                on_rotate_timeout: t.on_rotate_timeout.value,
+                webhook: ic.webhook.or_else(|| d.webhook.clone()),
+            });
+            if overrides_nothing {
+                *inherited = Some(own.clone());
+            }
+            own
+        }
+    };
     Integration {
         index,
-        name: ic.name.clone(),
-        sink: ic.sink.clone(),
-        path: ic.path.clone(),
-        role,
-        projects,
-        adopt: ic.adopt.clone(),
-        ttl: t.ttl.value,
-        renew_before: t.renew_before.value,
-        schedule: ic.schedule.clone().or_else(|| d.schedule.clone()),
-        jitter: t.jitter.value,
-        grace: t.grace.value,
-        orphan_after: t.orphan_after.value,
-        delete_when_idle: t.delete_when_idle,
-        max_grace: t.max_grace.value,
-        on_rotate: ic.on_rotate.clone(),
-        on_rotate_timeout: t.on_rotate_timeout.value,
-        webhook: ic.webhook.clone().or_else(|| d.webhook.clone()),
-        mirrors: ic.mirrors.clone(),
+        name: ic.name,
+        sink: ic.sink,
+        path: ic.path,
+        adopt: ic.adopt,
+        on_rotate: ic.on_rotate,
+        mirrors: ic.mirrors,
+        settings,
     }
 }

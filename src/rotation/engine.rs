@@ -28,8 +28,21 @@ use crate::sink::{Payload, Sink, Version};
 /// What reading an integration's primary gave.
 type PrimaryRead = Result<Option<(Payload, Version)>, StepError>;
 
-/// Integrations of one pass worked on at once.
-const PASS_CONCURRENCY: usize = 512;
+/// Integrations of one pass worked on at once: enough to keep the
+/// per-host limit on Mixpanel (at most 32) busy and sink reads overlapping;
+/// each in flight holds a few kilobytes.
+const PASS_CONCURRENCY: usize = 64;
+
+/// A pass over at most this many integrations reads every primary at once,
+/// beside the account list; a larger one reads each when its turn comes, so
+/// as not to hold them all.
+const EARLY_READS: usize = 512;
+
+/// The primaries read with the account list (a small pass), then `None`
+/// for every integration whose primary is read when its turn comes.
+fn early_reads(reads: Vec<PrimaryRead>) -> impl Iterator<Item = Option<PrimaryRead>> {
+    reads.into_iter().map(Some).chain(std::iter::repeat_with(|| None))
+}
 
 /// Account id -> (integration, its `adopt` key) of every integration adopting it.
 type Adopters = std::collections::BTreeMap<u64, Vec<(String, String)>>;
@@ -217,33 +230,47 @@ impl Engine {
     }
 
     /// One reconcile pass over the selected integrations, concurrently (the
-    /// client's concurrency limit bounds the load on Mixpanel).
+    /// client's concurrency limit bounds the load on Mixpanel): every
+    /// report, in the policy's order.
     pub async fn pass(&self, opts: &PassOptions) -> Vec<Report> {
-        let now = self.ctx.clock.now();
-        let selected: Vec<&Integration> = self
-            .ctx
+        // Exactly sized: a pass over 10,000 integrations keeps every report.
+        let mut out = Vec::with_capacity(self.selected(opts).count());
+        self.pass_each(opts, &mut |r| out.push(r)).await;
+        out
+    }
+
+    /// The integrations a pass works on, in the policy's order.
+    fn selected<'a>(&'a self, opts: &'a PassOptions) -> impl Iterator<Item = &'a Integration> {
+        self.ctx
             .policy
             .integrations
             .iter()
             .filter(|i| opts.only.as_ref().is_none_or(|o| o.contains(&i.name)))
-            .collect();
+    }
+
+    /// [`Engine::pass`], handing each report to `each` as soon as it and
+    /// those before it are done: a caller that renders and drops them holds
+    /// a few hundred reports at a time, not one per integration.
+    pub async fn pass_each(&self, opts: &PassOptions, each: &mut (dyn FnMut(Report) + Send)) {
+        let now = self.ctx.clock.now();
+        let selected: Vec<&Integration> = self.selected(opts).collect();
         if !opts.dry_run
             && let Err(e) = self.ctx.audit_writable()
         {
             reported!(error, "{e}");
-            return self.all_failed(&selected, now, Step::Audit, &Cause::Audit(e));
+            return self.all_failed(&selected, now, Step::Audit, &Cause::Audit(e), each);
         }
         // At once: the account list, the primaries (when there are few: a
         // large pass reads each as it gets to it, so as not to hold them
         // all), and (when a rotation is asked for) the projects to copy
         // memberships from.
         let cache = MembershipCache::default();
-        let early = selected.len() <= PASS_CONCURRENCY;
+        let early = selected.len() <= EARLY_READS;
         let reads = futures_util::future::join_all(
             selected
                 .iter()
                 .filter(|_| early)
-                .map(|i| async { Some(self.read_primary(i).await) }),
+                .map(|i| async { self.read_primary(i).await }),
         );
         let prefetch = async {
             if !opts.force.is_empty() && !opts.dry_run {
@@ -256,7 +283,7 @@ impl Engine {
             Ok(a) => a,
             Err(e) => {
                 reported!(error, error = %e, "Cannot list service accounts; nothing is done in this pass.");
-                return self.unreached(selected, reads, now, &Cause::Mixpanel(e)).await;
+                return self.unreached(selected, reads, now, &Cause::Mixpanel(e), each).await;
             }
         };
         let accounts = Arc::new(Accounts::new(&self.ctx.scope.namespace, accounts));
@@ -265,7 +292,7 @@ impl Engine {
             accounts,
             cache,
         };
-        self.integrations(selected, reads, &shared, opts, now).await
+        self.integrations(selected, reads, &shared, opts, now, each).await;
     }
 
     /// Each integration's pass, in order, at most PASS_CONCURRENCY at a
@@ -274,20 +301,17 @@ impl Engine {
     async fn integrations(
         &self,
         selected: Vec<&Integration>,
-        reads: Vec<Option<PrimaryRead>>,
+        reads: Vec<PrimaryRead>,
         shared: &Shared,
         opts: &PassOptions,
         now: DateTime<Utc>,
-    ) -> Vec<Report> {
+        each: &mut (dyn FnMut(Report) + Send),
+    ) {
         // Each pass's future is made only when it starts (a future holds
         // the state of the deepest step, kilobytes: making all of them first
-        // cost 36 MB at 10,000 integrations), and the reports go into a
-        // vector of the right size. A loop, not a stream adapter with a
-        // closure: that makes the daemon's future not `Send`.
-        let mut reads = reads;
-        reads.resize_with(selected.len(), || None);
-        let mut out = Vec::with_capacity(selected.len());
-        let mut inputs = selected.into_iter().zip(reads);
+        // cost 36 MB at 10,000 integrations). A loop, not a stream adapter
+        // with a closure: that makes the daemon's future not `Send`.
+        let mut inputs = selected.into_iter().zip(early_reads(reads));
         let mut running = futures_util::stream::FuturesOrdered::new();
         loop {
             while running.len() < PASS_CONCURRENCY {
@@ -295,8 +319,8 @@ impl Engine {
                 running.push_back(self.read_and_pass(i, read, shared, opts, now));
             }
             match running.next().await {
-                Some(report) => out.push(report),
-                None => return out,
+                Some(report) => each(report),
+                None => return,
             }
         }
     }
@@ -325,13 +349,12 @@ impl Engine {
     async fn unreached(
         &self,
         selected: Vec<&Integration>,
-        mut reads: Vec<Option<PrimaryRead>>,
+        reads: Vec<PrimaryRead>,
         now: DateTime<Utc>,
         cause: &Cause,
-    ) -> Vec<Report> {
-        reads.resize_with(selected.len(), || None);
-        let mut out = Vec::with_capacity(selected.len());
-        for (i, read) in selected.into_iter().zip(reads) {
+        each: &mut (dyn FnMut(Report) + Send),
+    ) {
+        for (i, read) in selected.into_iter().zip(early_reads(reads)) {
             let read = match read {
                 Some(r) => r,
                 None => self.read_primary(i).await,
@@ -348,23 +371,26 @@ impl Engine {
                 Err(e) => r.errors.push(e),
             }
             self.record(&r);
-            out.push(r);
+            each(r);
         }
-        out
     }
 
     /// A pass that stopped before any integration's own work: the same
     /// failure for each.
-    fn all_failed(&self, selected: &[&Integration], now: DateTime<Utc>, step: Step, cause: &Cause) -> Vec<Report> {
-        selected
-            .iter()
-            .map(|i| {
-                let mut r = Report::new(i, now);
-                r.errors.push(StepError::new(&i.name, step, cause.clone()));
-                self.record(&r);
-                r
-            })
-            .collect()
+    fn all_failed(
+        &self,
+        selected: &[&Integration],
+        now: DateTime<Utc>,
+        step: Step,
+        cause: &Cause,
+        each: &mut (dyn FnMut(Report) + Send),
+    ) {
+        for i in selected {
+            let mut r = Report::new(i, now);
+            r.errors.push(StepError::new(&i.name, step, cause.clone()));
+            self.record(&r);
+            each(r);
+        }
     }
 
     async fn integration_pass(
