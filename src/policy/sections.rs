@@ -324,19 +324,3 @@ mod tests {
         }
     }
 }
-#[test]
-fn dbg_sizes() {
-    eprintln!("IntegrationConfig {}", std::mem::size_of::<IntegrationConfig>());
-    eprintln!("Integration {}", std::mem::size_of::<crate::policy::Integration>());
-    eprintln!("Report {}", std::mem::size_of::<crate::rotation::Report>());
-    eprintln!("Plan {}", std::mem::size_of::<crate::rotation::Plan>());
-    eprintln!("CurrentView {}", std::mem::size_of::<crate::rotation::CurrentView>());
-    eprintln!("Duration {}", std::mem::size_of::<chrono::Duration>());
-    eprintln!("ProjectsSpec {}", std::mem::size_of::<crate::policy::ProjectsSpec>());
-    eprintln!(
-        "Webhook {}",
-        std::mem::size_of::<Option<crate::policy::WebhookConfig>>()
-    );
-    eprintln!("Schedule {}", std::mem::size_of::<Option<crate::values::Schedule>>());
-    eprintln!("Adopt {}", std::mem::size_of::<Option<crate::policy::AdoptRef>>());
-}
