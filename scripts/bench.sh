@@ -111,7 +111,7 @@ PY
 sim_cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/${pids[-1]}/stat"; }
 
 # failed: what the last measured command said, when it failed.
-failed() { echo "exit status $RC"; tail -5 "$work/err"; grep -v '^$' "$work/out" | grep -iv '^ *rotated\|^ *ok\|unchanged' | tail -15; }
+failed() { echo "exit status $RC"; tail -5 "$work/err"; grep -v '^$' "$work/out" | grep -v ': rotated (\|: up to date$' | tail -30; }
 
 ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}x' if b > 0 else '-')" "$1" "$2"; }
 

@@ -121,6 +121,8 @@ start_server bao "http://127.0.0.1:${bao_port}/v1/sys/health" \
   -dev-listen-address="127.0.0.1:${bao_port}" -dev-no-store-token
 export MPR_TEST_BAO_ADDR="http://127.0.0.1:${bao_port}"
 export MPR_TEST_BAO_TOKEN_FILE="$work/bao.token"
+# The same binary runs the Vault Agent of the consumer recipe's test.
+export MPR_TEST_BAO="$VENV/bin/bao"
 echo "OpenBao $("$VENV/bin/bao" version | head -1) at $MPR_TEST_BAO_ADDR"
 
 echo "== moto server (AWS Secrets Manager)"

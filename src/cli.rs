@@ -207,7 +207,9 @@ pub enum Command {
         /// shape real Mixpanel sends: for checking conformance to that file.
         #[arg(long)]
         published_shape: bool,
-        /// Delay every answer by this much (`20ms`, `0.5s`): a Mixpanel at a distance.
+        /// Delay every answer by this much (`20ms`, `0.5s`): a Mixpanel at a
+        /// distance. Counted from the request's arrival and kept to within
+        /// about 0.1 ms (the last 2 ms are slept precisely).
         #[arg(long, value_name = "DURATION", value_parser = parse_delay, default_value = "0ms")]
         latency: std::time::Duration,
         /// Add a random extra delay of up to this much to every answer.

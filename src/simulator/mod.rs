@@ -8,6 +8,7 @@
 //! with `Retry-After`, "commit then drop the connection") and assert on the
 //! request log.
 
+mod delay;
 mod server;
 mod shared;
 pub mod state;

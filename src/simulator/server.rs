@@ -259,23 +259,39 @@ async fn handle(
         killer.0.notify_one();
         std::future::pending::<()>().await;
     }
-    if let Some((base, jitter)) = latency {
-        let extra = jitter.mul_f64(rand::random::<f64>());
-        tokio::time::sleep(base.saturating_add(extra)).await;
+    // The answer leaves `latency` after the request arrived, the
+    // simulator's own work counted in it, as a distant server's would be.
+    let delay = latency.map(|(base, jitter)| base.saturating_add(jitter.mul_f64(rand::random::<f64>())));
+    let received = req.received;
+    let resp = answer_request(&req, &full, &headers, &body, &killer).await;
+    if let Some(d) = delay {
+        super::delay::after(received, d).await;
     }
+    Ok(resp)
+}
+
+/// The answer to one request (after the stats route and a stopped server
+/// are handled), as the routes, the faults and the redirects give it.
+async fn answer_request(
+    req: &Req<'_>,
+    full: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    killer: &Killer,
+) -> Response<Body> {
     let Some(path) = full.strip_prefix(PREFIX).map(str::to_string) else {
         let (st, b) = error(404, "Not found");
-        req.log(Some(st), &full, None);
-        return Ok(respond(st, &b, &[]));
+        req.log(Some(st), full, None);
+        return respond(st, &b, &[]);
     };
     // Like some App API routes: a trailing slash is redirected.
     if path.len() > 1 && path.ends_with('/') {
         req.log(Some(301), &path, None);
         let to = format!("{PREFIX}{}", path.trim_end_matches('/'));
-        return Ok(respond(301, &serde_json::json!({}), &[(header::LOCATION, to)]));
+        return respond(301, &serde_json::json!({}), &[(header::LOCATION, to)]);
     }
-    let drop_after = match req.fault(&path, &headers).await {
-        Faulted::Answer(resp) => return Ok(resp),
+    let drop_after = match req.fault(&path, headers).await {
+        Faulted::Answer(resp) => return resp,
         Faulted::Drop => true,
         Faulted::Proceed => false,
     };
@@ -283,7 +299,7 @@ async fn handle(
         status,
         body: answer,
         caller,
-    } = req.answer(&headers, &path, &body);
+    } = req.answer(headers, &path, body);
     if drop_after {
         req.log(None, &path, caller.clone());
         killer.0.notify_one();
@@ -295,5 +311,5 @@ async fn handle(
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         extra.push((header::ALLOW, super::state::allowed_methods(&segs).join(", ")));
     }
-    Ok(respond(status, &answer, &extra))
+    respond(status, &answer, &extra)
 }

@@ -520,3 +520,125 @@ async fn the_binary_at_trace_level_never_logs_a_secret_and_status_checks_the_sin
     assert!(out.contains("error:") && out.contains("403"), "{out}");
     h.assert_no_secret_leaked_with(&[], &[&token]);
 }
+
+/// The README's Vault Agent template block, for the secret at `path`,
+/// rendered into `destination`, its `exec` appending a line to `marker`.
+fn readme_agent_template(path: &str, destination: &std::path::Path, marker: &std::path::Path) -> String {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("```hcl\ntemplate {")
+        .expect("the README's Vault Agent template");
+    let block = &readme[start + "```hcl\n".len()..];
+    let block = &block[..block.find("```").unwrap()];
+    let mut out = block.to_string();
+    for (from, to) in [
+        ("secret/data/mixpanel/etl", format!("secret/data/{path}")),
+        ("/run/etl/mixpanel.json", destination.display().to_string()),
+        (
+            r#"["systemctl", "reload", "etl.service"]"#,
+            format!(r#"["/bin/sh", "-c", "echo reload >> {}"]"#, marker.display()),
+        ),
+    ] {
+        assert!(
+            out.contains(from),
+            "the README's template no longer has {from}: {block}"
+        );
+        out = out.replace(from, &to);
+    }
+    out
+}
+
+/// The README's Vault Agent recipe, run by a real OpenBao Agent with a
+/// consumer's read-only token: the first publish and each rotation after it
+/// are rendered into the consumer's file (0600, exactly the published
+/// payload), and its `exec` runs once per change, not on renders that
+/// change nothing.
+#[tokio::test]
+async fn the_readme_vault_agent_template_renders_each_rotation_and_runs_its_exec() {
+    let h = Harness::new(Seed::Demo).await;
+    let bao = Bao::from_env();
+    let agent = std::env::var("MPR_TEST_BAO").unwrap_or_else(|_| {
+        panic!("MPR_TEST_BAO is not set: the `bao` binary (its agent) is needed. Run the tests with scripts/test.sh.")
+    });
+    let (policy, path, _) = token_setup(&h, &bao).await;
+    let engine = h.engine(&policy);
+    ok(&h.pass(&engine).await);
+
+    let prefix = path.split('/').next().unwrap().to_string();
+    let reader = format!("{prefix}-reader");
+    let hcl = format!(r#"path "secret/data/{prefix}/*" {{ capabilities = ["read"] }}"#);
+    let (st, body) = bao
+        .call(
+            reqwest::Method::PUT,
+            &format!("sys/policies/acl/{reader}"),
+            Some(json!({"policy": hcl})),
+        )
+        .await;
+    assert!(st < 300, "{st} {body}");
+    let token_file = write_secret(&h, "consumer.token", &bao.token(&[&reader]).await);
+    let destination = h.dir.path().join("mixpanel.json");
+    let marker = h.dir.path().join("reloads");
+    let config = h.dir.path().join("agent.hcl");
+    std::fs::write(
+        &config,
+        format!(
+            "vault {{\n  address = \"{}\"\n}}\nauto_auth {{\n  method {{\n    type = \"token_file\"\n    config = {{ token_file_path = \"{}\" }}\n  }}\n}}\n\
+             template_config {{\n  static_secret_render_interval = \"1s\"\n}}\n{}",
+            bao.addr,
+            token_file.display(),
+            readme_agent_template(&path, &destination, &marker)
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(&agent)
+        .args(["agent", "-config"])
+        .arg(&config)
+        .env_remove("BAO_TOKEN")
+        .env_remove("VAULT_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(h.dir.path().join("agent.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    // Waits until the consumer's file holds what the primary publishes.
+    let rendered = async |want: &Value| {
+        for _ in 0..300 {
+            if let Ok(text) = std::fs::read_to_string(&destination)
+                && serde_json::from_str::<Value>(&text).ok().as_ref() == Some(want)
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let log = std::fs::read_to_string(h.dir.path().join("agent.log")).unwrap_or_default();
+        panic!("the agent did not render the published payload in 30 s; its log:\n{log}");
+    };
+    let reloads = || std::fs::read_to_string(&marker).unwrap_or_default().lines().count();
+
+    let (first, _) = bao.read(&path).await;
+    rendered(&first).await;
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&destination).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    h.client_for(&first).me().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(
+        reloads(),
+        1,
+        "one exec for the first render, none for renders that change nothing"
+    );
+
+    h.clock.advance(Duration::hours(1));
+    let r = h.force(&engine, "etl", false).await;
+    ok(&r);
+    let (second, _) = bao.read(&path).await;
+    assert_ne!(second["username"], first["username"]);
+    rendered(&second).await;
+    h.client_for(&second).me().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(reloads(), 2, "one exec per rotation");
+    child.kill().await.unwrap();
+}
