@@ -83,7 +83,7 @@ impl Policy {
                 excerpt(text, e.span())
             ),
         })?;
-        check_version(doc.get_ref(), text)?;
+        sections::check_version(doc.get_ref(), text)?;
         let de = toml::Deserializer::from(doc);
         let config: PolicyConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
@@ -136,37 +136,6 @@ fn position(text: &str, offset: usize) -> Option<(usize, usize, &str)> {
     let column = before.get(start..)?.chars().count().saturating_add(1);
     let source = text.get(start..)?.lines().next().unwrap_or("");
     Some((line, column, source))
-}
-
-/// Reads `version` first, so that a future format gets a clear message
-/// instead of a list of unknown keys.
-fn check_version(doc: &toml::de::DeTable<'_>, text: &str) -> Result<(), PolicyError> {
-    let version = doc
-        .iter()
-        .find(|(k, _)| k.get_ref() == "version")
-        .map(|(_, v)| v.get_ref());
-    match version {
-        None => Err(PolicyError::invalid(
-            "version",
-            "is required: start the policy with `version = 1`",
-        )),
-        Some(toml::de::DeValue::Integer(i))
-            if i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) == Ok(1) =>
-        {
-            Ok(())
-        }
-        // Rare: the value as TOML writes it, for the message.
-        Some(_) => {
-            let shown = toml::from_str::<toml::Table>(text)
-                .ok()
-                .and_then(|t| t.get("version").map(ToString::to_string))
-                .unwrap_or_else(|| "not 1".into());
-            Err(PolicyError::invalid(
-                "version",
-                format!("is {shown}, but this build of mixpanel-rotator reads policy version 1"),
-            ))
-        }
-    }
 }
 
 /// A policy for unit tests: a US organization, a file sink `f`, and `integrations`.

@@ -22,6 +22,7 @@ use serde::Deserialize;
 use toml_parser::Source;
 use toml_parser::lexer::TokenKind;
 
+use super::error::PolicyError;
 use super::file::{IntegrationConfig, PolicyConfig};
 
 /// Where the sections and the rest of a document are.
@@ -61,7 +62,7 @@ impl<'a> Sections<'a> {
         if sets_integrations && !layout.sections.is_empty() {
             return None;
         }
-        super::check_version(doc.get_ref(), &root).ok()?;
+        check_version(doc.get_ref(), &root).ok()?;
         let root = PolicyConfig::deserialize(toml::Deserializer::from(doc)).ok()?;
         Some(Self {
             text,
@@ -85,6 +86,37 @@ impl<'a> Sections<'a> {
             .into_iter()
             .map(move |r| text.get(r).and_then(parse_section));
         (self.root, each)
+    }
+}
+
+/// Reads `version` first, so that a future format gets a clear message
+/// instead of a list of unknown keys.
+pub(super) fn check_version(doc: &toml::de::DeTable<'_>, text: &str) -> Result<(), PolicyError> {
+    let version = doc
+        .iter()
+        .find(|(k, _)| k.get_ref() == "version")
+        .map(|(_, v)| v.get_ref());
+    match version {
+        None => Err(PolicyError::invalid(
+            "version",
+            "is required: start the policy with `version = 1`",
+        )),
+        Some(toml::de::DeValue::Integer(i))
+            if i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) == Ok(1) =>
+        {
+            Ok(())
+        }
+        // Rare: the value as TOML writes it, for the message.
+        Some(_) => {
+            let shown = toml::from_str::<toml::Table>(text)
+                .ok()
+                .and_then(|t| t.get("version").map(ToString::to_string))
+                .unwrap_or_else(|| "not 1".into());
+            Err(PolicyError::invalid(
+                "version",
+                format!("is {shown}, but this build of mixpanel-rotator reads policy version 1"),
+            ))
+        }
     }
 }
 
