@@ -113,6 +113,9 @@ sim_cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "
 # failed: what the last measured command said, when it failed.
 failed() { echo "exit status $RC"; tail -5 "$work/err"; grep -v '^$' "$work/out" | grep -v ': rotated (\|: up to date$' | tail -30; }
 
+# median: of lines of numbers on stdin, the median of each column.
+median() { python3 -c "import sys; rows=[l.split() for l in sys.stdin if l.strip()]; print(' '.join(sorted((r[i] for r in rows), key=float)[len(rows) // 2] for i in range(len(rows[0]))))"; }
+
 ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}x' if b > 0 else '-')" "$1" "$2"; }
 
 printf '\n%-7s %-10s %9s %8s %8s %8s %7s %9s %9s\n' N phase wall_s cpu_s rss_MiB threads calls floor_s wall/floor
@@ -148,9 +151,17 @@ for n in $NS; do
   measure "$BIN" --config "$work/z$n.toml" --log-level warn reconcile
   [ "$RC" = 0 ] || { echo "bootstrap of $n (no latency) failed:"; failed; exit 1; }
   [ "$n" -le "$BOOTSTRAP_MAX" ] || printf '%-7s %-10s %9s %8s %8s %8s %7s %9s %9s\n' "$n" "bootstr/0" "$WALL" "$CPU" "$RSS" "$THREADS" - - -
+  # The steady state, not the tail of the bootstrap: its files written back
+  # first, then the median of three passes (each figure on its own).
+  sync
   before=$(calls)
-  measure "$BIN" --config "$work/z$n.toml" --log-level warn reconcile
-  used=$(( $(calls) - before ))
+  runs=()
+  for _ in 1 2 3; do
+    measure "$BIN" --config "$work/z$n.toml" --log-level warn reconcile
+    runs+=("$WALL $CPU $RSS $THREADS")
+  done
+  used=$(( ($(calls) - before) / 3 ))
+  read -r WALL CPU RSS THREADS < <(printf '%s\n' "${runs[@]}" | median)
   printf '%-7s %-10s %9s %8s %8s %8s %7s %9s %9s\n' "$n" "quiet/0" "$WALL" "$CPU" "$RSS" "$THREADS" "$used" - -
   kill "${pids[-1]}" 2>/dev/null || true
   rm -rf "$dir"
