@@ -58,6 +58,11 @@ impl Bao {
             r#"path "secret/data/{prefix}/*" {{ capabilities = ["create", "update", "read"] }}
 path "secret/metadata/{prefix}/*" {{ capabilities = ["create", "update", "read"] }}"#
         );
+        self.acl_policy(name, &hcl).await;
+    }
+
+    /// Writes the ACL policy `name`.
+    pub async fn acl_policy(&self, name: &str, hcl: &str) {
         let (st, body) = self
             .call(
                 reqwest::Method::PUT,
@@ -173,14 +178,7 @@ async fn an_unwritable_sink_stops_a_rotation_before_any_mutating_call() {
         r#"path "secret/data/{prefix}/*" {{ capabilities = ["read"] }}
 path "secret/metadata/{prefix}/*" {{ capabilities = ["read"] }}"#
     );
-    let (st, body) = bao
-        .call(
-            reqwest::Method::PUT,
-            &format!("sys/policies/acl/{prefix}"),
-            Some(json!({"policy": hcl})),
-        )
-        .await;
-    assert!(st < 300, "{st} {body}");
+    bao.acl_policy(&prefix, &hcl).await;
     let token = bao.token(&[&prefix]).await;
     let file = write_secret(&h, "vault-ro.token", &token);
     let policy = format!(
@@ -567,14 +565,7 @@ async fn the_readme_vault_agent_template_renders_each_rotation_and_runs_its_exec
     let prefix = path.split('/').next().unwrap().to_string();
     let reader = format!("{prefix}-reader");
     let hcl = format!(r#"path "secret/data/{prefix}/*" {{ capabilities = ["read"] }}"#);
-    let (st, body) = bao
-        .call(
-            reqwest::Method::PUT,
-            &format!("sys/policies/acl/{reader}"),
-            Some(json!({"policy": hcl})),
-        )
-        .await;
-    assert!(st < 300, "{st} {body}");
+    bao.acl_policy(&reader, &hcl).await;
     let token_file = write_secret(&h, "consumer.token", &bao.token(&[&reader]).await);
     let destination = h.dir.path().join("mixpanel.json");
     let marker = h.dir.path().join("reloads");
