@@ -208,8 +208,9 @@ pub enum Command {
         #[arg(long)]
         published_shape: bool,
         /// Delay every answer by this much (`20ms`, `0.5s`): a Mixpanel at a
-        /// distance. Counted from the request's arrival and kept to within
-        /// about 0.1 ms (the last 2 ms are slept precisely).
+        /// distance. Counted from the request's arrival, the simulator's own
+        /// work included, and kept to within about 0.3 ms (a timer thread of
+        /// its own, not tokio's millisecond timer).
         #[arg(long, value_name = "DURATION", value_parser = parse_delay, default_value = "0ms")]
         latency: std::time::Duration,
         /// Add a random extra delay of up to this much to every answer.

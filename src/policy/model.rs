@@ -176,4 +176,26 @@ mod tests {
         }
         assert!(distinct.len() > 50, "jitter should spread slots: {}", distinct.len());
     }
+
+    /// Integrations that override nothing share one copy of their settings;
+    /// one with an override has its own, with the override applied.
+    #[test]
+    fn settings_are_shared_by_integrations_that_override_nothing() {
+        let p = crate::policy::test_policy(
+            "[defaults]\nttl = \"20d\"\n\
+             [[integrations]]\nname = \"a\"\nsink = \"f\"\npath = \"a.json\"\n\
+             [[integrations]]\nname = \"b\"\nsink = \"f\"\npath = \"b.json\"\n\
+             [[integrations]]\nname = \"c\"\nsink = \"f\"\npath = \"c.json\"\nttl = \"40d\"\n\
+             [[integrations]]\nname = \"d\"\nsink = \"f\"\npath = \"d.json\"\n",
+        );
+        let [a, b, c, d] = &p.integrations[..] else {
+            panic!("four integrations")
+        };
+        assert!(Arc::ptr_eq(&a.settings, &b.settings) && Arc::ptr_eq(&a.settings, &d.settings));
+        assert!(!Arc::ptr_eq(&a.settings, &c.settings));
+        assert_eq!(
+            (a.ttl, d.ttl, c.ttl),
+            (Duration::days(20), Duration::days(20), Duration::days(40))
+        );
+    }
 }

@@ -12,7 +12,7 @@
 //! It is a fast path, nothing more. When the layout is unusual (a quoted
 //! first key in a table header, an `integrations.*` header outside a
 //! section, `integrations` also set as a root key) or when any part does not
-//! parse or deserialize, [`parse`] answers `None` and the caller parses the
+//! parse or deserialize, [`Sections::parse`] (or the section iterator) answers `None` and the caller parses the
 //! whole document as one, which reports errors (lines, columns, key paths)
 //! exactly as it always did.
 

@@ -46,7 +46,8 @@ impl Ord for Waiting {
 /// Waits until `delay` after `start`.
 pub(super) async fn after(start: Instant, delay: std::time::Duration) {
     let (Some(deadline), Some(timers)) = (start.checked_add(delay), timers()) else {
-        // No thread could be started: tokio's timer, less precise.
+        // No timer thread (it could not be started) or a deadline past the
+        // end of time: tokio's timer, less precise.
         tokio::time::sleep(delay).await;
         return;
     };
