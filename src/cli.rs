@@ -510,11 +510,38 @@ async fn passes(cli: &Cli, clock: SharedClock, mode: Mode, output: Output) -> Re
         }
     }
     let engine = engine(policy, clock.clone())?;
-    if output == Output::Text && !matches!(mode, Mode::Status) {
+    let exit = if output == Output::Text && !matches!(mode, Mode::Status) {
         let plan = matches!(mode, Mode::Plan | Mode::RotateNow { dry_run: true, .. });
-        return Ok(streamed(&engine, &opts, plan).await);
+        streamed(&engine, &opts, plan).await
+    } else {
+        reports_out(&engine, &opts, &mode, output, clock.now()).await
+    };
+    if !opts.dry_run
+        && let Some(listen) = engine.policy().listen
+    {
+        // A daemon beside this process re-reads what this changed now, not
+        // at its next resync.
+        let names: Vec<&str> = engine
+            .policy()
+            .integrations
+            .iter()
+            .map(|i| i.name.as_str())
+            .filter(|n| opts.only.as_ref().is_none_or(|o| o.contains(*n)))
+            .collect();
+        crate::server::tell_daemon(listen, &names).await;
     }
-    let mut reports = engine.pass(&opts).await;
+    Ok(exit)
+}
+
+/// A pass's reports, whole, as JSON or as the status table.
+async fn reports_out(
+    engine: &Engine,
+    opts: &PassOptions,
+    mode: &Mode,
+    output: Output,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Exit {
+    let mut reports = engine.pass(opts).await;
     if matches!(mode, Mode::Status) {
         // Status also says whether each sink would accept the next publish.
         for r in &mut reports {
@@ -525,13 +552,13 @@ async fn passes(cli: &Cli, clock: SharedClock, mode: Mode, output: Output) -> Re
     }
     let mut out = std::io::stdout().lock();
     if output == Output::Json {
-        let doc = crate::render::json_document(mode.command(), &reports, clock.now());
+        let doc = crate::render::json_document(mode.command(), &reports, now);
         let _ = serde_json::to_writer_pretty(&mut out, &doc);
         let _ = writeln!(out);
     } else {
         let _ = write!(out, "{}", status_table(&reports));
     }
-    Ok(Exit::from_failure(reports.iter().any(Report::failed)))
+    Exit::from_failure(reports.iter().any(Report::failed))
 }
 
 /// The text of a pass's reports, each integration's lines as soon as it is

@@ -2,16 +2,26 @@
 //! process is alive), `/readyz` (a policy is loaded and the last pass reached
 //! Mixpanel and every sink), `/startupz` (every mirror has held the primary's
 //! credential at least once since the start: a sidecar's startup probe, so
-//! the app beside it starts with its credential file in place).
+//! the app beside it starts with its credential file in place), and
+//! `POST /-/resync` (integrations to re-read now: what `rotate-now` and
+//! `reconcile` send a daemon beside them, see [`tell_daemon`]).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
 use crate::metrics::Metrics;
+
+/// The most integration names a resync request may queue (a bound on what
+/// anyone who reaches the port can make the daemon hold).
+pub const MAX_RESYNC_QUEUE: usize = 100_000;
+
+/// The largest `POST /-/resync` body: one name per line.
+const MAX_RESYNC_BODY: usize = 4 << 20;
 
 /// What the endpoints report.
 #[derive(Debug, Default)]
@@ -20,6 +30,86 @@ pub struct Health {
     pub ready: AtomicBool,
     /// Every mirror has been up to date at least once since the start.
     pub started: AtomicBool,
+    /// Integrations asked to be re-read (`POST /-/resync`), not yet taken.
+    pub resync: Resync,
+}
+
+/// Integrations asked to be re-read now, and the wake-up of the daemon's
+/// loop. Names are queued as sent; the daemon ignores those not in its
+/// policy when it takes them.
+#[derive(Debug, Default)]
+pub struct Resync {
+    names: Mutex<BTreeSet<String>>,
+    /// Notified once per request that queued something (a permit is kept
+    /// while the daemon is busy, so none is lost).
+    pub notify: tokio::sync::Notify,
+}
+
+impl Resync {
+    /// Queues `names`; false when the queue filled up (the names before
+    /// that are queued, the rest are not).
+    pub fn ask(&self, names: impl IntoIterator<Item = String>) -> bool {
+        let Ok(mut q) = self.names.lock() else { return false };
+        let before = q.len();
+        let mut room = true;
+        for n in names {
+            if q.len() >= MAX_RESYNC_QUEUE && !q.contains(&n) {
+                room = false;
+                break;
+            }
+            q.insert(n);
+        }
+        if q.len() > before {
+            self.notify.notify_one();
+        }
+        room
+    }
+
+    /// Takes every queued name.
+    pub fn take(&self) -> BTreeSet<String> {
+        self.names
+            .lock()
+            .map(|mut q| std::mem::take(&mut *q))
+            .unwrap_or_default()
+    }
+}
+
+/// `POST /-/resync`: the body's lines are integration names.
+async fn resync(health: Arc<Health>, body: axum::body::Bytes) -> axum::response::Response {
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "the body must be integration names, one per line, in UTF-8\n",
+        )
+            .into_response();
+    };
+    let names: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    if names.is_empty() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "no integration named: send their names, one per line\n",
+        )
+            .into_response();
+    }
+    let count = names.len();
+    if health.resync.ask(names) {
+        (
+            StatusCode::ACCEPTED,
+            format!("{count} integration(s) queued for a pass\n"),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many integrations queued; retry later\n",
+        )
+            .into_response()
+    }
 }
 
 /// A probe: 200 with `yes` while the flag `which` picks is set, else 503 with `no`.
@@ -73,6 +163,14 @@ pub async fn serve(
             ),
         )
         .route(
+            "/-/resync",
+            axum::routing::post({
+                let health = health.clone();
+                move |body: axum::body::Bytes| resync(health.clone(), body)
+            })
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_RESYNC_BODY)),
+        )
+        .route(
             "/readyz",
             probe(
                 health,
@@ -87,4 +185,83 @@ pub async fn serve(
         }
     });
     Ok((local, task))
+}
+
+/// Where a process on this host reaches a daemon listening on `listen`:
+/// the loopback address of its family when it listens on every address.
+pub fn local_address(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listen.port())
+}
+
+/// Tells a daemon serving on `listen` (the policy's `[server] listen`) to
+/// re-read `names` now, so its metrics, `status` and schedule follow what
+/// this process just did rather than waiting for its resync. Best effort:
+/// no daemon there (or no answer within 2 s) is not an error, it is said at
+/// debug level and the daemon notices at its next resync.
+pub async fn tell_daemon(listen: SocketAddr, names: &[&str]) {
+    if names.is_empty() {
+        return;
+    }
+    let addr = local_address(listen);
+    let url = format!("http://{addr}/-/resync");
+    let client = match crate::http::builder([url.as_str()])
+        .timeout(std::time::Duration::from_secs(2))
+        .no_proxy()
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "Cannot build an HTTP client to tell the daemon.");
+            return;
+        }
+    };
+    let mut body = names.join("\n");
+    body.push('\n');
+    match client.post(&url).body(body).send().await {
+        Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => tracing::info!(
+            daemon = %addr,
+            integrations = names.len(),
+            "Told the daemon serving there to re-read these integrations now."
+        ),
+        Ok(r) => tracing::debug!(
+            daemon = %addr,
+            status = r.status().as_u16(),
+            "What serves `[server] listen` did not take the resync request; a daemon there notices at its next resync."
+        ),
+        Err(e) => tracing::debug!(
+            daemon = %addr,
+            error = %e,
+            "No daemon to tell at `[server] listen`; one elsewhere notices at its next resync."
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_daemon_listening_everywhere_is_reached_on_loopback() {
+        let at = |s: &str| local_address(s.parse().unwrap()).to_string();
+        assert_eq!(at("0.0.0.0:9464"), "127.0.0.1:9464");
+        assert_eq!(at("[::]:9464"), "[::1]:9464");
+        assert_eq!(at("127.0.0.1:9464"), "127.0.0.1:9464");
+        assert_eq!(at("10.1.2.3:9464"), "10.1.2.3:9464");
+    }
+
+    #[test]
+    fn the_resync_queue_is_bounded_and_taken_whole() {
+        let r = Resync::default();
+        assert!(r.ask((0..MAX_RESYNC_QUEUE).map(|i| format!("i{i}"))));
+        assert!(r.ask(["i0".to_string()]), "a name already queued takes no room");
+        assert!(!r.ask(["one-more".to_string()]));
+        assert_eq!(r.take().len(), MAX_RESYNC_QUEUE);
+        assert!(r.take().is_empty());
+        assert!(r.ask(["etl".to_string()]));
+    }
 }

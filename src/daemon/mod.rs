@@ -117,9 +117,32 @@ struct Running {
     /// The integrations whose mirrors have all held the primary's payload
     /// at least once since the start (`/startupz`).
     mirrored: BTreeSet<String>,
+    /// The earliest time a pass asked by `POST /-/resync` may start.
+    resync_allowed_at: DateTime<Utc>,
+    /// When the pass asked by the last such request starts (requests until
+    /// then join it).
+    resync_pending: Option<DateTime<Utc>>,
 }
 
+/// The least time between two passes asked by `POST /-/resync` (requests in
+/// between are merged into the next): whoever reaches the port cannot make
+/// the daemon do more than a pass this often.
+pub const RESYNC_REQUEST_SPACING: chrono::Duration = chrono::Duration::seconds(10);
+
 impl Running {
+    fn new(engine: Engine, now: DateTime<Utc>) -> Self {
+        Self {
+            engine,
+            sched: Scheduler::default(),
+            // Mirrors first: they need no Mixpanel call, and the consumers
+            // beside this process wait for them (`/startupz`).
+            mirrors_at: now,
+            mirrored: BTreeSet::new(),
+            resync_allowed_at: now,
+            resync_pending: None,
+        }
+    }
+
     fn policy(&self) -> &Policy {
         self.engine.policy()
     }
@@ -247,14 +270,7 @@ impl Daemon {
         };
         let _watchdog = self.watchdog();
         let now = self.clock.now();
-        let mut state = Running {
-            engine,
-            sched: Scheduler::default(),
-            // Mirrors first: they need no Mixpanel call, and the consumers
-            // beside this process wait for them (`/startupz`).
-            mirrors_at: now,
-            mirrored: BTreeSet::new(),
-        };
+        let mut state = Running::new(engine, now);
         // This process's share of `spread` before its first pass too:
         // replicas started together (a new Deployment) do not all bootstrap.
         let first = crate::clock::after(now, self.timing(state.policy()).offset);
@@ -290,6 +306,7 @@ impl Daemon {
                 () = self.clock.sleep_until(wake) => {}
                 () = control.shutdown.cancelled() => break,
                 Some(()) = control.reload.recv() => self.reload(&mut state),
+                () = self.health.resync.notify.notified() => self.resync_asked(&mut state),
             }
         }
         self.notifier.notify("STOPPING=1");
@@ -411,6 +428,36 @@ impl Daemon {
                 Exit::Failed
             }
         }
+    }
+
+    /// `POST /-/resync` named integrations: each of them the policy has is
+    /// due now, or once [`RESYNC_REQUEST_SPACING`] has passed since the last
+    /// pass asked that way.
+    fn resync_asked(&self, state: &mut Running) {
+        let names = self.health.resync.take();
+        let now = self.clock.now();
+        let at = match state.resync_pending {
+            Some(pending) if pending > now => pending,
+            _ => state.resync_allowed_at.max(now),
+        };
+        let known = state.sched.hurry(names.iter().map(String::as_str), at);
+        if known > 0 {
+            state.resync_pending = Some(at);
+            state.resync_allowed_at = crate::clock::after(at, RESYNC_REQUEST_SPACING);
+        }
+        tracing::info!(
+            asked = names.len(),
+            in_policy = known,
+            at = %rfc3339(at),
+            "A resync was asked (`POST /-/resync`, e.g. by `rotate-now` beside this daemon); those integrations are re-read."
+        );
+        let wake = state.sched.due(now).is_empty().then(|| state.wake_at(now));
+        self.progress.send_modify(|p| {
+            p.due = state.sched.due_times();
+            if wake.is_some() {
+                p.wake_at = wake;
+            }
+        });
     }
 
     /// Reloads the policy; a broken one is rejected and the old one stays.

@@ -209,12 +209,89 @@ async fn the_daemon_as_a_process_notifies_serves_reloads_on_sighup_and_stops_on_
     h.assert_no_secret_leaked(&[]);
 }
 
+/// `rotate-now` beside a running daemon: the daemon re-reads the integration
+/// at once (`POST /-/resync` on its `[server] listen`), not at its resync
+/// (an hour here), so its gauges follow the new credential within seconds.
+#[tokio::test]
+async fn a_rotate_now_beside_the_daemon_is_noticed_at_once() {
+    let h = Harness::realtime(Seed::Demo).await;
+    let legacy = h.accounts_with_prefix("etl-legacy")[0].id;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let text = h
+        .policy(&policy(legacy, port, "1h", ""))
+        .replace("resync_interval = \"10s\"", "resync_interval = \"1h\"");
+    assert!(text.contains("resync_interval = \"1h\""));
+    let cfg = h.dir.path().join("daemon.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let mut d = Daemon::start(&h, &cfg);
+    d.expect_note("READY=1").await;
+    let expiry_of = |p: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(p["expires"].as_str().unwrap())
+            .unwrap()
+            .timestamp()
+    };
+    let gauge = async || -> Option<i64> {
+        let (_, m) = get(&format!("{base}/metrics")).await?;
+        m.lines()
+            .find(|l| l.starts_with("mixpanel_rotator_credential_expiry_timestamp_seconds{integration=\"etl\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v as i64)
+    };
+    eventually(10, "etl bootstrapped by the daemon", async || {
+        h.payload("etl.json").is_some()
+    })
+    .await;
+    let first = expiry_of(&h.payload("etl.json").unwrap());
+    eventually(10, "the daemon's gauge shows the first credential", async || {
+        gauge().await == Some(first)
+    })
+    .await;
+
+    // One second later (expiries are whole seconds), another process rotates.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let out = h.run_bin(&cfg, &["rotate-now", "etl"], &[]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Told the daemon"), "{stderr}");
+    let second = expiry_of(&h.payload("etl.json").unwrap());
+    assert!(second > first, "{first} {second}");
+    let told = Instant::now();
+    eventually(5, "the daemon's gauge follows the rotate-now", async || {
+        gauge().await == Some(second)
+    })
+    .await;
+    assert!(told.elapsed() < Duration::from_secs(5));
+    assert!(d.log_text().contains("A resync was asked"), "{}", d.log_text());
+
+    // The endpoint takes only names, by POST.
+    let client = reqwest::Client::new();
+    let r = client.post(format!("{base}/-/resync")).body("\n").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let r = client.get(format!("{base}/-/resync")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    let r = client
+        .post(format!("{base}/-/resync"))
+        .body("nosuch\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202, "unknown names are queued, then ignored");
+
+    d.signal("-TERM");
+    assert_eq!(d.wait_exit(10).await, Some(0));
+    h.record(d.log_text());
+    h.assert_no_secret_leaked(&[]);
+}
+
 /// The daemon in-process, under the harness's manual clock, driven through its `Control`.
 struct InProcess {
     progress: watch::Receiver<Progress>,
     shutdown: CancellationToken,
     reload: mpsc::Sender<()>,
     metrics: Arc<Metrics>,
+    health: Arc<mixpanel_rotator::server::Health>,
     task: tokio::task::JoinHandle<Exit>,
 }
 
@@ -224,13 +301,14 @@ impl InProcess {
             .retry(fast_retry(), fast_retry())
             .spread_share(0.0)
             .shutdown_timeout(shutdown_timeout);
-        let (progress, metrics) = (daemon.progress(), daemon.metrics());
+        let (progress, metrics, health) = (daemon.progress(), daemon.metrics(), daemon.health());
         let (control, handle) = Control::new();
         Self {
             progress,
             shutdown: handle.shutdown,
             reload: handle.reload,
             metrics,
+            health,
             task: tokio::spawn(daemon.run(control)),
         }
     }
@@ -315,6 +393,71 @@ async fn in_process_the_old_account_goes_when_grace_ends_on_the_daemons_own_sche
     );
     assert_eq!(d.stop().await, Exit::Ok);
     h.assert_no_secret_leaked(&[]);
+}
+
+/// Resync requests (`POST /-/resync`) make the named integrations due at
+/// once, but passes asked that way are at least 10 s apart, whatever the
+/// rate of requests; names not in the policy change nothing.
+#[tokio::test]
+async fn in_process_resync_requests_are_spaced() {
+    let h = Harness::new(Seed::Demo).await;
+    let cfg = h.policy_file(&etl_policy(&h, ""));
+    let mut d = InProcess::start(&h, &cfg, Duration::from_secs(5));
+    let mut p = d.passes(1).await;
+    for _ in 0..5 {
+        if p.wake_at.unwrap() > h.clock_now() + Span::minutes(1) {
+            break;
+        }
+        p = d.tick(&h).await;
+    }
+    let idle = p.clone();
+    assert!(idle.due["etl"] > h.clock_now() + Span::minutes(1), "{idle:?}");
+    let ask = |d: &InProcess, name: &str| assert!(d.health.resync.ask([name.to_string()]));
+
+    // A name not in the policy: nothing moves.
+    ask(&d, "nosuch");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(d.progress.borrow().passes, idle.passes);
+    assert_eq!(d.progress.borrow().due, idle.due);
+    // A request: a pass at once, without moving the clock.
+    let at = h.clock_now();
+    ask(&d, "etl");
+    let p = d.passes(idle.passes + 1).await;
+    assert_eq!(h.clock_now(), at);
+    // Another right after it: due 10 s after the first, not now.
+    ask(&d, "etl");
+    let wait = d.progress.wait_for(|q| q.due["etl"] <= at + Span::seconds(10));
+    let q = tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
+    assert_eq!(q.due["etl"], at + Span::seconds(10));
+    assert_eq!(q.passes, p.passes, "no pass before the spacing");
+    // A third within those 10 s: merged into the same pass.
+    ask(&d, "etl");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let p = d.tick(&h).await;
+    assert_eq!(h.clock_now(), at + Span::seconds(10));
+    assert_eq!(p.passes, q.passes + 1);
+    assert!(
+        p.due["etl"] > h.clock_now() + Span::minutes(1),
+        "one pass for both: {:?}",
+        p.due
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(d.progress.borrow().passes, p.passes, "no pass left over");
+    // Half the spacing later: due 10 s after the last one asked, not 20.
+    h.clock.set(at + Span::seconds(15));
+    ask(&d, "etl");
+    let wait = d.progress.wait_for(|q| q.due["etl"] <= at + Span::seconds(20));
+    let q = tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
+    assert_eq!(q.due["etl"], at + Span::seconds(20));
+    d.stop().await;
 }
 
 /// Monitoring does not go blind when Mixpanel does: with the simulator
