@@ -123,7 +123,12 @@ perm=$(inside stat -c '%a %G' /run/mixpanel-rotator/etl.json)
 [ "$perm" = "640 mixpanel-creds" ] || fail "etl.json is '$perm', the README says 640 and group mixpanel-creds"
 inside curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null || fail "/readyz does not answer 200 on loopback"
 inside grep -q '^\.TH mixpanel-rotator 1' /usr/local/share/man/man1/mixpanel-rotator.1 || fail "the man page the units name is not installed"
-echo "published 0640 group mixpanel-creds; /readyz answers; man page installed"
+inside grep -q '^\.TH mixpanel-rotator-rotate-now 1' /usr/local/share/man/man1/mixpanel-rotator-rotate-now.1 || fail "no manual page per command"
+inside useradd --system --no-create-home --groups mixpanel-creds etl-app
+inside useradd --system --no-create-home other-app
+inside runuser -u etl-app -- cat /run/mixpanel-rotator/etl.json >/dev/null || fail "a member of mixpanel-creds cannot read etl.json"
+if inside runuser -u other-app -- cat /run/mixpanel-rotator/etl.json >/dev/null 2>&1; then fail "a user outside mixpanel-creds can read etl.json"; fi
+echo "published 0640 group mixpanel-creds (a member reads it, another user cannot); /readyz answers; man pages installed"
 
 step "reload: a new integration is applied, a broken policy is refused and the service stays up"
 main_pid=$(prop mixpanel-rotator.service MainPID)
@@ -143,6 +148,27 @@ grep -q 'not valid TOML' <<<"$(inside journalctl --no-pager -o cat -u mixpanel-r
   fail "the journal does not say why the reload failed"
 cp "$work/good.toml" "$work/root/etc/mixpanel-rotator/policy.toml"
 echo "reload applied etl2; the broken policy was refused (reload failed, same PID $main_pid)"
+
+step "rotate-now on this host: the README's line, verbatim; same group, the daemon follows at once"
+recipe=$(awk '/^- \*\*`rotate-now` on this host\*\*/ {on = 1; next} on && /^  ```sh$/ {inb = 1; next} inb && /^  ```$/ {exit} inb {sub(/^  /, ""); print}' README.md)
+[ -n "$recipe" ] || fail "no rotate-now line for systemd hosts in README.md"
+payload() { inside cat /run/mixpanel-rotator/etl.json | python3 -c "import json, sys; print(json.load(sys.stdin)[\"$1\"])"; }
+before=$(payload rotation_id)
+sleep 1.1 # expiries are whole seconds: the new one differs
+inside sh -c "$recipe" >"$work/rotate-now.out" 2>&1 || fail "the README's rotate-now line failed: $(cat "$work/rotate-now.out")"
+[ "$(payload rotation_id)" != "$before" ] || fail "rotate-now published nothing new"
+perm=$(inside stat -c '%a %G' /run/mixpanel-rotator/etl.json)
+[ "$perm" = "640 mixpanel-creds" ] || fail "after rotate-now etl.json is '$perm', not 640 mixpanel-creds"
+grep -q 'Told the daemon' "$work/rotate-now.out" || fail "rotate-now did not tell the daemon: $(cat "$work/rotate-now.out")"
+expiry=$(payload expires | python3 -c 'import datetime, sys; print(int(datetime.datetime.fromisoformat(sys.stdin.read().strip().replace("Z", "+00:00")).timestamp()))')
+gauge_is() {
+  nsenter -t "$pid1" -a curl -fsS "http://127.0.0.1:$port/metrics" | python3 -c "
+import sys
+v = [l.rsplit(' ', 1)[1] for l in sys.stdin.read().splitlines() if l.startswith('mixpanel_rotator_credential_expiry_timestamp_seconds{integration=\"etl\"}')]
+sys.exit(0 if v and int(float(v[0])) == $1 else 1)"
+}
+wait_for 5 "the daemon's expiry gauge shows the credential rotate-now published" gauge_is "$expiry"
+echo "rotate-now as the service's user: 640 mixpanel-creds, the daemon's gauge at $expiry within 5 s"
 
 step "journald: priorities, no second timestamp"
 inside journalctl --no-pager -o json -u mixpanel-rotator.service -t mixpanel-rotator >"$work/journal.json"

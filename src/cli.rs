@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -85,7 +85,9 @@ impl Cli {
             | Command::Reconcile { policy, .. }
             | Command::Status { policy, .. }
             | Command::Retire { policy, .. } => policy.config.as_deref(),
-            Command::Demo { .. } | Command::Simulator { .. } | Command::Completions { .. } | Command::Man => None,
+            Command::Demo { .. } | Command::Simulator { .. } | Command::Completions { .. } | Command::Man { .. } => {
+                None
+            }
         };
         after.or(self.config.as_deref())
     }
@@ -179,8 +181,13 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the manual page (roff), e.g. into /usr/local/share/man/man1/mixpanel-rotator.1.
-    Man,
+    /// Print the manual page (roff); with --dir, write it and one page per
+    /// command (mixpanel-rotator-rotate-now.1, ...) into that directory.
+    Man {
+        /// Write every page into this directory (e.g. /usr/local/share/man/man1), not stdout.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// A guided rotation against the built-in Mixpanel simulator, in a temporary directory.
     Demo {
         /// Grace period of the demo (how long the old account is kept).
@@ -341,8 +348,10 @@ fn engine(policy: Policy, clock: SharedClock) -> Result<Engine, Exit> {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Exit {
     let clock: SharedClock = Arc::new(SystemClock);
-    if let (Some(_), Command::Demo { .. } | Command::Simulator { .. } | Command::Completions { .. } | Command::Man) =
-        (&cli.config, &cli.command)
+    if let (
+        Some(_),
+        Command::Demo { .. } | Command::Simulator { .. } | Command::Completions { .. } | Command::Man { .. },
+    ) = (&cli.config, &cli.command)
     {
         eprintln!("error: `demo`, `simulator`, `completions` and `man` read no policy: --config does nothing there");
         return Exit::Usage;
@@ -350,7 +359,7 @@ pub async fn run(cli: Cli) -> Exit {
     let result = match &cli.command {
         Command::Demo { grace } => return crate::demo::run(grace).await,
         Command::Completions { shell } => return completions(*shell),
-        Command::Man => return man_page(),
+        Command::Man { dir } => return man_page(dir.as_deref()),
         Command::Simulator {
             listen,
             seed,
@@ -439,17 +448,38 @@ fn completions(shell: clap_complete::Shell) -> Exit {
     Exit::Ok
 }
 
-/// The manual page, on stdout.
-fn man_page() -> Exit {
+/// The manual page, on stdout; or every page (the command's and one per
+/// subcommand) into `dir`, their paths on stdout.
+fn man_page(dir: Option<&Path>) -> Exit {
     let cmd = <Cli as clap::CommandFactory>::command();
     let mut out = std::io::stdout().lock();
-    match clap_mangen::Man::new(cmd).render(&mut out) {
-        Ok(()) => Exit::Ok,
-        Err(e) => {
-            eprintln!("error: cannot write the manual page: {e}");
-            Exit::Failed
+    let Some(dir) = dir else {
+        return match clap_mangen::Man::new(cmd).render(&mut out) {
+            Ok(()) => Exit::Ok,
+            Err(e) => {
+                eprintln!("error: cannot write the manual page: {e}");
+                Exit::Failed
+            }
+        };
+    };
+    let mut cmd = cmd.disable_help_subcommand(true);
+    cmd.build();
+    let pages = std::iter::once(cmd.clone()).chain(cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
+    for page in pages {
+        match clap_mangen::Man::new(page).generate_to(dir) {
+            Ok(path) => {
+                let _ = writeln!(out, "{}", path.display());
+            }
+            Err(e) => {
+                eprintln!(
+                    "error: cannot write a manual page into {} (`--dir`): {e}",
+                    dir.display()
+                );
+                return Exit::Failed;
+            }
         }
     }
+    Exit::Ok
 }
 
 enum Mode {

@@ -333,6 +333,43 @@ async fn conventional_config_flag_and_located_syntax_errors() {
     let o = tokio::process::Command::new(BIN).arg("man").output().await.unwrap();
     assert_eq!(o.status.code(), Some(0));
     assert!(stdout(&o).contains(".TH mixpanel-rotator 1"), "{}", stdout(&o));
+    // One page per command with --dir, their paths on stdout.
+    let man = h.dir.path().join("man1");
+    std::fs::create_dir(&man).unwrap();
+    let o = tokio::process::Command::new(BIN)
+        .args(["man", "--dir"])
+        .arg(&man)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for command in [
+        "",
+        "-run",
+        "-validate",
+        "-plan",
+        "-rotate-now",
+        "-reconcile",
+        "-status",
+        "-retire",
+    ] {
+        let page = man.join(format!("mixpanel-rotator{command}.1"));
+        let text = std::fs::read_to_string(&page).unwrap_or_else(|e| panic!("{}: {e}", page.display()));
+        assert!(text.contains(&format!(".TH mixpanel-rotator{command} 1")), "{text}");
+        assert!(stdout(&o).contains(&page.display().to_string()), "{}", stdout(&o));
+    }
+    let rotate_now = std::fs::read_to_string(man.join("mixpanel-rotator-rotate-now.1")).unwrap();
+    assert!(
+        rotate_now.contains("revoke\\-old"),
+        "the command's own options: {rotate_now}"
+    );
+    let o = tokio::process::Command::new(BIN)
+        .args(["man", "--dir", "/nonexistent/man1"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("/nonexistent/man1 (`--dir`)"), "{}", stderr(&o));
     let o = tokio::process::Command::new(BIN)
         .arg("--version")
         .output()
