@@ -226,6 +226,16 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether the command reads a policy (`--config` means something).
+    fn reads_policy(&self) -> bool {
+        !matches!(
+            self,
+            Command::Demo { .. } | Command::Simulator { .. } | Command::Completions { .. } | Command::Man { .. }
+        )
+    }
+}
+
 /// `20ms`, `1.5s`.
 fn parse_delay(s: &str) -> Result<std::time::Duration, String> {
     let (n, unit) = if let Some(n) = s.strip_suffix("ms") {
@@ -348,11 +358,7 @@ fn engine(policy: Policy, clock: SharedClock) -> Result<Engine, Exit> {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Exit {
     let clock: SharedClock = Arc::new(SystemClock);
-    if let (
-        Some(_),
-        Command::Demo { .. } | Command::Simulator { .. } | Command::Completions { .. } | Command::Man { .. },
-    ) = (&cli.config, &cli.command)
-    {
+    if cli.config.is_some() && !cli.command.reads_policy() {
         eprintln!("error: `demo`, `simulator`, `completions` and `man` read no policy: --config does nothing there");
         return Exit::Usage;
     }
