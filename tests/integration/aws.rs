@@ -274,3 +274,97 @@ async fn a_missing_aws_permission_is_one_clear_line() {
     );
     assert!(!out.contains(key["secret"].as_str().unwrap()));
 }
+
+/// The README's AWS consumer recipe (the Python block), run verbatim (its
+/// SECRET_ID aside) with Amazon's `aws-secretsmanager-caching` from PyPI,
+/// against moto and the simulator: a revoking rotation leaves the cache on
+/// the old credential, the call gets a 401, the recipe re-reads once and
+/// succeeds with the new credential.
+#[tokio::test]
+async fn the_readme_aws_caching_client_recipe_recovers_from_a_revoking_rotation() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let python = std::env::var("MPR_TEST_PYTHON")
+        .unwrap_or_else(|_| panic!("MPR_TEST_PYTHON is not set: run the tests with scripts/test.sh"));
+    let h = Harness::new(Seed::Demo).await;
+    let secret = unique("mixpanel/recipe");
+    let engine = h.engine(&policy(&h, &secret));
+    let first = h.pass(&engine).await.rotated.clone().expect("bootstrapped");
+
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("```python\n").expect("a Python block in README.md") + "```python\n".len();
+    let recipe = &readme[start..start + readme[start..].find("```").unwrap()];
+    let line = "SECRET_ID = \"mixpanel/etl\"";
+    assert!(recipe.contains(line), "{recipe}");
+    let script = format!(
+        "{}\n{}",
+        recipe.replace(line, &format!("SECRET_ID = {secret:?}")),
+        r#"
+import base64, sys, urllib.request
+def me(username, secret):
+    auth = base64.b64encode(f"{username}:{secret}".encode()).decode()
+    req = urllib.request.Request(sys.argv[1] + "/me", headers={"Authorization": "Basic " + auth})
+    with urllib.request.urlopen(req) as r:
+        r.read()
+    return username
+for line in sys.stdin:
+    if line.strip() == "cached":
+        print(mixpanel_credential()[0], flush=True)
+    elif line.strip() == "call":
+        print(with_mixpanel(me), flush=True)
+"#
+    );
+    let path = h.dir.path().join("consumer.py");
+    std::fs::write(&path, script).unwrap();
+    let mut child = tokio::process::Command::new(python)
+        .arg(&path)
+        .arg(h.sim.base_url())
+        .env("AWS_ENDPOINT_URL", moto_url())
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut ask = async |cmd: &str| -> String {
+        stdin.write_all(format!("{cmd}\n").as_bytes()).await.unwrap();
+        match tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line()).await {
+            Ok(Ok(Some(l))) => l,
+            other => {
+                let mut err = String::new();
+                let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut err).await;
+                panic!("the consumer did not answer `{cmd}` ({other:?}):\n{err}")
+            }
+        }
+    };
+    assert_eq!(ask("call").await, first.username, "the first credential works");
+
+    h.clock.advance(Duration::hours(1));
+    let r = h.force(&engine, "etl", true).await;
+    ok(&r);
+    let second = r.rotated.clone().unwrap();
+    assert!(
+        h.sim.account(first.service_account_id).is_none(),
+        "--revoke-old deleted it"
+    );
+    assert_eq!(
+        ask("cached").await,
+        first.username,
+        "the cache still holds the old credential"
+    );
+    assert_eq!(
+        ask("call").await,
+        second.username,
+        "a 401, one re-read, the new credential"
+    );
+    assert_eq!(ask("cached").await, second.username);
+
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    h.record(String::from_utf8_lossy(&out.stderr));
+    h.assert_no_secret_leaked(&[&r]);
+}
