@@ -4,8 +4,10 @@
 # cached root filesystem (scripts/rootfs.sh), runs each unit header's
 # `Install:` lines verbatim from a copy of the repository, with a simulator
 # on the host's loopback as Mixpanel, and checks what the README promises:
-# the service runs and publishes with the documented mode and group, reload
-# applies a policy and refuses a broken one, the watchdog restarts a hung
+# the service runs and publishes with the documented mode and group (a
+# member of the group reads it, another user cannot), reload applies a
+# policy and refuses a broken one, the README's rotate-now line and a
+# consumer's path unit work, the watchdog restarts a hung
 # process, stop is clean, the reconcile unit and its timer work, the
 # sandboxing scores <= 2.0, and no secret reaches the journal.
 #
@@ -149,6 +151,26 @@ grep -q 'not valid TOML' <<<"$(inside journalctl --no-pager -o cat -u mixpanel-r
 cp "$work/good.toml" "$work/root/etc/mixpanel-rotator/policy.toml"
 echo "reload applied etl2; the broken policy was refused (reload failed, same PID $main_pid)"
 
+step "a consumer's path unit, the README's two units verbatim: armed before rotate-now below"
+# A stand-in consumer: its reloads are counted in /run/etl-reloads.
+printf '[Service]\nExecStart=/bin/sleep infinity\nExecReload=/bin/sh -c "echo reloaded >>/run/etl-reloads"\n' \
+  >"$work/root/etc/systemd/system/etl.service"
+python3 - README.md "$work/root" <<'PY' || fail "the README's path units could not be installed"
+import re, sys
+readme, root = open(sys.argv[1]).read(), sys.argv[2]
+units = re.findall(r"```ini\n# (/etc/systemd/system/etl-mixpanel-credential\.(?:path|service))\n(.*?)```", readme, re.S)
+assert sorted(u for u, _ in units) == ["/etc/systemd/system/etl-mixpanel-credential.path",
+                                       "/etc/systemd/system/etl-mixpanel-credential.service"], units
+for path, text in units:
+    open(root + path, "w").write(text)
+print("installed", ", ".join(u for u, _ in units))
+PY
+inside systemctl daemon-reload
+inside systemctl start etl.service
+inside systemctl enable --now etl-mixpanel-credential.path || fail "the path unit does not start"
+reloads() { inside sh -c 'cat /run/etl-reloads 2>/dev/null | wc -l'; }
+[ "$(reloads)" = 0 ] || fail "etl was reloaded before any change"
+
 step "rotate-now on this host: the README's line, verbatim; same group, the daemon follows at once"
 recipe=$(awk '/^- \*\*`rotate-now` on this host\*\*/ {on = 1; next} on && /^  ```sh$/ {inb = 1; next} inb && /^  ```$/ {exit} inb {sub(/^  /, ""); print}' README.md)
 [ -n "$recipe" ] || fail "no rotate-now line for systemd hosts in README.md"
@@ -169,6 +191,10 @@ sys.exit(0 if v and int(float(v[0])) == $1 else 1)"
 }
 wait_for 5 "the daemon's expiry gauge shows the credential rotate-now published" gauge_is "$expiry"
 echo "rotate-now as the service's user: 640 mixpanel-creds, the daemon's gauge at $expiry within 5 s"
+wait_for 10 "the path unit reloaded etl after rotate-now" sh -c "[ \"\$(nsenter -t $pid1 -a sh -c 'cat /run/etl-reloads 2>/dev/null | wc -l')\" -ge 1 ]"
+sleep 2 # anything more would come now: the daemon's pass after the resync request has run
+[ "$(reloads)" = 1 ] || fail "etl was reloaded $(reloads) times for one rotation, not once"
+echo "the path unit reloaded etl exactly once for the rotation"
 
 step "journald: priorities, no second timestamp"
 inside journalctl --no-pager -o json -u mixpanel-rotator.service -t mixpanel-rotator >"$work/journal.json"
