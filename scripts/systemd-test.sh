@@ -268,4 +268,35 @@ for s in "${secrets[@]}"; do
   if grep -qF -- "$s" "$work/journal.txt"; then fail "a secret is in the journal"; fi
 done
 echo "${#secrets[@]} secrets looked for in $(wc -l <"$work/journal.txt") journal lines: none found"
+step "uninstall: the README's two blocks, verbatim (retire each integration, then remove everything)"
+blocks=$(python3 - README.md <<'PY'
+import json, re, sys
+readme = open(sys.argv[1]).read()
+part = readme[readme.index("**Uninstall**, as root."):]
+blocks = re.findall(r"```sh\n(.*?)```", part, re.S)[:2]
+print(json.dumps(blocks))
+PY
+)
+retire=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])[0])' "$blocks")
+remove=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])[1])' "$blocks")
+grep -q 'retire etl --yes' <<<"$retire" || fail "the README's uninstall does not retire first: $retire"
+# Its retire line names etl; the policy with etl2 as well is put back.
+cp "$work/good.toml" "$work/root/etc/mixpanel-rotator/policy.toml"
+inside sh -c "$retire
+$(grep 'retire etl --yes' <<<"$retire" | sed 's/retire etl --yes/retire etl2 --yes/')" >"$work/retire.out" 2>&1 ||
+  fail "the README's retire lines failed: $(cat "$work/retire.out")"
+[ "$(grep -c '^retired: now remove' "$work/retire.out")" = 2 ] || fail "retire did not finish: $(cat "$work/retire.out")"
+inside sh -c "$remove" >"$work/remove.out" 2>&1 || fail "the README's uninstall lines failed: $(cat "$work/remove.out")"
+left=$(inside systemctl list-unit-files --no-legend 'mixpanel-rotator*' || true)
+[ -z "$left" ] || fail "units left after uninstall: $left"
+for what in "passwd mixpanel-rotator" "group mixpanel-rotator-config" "group mixpanel-creds"; do
+  # shellcheck disable=SC2086 # two words on purpose
+  if inside getent $what >/dev/null; then fail "left after uninstall: $what"; fi
+done
+for f in /etc/mixpanel-rotator /usr/local/bin/mixpanel-rotator /usr/local/share/man/man1/mixpanel-rotator.1 \
+  /usr/local/share/man/man1/mixpanel-rotator-run.1 /usr/local/share/doc/mixpanel-rotator \
+  /run/mixpanel-rotator/etl.json /run/mixpanel-rotator/etl2.json; do
+  if inside test -e "$f"; then fail "left after uninstall: $f"; fi
+done
+echo "retired etl and etl2; no unit, user, group, file or payload left"
 echo "systemd: all checks passed"
