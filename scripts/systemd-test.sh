@@ -7,9 +7,10 @@
 # the service runs and publishes with the documented mode and group (a
 # member of the group reads it, another user cannot), reload applies a
 # policy and refuses a broken one, the README's rotate-now line and a
-# consumer's path unit work, the watchdog restarts a hung
-# process, stop is clean, the reconcile unit and its timer work, the
-# sandboxing scores <= 2.0, and no secret reaches the journal.
+# consumer's path unit work, the watchdog restarts a hung process, stop is
+# clean, the reconcile unit and its timer work, the sandboxing scores <= 2.0,
+# no secret reaches the journal, and the README's uninstall blocks leave
+# nothing behind.
 #
 # Needs root. Fails (never skips) when the container cannot boot.
 set -euo pipefail
