@@ -251,6 +251,48 @@ async fn offline_validate_resolves_every_secret_reference() {
     let o = run(&h, &cfg, &["validate"]).await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).contains("secrets: 1 reference(s) resolve"), "{}", stdout(&o));
+
+    // --policy-only: a policy away from its secrets (a Kubernetes-auth Vault
+    // sink outside a pod, a missing secret file) is checked, not its secrets.
+    let away = h.dir.path().join("away.toml");
+    std::fs::write(
+        &away,
+        format!(
+            "{}[sinks.vault]\ntype = \"vault\"\naddress = \"https://vault.example:8200\"\nauth = {{ method = \"kubernetes\", role = \"rotator\", jwt_path = \"{}\" }}\n",
+            good.replace(&admin_line, &format!("secret = {{ file = \"{}\" }}", h.dir.path().join("missing").display())),
+            h.dir.path().join("no-pod-token").display()
+        ),
+    )
+    .unwrap();
+    let o = run(&h, &away, &["validate"]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("jwt_path"), "{}", stderr(&o));
+    let o = run(&h, &away, &["validate", "--policy-only"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("secrets: not read (--policy-only)"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&h, &away, &["validate", "--policy-only", "-o", "json"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let doc = assert_schema(&stdout(&o));
+    assert!(
+        doc["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "secrets" && c["status"] == "warn"),
+        "{doc}"
+    );
+    // A broken policy still fails; --policy-only and --online exclude each other.
+    std::fs::write(&away, format!("{}\nnot toml", std::fs::read_to_string(&away).unwrap())).unwrap();
+    assert_eq!(
+        run(&h, &away, &["validate", "--policy-only"]).await.status.code(),
+        Some(2)
+    );
+    let o = run(&h, &cfg, &["validate", "--policy-only", "--online"]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     h.assert_no_secret_leaked(&[]);
 }
 
