@@ -370,35 +370,14 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Demo { grace } => return crate::demo::run(grace).await,
         Command::Completions { shell } => return completions(*shell),
         Command::Man { dir } => return man_page(dir.as_deref()),
-        Command::Simulator {
-            listen,
-            seed,
-            allow_non_loopback,
-            admin_secret_file,
-            published_shape,
-            latency,
-            jitter,
-        } => {
-            let shape = Shape {
-                published: *published_shape,
-                latency: (*latency, *jitter),
-            };
-            return simulator(*listen, *seed, *allow_non_loopback, admin_secret_file.clone(), shape).await;
-        }
+        Command::Simulator { .. } => return simulator_command(&cli.command).await,
         Command::Run { shutdown_timeout, .. } => return daemon(&cli, shutdown_timeout).await,
         Command::Validate {
             online,
             policy_only,
             output,
             ..
-        } => {
-            let depth = match (online, policy_only) {
-                (true, _) => Depth::Online,
-                (false, true) => Depth::PolicyOnly,
-                (false, false) => Depth::Secrets,
-            };
-            validate(&cli, depth, output.output, clock).await
-        }
+        } => validate(&cli, Depth::of(*online, *policy_only), output.output, clock).await,
         Command::Plan { output, .. } => passes(&cli, clock, Mode::Plan, output.output).await,
         Command::RotateNow {
             names,
@@ -429,6 +408,27 @@ pub async fn run(cli: Cli) -> Exit {
         }
     };
     result.unwrap_or_else(|e| e)
+}
+
+/// `simulator ...` (called with that command only; anything else is a usage error).
+async fn simulator_command(command: &Command) -> Exit {
+    let Command::Simulator {
+        listen,
+        seed,
+        allow_non_loopback,
+        admin_secret_file,
+        published_shape,
+        latency,
+        jitter,
+    } = command
+    else {
+        return Exit::Usage;
+    };
+    let shape = Shape {
+        published: *published_shape,
+        latency: (*latency, *jitter),
+    };
+    simulator(*listen, *seed, *allow_non_loopback, admin_secret_file.clone(), shape).await
 }
 
 /// `retire NAME [--yes]`.
@@ -745,6 +745,16 @@ enum Depth {
     Secrets,
     /// All that, and Mixpanel and every sink (`--online`).
     Online,
+}
+
+impl Depth {
+    fn of(online: bool, policy_only: bool) -> Self {
+        match (online, policy_only) {
+            (true, _) => Depth::Online,
+            (false, true) => Depth::PolicyOnly,
+            (false, false) => Depth::Secrets,
+        }
+    }
 }
 
 async fn validate(cli: &Cli, depth: Depth, output: Output, clock: SharedClock) -> Result<Exit, Exit> {
