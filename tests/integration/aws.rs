@@ -368,3 +368,53 @@ for line in sys.stdin:
     h.record(String::from_utf8_lossy(&out.stderr));
     h.assert_no_secret_leaked(&[&r]);
 }
+
+/// The README's warning about Secrets Manager's own rotation, against moto:
+/// a rotation Lambda's steps (its own value put as AWSPENDING, then
+/// AWSCURRENT moved to it) leave the rotator a value it did not publish. It
+/// reports that at every pass and touches nothing: no account created, none
+/// deleted, the credential it published kept.
+#[tokio::test]
+async fn secrets_managers_own_rotation_is_reported_and_nothing_is_touched() {
+    let h = Harness::new(Seed::Demo).await;
+    let c = aws().await;
+    let secret = unique("mixpanel/own-rotation");
+    let engine = h.engine(&policy(&h, &secret));
+    let first = h.pass(&engine).await.rotated.clone().expect("bootstrapped");
+    let before: Vec<u64> = h.sim.accounts().iter().map(|a| a.id).collect();
+
+    // What a rotation Lambda does: createSecret, then finishSecret.
+    let token = "7e57a11a-0000-4000-8000-00000000beef";
+    c.put_secret_value()
+        .secret_id(&secret)
+        .client_request_token(token)
+        .secret_string(r#"{"username": "etl", "password": "made-by-a-lambda"}"#)
+        .version_stages("AWSPENDING")
+        .send()
+        .await
+        .unwrap();
+    let (_, current) = at_stage(&c, &secret, "AWSCURRENT").await;
+    c.update_secret_version_stage()
+        .secret_id(&secret)
+        .version_stage("AWSCURRENT")
+        .move_to_version_id(token)
+        .remove_from_version_id(current)
+        .send()
+        .await
+        .unwrap();
+
+    for hours in [1, 24 * 25] {
+        h.clock.advance(Duration::hours(hours));
+        let r = h.pass(&engine).await;
+        assert!(r.rotated.is_none(), "{r:?}");
+        let e = r.errors.first().unwrap_or_else(|| panic!("no error: {r:?}"));
+        assert!(
+            e.to_string().contains("not a mixpanel-rotator payload") && e.to_string().contains(&secret),
+            "{e}"
+        );
+        assert!(r.plan.delete_now.is_empty() && r.plan.rotate.is_none(), "{:?}", r.plan);
+        let now: Vec<u64> = h.sim.accounts().iter().map(|a| a.id).collect();
+        assert_eq!(now, before, "no account created or deleted");
+        assert!(h.sim.account(first.service_account_id).is_some());
+    }
+}
