@@ -196,6 +196,36 @@ impl AwsSink {
         }
     }
 
+    /// `GetSecretValue` found no `AWSCURRENT` value: nothing is published
+    /// when the secret does not exist or has no version (created empty).
+    /// A version staged `AWSCURRENT` whose value cannot be read is not
+    /// "nothing": taking it for that would bootstrap over a credential in
+    /// use, so it is an error (moto's `RotateSecret` without a Lambda leaves
+    /// a secret that way).
+    async fn no_current_value(&self, path: &str) -> Result<Option<(Payload, Version)>, SinkError> {
+        let described = match self.client().await.describe_secret().secret_id(path).send().await {
+            Ok(d) => d,
+            Err(e) => {
+                let Parts { code, message } = parts(&e);
+                if code == "ResourceNotFoundException" {
+                    return Ok(None);
+                }
+                return Err(self.fail("DescribeSecret", path, &code, &message));
+            }
+        };
+        let current = described.version_ids_to_stages().and_then(|m| {
+            m.iter()
+                .find(|(v, stages)| v.as_str() != PLACEHOLDER && stages.iter().any(|s| s == CURRENT))
+                .map(|(v, _)| v.clone())
+        });
+        match current {
+            None => Ok(None),
+            Some(v) => Err(SinkError::corrupt(format!(
+                "`{path}` has version {v} staged AWSCURRENT, but GetSecretValue finds no value for it; nothing is rotated or deleted until AWSCURRENT can be read (was the secret rotated by Secrets Manager itself?)"
+            ))),
+        }
+    }
+
     fn sdk_fail<E: ProvideErrorMetadata + std::error::Error + 'static>(
         &self,
         what: &str,
@@ -352,7 +382,7 @@ impl Sink for AwsSink {
             Err(e) => {
                 let Parts { code, message } = parts(&e);
                 if code == "ResourceNotFoundException" {
-                    return Ok(None);
+                    return self.no_current_value(path).await;
                 }
                 return Err(self.fail("GetSecretValue", path, &code, &message));
             }

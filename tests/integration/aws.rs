@@ -418,3 +418,42 @@ async fn secrets_managers_own_rotation_is_reported_and_nothing_is_touched() {
         assert!(h.sim.account(first.service_account_id).is_some());
     }
 }
+
+/// A version staged AWSCURRENT whose value cannot be read (what moto's
+/// `RotateSecret` without a Lambda leaves) is an error, never "nothing
+/// published": that would bootstrap anew at every pass, and delete the
+/// published account as an orphan once unused.
+#[tokio::test]
+async fn an_unreadable_current_version_is_an_error_not_nothing_published() {
+    let h = Harness::new(Seed::Demo).await;
+    let c = aws().await;
+    let secret = unique("mixpanel/unreadable");
+    let engine = h.engine(&policy(&h, &secret));
+    let first = h.pass(&engine).await.rotated.clone().expect("bootstrapped");
+    let before: Vec<u64> = h.sim.accounts().iter().map(|a| a.id).collect();
+    c.rotate_secret().secret_id(&secret).send().await.unwrap();
+    assert!(
+        c.get_secret_value()
+            .secret_id(&secret)
+            .version_stage("AWSCURRENT")
+            .send()
+            .await
+            .is_err(),
+        "moto leaves AWSCURRENT without a value"
+    );
+    for _ in 0..2 {
+        h.clock.advance(Duration::hours(1));
+        let r = h.pass(&engine).await;
+        assert!(r.rotated.is_none(), "{r:?}");
+        let e = r.errors.first().unwrap_or_else(|| panic!("no error: {r:?}"));
+        assert!(
+            e.to_string()
+                .contains("staged AWSCURRENT, but GetSecretValue finds no value"),
+            "{e}"
+        );
+        assert!(r.plan.delete_now.is_empty() && r.plan.rotate.is_none(), "{:?}", r.plan);
+        let now: Vec<u64> = h.sim.accounts().iter().map(|a| a.id).collect();
+        assert_eq!(now, before, "no account created or deleted");
+    }
+    assert!(h.sim.account(first.service_account_id).is_some());
+}
