@@ -376,11 +376,7 @@ for line in sys.stdin:
 /// deleted, the credential it published kept.
 #[tokio::test]
 async fn secrets_managers_own_rotation_is_reported_and_nothing_is_touched() {
-    let h = Harness::new(Seed::Demo).await;
-    let c = aws().await;
-    let secret = unique("mixpanel/own-rotation");
-    let engine = h.engine(&policy(&h, &secret));
-    let first = h.pass(&engine).await.rotated.clone().expect("bootstrapped");
+    let (h, c, secret, engine, first) = published("mixpanel/own-rotation").await;
     let before: Vec<u64> = h.sim.accounts().iter().map(|a| a.id).collect();
 
     // What a rotation Lambda does: createSecret, then finishSecret.
@@ -405,18 +401,40 @@ async fn secrets_managers_own_rotation_is_reported_and_nothing_is_touched() {
 
     for hours in [1, 24 * 25] {
         h.clock.advance(Duration::hours(hours));
-        let r = h.pass(&engine).await;
-        assert!(r.rotated.is_none(), "{r:?}");
-        let e = r.errors.first().unwrap_or_else(|| panic!("no error: {r:?}"));
-        assert!(
-            e.to_string().contains("not a mixpanel-rotator payload") && e.to_string().contains(&secret),
-            "{e}"
-        );
-        assert!(r.plan.delete_now.is_empty() && r.plan.rotate.is_none(), "{:?}", r.plan);
-        let now: Vec<u64> = h.sim.accounts().iter().map(|a| a.id).collect();
-        assert_eq!(now, before, "no account created or deleted");
-        assert!(h.sim.account(first.service_account_id).is_some());
+        stands_still(&h, &engine, &before, "not a mixpanel-rotator payload").await;
     }
+    assert!(h.sim.account(first.service_account_id).is_some());
+}
+
+/// A harness, a moto client, a fresh secret named from `prefix`, an
+/// engine publishing `etl` there, and its first rotation, done.
+async fn published(
+    prefix: &str,
+) -> (
+    Harness,
+    Client,
+    String,
+    mixpanel_rotator::rotation::Engine,
+    mixpanel_rotator::rotation::Rotated,
+) {
+    let h = Harness::new(Seed::Demo).await;
+    let c = aws().await;
+    let secret = unique(prefix);
+    let engine = h.engine(&policy(&h, &secret));
+    let first = h.pass(&engine).await.rotated.clone().expect("bootstrapped");
+    (h, c, secret, engine, *first)
+}
+
+/// A pass that reports `needle` (in an error) and touches nothing: no
+/// rotation, no account created or deleted (`before`: the accounts' ids).
+async fn stands_still(h: &Harness, engine: &mixpanel_rotator::rotation::Engine, before: &[u64], needle: &str) {
+    let r = h.pass(engine).await;
+    assert!(r.rotated.is_none(), "{r:?}");
+    let e = r.errors.first().unwrap_or_else(|| panic!("no error: {r:?}"));
+    assert!(e.to_string().contains(needle), "{e}");
+    assert!(r.plan.delete_now.is_empty() && r.plan.rotate.is_none(), "{:?}", r.plan);
+    let now: Vec<u64> = h.sim.accounts().iter().map(|a| a.id).collect();
+    assert_eq!(now, before, "no account created or deleted");
 }
 
 /// A version staged AWSCURRENT whose value cannot be read (what moto's
@@ -425,11 +443,7 @@ async fn secrets_managers_own_rotation_is_reported_and_nothing_is_touched() {
 /// published account as an orphan once unused.
 #[tokio::test]
 async fn an_unreadable_current_version_is_an_error_not_nothing_published() {
-    let h = Harness::new(Seed::Demo).await;
-    let c = aws().await;
-    let secret = unique("mixpanel/unreadable");
-    let engine = h.engine(&policy(&h, &secret));
-    let first = h.pass(&engine).await.rotated.clone().expect("bootstrapped");
+    let (h, c, secret, engine, first) = published("mixpanel/unreadable").await;
     let before: Vec<u64> = h.sim.accounts().iter().map(|a| a.id).collect();
     c.rotate_secret().secret_id(&secret).send().await.unwrap();
     assert!(
@@ -443,17 +457,13 @@ async fn an_unreadable_current_version_is_an_error_not_nothing_published() {
     );
     for _ in 0..2 {
         h.clock.advance(Duration::hours(1));
-        let r = h.pass(&engine).await;
-        assert!(r.rotated.is_none(), "{r:?}");
-        let e = r.errors.first().unwrap_or_else(|| panic!("no error: {r:?}"));
-        assert!(
-            e.to_string()
-                .contains("staged AWSCURRENT, but GetSecretValue finds no value"),
-            "{e}"
-        );
-        assert!(r.plan.delete_now.is_empty() && r.plan.rotate.is_none(), "{:?}", r.plan);
-        let now: Vec<u64> = h.sim.accounts().iter().map(|a| a.id).collect();
-        assert_eq!(now, before, "no account created or deleted");
+        stands_still(
+            &h,
+            &engine,
+            &before,
+            "staged AWSCURRENT, but GetSecretValue finds no value",
+        )
+        .await;
     }
     assert!(h.sim.account(first.service_account_id).is_some());
 }

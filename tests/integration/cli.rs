@@ -360,11 +360,7 @@ async fn conventional_config_flag_and_located_syntax_errors() {
     }
     // Completions and the manual page come from the binary itself.
     for shell in ["bash", "zsh", "fish"] {
-        let o = tokio::process::Command::new(BIN)
-            .args(["completions", shell])
-            .output()
-            .await
-            .unwrap();
+        let o = bare(&["completions", shell]).await;
         assert_eq!(o.status.code(), Some(0), "{shell}");
         assert!(
             stdout(&o).contains("rotate-now") && stdout(&o).contains("dry-run"),
@@ -372,18 +368,13 @@ async fn conventional_config_flag_and_located_syntax_errors() {
             stdout(&o)
         );
     }
-    let o = tokio::process::Command::new(BIN).arg("man").output().await.unwrap();
+    let o = bare(&["man"]).await;
     assert_eq!(o.status.code(), Some(0));
     assert!(stdout(&o).contains(".TH mixpanel-rotator 1"), "{}", stdout(&o));
     // One page per command with --dir, their paths on stdout.
     let man = h.dir.path().join("man1");
     std::fs::create_dir(&man).unwrap();
-    let o = tokio::process::Command::new(BIN)
-        .args(["man", "--dir"])
-        .arg(&man)
-        .output()
-        .await
-        .unwrap();
+    let o = bare(&["man", "--dir", man.to_str().unwrap()]).await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     for command in [
         "",
@@ -405,18 +396,10 @@ async fn conventional_config_flag_and_located_syntax_errors() {
         rotate_now.contains("revoke\\-old"),
         "the command's own options: {rotate_now}"
     );
-    let o = tokio::process::Command::new(BIN)
-        .args(["man", "--dir", "/nonexistent/man1"])
-        .output()
-        .await
-        .unwrap();
+    let o = bare(&["man", "--dir", "/nonexistent/man1"]).await;
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("/nonexistent/man1 (`--dir`)"), "{}", stderr(&o));
-    let o = tokio::process::Command::new(BIN)
-        .arg("--version")
-        .output()
-        .await
-        .unwrap();
+    let o = bare(&["--version"]).await;
     assert!(stdout(&o).contains("(commit "), "{}", stdout(&o));
     let broken = h.dir.path().join("broken.toml");
     std::fs::write(&broken, "version = 1\n[mixpanel]\nbase_url = \"http://x\n").unwrap();
@@ -538,6 +521,11 @@ async fn retire_shows_then_removes_every_trace_of_an_integration() {
     assert_eq!(o.status.code(), Some(0));
     assert!(stdout(&o).contains("no account and no payload left"), "{}", stdout(&o));
     h.assert_no_secret_leaked(&[]);
+}
+
+/// The binary with `args` alone (no policy, no environment changes).
+async fn bare(args: &[&str]) -> Output {
+    tokio::process::Command::new(BIN).args(args).output().await.unwrap()
 }
 
 /// Checks `doc` against docs/output.schema.json with the venv's jsonschema.
@@ -834,11 +822,7 @@ async fn demo_runs_end_to_end() {
 
 #[tokio::test]
 async fn simulator_refuses_non_loopback() {
-    let o = tokio::process::Command::new(BIN)
-        .args(["simulator", "--listen", "0.0.0.0:0"])
-        .output()
-        .await
-        .unwrap();
+    let o = bare(&["simulator", "--listen", "0.0.0.0:0"]).await;
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("not a loopback address"), "{}", stderr(&o));
 }

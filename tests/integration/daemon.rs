@@ -322,6 +322,17 @@ impl InProcess {
         }
     }
 
+    /// Waits until `integration` is due at `by` at the latest (a hang guard, not a timing).
+    async fn due_by(&mut self, integration: &str, by: chrono::DateTime<chrono::Utc>) -> Progress {
+        let wait = self
+            .progress
+            .wait_for(|p| p.due.get(integration).is_some_and(|d| *d <= by));
+        match tokio::time::timeout(Duration::from_secs(5), wait).await {
+            Ok(Ok(p)) => p.clone(),
+            _ => panic!("{integration} did not become due by {by}"),
+        }
+    }
+
     /// Moves the clock to the daemon's next wake-up and waits for the pass it runs.
     async fn tick(&mut self, h: &Harness) -> Progress {
         let p = self.progress.borrow().clone();
@@ -478,12 +489,7 @@ async fn in_process_resync_requests_are_spaced() {
     assert_eq!(h.clock_now(), at);
     // Another right after it: due 10 s after the first, not now.
     ask(&d, "etl");
-    let wait = d.progress.wait_for(|q| q.due["etl"] <= at + Span::seconds(10));
-    let q = tokio::time::timeout(Duration::from_secs(5), wait)
-        .await
-        .unwrap()
-        .unwrap()
-        .clone();
+    let q = d.due_by("etl", at + Span::seconds(10)).await;
     assert_eq!(q.due["etl"], at + Span::seconds(10));
     assert_eq!(q.passes, p.passes, "no pass before the spacing");
     // A third within those 10 s: merged into the same pass.
@@ -502,12 +508,7 @@ async fn in_process_resync_requests_are_spaced() {
     // Half the spacing later: due 10 s after the last one asked, not 20.
     h.clock.set(at + Span::seconds(15));
     ask(&d, "etl");
-    let wait = d.progress.wait_for(|q| q.due["etl"] <= at + Span::seconds(20));
-    let q = tokio::time::timeout(Duration::from_secs(5), wait)
-        .await
-        .unwrap()
-        .unwrap()
-        .clone();
+    let q = d.due_by("etl", at + Span::seconds(20)).await;
     assert_eq!(q.due["etl"], at + Span::seconds(20));
     d.stop().await;
 }
