@@ -24,7 +24,7 @@ use vaultrs::api::kv2::requests::{
 use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 
-use super::contract::{Payload, Sink, SinkError, Version};
+use super::contract::{Payload, Sink, SinkError, SinkErrorKind, Version};
 use crate::secret::Secret;
 use crate::values::{HumanDuration, KeyError, SecretRef};
 
@@ -140,6 +140,9 @@ pub struct VaultSink {
     client: Mutex<Option<Arc<VaultClient>>>,
     /// For `sys/capabilities-self`, which `vaultrs` does not wrap.
     http: reqwest::Client,
+    /// A healthcheck has logged in afresh once: the next ones use the
+    /// client in use (a check per integration must not mint a token each).
+    login_checked: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for VaultSink {
@@ -221,6 +224,7 @@ impl VaultSink {
             name: name.into(),
             config,
             client: Mutex::new(None),
+            login_checked: std::sync::atomic::AtomicBool::new(false),
             http,
         })
     }
@@ -385,21 +389,52 @@ impl VaultSink {
         match op(client.clone()).await {
             Err(e) if describe(&e).code == Some(403) => {
                 tracing::info!(sink = %self.name, "Vault answered 403; logging in again and retrying once.");
-                let fresh = {
-                    let mut guard = self.client.lock().await;
-                    // Another task may have logged in again already.
-                    match guard.as_ref() {
-                        Some(c) if !Arc::ptr_eq(c, &client) => c.clone(),
-                        _ => {
-                            let c = Arc::new(self.login().await.map_err(Fail::Login)?);
-                            *guard = Some(c.clone());
-                            c
-                        }
-                    }
-                };
+                let fresh = self.replace_client(&client).await.map_err(Fail::Login)?;
                 op(fresh).await.map_err(Fail::Api)
             }
             other => other.map_err(Fail::Api),
+        }
+    }
+
+    /// A client in place of `stale`, which Vault refused: the one another
+    /// task logged in with meanwhile, else a fresh login.
+    async fn replace_client(&self, stale: &Arc<VaultClient>) -> Result<Arc<VaultClient>, SinkError> {
+        let mut guard = self.client.lock().await;
+        match guard.as_ref() {
+            Some(c) if !Arc::ptr_eq(c, stale) => Ok(c.clone()),
+            _ => {
+                let c = Arc::new(self.login().await?);
+                *guard = Some(c.clone());
+                Ok(c)
+            }
+        }
+    }
+
+    /// The token's capabilities on `paths`. The first check on this sink
+    /// logs in afresh (proving the login works, for `validate --online`);
+    /// later ones, concurrent ones included, use the client in use, and log
+    /// in again once if Vault answers 403: a check per integration must not
+    /// mint a token each.
+    async fn checked_capabilities(&self, paths: &[String]) -> Result<HashMap<String, Vec<String>>, SinkError> {
+        use std::sync::atomic::Ordering;
+        let client = {
+            let mut guard = self.client.lock().await;
+            match guard.as_ref() {
+                Some(c) if self.login_checked.load(Ordering::SeqCst) => c.clone(),
+                _ => {
+                    let c = Arc::new(self.login().await?);
+                    *guard = Some(c.clone());
+                    self.login_checked.store(true, Ordering::SeqCst);
+                    c
+                }
+            }
+        };
+        match self.capabilities(&client, paths).await {
+            Err(e) if e.kind == SinkErrorKind::Denied => {
+                let fresh = self.replace_client(&client).await?;
+                self.capabilities(&fresh, paths).await
+            }
+            other => other,
         }
     }
 
@@ -585,14 +620,8 @@ impl Sink for VaultSink {
         let data_path = format!("{}/data/{path}", self.config.mount);
         let meta_path = format!("{}/metadata/{path}", self.config.mount);
         let paths = [data_path.clone(), meta_path.clone()];
-        let client = {
-            let mut guard = self.client.lock().await;
-            let c = Arc::new(self.login().await?);
-            *guard = Some(c.clone());
-            c
-        };
         let caps = self
-            .capabilities(&client, &paths)
+            .checked_capabilities(&paths)
             .await
             .map_err(|e| e.context("checking the token"))?;
         let has = |p: &str, c: &str| caps.get(p).is_some_and(|v| v.iter().any(|x| x == c || x == "root"));
