@@ -196,6 +196,16 @@ wait_for 10 "the path unit reloaded etl after rotate-now" sh -c "[ \"\$(nsenter 
 sleep 2 # anything more would come now: the daemon's pass after the resync request has run
 [ "$(reloads)" = 1 ] || fail "etl was reloaded $(reloads) times for one rotation, not once"
 echo "the path unit reloaded etl exactly once for the rotation"
+# The same as root (sudo on the day of a leak): the file stays the service's.
+before=$(payload rotation_id)
+inside mixpanel-rotator --config /etc/mixpanel-rotator/policy.toml rotate-now etl >"$work/rotate-root.out" 2>&1 ||
+  fail "rotate-now as root failed: $(cat "$work/rotate-root.out")"
+[ "$(payload rotation_id)" != "$before" ] || fail "rotate-now as root published nothing new"
+owner=$(inside stat -c '%U %G %a' /run/mixpanel-rotator/etl.json /run/mixpanel-rotator/etl.json.lock | sort -u | tr '\n' ' ')
+[ "$owner" = "mixpanel-rotator mixpanel-creds 600 mixpanel-rotator mixpanel-creds 640 " ] ||
+  fail "after rotate-now as root: etl.json and its lock are '$owner'"
+inside runuser -u etl-app -- cat /run/mixpanel-rotator/etl.json >/dev/null || fail "the consumer cannot read etl.json after rotate-now as root"
+echo "rotate-now as root: etl.json stays mixpanel-rotator:mixpanel-creds 0640, the consumer reads it"
 
 step "journald: priorities, no second timestamp"
 inside journalctl --no-pager -o json -u mixpanel-rotator.service -t mixpanel-rotator >"$work/journal.json"

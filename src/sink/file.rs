@@ -208,6 +208,43 @@ impl Points {
     };
 }
 
+/// A file written into a directory belongs to the directory's group
+/// (`mode = "0640"` is for that group: the consumers), and, when this
+/// process is root, to the directory's owner too: root running
+/// `rotate-now` into a service's directory leaves the files the service's,
+/// readable by it and its consumers as before. A group that cannot be
+/// given is an error only when `group_matters` (the mode lets the group
+/// read); the owner, only root changes, and root always can.
+fn give_to_dir(file: &File, dir: &fs::Metadata, group_matters: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mine = file.metadata()?;
+    let uid = (mine.uid() == 0 && dir.uid() != 0).then_some(dir.uid());
+    let gid = (mine.gid() != dir.gid()).then_some(dir.gid());
+    if uid.is_none() && gid.is_none() {
+        return Ok(());
+    }
+    match std::os::unix::fs::fchown(file, uid, gid) {
+        Err(_) if uid.is_none() && !group_matters => Ok(()),
+        other => other,
+    }
+}
+
+/// What to do when a written file cannot be given the directory's group.
+fn group_error(dir: &Path, owner: &fs::Metadata, e: std::io::Error) -> std::io::Error {
+    use std::os::unix::fs::MetadataExt as _;
+    if e.kind() != std::io::ErrorKind::PermissionDenied {
+        return e;
+    }
+    std::io::Error::new(
+        e.kind(),
+        format!(
+            "the credential must go to the directory's group (gid {}), which `mode` lets read it, and the rotator's user is not in that group: add it to the group, or make the directory setgid (chmod g+s {})",
+            owner.gid(),
+            dir.display()
+        ),
+    )
+}
+
 fn lock_path(target: &Path) -> PathBuf {
     let mut s = target.as_os_str().to_owned();
     s.push(".lock");
@@ -374,6 +411,13 @@ impl FileSink {
             .open(&lock_file)
             .map_err(|e| self.io("open lock file", &lock_file, e))?;
         lock.lock().map_err(|e| self.io("lock", &lock_file, e))?;
+        // Root's lock file would shut the directory's owner out of the next
+        // publish: it is the owner's (best effort; its group is moot, 0600).
+        if let Some(dir) = target.parent()
+            && let Ok(dir) = fs::metadata(dir)
+        {
+            let _ = give_to_dir(&lock, &dir, false);
+        }
         Ok(lock)
     }
 
@@ -454,6 +498,7 @@ impl FileSink {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let tmp = dir.join(format!(".{file_name}.{:08x}.tmp", rand::rng().random::<u32>()));
+        let owner = fs::metadata(dir).map_err(|e| self.io("read the owner of", dir, e))?;
         let write = || -> std::io::Result<()> {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -461,6 +506,7 @@ impl FileSink {
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)?;
+            give_to_dir(&f, &owner, mode & 0o070 != 0).map_err(|e| group_error(dir, &owner, e))?;
             if mode != 0o600 {
                 f.set_permissions(fs::Permissions::from_mode(mode))?;
             }
@@ -489,13 +535,19 @@ impl FileSink {
         let target = self.target(path)?;
         let dir = self.ensure_dir(&target)?;
         let probe = dir.join(format!(".health.{:08x}.tmp", rand::rng().random::<u32>()));
-        OpenOptions::new()
+        let f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&probe)
             .map_err(|e| self.io("write in", &dir, e))?;
+        // The file a publish writes must go to the directory's group (and
+        // owner, as root): a probe says so before any account is created.
+        let mode = self.config.file_mode().unwrap_or(0o600);
+        let given = fs::metadata(&dir)
+            .and_then(|owner| give_to_dir(&f, &owner, mode & 0o070 != 0).map_err(|e| group_error(&dir, &owner, e)));
         let _ = fs::remove_file(&probe);
+        given.map_err(|e| self.io("give a file the group of", &dir, e))?;
         Ok(format!("{} is writable", dir.display()))
     }
 }
@@ -643,6 +695,51 @@ mod tests {
             assert!(cfg(bad).check().is_err(), "{bad}");
         }
         assert_eq!(cfg("0440").file_mode(), Ok(0o440));
+    }
+
+    /// Root writing into another user's directory (`rotate-now` run with
+    /// sudo beside the service) leaves every file the directory owner's, in
+    /// its group: the service and its consumers read them as before. Needs
+    /// root, as CI and the booted-systemd test run.
+    #[tokio::test]
+    async fn root_writes_leave_the_files_to_the_directorys_owner_and_group() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            fs::metadata(dir.path()).unwrap().uid(),
+            0,
+            "this test needs root (it checks what root's writes leave behind); CI runs as root"
+        );
+        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+        let sink = FileSink::new(
+            "t",
+            FileSinkConfig {
+                dir: dir.path().to_path_buf(),
+                mode: Some("0640".into()),
+            },
+        );
+        assert!(sink.healthcheck("etl.json").await.is_ok());
+        sink.publish("etl.json", &payload("r1"), None).await.unwrap();
+        sink.publish("etl.json", &payload("r2"), Some(&Version("r1".into())))
+            .await
+            .unwrap();
+        for f in ["etl.json", "etl.json.lock"] {
+            let m = fs::metadata(dir.path().join(f)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (65534, 65534), "{f}");
+        }
+        let m = fs::metadata(dir.path().join("etl.json")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o640, "chown keeps the mode");
+        // A directory root owns: root's files stay root's.
+        let own = tempfile::tempdir().unwrap();
+        let sink = FileSink::new(
+            "t",
+            FileSinkConfig {
+                dir: own.path().to_path_buf(),
+                mode: None,
+            },
+        );
+        sink.publish("etl.json", &payload("r1"), None).await.unwrap();
+        assert_eq!(fs::metadata(own.path().join("etl.json")).unwrap().uid(), 0);
     }
 
     #[tokio::test]

@@ -699,6 +699,70 @@ async fn rotate_now_into_an_unwritable_file_sink_makes_no_mutating_call() {
     assert!(mutating.is_empty(), "{mutating:?}");
 }
 
+/// `mode = "0640"` gives the credential to the directory's group: a rotator
+/// not in that group (here `nobody`, through setpriv, writing into its own
+/// directory whose group is root's) stops at the write check, before any
+/// account is created, and says what to do. Needs root to set the user, as
+/// CI runs.
+#[tokio::test]
+async fn a_rotator_outside_the_directorys_group_stops_before_creating_an_account() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let h = Harness::realtime(Seed::Demo).await;
+    let base = h.dir.path();
+    std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o711)).unwrap();
+    // The rotator's secret, readable by nobody; the sink's directory: nobody's, group root.
+    let secret = base.join("nobody.secret");
+    std::fs::write(&secret, h.sim.admin().secret.expose()).unwrap();
+    std::os::unix::fs::chown(&secret, Some(65534), Some(65534)).unwrap();
+    let dir = base.join("shared");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(0)).unwrap();
+    let text = h
+        .policy("[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nprojects = [{ id = 101, role = \"consumer\" }]\n")
+        .replace(&format!("dir = \"{}\"", h.creds_dir().display()), &format!("dir = \"{}\"\nmode = \"0640\"", dir.display()))
+        .replace(&base.join("admin.secret").display().to_string(), &secret.display().to_string());
+    assert!(
+        text.contains("mode = \"0640\"") && text.contains("nobody.secret"),
+        "{text}"
+    );
+    let cfg = base.join("group.toml");
+    std::fs::write(&cfg, text).unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    h.sim.clear_requests();
+    let o = tokio::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["rotate-now", "etl"])
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    h.record(stdout(&o));
+    h.record(stderr(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "(needs root to run as nobody) {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let out = stdout(&o);
+    assert!(
+        out.contains("cannot give a file the group of")
+            && out.contains("directory's group (gid 0)")
+            && out.contains("make the directory setgid")
+            && out.contains("nothing was created"),
+        "{out}"
+    );
+    let mutating: Vec<_> = h.sim.requests().into_iter().filter(|q| q.is_mutating()).collect();
+    assert!(mutating.is_empty(), "{mutating:?}");
+    assert!(!dir.join("etl.json").exists());
+    h.assert_no_secret_leaked(&[]);
+}
+
 /// The rotator never rotates its own account: `validate --online` says when
 /// it expires, and warns a month ahead.
 #[tokio::test]
