@@ -208,41 +208,29 @@ impl Points {
     };
 }
 
-/// A file written into a directory belongs to the directory's group
-/// (`mode = "0640"` is for that group: the consumers), and, when this
-/// process is root, to the directory's owner too: root running
-/// `rotate-now` into a service's directory leaves the files the service's,
-/// readable by it and its consumers as before. A group that cannot be
-/// given is an error only when `group_matters` (the mode lets the group
-/// read); the owner, only root changes, and root always can.
-fn give_to_dir(file: &File, dir: &fs::Metadata, group_matters: bool) -> std::io::Result<()> {
+/// As root, a file written into a directory someone else owns is given to
+/// the directory's owner and group: root running `rotate-now` into a
+/// service's directory (sudo on the day of a leak) leaves the files the
+/// service's, readable by it and its consumers as before, not root's. Any
+/// other writer keeps its own (with a setgid directory, the directory's
+/// group). Best effort: where root cannot (a user namespace that does not
+/// map the owner), the file stays root's, as it would have, and that is
+/// logged.
+fn give_to_dir(file: &File, path: &Path, dir: &fs::Metadata) {
     use std::os::unix::fs::MetadataExt as _;
-    let mine = file.metadata()?;
-    let uid = (mine.uid() == 0 && dir.uid() != 0).then_some(dir.uid());
-    let gid = (mine.gid() != dir.gid()).then_some(dir.gid());
-    if uid.is_none() && gid.is_none() {
-        return Ok(());
+    let Ok(mine) = file.metadata() else { return };
+    if mine.uid() != 0 || (dir.uid(), dir.gid()) == (mine.uid(), mine.gid()) {
+        return;
     }
-    match std::os::unix::fs::fchown(file, uid, gid) {
-        Err(_) if uid.is_none() && !group_matters => Ok(()),
-        other => other,
+    if let Err(e) = std::os::unix::fs::fchown(file, Some(dir.uid()), Some(dir.gid())) {
+        tracing::warn!(
+            path = %path.display(),
+            uid = dir.uid(),
+            gid = dir.gid(),
+            error = %e,
+            "Running as root, could not give the file to its directory's owner and group; it stays root's, which the directory's owner may not be able to read."
+        );
     }
-}
-
-/// What to do when a written file cannot be given the directory's group.
-fn group_error(dir: &Path, owner: &fs::Metadata, e: std::io::Error) -> std::io::Error {
-    use std::os::unix::fs::MetadataExt as _;
-    if e.kind() != std::io::ErrorKind::PermissionDenied {
-        return e;
-    }
-    std::io::Error::new(
-        e.kind(),
-        format!(
-            "the credential must go to the directory's group (gid {}), which `mode` lets read it, and the rotator's user is not in that group: add it to the group, or make the directory setgid (chmod g+s {})",
-            owner.gid(),
-            dir.display()
-        ),
-    )
 }
 
 fn lock_path(target: &Path) -> PathBuf {
@@ -411,12 +399,12 @@ impl FileSink {
             .open(&lock_file)
             .map_err(|e| self.io("open lock file", &lock_file, e))?;
         lock.lock().map_err(|e| self.io("lock", &lock_file, e))?;
-        // Root's lock file would shut the directory's owner out of the next
-        // publish: it is the owner's (best effort; its group is moot, 0600).
+        // Root's lock file would shut the directory's owner out of its next
+        // publish: it is the owner's.
         if let Some(dir) = target.parent()
             && let Ok(dir) = fs::metadata(dir)
         {
-            let _ = give_to_dir(&lock, &dir, false);
+            give_to_dir(&lock, &lock_file, &dir);
         }
         Ok(lock)
     }
@@ -506,7 +494,7 @@ impl FileSink {
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)?;
-            give_to_dir(&f, &owner, mode & 0o070 != 0).map_err(|e| group_error(dir, &owner, e))?;
+            give_to_dir(&f, target, &owner);
             if mode != 0o600 {
                 f.set_permissions(fs::Permissions::from_mode(mode))?;
             }
@@ -535,19 +523,13 @@ impl FileSink {
         let target = self.target(path)?;
         let dir = self.ensure_dir(&target)?;
         let probe = dir.join(format!(".health.{:08x}.tmp", rand::rng().random::<u32>()));
-        let f = OpenOptions::new()
+        OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&probe)
             .map_err(|e| self.io("write in", &dir, e))?;
-        // The file a publish writes must go to the directory's group (and
-        // owner, as root): a probe says so before any account is created.
-        let mode = self.config.file_mode().unwrap_or(0o600);
-        let given = fs::metadata(&dir)
-            .and_then(|owner| give_to_dir(&f, &owner, mode & 0o070 != 0).map_err(|e| group_error(&dir, &owner, e)));
         let _ = fs::remove_file(&probe);
-        given.map_err(|e| self.io("give a file the group of", &dir, e))?;
         Ok(format!("{} is writable", dir.display()))
     }
 }
