@@ -228,3 +228,34 @@ fn no_file_imports_one_that_imports_it_back() {
     }
     assert!(cycles.is_empty(), "import cycles: {cycles:#?}");
 }
+
+/// The README's install lines for each systemd unit are its header's
+/// `Install:` lines (which CI runs verbatim in a booted systemd), comments
+/// aside: the two cannot drift apart.
+#[test]
+fn the_readmes_systemd_install_lines_are_the_units_own() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let strip = |l: &str| l.split("   #").next().unwrap_or(l).trim_end().to_string();
+    let readme_lines: Vec<String> = readme.lines().map(strip).collect();
+    for unit in ["mixpanel-rotator.service", "mixpanel-rotator-reconcile.service"] {
+        let text = std::fs::read_to_string(root.join("systemd").join(unit)).unwrap();
+        let lines: Vec<String> = text
+            .lines()
+            .skip_while(|l| *l != "# Install:")
+            .skip(1)
+            .map_while(|l| l.strip_prefix("#   "))
+            .map(strip)
+            .collect();
+        assert!(lines.len() > 5, "{unit}: no Install: lines");
+        // The README shows the daemon's lines whole, the timer's as the
+        // daemon's with the last three replaced: every line is in it, in order.
+        let mut at = 0;
+        for l in &lines {
+            match readme_lines[at..].iter().position(|r| r == l) {
+                Some(p) => at += p + 1,
+                None => panic!("{unit}: `{l}` is not in README.md (after line {at})"),
+            }
+        }
+    }
+}
