@@ -108,6 +108,25 @@ grep -q '^mixpanel_rotator_rotations_total{.*integration="etl".*} 1' <<<"$(curl 
   fail "/metrics does not count the rotation"
 echo "running as uid 65532 on a read-only root; etl published 0600 on the tmpfs; /healthz and /readyz answer"
 
+step "the day of a leak: rotate-now exec'd in the container; the daemon beside it follows at once"
+expiry() { pm exec "$name" cat /run/mixpanel-rotator/etl.json | python3 -c 'import datetime, json, sys; print(int(datetime.datetime.fromisoformat(json.load(sys.stdin)["expires"].replace("Z", "+00:00")).timestamp()))'; }
+first=$(expiry)
+sleep 1.1 # expiries are whole seconds: the new one differs
+pm exec "$name" mixpanel-rotator rotate-now etl >"$work/rotate-now.out" 2>&1 || fail "rotate-now in the container failed: $(cat "$work/rotate-now.out")"
+grep -q 'Told the daemon' "$work/rotate-now.out" || fail "rotate-now did not tell the daemon: $(cat "$work/rotate-now.out")"
+second=$(expiry)
+[ "$second" -gt "$first" ] || fail "rotate-now published nothing new ($first, $second)"
+gauge_is() {
+  curl -fsS "http://127.0.0.1:$port/metrics" | python3 -c "
+import sys
+v = [l.rsplit(' ', 1)[1] for l in sys.stdin.read().splitlines() if l.startswith('mixpanel_rotator_credential_expiry_timestamp_seconds{integration=\"etl\"}')]
+sys.exit(0 if v and int(float(v[0])) == $1 else 1)"
+}
+ok=''
+for _ in $(seq 1 20); do gauge_is "$second" && ok=1 && break; sleep 0.25; done
+[ -n "$ok" ] || fail "the daemon's expiry gauge did not follow rotate-now within 5 s"
+echo "rotate-now in the container: the daemon's gauge at $second within 5 s"
+
 step "SIGTERM: exit 0 within the grace period"
 t0=$(date +%s.%N)
 pm stop -t 30 "$name" >/dev/null
