@@ -453,6 +453,13 @@ async fn retire(cli: &Cli, clock: SharedClock, name: &str, yes: bool) -> Result<
             return Err(Exit::Failed);
         }
     };
+    if let Some(listen) = engine.policy().listen
+        && let Some(daemon) = crate::server::daemon_answers(listen).await
+    {
+        eprintln!(
+            "warning: a daemon answers on {daemon} (`server.listen`): if its policy still has `{name}`, its next pass bootstraps `{name}` again. Remove `{name}` from that policy and reload the daemon first, then retire with a copy of the policy that still has it."
+        );
+    }
     let mut out = std::io::stdout().lock();
     if !yes {
         let _ = write!(out, "{}", crate::render::retire_text(&plan, None));

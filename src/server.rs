@@ -209,17 +209,7 @@ pub async fn tell_daemon(listen: SocketAddr, names: &[&str]) {
     }
     let addr = local_address(listen);
     let url = format!("http://{addr}/-/resync");
-    let client = match crate::http::builder([url.as_str()])
-        .timeout(std::time::Duration::from_secs(2))
-        .no_proxy()
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::debug!(error = %e, "Cannot build an HTTP client to tell the daemon.");
-            return;
-        }
-    };
+    let Some(client) = local_client(&url) else { return };
     let mut body = names.join("\n");
     body.push('\n');
     match client.post(&url).body(body).send().await {
@@ -239,6 +229,31 @@ pub async fn tell_daemon(listen: SocketAddr, names: &[&str]) {
             "No daemon to tell at `[server] listen`; one elsewhere notices at its next resync."
         ),
     }
+}
+
+/// A client for a daemon on this host: plain HTTP, no proxy, 2 s at most.
+fn local_client(url: &str) -> Option<reqwest::Client> {
+    match crate::http::builder([url])
+        .timeout(std::time::Duration::from_secs(2))
+        .no_proxy()
+        .build()
+    {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::debug!(error = %e, "Cannot build an HTTP client to reach the daemon.");
+            None
+        }
+    }
+}
+
+/// Whether a daemon answers `/healthz` on `listen` (the policy's `[server]
+/// listen`) from this host: where one runs, it will act on the policy it has.
+pub async fn daemon_answers(listen: SocketAddr) -> Option<SocketAddr> {
+    let addr = local_address(listen);
+    let url = format!("http://{addr}/healthz");
+    let client = local_client(&url)?;
+    let r = client.get(&url).send().await.ok()?;
+    (r.status().is_success() && r.text().await.ok()?.trim() == "ok").then_some(addr)
 }
 
 #[cfg(test)]

@@ -212,6 +212,7 @@ async fn the_daemon_as_a_process_notifies_serves_reloads_on_sighup_and_stops_on_
 /// `rotate-now` beside a running daemon: the daemon re-reads the integration
 /// at once (`POST /-/resync` on its `[server] listen`), not at its resync
 /// (an hour here), so its gauges follow the new credential within seconds.
+/// `retire` beside it warns that the daemon would bootstrap it again.
 #[tokio::test]
 async fn a_rotate_now_beside_the_daemon_is_noticed_at_once() {
     let h = Harness::realtime(Seed::Demo).await;
@@ -279,8 +280,24 @@ async fn a_rotate_now_beside_the_daemon_is_noticed_at_once() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 202, "unknown names are queued, then ignored");
 
+    // `retire` beside it warns: the daemon would bootstrap `etl` again.
+    let warning = format!("warning: a daemon answers on 127.0.0.1:{port}");
+    let out = h.run_bin(&cfg, &["retire", "etl"], &[]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&warning) && stderr.contains("bootstraps `etl` again"),
+        "{stderr}"
+    );
+
     d.signal("-TERM");
     assert_eq!(d.wait_exit(10).await, Some(0));
+    let out = h.run_bin(&cfg, &["retire", "etl"], &[]).await;
+    assert!(out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "no daemon, no warning"
+    );
     h.record(d.log_text());
     h.assert_no_secret_leaked(&[]);
 }
