@@ -604,6 +604,17 @@ mod tests {
     use crate::secret::Secret;
     use chrono::Utc;
 
+    /// A file sink `t` writing into `dir`, with `mode`.
+    fn sink_in(dir: &Path, mode: Option<&str>) -> FileSink {
+        FileSink::new(
+            "t",
+            FileSinkConfig {
+                dir: dir.to_path_buf(),
+                mode: mode.map(String::from),
+            },
+        )
+    }
+
     fn payload(rotation: &str) -> Payload {
         let t = chrono::DateTime::parse_from_rfc3339("2026-11-28T04:00:00Z")
             .unwrap()
@@ -693,13 +704,7 @@ mod tests {
             "this test needs root (it checks what root's writes leave behind); CI runs as root"
         );
         std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
-        let sink = FileSink::new(
-            "t",
-            FileSinkConfig {
-                dir: dir.path().to_path_buf(),
-                mode: Some("0640".into()),
-            },
-        );
+        let sink = sink_in(dir.path(), Some("0640"));
         assert!(sink.healthcheck("etl.json").await.is_ok());
         sink.publish("etl.json", &payload("r1"), None).await.unwrap();
         sink.publish("etl.json", &payload("r2"), Some(&Version("r1".into())))
@@ -713,13 +718,7 @@ mod tests {
         assert_eq!(m.permissions().mode() & 0o777, 0o640, "chown keeps the mode");
         // A directory root owns: root's files stay root's.
         let own = tempfile::tempdir().unwrap();
-        let sink = FileSink::new(
-            "t",
-            FileSinkConfig {
-                dir: own.path().to_path_buf(),
-                mode: None,
-            },
-        );
+        let sink = sink_in(own.path(), None);
         sink.publish("etl.json", &payload("r1"), None).await.unwrap();
         assert_eq!(fs::metadata(own.path().join("etl.json")).unwrap().uid(), 0);
     }
@@ -727,13 +726,7 @@ mod tests {
     #[tokio::test]
     async fn stale_temporary_files_are_removed_under_the_lock_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = FileSink::new(
-            "t",
-            FileSinkConfig {
-                dir: dir.path().to_path_buf(),
-                mode: None,
-            },
-        );
+        let sink = sink_in(dir.path(), None);
         // A publish killed between its temporary write and its rename left this behind.
         let stale = dir.path().join(".etl.json.0badc0de.tmp");
         std::fs::write(&stale, "{\"secret\": \"left behind\"}").unwrap();
@@ -757,13 +750,7 @@ mod tests {
     async fn symbolic_links_are_never_followed_or_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
-        let sink = FileSink::new(
-            "t",
-            FileSinkConfig {
-                dir: dir.path().to_path_buf(),
-                mode: None,
-            },
-        );
+        let sink = sink_in(dir.path(), None);
         // A symlinked lock file would make the rotator create a file elsewhere.
         let elsewhere = outside.path().join("created-here");
         std::os::unix::fs::symlink(&elsewhere, dir.path().join("etl.json.lock")).unwrap();

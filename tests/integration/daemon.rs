@@ -139,12 +139,18 @@ fn policy(legacy: u64, port: u16, grace: &str, extra: &str) -> String {
     )
 }
 
-#[tokio::test]
-async fn the_daemon_as_a_process_notifies_serves_reloads_on_sighup_and_stops_on_sigterm() {
+/// A real-time harness for a daemon process: the legacy account `etl`
+/// adopts, a free port for `[server] listen`, and its base URL.
+async fn for_a_process() -> (Harness, u64, u16, String) {
     let h = Harness::realtime(Seed::Demo).await;
     let legacy = h.accounts_with_prefix("etl-legacy")[0].id;
     let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
+    (h, legacy, port, format!("http://127.0.0.1:{port}"))
+}
+
+#[tokio::test]
+async fn the_daemon_as_a_process_notifies_serves_reloads_on_sighup_and_stops_on_sigterm() {
+    let (h, legacy, port, base) = for_a_process().await;
     let cfg = h.dir.path().join("daemon.toml");
     // The rotator's secret as a systemd credential (LoadCredential=mixpanel:...).
     std::fs::create_dir_all(h.dir.path().join("credentials")).unwrap();
@@ -215,10 +221,7 @@ async fn the_daemon_as_a_process_notifies_serves_reloads_on_sighup_and_stops_on_
 /// `retire` beside it warns that the daemon would bootstrap it again.
 #[tokio::test]
 async fn a_rotate_now_beside_the_daemon_is_noticed_at_once() {
-    let h = Harness::realtime(Seed::Demo).await;
-    let legacy = h.accounts_with_prefix("etl-legacy")[0].id;
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
+    let (h, legacy, port, base) = for_a_process().await;
     let text = h
         .policy(&policy(legacy, port, "1h", ""))
         .replace("resync_interval = \"10s\"", "resync_interval = \"1h\"");
