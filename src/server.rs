@@ -23,6 +23,11 @@ pub const MAX_RESYNC_QUEUE: usize = 100_000;
 /// The largest `POST /-/resync` body: one name per line.
 const MAX_RESYNC_BODY: usize = 4 << 20;
 
+/// The longest integration name the policy accepts: longer lines of a
+/// resync request cannot name one and are dropped (so the queue holds at
+/// most a few megabytes, whoever sends it).
+const MAX_NAME: usize = 32;
+
 /// What the endpoints report.
 #[derive(Debug, Default)]
 pub struct Health {
@@ -86,13 +91,13 @@ async fn resync(health: Arc<Health>, body: axum::body::Bytes) -> axum::response:
     let names: Vec<String> = text
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
+        .filter(|l| !l.is_empty() && l.len() <= MAX_NAME)
         .map(str::to_string)
         .collect();
     if names.is_empty() {
         return (
             StatusCode::BAD_REQUEST,
-            "no integration named: send their names, one per line\n",
+            "no integration named: send their names (at most 32 bytes each), one per line\n",
         )
             .into_response();
     }

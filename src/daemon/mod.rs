@@ -445,12 +445,21 @@ impl Daemon {
             state.resync_pending = Some(at);
             state.resync_allowed_at = crate::clock::after(at, RESYNC_REQUEST_SPACING);
         }
-        tracing::info!(
-            asked = names.len(),
-            in_policy = known,
-            at = %rfc3339(at),
-            "A resync was asked (`POST /-/resync`, e.g. by `rotate-now` beside this daemon); those integrations are re-read."
-        );
+        if known > 0 {
+            tracing::info!(
+                asked = names.len(),
+                in_policy = known,
+                at = %rfc3339(at),
+                "A resync was asked (`POST /-/resync`, e.g. by `rotate-now` beside this daemon); those integrations are re-read."
+            );
+        } else {
+            // Said once per request at most, and quietly: whoever reaches the
+            // port must not fill the log.
+            tracing::debug!(
+                asked = names.len(),
+                "A resync was asked for no integration of the policy; ignored."
+            );
+        }
         let wake = state.sched.due(now).is_empty().then(|| state.wake_at(now));
         self.progress.send_modify(|p| {
             p.due = state.sched.due_times();

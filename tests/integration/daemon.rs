@@ -277,6 +277,13 @@ async fn a_rotate_now_beside_the_daemon_is_noticed_at_once() {
     assert_eq!(r.status().as_u16(), 405);
     let r = client
         .post(format!("{base}/-/resync"))
+        .body("x".repeat(33))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400, "longer than any integration name");
+    let r = client
+        .post(format!("{base}/-/resync"))
         .body("nosuch\n")
         .send()
         .await
