@@ -15,6 +15,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
 use crate::metrics::Metrics;
+use crate::policy::MAX_INTEGRATION_NAME;
 
 /// The most integration names a resync request may queue (a bound on what
 /// anyone who reaches the port can make the daemon hold).
@@ -22,11 +23,6 @@ pub const MAX_RESYNC_QUEUE: usize = 100_000;
 
 /// The largest `POST /-/resync` body: one name per line.
 const MAX_RESYNC_BODY: usize = 4 << 20;
-
-/// The longest integration name the policy accepts: longer lines of a
-/// resync request cannot name one and are dropped (so the queue holds at
-/// most a few megabytes, whoever sends it).
-const MAX_NAME: usize = 32;
 
 /// What the endpoints report.
 #[derive(Debug, Default)]
@@ -91,13 +87,17 @@ async fn resync(health: Arc<Health>, body: axum::body::Bytes) -> axum::response:
     let names: Vec<String> = text
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && l.len() <= MAX_NAME)
+        // Longer lines cannot name an integration: dropped, so the queue
+        // holds a few megabytes at most, whoever sends it.
+        .filter(|l| !l.is_empty() && l.len() <= MAX_INTEGRATION_NAME)
         .map(str::to_string)
         .collect();
     if names.is_empty() {
         return (
             StatusCode::BAD_REQUEST,
-            "no integration named: send their names (at most 32 bytes each), one per line\n",
+            format!(
+                "no integration named: send their names (at most {MAX_INTEGRATION_NAME} bytes each), one per line\n"
+            ),
         )
             .into_response();
     }

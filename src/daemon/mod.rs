@@ -117,11 +117,9 @@ struct Running {
     /// The integrations whose mirrors have all held the primary's payload
     /// at least once since the start (`/startupz`).
     mirrored: BTreeSet<String>,
-    /// The earliest time a pass asked by `POST /-/resync` may start.
-    resync_allowed_at: DateTime<Utc>,
-    /// When the pass asked by the last such request starts (requests until
-    /// then join it).
-    resync_pending: Option<DateTime<Utc>>,
+    /// When the pass asked by the last `POST /-/resync` starts (requests
+    /// until then join it; the next one waits RESYNC_REQUEST_SPACING).
+    resync_asked_at: Option<DateTime<Utc>>,
 }
 
 /// The least time between two passes asked by `POST /-/resync` (requests in
@@ -138,8 +136,7 @@ impl Running {
             // beside this process wait for them (`/startupz`).
             mirrors_at: now,
             mirrored: BTreeSet::new(),
-            resync_allowed_at: now,
-            resync_pending: None,
+            resync_asked_at: None,
         }
     }
 
@@ -436,16 +433,14 @@ impl Daemon {
     fn resync_asked(&self, state: &mut Running) {
         let names = self.health.resync.take();
         let now = self.clock.now();
-        let at = match state.resync_pending {
-            Some(pending) if pending > now => pending,
-            _ => state.resync_allowed_at.max(now),
+        let at = match state.resync_asked_at {
+            Some(last) if last > now => last,
+            Some(last) => crate::clock::after(last, RESYNC_REQUEST_SPACING).max(now),
+            None => now,
         };
         let known = state.sched.hurry(names.iter().map(String::as_str), at);
         if known > 0 {
-            state.resync_pending = Some(at);
-            state.resync_allowed_at = crate::clock::after(at, RESYNC_REQUEST_SPACING);
-        }
-        if known > 0 {
+            state.resync_asked_at = Some(at);
             tracing::info!(
                 asked = names.len(),
                 in_policy = known,
@@ -453,8 +448,7 @@ impl Daemon {
                 "A resync was asked (`POST /-/resync`, e.g. by `rotate-now` beside this daemon); those integrations are re-read."
             );
         } else {
-            // Said once per request at most, and quietly: whoever reaches the
-            // port must not fill the log.
+            // Quietly: whoever reaches the port must not fill the log.
             tracing::debug!(
                 asked = names.len(),
                 "A resync was asked for no integration of the policy; ignored."

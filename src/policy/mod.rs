@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 pub use self::error::PolicyError;
 pub use self::file::{AdoptRef, MirrorConfig, PolicyConfig, ProjectsSpec, Region, WebhookConfig};
 pub use self::model::{Integration, MixpanelSettings, Policy, Settings};
+pub use self::validate::MAX_INTEGRATION_NAME;
 
 /// Where the policy is read from when neither `--config` nor
 /// `MIXPANEL_ROTATOR_CONFIG` says otherwise.

@@ -215,10 +215,10 @@ impl Unique {
         errs: &mut Vec<PolicyError>,
     ) {
         let key = |f: &str| format!("integrations[{i}].{f}");
-        if !is_valid_name(&ic.name, 32) {
+        if !is_valid_name(&ic.name, MAX_INTEGRATION_NAME) {
             errs.push(PolicyError::invalid(
                 key("name"),
-                format!("is `{}`: use 1 to 32 lowercase letters, digits and single dashes (it becomes part of account usernames)", ic.name),
+                format!("is `{}`: use 1 to {MAX_INTEGRATION_NAME} lowercase letters, digits and single dashes (it becomes part of account usernames)", ic.name),
             ));
         } else if !self.names.insert(ic.name.clone()) {
             errs.push(PolicyError::invalid(
@@ -280,6 +280,9 @@ impl Unique {
 
 /// The longest `ttl`: ten years. `renew_before` and `grace` are shorter than it.
 pub const MAX_TTL: Duration = Duration::days(3650);
+
+/// The longest integration name (bytes; it becomes part of account usernames).
+pub const MAX_INTEGRATION_NAME: usize = 32;
 /// The longest `orphan_after`.
 pub const MAX_ORPHAN_AFTER: Duration = Duration::days(30);
 /// The longest `jitter` of a schedule slot.

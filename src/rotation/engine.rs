@@ -41,6 +41,30 @@ const EARLY_READS: usize = 512;
 
 /// The primaries read with the account list (a small pass), then `None`
 /// for every integration whose primary is read when its turn comes.
+/// Starts `start(input)` for each input, at most PASS_CONCURRENCY at a
+/// time, and hands the outputs to `each` in the inputs' order. Each future
+/// is made only when it starts (a pass's future holds the state of its
+/// deepest step, kilobytes: making all of them first cost 36 MB at 10,000
+/// integrations). A loop, not a stream adapter: that made the daemon's
+/// future not `Send`.
+async fn in_order<T, Fut: std::future::Future>(
+    mut inputs: impl Iterator<Item = T>,
+    mut start: impl FnMut(T) -> Fut,
+    each: &mut (dyn FnMut(Fut::Output) + Send),
+) {
+    let mut running = futures_util::stream::FuturesOrdered::new();
+    loop {
+        while running.len() < PASS_CONCURRENCY {
+            let Some(input) = inputs.next() else { break };
+            running.push_back(start(input));
+        }
+        match running.next().await {
+            Some(output) => each(output),
+            None => return,
+        }
+    }
+}
+
 fn early_reads(reads: Vec<PrimaryRead>) -> impl Iterator<Item = Option<PrimaryRead>> {
     reads.into_iter().map(Some).chain(std::iter::repeat_with(|| None))
 }
@@ -308,22 +332,8 @@ impl Engine {
         now: DateTime<Utc>,
         each: &mut (dyn FnMut(Report) + Send),
     ) {
-        // Each pass's future is made only when it starts (a future holds
-        // the state of the deepest step, kilobytes: making all of them first
-        // cost 36 MB at 10,000 integrations). A loop, not a stream adapter
-        // with a closure: that makes the daemon's future not `Send`.
-        let mut inputs = selected.into_iter().zip(early_reads(reads));
-        let mut running = futures_util::stream::FuturesOrdered::new();
-        loop {
-            while running.len() < PASS_CONCURRENCY {
-                let Some((i, read)) = inputs.next() else { break };
-                running.push_back(self.read_and_pass(i, read, shared, opts, now));
-            }
-            match running.next().await {
-                Some(report) => each(report),
-                None => return,
-            }
-        }
+        let inputs = selected.into_iter().zip(early_reads(reads));
+        in_order(inputs, |(i, read)| self.read_and_pass(i, read, shared, opts, now), each).await;
     }
 
     /// One integration's pass, reading its primary first unless it was read
@@ -361,19 +371,14 @@ impl Engine {
         // The primaries not read yet are read PASS_CONCURRENCY at a time, in
         // order (with Mixpanel down, 10,000 Vault reads one after the other
         // would hold the pass for minutes).
-        let mut inputs = selected.into_iter().zip(early_reads(reads));
-        let mut running = futures_util::stream::FuturesOrdered::new();
-        loop {
-            while running.len() < PASS_CONCURRENCY {
-                let Some((i, read)) = inputs.next() else { break };
-                running.push_back(async move {
-                    match read {
-                        Some(r) => (i, r),
-                        None => (i, Box::pin(self.read_primary(i)).await),
-                    }
-                });
+        let inputs = selected.into_iter().zip(early_reads(reads));
+        let read = |(i, read)| async move {
+            match read {
+                Some(r) => (i, r),
+                None => (i, Box::pin(self.read_primary(i)).await),
             }
-            let Some((i, read)) = running.next().await else { return };
+        };
+        in_order(inputs, read, &mut |(i, read)| {
             let mut r = Report::new(i, now);
             r.errors
                 .push(StepError::new(&i.name, Step::ListAccounts, cause.clone()));
@@ -387,7 +392,8 @@ impl Engine {
             }
             self.record(&r);
             each(r);
-        }
+        })
+        .await;
     }
 
     /// A pass that stopped before any integration's own work: the same

@@ -216,10 +216,17 @@ impl Points {
 /// group). Best effort: where root cannot (a user namespace that does not
 /// map the owner), the file stays root's, as it would have, and that is
 /// logged.
-fn give_to_dir(file: &File, path: &Path, dir: &fs::Metadata) {
+fn give_to_dir(file: &File, path: &Path) {
     use std::os::unix::fs::MetadataExt as _;
+    // One fstat for every writer; the directory is looked at only by root.
     let Ok(mine) = file.metadata() else { return };
-    if mine.uid() != 0 || (dir.uid(), dir.gid()) == (mine.uid(), mine.gid()) {
+    if mine.uid() != 0 {
+        return;
+    }
+    let Some(Ok(dir)) = path.parent().map(fs::metadata) else {
+        return;
+    };
+    if (dir.uid(), dir.gid()) == (mine.uid(), mine.gid()) {
         return;
     }
     if let Err(e) = std::os::unix::fs::fchown(file, Some(dir.uid()), Some(dir.gid())) {
@@ -401,11 +408,7 @@ impl FileSink {
         lock.lock().map_err(|e| self.io("lock", &lock_file, e))?;
         // Root's lock file would shut the directory's owner out of its next
         // publish: it is the owner's.
-        if let Some(dir) = target.parent()
-            && let Ok(dir) = fs::metadata(dir)
-        {
-            give_to_dir(&lock, &lock_file, &dir);
-        }
+        give_to_dir(&lock, &lock_file);
         Ok(lock)
     }
 
@@ -486,7 +489,6 @@ impl FileSink {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let tmp = dir.join(format!(".{file_name}.{:08x}.tmp", rand::rng().random::<u32>()));
-        let owner = fs::metadata(dir).map_err(|e| self.io("read the owner of", dir, e))?;
         let write = || -> std::io::Result<()> {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -494,7 +496,7 @@ impl FileSink {
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)?;
-            give_to_dir(&f, target, &owner);
+            give_to_dir(&f, target);
             if mode != 0o600 {
                 f.set_permissions(fs::Permissions::from_mode(mode))?;
             }

@@ -417,20 +417,21 @@ impl VaultSink {
     /// mint a token each.
     async fn checked_capabilities(&self, paths: &[String]) -> Result<HashMap<String, Vec<String>>, SinkError> {
         use std::sync::atomic::Ordering;
-        let client = {
+        let (client, fresh) = {
             let mut guard = self.client.lock().await;
             match guard.as_ref() {
-                Some(c) if self.login_checked.load(Ordering::SeqCst) => c.clone(),
+                Some(c) if self.login_checked.load(Ordering::SeqCst) => (c.clone(), false),
                 _ => {
                     let c = Arc::new(self.login().await?);
                     *guard = Some(c.clone());
                     self.login_checked.store(true, Ordering::SeqCst);
-                    c
+                    (c, true)
                 }
             }
         };
         match self.capabilities(&client, paths).await {
-            Err(e) if e.kind == SinkErrorKind::Denied => {
+            // A token just logged in with is not logged in with again.
+            Err(e) if e.kind == SinkErrorKind::Denied && !fresh => {
                 let fresh = self.replace_client(&client).await?;
                 self.capabilities(&fresh, paths).await
             }
