@@ -107,6 +107,45 @@ pub fn span_between(a: Duration, b: Duration) -> Duration {
 /// A shared clock handle.
 pub type SharedClock = Arc<dyn Clock>;
 
+/// Another clock, set ahead (or behind) by an adjustable amount: the
+/// simulator's, to play a Mixpanel whose clock disagrees with the rotator's.
+#[derive(Clone)]
+pub struct SkewedClock {
+    inner: SharedClock,
+    /// The skew, in milliseconds (positive: ahead of `inner`).
+    skew_ms: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl SkewedClock {
+    /// `inner`, not skewed yet.
+    pub fn new(inner: SharedClock) -> Self {
+        Self {
+            inner,
+            skew_ms: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+        }
+    }
+
+    /// Sets the skew (positive: ahead of the inner clock).
+    pub fn set_skew(&self, skew: Duration) {
+        self.skew_ms
+            .store(skew.num_milliseconds(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn skew(&self) -> Duration {
+        Duration::milliseconds(self.skew_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Clock for SkewedClock {
+    fn now(&self) -> DateTime<Utc> {
+        after(self.inner.now(), self.skew())
+    }
+
+    fn sleep_until(&self, at: DateTime<Utc>) -> Wait {
+        self.inner.sleep_until(before(at, self.skew()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,6 +35,7 @@ pub struct Metrics {
     mirror_up_to_date: Family<Labels, Gauge>,
     mirror_writes: Family<Labels, Counter>,
     in_use_elsewhere: Family<Labels, Gauge>,
+    clock_offset: Family<Labels, F64Gauge>,
 }
 
 impl Default for Metrics {
@@ -48,11 +49,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("mixpanel_rotator");
         Self {
-            rotations: family(
-                &mut r,
-                "rotations",
-                "Rotations by integration and result (success, failure)",
-            ),
+            rotations: family(&mut r, "rotations", ROTATIONS_HELP),
             rotation_duration: register(
                 &mut r,
                 "rotation_duration_seconds",
@@ -104,6 +101,7 @@ impl Metrics {
                 "Mirror syncs that wrote the mirror (ok) or failed (error), by integration",
             ),
             in_use_elsewhere: family(&mut r, "accounts_in_use_elsewhere", IN_USE_HELP),
+            clock_offset: family(&mut r, "clock_offset_seconds", CLOCK_HELP),
             registry: with_build_info(r),
         }
     }
@@ -148,6 +146,22 @@ impl Metrics {
         self.in_use_elsewhere
             .get_or_create(&labels(&[("integration", integration)]))
             .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Mixpanel's clock minus ours, as last measured (`None`: unknown; the
+    /// series is removed rather than reading as "no offset").
+    pub fn clock_offset(&self, offset: Option<chrono::Duration>) {
+        let key = Labels::new();
+        match offset {
+            Some(o) => {
+                self.clock_offset
+                    .get_or_create(&key)
+                    .set(o.num_milliseconds() as f64 / 1000.0);
+            }
+            None => {
+                self.clock_offset.remove(&key);
+            }
+        }
     }
 
     /// Shared handle.
@@ -253,6 +267,10 @@ impl Metrics {
         };
     }
 }
+
+const ROTATIONS_HELP: &str = "Rotations by integration and result (success, failure)";
+
+const CLOCK_HELP: &str = "Mixpanel's clock minus the rotator's, from the Date of Mixpanel's answers (absent while unknown); beyond 120 s no deletion rests on last_used";
 
 const IN_USE_HELP: &str =
     "Lineage accounts in use that this integration's sink neither publishes nor vouches for (kept, never deleted)";

@@ -117,8 +117,10 @@ pub struct Client {
     hosts: Arc<ProjectHosts>,
     /// Of one request.
     timeout: Duration,
-    /// For `Retry-After` given as a date.
+    /// For `Retry-After` given as a date, and to read Mixpanel's clock.
     clock: crate::clock::SharedClock,
+    /// Mixpanel's clock, from its answers' `Date` (shared by every clone).
+    server_clock: Arc<super::server_clock::ServerClock>,
 }
 
 impl std::fmt::Debug for Client {
@@ -175,6 +177,7 @@ impl Client {
             metrics: None,
             hosts: Arc::new(ProjectHosts::default()),
             clock: Arc::new(crate::clock::SystemClock),
+            server_clock: Arc::default(),
         })
     }
 
@@ -247,6 +250,18 @@ impl Client {
         m.entry(host)
             .or_insert_with(|| Arc::new(Semaphore::new(self.max_concurrency)))
             .clone()
+    }
+
+    /// Mixpanel's clock minus ours, from the `Date` of its recent answers
+    /// (`None`: no answer carried one yet).
+    pub fn clock_offset(&self) -> Option<chrono::Duration> {
+        self.server_clock.offset()
+    }
+
+    /// How far apart the offsets of Mixpanel's recent answers are (a clock
+    /// that jumped shows here first).
+    pub fn clock_spread(&self) -> chrono::Duration {
+        self.server_clock.spread()
     }
 
     /// The organization this client manages.
@@ -397,7 +412,11 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let retry_after = header(RETRY_AFTER).and_then(|v| retry_after(&v, self.clock.now()));
+        let now = self.clock.now();
+        if let Some(date) = header(reqwest::header::DATE) {
+            self.server_clock.record(&date, now);
+        }
+        let retry_after = header(RETRY_AFTER).and_then(|v| retry_after(&v, now));
         let location = header(reqwest::header::LOCATION);
         let result = match crate::bounded::read_body(resp, crate::bounded::DOCUMENT_MAX).await {
             Ok(bytes) => decode(endpoint, status, location, &bytes),

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod error;
 pub mod lenient;
+pub mod server_clock;
 pub mod types;
 
 pub use client::{Client, ClientSettings, Credentials, MIXPANEL_DOMAINS, ProjectHosts, RetryPolicy};

@@ -12,6 +12,7 @@ use std::fmt;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Serialize, Serializer};
 
+pub use super::observe::{MAX_CLOCK_OFFSET, MixpanelClock};
 use super::observe::{Observation, Published};
 use crate::clock::{after, before, span_between};
 use crate::mixpanel::types::{ProjectGrant, Role, ServiceAccount};
@@ -147,11 +148,24 @@ pub enum Rule {
     Retire,
 }
 
+impl Rule {
+    /// Whether a deletion by this rule is judged by Mixpanel's `last_used`
+    /// (or its other timestamps) against our clock.
+    pub fn rests_on_last_used(self) -> bool {
+        matches!(self, Rule::Idle | Rule::NeverUsed | Rule::Unused | Rule::Expired)
+    }
+}
+
 /// How long after its creation an account's use is put down to its own
 /// rotation (create, read back, verify with retries), not to a consumer:
-/// two minutes, or `orphan_after` if shorter.
+/// two minutes, or half of `orphan_after` if shorter, so that a consumer's
+/// use always has at least half of `orphan_after` to show before a
+/// never-used account may be deleted.
 pub fn own_use_window(i: &Integration) -> Duration {
-    i.orphan_after.min(Duration::minutes(2))
+    i.orphan_after
+        .checked_div(2)
+        .unwrap_or_default()
+        .min(Duration::minutes(2))
 }
 
 /// An account this integration owns that is not current, and when it goes.
@@ -400,6 +414,21 @@ pub struct Plan {
     pub in_use: Vec<InUse>,
     /// Accounts the payload names that the rotator does not own: reported, never acted on.
     pub ignored: Vec<Ignored>,
+    /// Deletions that rest on Mixpanel's `last_used` wait: its clock's
+    /// offset from ours is unknown or larger than [`MAX_CLOCK_OFFSET`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock_held: Option<ClockHeld>,
+}
+
+/// Why deletions judged by `last_used` wait in this pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ClockHeld {
+    #[serde(skip)]
+    pub clock: MixpanelClock,
+    /// Mixpanel's clock minus ours, in seconds (`None`: unknown).
+    pub offset_seconds: Option<i64>,
+    /// How many deletions wait for it.
+    pub held: usize,
 }
 
 /// A lineage account in use that this integration's sink neither publishes
@@ -492,7 +521,13 @@ pub fn decide(i: &Integration, scope: &Scope, obs: &Observation, now: DateTime<U
     });
     let owners = Owners { i, scope, obs };
     let sweep = owners.sweep(now);
-    for d in sweep.disposals {
+    let trusted = obs.mixpanel_clock.trusted().is_some();
+    let mut held: usize = 0;
+    for mut d in sweep.disposals {
+        if !trusted && d.rule.rests_on_last_used() {
+            d.due = None;
+            held = held.saturating_add(1);
+        }
         if d.is_due(now) {
             plan.delete_now.push(d);
         } else {
@@ -501,6 +536,13 @@ pub fn decide(i: &Integration, scope: &Scope, obs: &Observation, now: DateTime<U
     }
     plan.in_use = sweep.in_use;
     plan.ignored = sweep.ignored;
+    if held > 0 {
+        plan.clock_held = Some(ClockHeld {
+            clock: obs.mixpanel_clock,
+            offset_seconds: obs.mixpanel_clock.offset.map(|o| o.num_seconds()),
+            held,
+        });
+    }
     plan.rotate = reason.map(|reason| Box::new(owners.rotation(reason, now, req)));
     plan
 }
@@ -669,7 +711,9 @@ impl Owners<'_> {
                 continue;
             }
             match self.owns(a) {
-                Ok(()) => out.disposals.push(retiring(self.i, a, v.not_before, v.rule)),
+                Ok(()) => out
+                    .disposals
+                    .push(retiring(self.i, a, v.not_before, v.rule, &self.obs.mixpanel_clock)),
                 Err(why) => out.ignored.push(Ignored {
                     id: a.id,
                     username: a.username.clone(),
@@ -683,7 +727,7 @@ impl Owners<'_> {
             if explained || self.scope.is_rotator(a) {
                 continue;
             }
-            let (d, in_use) = unexplained(self.i, a, *ts, now);
+            let (d, in_use) = unexplained(self.i, a, *ts, now, &self.obs.mixpanel_clock);
             out.disposals.push(d);
             out.in_use.extend(in_use);
         }
@@ -742,19 +786,36 @@ impl Owners<'_> {
 /// creation (a rotation elsewhere may still be in flight until then). Used
 /// since: once unused for `grace`; until then it is in use, kept and
 /// reported. Expired: at once, since it authenticates nobody.
+///
+/// Mixpanel's timestamps are read in our time (`clock`). Its birth is told
+/// by two clocks: the lineage timestamp (the creating host's) and
+/// Mixpanel's `created`; each is used in the direction that keeps: the
+/// earlier ends its own-use window (a use after it is a consumer's), the
+/// later starts the `orphan_after` count.
 fn unexplained(
     i: &Integration,
     a: &ServiceAccount,
     ts: DateTime<Utc>,
     now: DateTime<Utc>,
+    clock: &MixpanelClock,
 ) -> (Disposal, Option<InUse>) {
-    if let Some(e) = a.expires.filter(|e| *e <= now) {
+    let local = |t: Option<DateTime<Utc>>| t.map(|t| clock.local(t));
+    if let Some(e) = local(a.expires).filter(|e| *e <= now) {
         return (Disposal::of(a, DeleteReason::Orphan, Rule::Expired, e), None);
     }
-    let settled = after(ts, i.orphan_after);
+    let created = local(a.created);
+    let (first, last) = match created {
+        Some(c) => (ts.min(c), ts.max(c)),
+        None => (ts, ts),
+    };
+    let settled = after(last, i.orphan_after);
     // An unreadable `last_used` is taken as a use now: kept while unknown.
-    let last_used = if a.last_used_unknown { Some(now) } else { a.last_used };
-    match last_used.filter(|u| *u > after(ts, own_use_window(i))) {
+    let last_used = if a.last_used_unknown {
+        Some(now)
+    } else {
+        local(a.last_used)
+    };
+    match last_used.filter(|u| *u > after(first, own_use_window(i))) {
         None => (Disposal::of(a, DeleteReason::Orphan, Rule::NeverUsed, settled), None),
         Some(used) => {
             let idle_at = after(used, i.grace);
@@ -776,16 +837,25 @@ fn unexplained(
 /// A retiring account whose grace ends at `grace_end` by `rule`. With
 /// `delete_when_idle`, it goes only once its `last_used` has not advanced for
 /// that long, and at the latest `max_grace` after its successor was published.
-fn retiring(i: &Integration, a: &ServiceAccount, grace_end: DateTime<Utc>, rule: Rule) -> Disposal {
+fn retiring(
+    i: &Integration,
+    a: &ServiceAccount,
+    grace_end: DateTime<Utc>,
+    rule: Rule,
+    clock: &MixpanelClock,
+) -> Disposal {
     let Some(idle) = i.delete_when_idle else {
         return Disposal::of(a, DeleteReason::Retiring, rule, grace_end);
     };
     let cap = after(grace_end, span_between(i.max_grace, i.grace));
-    // An unreadable `last_used`: not provably idle, so the cap decides.
-    let idle_since = match (a.last_used_unknown, a.last_used) {
-        (true, _) => cap,
-        (false, Some(t)) => after(t, idle),
-        (false, None) => grace_end,
+    // An unreadable `last_used`, or a Mixpanel clock too far from ours to
+    // read it by: not provably idle, so the cap decides.
+    if a.last_used_unknown || clock.trusted().is_none() {
+        return Disposal::of(a, DeleteReason::Retiring, Rule::MaxGrace, cap.max(grace_end));
+    }
+    let idle_since = match a.last_used {
+        Some(t) => after(clock.local(t), idle),
+        None => grace_end,
     };
     let due = grace_end.max(idle_since);
     if due > cap {

@@ -239,6 +239,7 @@ impl Engine {
         published: Option<(Payload, Version)>,
     ) -> Observation {
         let mut obs = Observation::new(i, &self.ctx.scope.namespace, accounts, published);
+        obs.mixpanel_clock = self.mixpanel_clock();
         obs.adopt_shared_with = obs.adopt_target.as_ref().and_then(|mine| {
             adopters
                 .get(&mine.id)?
@@ -311,6 +312,7 @@ impl Engine {
                 return self.unreached(selected, reads, now, &Cause::Mixpanel(e), each).await;
             }
         };
+        self.check_clock();
         let accounts = Arc::new(Accounts::new(&self.ctx.scope.namespace, accounts));
         let shared = Shared {
             adopters: self.adopters(&accounts),
@@ -318,6 +320,28 @@ impl Engine {
             cache,
         };
         self.integrations(selected, reads, &shared, opts, now, each).await;
+    }
+
+    /// Mixpanel's clock against ours, as its recent answers show it.
+    fn mixpanel_clock(&self) -> super::decide::MixpanelClock {
+        super::decide::MixpanelClock {
+            offset: self.ctx.client.clock_offset(),
+            spread: self.ctx.client.clock_spread(),
+        }
+    }
+
+    /// Mixpanel's clock against ours, after the account listing: in the
+    /// metrics, and a warning when deletions judged by `last_used` must
+    /// wait for it.
+    fn check_clock(&self) {
+        let offset = self.ctx.client.clock_offset();
+        if let Some(m) = &self.ctx.metrics {
+            m.clock_offset(offset);
+        }
+        let clock = self.mixpanel_clock();
+        if let Some(problem) = clock.problem() {
+            reported!(warn, offset_seconds = offset.map(|o| o.num_seconds()), "{problem}");
+        }
     }
 
     /// Each integration's pass, in order, at most PASS_CONCURRENCY at a
@@ -513,8 +537,16 @@ impl Engine {
     }
 
     /// Unexplained accounts in use are errors; payload entries naming
-    /// accounts that are not ours are warnings (with the sink and path).
+    /// accounts that are not ours are warnings (with the sink and path);
+    /// deletions waiting for Mixpanel's clock are warnings.
     fn report_ownership(&self, i: &Integration, plan: &Plan, report: &mut Report) {
+        if let Some(c) = &plan.clock_held {
+            report.warnings.push(format!(
+                "{} deletion(s) judged by Mixpanel's last_used wait: {}",
+                c.held,
+                c.clock.problem().unwrap_or_default()
+            ));
+        }
         for u in &plan.in_use {
             let e = StepError::new(&i.name, Step::CheckAccounts, Cause::InUseElsewhere(u.clone()));
             reported!(warn, integration = %i.name, account_id = u.id, "{e}");

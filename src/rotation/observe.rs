@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use tokio::sync::OnceCell;
 
 use super::lineage::Lineage;
@@ -14,6 +14,73 @@ use crate::mixpanel::types::{ProjectMember, ServiceAccount, strip_mixpanel_suffi
 use crate::mixpanel::{Client, MixpanelError};
 use crate::policy::{AdoptRef, Integration};
 use crate::sink::{Payload, Version};
+
+/// The largest disagreement between Mixpanel's clock and ours under which
+/// `last_used` is trusted to say an account is idle.
+pub const MAX_CLOCK_OFFSET: Duration = Duration::minutes(2);
+
+/// Mixpanel's clock as a pass sees it: its offset from ours (Mixpanel's
+/// minus ours), from the `Date` of its answers. Mixpanel's timestamps
+/// (`last_used`, `created`, `expires`) are read in our time by taking the
+/// offset off; when it is unknown or larger than [`MAX_CLOCK_OFFSET`], no
+/// deletion rests on `last_used` (the idle rules wait).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MixpanelClock {
+    /// `None`: no answer carried a readable `Date`.
+    pub offset: Option<Duration>,
+    /// How far apart the recent answers' offsets are: beyond
+    /// [`MAX_CLOCK_OFFSET`], a clock jumped and the offset is not trusted
+    /// until the answers agree again.
+    pub spread: Duration,
+}
+
+impl MixpanelClock {
+    /// A Mixpanel whose clock agrees with ours.
+    pub fn agreeing() -> Self {
+        Self {
+            offset: Some(Duration::zero()),
+            spread: Duration::zero(),
+        }
+    }
+
+    /// The offset, when it is known, steady, and small enough to judge
+    /// idleness by.
+    pub fn trusted(&self) -> Option<Duration> {
+        self.offset
+            .filter(|o| o.abs() <= MAX_CLOCK_OFFSET && self.spread <= MAX_CLOCK_OFFSET)
+    }
+
+    /// A Mixpanel timestamp in our time (the offset taken off, when known).
+    pub fn local(&self, t: DateTime<Utc>) -> DateTime<Utc> {
+        crate::clock::before(t, self.offset.unwrap_or_default())
+    }
+
+    /// What is wrong with it, and what to do; `None` when it is trusted.
+    pub fn problem(&self) -> Option<String> {
+        if self.trusted().is_some() {
+            return None;
+        }
+        let what = "deletions judged by last_used (unexplained lineage accounts, delete_when_idle) wait";
+        let fix = "fix this host's time synchronisation (NTP)";
+        let text = crate::text::format_duration;
+        Some(match self.offset {
+            None => format!(
+                "Mixpanel's answers carry no readable Date header, so its clock cannot be compared with this host's: {what}"
+            ),
+            Some(_) if self.spread > MAX_CLOCK_OFFSET => format!(
+                "Mixpanel's recent answers put its clock up to {} apart from this host's (a clock jumped): {what} until they agree; {fix}",
+                text(self.spread)
+            ),
+            Some(o) => format!(
+                "Mixpanel's clock is {} {} this host's (more than {}): {what} until they agree; {fix}",
+                // In seconds: `Date` has no finer resolution.
+                text(Duration::seconds(o.num_seconds().saturating_abs())),
+                if o > Duration::zero() { "ahead of" } else { "behind" },
+                text(MAX_CLOCK_OFFSET),
+            ),
+        })
+    }
+}
 
 /// The published payload and the version it was read at.
 #[derive(Debug, Clone)]
@@ -40,6 +107,8 @@ pub struct Observation {
     /// Every account of the organization (to resolve ids in the payload's
     /// `retiring`), indexed once per pass and shared by every integration.
     pub all: Arc<Accounts>,
+    /// Mixpanel's clock against ours, as the pass measured it.
+    pub mixpanel_clock: MixpanelClock,
 }
 
 /// The organization's accounts as one pass read them, indexed once: by id,
@@ -133,6 +202,7 @@ impl Observation {
             current,
             lineage,
             all: accounts.clone(),
+            mixpanel_clock: MixpanelClock::agreeing(),
         }
     }
 }

@@ -43,7 +43,9 @@ pub enum Seed {
 /// A running simulator.
 pub struct Simulator {
     shared: Arc<Mutex<Shared>>,
+    /// The given clock, skewed by [`Simulator::set_clock_skew`]: Mixpanel's.
     clock: SharedClock,
+    skewed: crate::clock::SkewedClock,
     addr: SocketAddr,
     /// Listeners of the other regions, by domain.
     regions: std::collections::BTreeMap<String, SocketAddr>,
@@ -129,6 +131,8 @@ impl Simulator {
     /// more listener, on the same IP and a free port, for each other region
     /// the seed has projects in ([`Simulator::region_url`]).
     pub async fn start(seed: Seed, clock: SharedClock, addr: SocketAddr) -> std::io::Result<Self> {
+        let skewed = crate::clock::SkewedClock::new(clock);
+        let clock: SharedClock = Arc::new(skewed.clone());
         let org = seeded(seed, clock.now());
         let mut domains: Vec<String> = org.projects.values().map(|p| p.domain.clone()).collect();
         domains.sort();
@@ -166,6 +170,7 @@ impl Simulator {
         Ok(Self {
             shared,
             clock,
+            skewed,
             addr,
             regions,
             admin,
@@ -306,6 +311,13 @@ impl Simulator {
 
     /// Delays every answer by `base` plus a random part of `jitter` (a
     /// network and a Mixpanel at a distance), on every listener.
+    /// Sets Mixpanel's clock ahead of (positive) or behind the clock the
+    /// simulator was started with: its timestamps (`created`, `last_used`)
+    /// and its answers' `Date` headers follow.
+    pub fn set_clock_skew(&self, skew: chrono::Duration) {
+        self.skewed.set_skew(skew);
+    }
+
     pub fn set_latency(&self, base: std::time::Duration, jitter: std::time::Duration) {
         self.lock().latency = Some((base, jitter)).filter(|(b, j)| !b.is_zero() || !j.is_zero());
     }

@@ -263,9 +263,15 @@ async fn handle(
     // simulator's own work counted in it, as a distant server's would be.
     let delay = latency.map(|(base, jitter)| base.saturating_add(jitter.mul_f64(rand::random::<f64>())));
     let received = req.received;
-    let resp = answer_request(&req, &full, &headers, &body, &killer).await;
+    let mut resp = answer_request(&req, &full, &headers, &body, &killer).await;
     if let Some(d) = delay {
         super::delay::after(received, d).await;
+    }
+    // As any HTTP server: the time of the answer, by this server's clock
+    // (hyper would add the machine's).
+    let date = ctx.clock.now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    if let Ok(v) = header::HeaderValue::from_str(&date) {
+        resp.headers_mut().insert(header::DATE, v);
     }
     Ok(resp)
 }

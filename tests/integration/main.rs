@@ -8,6 +8,7 @@ mod common;
 mod compat;
 mod crashes;
 mod daemon;
+mod edges;
 mod faults;
 mod hooks;
 mod kubernetes;

@@ -12,8 +12,13 @@ fn t(s: &str) -> DateTime<Utc> {
 }
 
 fn integration(extra: &str) -> Integration {
+    let orphan_after = if extra.contains("orphan_after") {
+        ""
+    } else {
+        "orphan_after = \"15m\"\n"
+    };
     crate::policy::test_policy(&format!(
-        "[[integrations]]\nname = \"etl\"\nsink = \"f\"\npath = \"etl.json\"\nadopt = 5\nttl = \"30d\"\ngrace = \"24h\"\norphan_after = \"15m\"\n{extra}\n"
+        "[[integrations]]\nname = \"etl\"\nsink = \"f\"\npath = \"etl.json\"\nadopt = 5\nttl = \"30d\"\ngrace = \"24h\"\n{orphan_after}{extra}\n"
     ))
     .integrations[0]
         .clone()
@@ -675,4 +680,135 @@ fn lineage_helper_matches_usernames_used_here() {
             .parse("mpr-etl-20261128T040000Z-0002")
             .is_some()
     );
+}
+
+#[test]
+fn a_consumers_use_always_has_half_of_orphan_after_to_show() {
+    // orphan_after = 1m: the account's own rotation owns its first 30 s.
+    let i = integration("orphan_after = \"1m\"");
+    assert_eq!(own_use_window(&i), Duration::seconds(30));
+    assert_eq!(own_use_window(&integration("")), Duration::minutes(2));
+    let born = t("2026-11-28T04:00:00Z");
+    let mut other = sa(20, "mpr-etl-20261128T040000Z-0009", None);
+    other.created = Some(born);
+    // A consumer uses it every 10 s: at 60 s its last use was at 50 s.
+    other.last_used = Some(born + Duration::seconds(50));
+    let d = plan(&i, &obs(&i, vec![other.clone()], None), born + Duration::seconds(60));
+    assert!(d.delete_now.is_empty(), "{:?}", d.delete_now);
+    assert_eq!(d.in_use.len(), 1);
+    // Used only by its own verification (within 30 s): deleted at 1 minute.
+    other.last_used = Some(born + Duration::seconds(25));
+    let d = plan(&i, &obs(&i, vec![other], None), born + Duration::seconds(60));
+    assert_eq!(ids(&d.delete_now), vec![(20, DeleteReason::Orphan, Rule::NeverUsed)]);
+}
+
+/// An observation whose Mixpanel clock is `offset` from ours.
+fn skewed(i: &Integration, accounts: Vec<ServiceAccount>, p: Option<Payload>, offset: Option<Duration>) -> Observation {
+    let mut o = obs(i, accounts, p);
+    o.mixpanel_clock = MixpanelClock {
+        offset,
+        spread: Duration::zero(),
+    };
+    o
+}
+
+#[test]
+fn mixpanels_timestamps_are_read_in_our_time_and_a_clock_too_far_holds_idle_deletions() {
+    let now = t("2026-11-28T04:10:00Z");
+    let i = integration("");
+    // Another rotator's account, created 10 minutes ago by our clock and
+    // used 10 s ago; Mixpanel's own stamps are `offset` from ours.
+    let unexplained = |offset: Duration| {
+        let mut a = sa(20, "mpr-etl-20261128T040000Z-0009", None);
+        a.created = Some(t("2026-11-28T04:00:00Z") + offset);
+        a.last_used = Some(now - Duration::seconds(10) + offset);
+        a
+    };
+    for minutes in [-10, 10] {
+        let offset = Duration::minutes(minutes);
+        // Known, and read through: in use, kept.
+        let o = skewed(&i, vec![unexplained(offset)], None, Some(offset));
+        let d = plan(&i, &o, now + Duration::minutes(20));
+        assert!(d.delete_now.is_empty(), "offset {minutes}m: {:?}", d.delete_now);
+        assert_eq!(
+            d.clock_held.map(|c| c.held),
+            Some(1),
+            "offset {minutes}m: beyond 2 minutes, held"
+        );
+        assert_eq!(d.delete_later[0].due, None);
+        assert_eq!(d.next_action(), None, "a held deletion does not wake the daemon");
+        // Never used, 30 minutes old: still held while the clocks disagree.
+        let mut never = unexplained(offset);
+        never.last_used = None;
+        let d = plan(
+            &i,
+            &skewed(&i, vec![never], None, Some(offset)),
+            now + Duration::minutes(20),
+        );
+        assert!(d.delete_now.is_empty());
+        // Unknown offset: held too.
+        let d = plan(
+            &i,
+            &skewed(&i, vec![unexplained(offset)], None, None),
+            now + Duration::hours(48),
+        );
+        assert!(d.delete_now.is_empty() && d.clock_held.is_some());
+    }
+    // 90 s apart (within the bound): judged in our time. Used 10 s ago by
+    // Mixpanel's clock, so in use now; idle `grace` after that use.
+    let offset = Duration::seconds(90);
+    let o = skewed(&i, vec![unexplained(offset)], None, Some(offset));
+    let d = plan(&i, &o, now);
+    assert!(d.delete_now.is_empty() && d.clock_held.is_none());
+    assert_eq!(d.in_use[0].last_used, now - Duration::seconds(10));
+    assert_eq!(
+        d.delete_later[0].due,
+        Some(now - Duration::seconds(10) + Duration::hours(24))
+    );
+    // Had Mixpanel's stamps been read as ours, the use would have looked
+    // 100 s older, and with Mixpanel behind, a fresh use would look old.
+    let o = skewed(&i, vec![unexplained(-offset)], None, Some(-offset));
+    assert_eq!(plan(&i, &o, now).in_use[0].last_used, now - Duration::seconds(10));
+}
+
+#[test]
+fn a_retiring_account_under_delete_when_idle_waits_for_max_grace_while_the_clocks_disagree() {
+    let i = integration("delete_when_idle = \"1h\"\nmax_grace = \"3d\"");
+    let l = lineage3();
+    let mut old = l.old.clone();
+    // Used 6 s ago by Mixpanel's clock, which is 10 minutes behind ours.
+    let now = l.rot + Duration::hours(25);
+    old.last_used = Some(now - Duration::minutes(10) - Duration::seconds(6));
+    let o = skewed(
+        &i,
+        vec![old, l.cur.clone()],
+        Some(published3(&l, vec![])),
+        Some(Duration::minutes(-10)),
+    );
+    let d = plan(&i, &o, now);
+    assert!(d.delete_now.is_empty());
+    assert_eq!(ids(&d.delete_later), vec![(9, DeleteReason::Retiring, Rule::MaxGrace)]);
+    assert_eq!(d.delete_later[0].due, Some(l.rot + Duration::days(3)));
+}
+
+#[test]
+fn the_lineage_timestamp_and_mixpanels_created_each_count_in_the_direction_that_keeps() {
+    let i = integration("orphan_after = \"15m\"");
+    let now = t("2026-11-28T04:10:00Z");
+    // The creating host's clock ran 10 minutes ahead: its lineage time says
+    // 04:10, Mixpanel's `created` says 04:00; a consumer used it at 04:05.
+    let mut a = sa(20, "mpr-etl-20261128T041000Z-0009", None);
+    a.created = Some(t("2026-11-28T04:00:00Z"));
+    a.last_used = Some(t("2026-11-28T04:05:00Z"));
+    let d = plan(&i, &obs(&i, vec![a.clone()], None), now);
+    assert_eq!(
+        d.in_use.len(),
+        1,
+        "the use at 04:05 is after the earlier birth's window"
+    );
+    // Never used: `orphan_after` counts from the later birth (04:10).
+    a.last_used = None;
+    let d = plan(&i, &obs(&i, vec![a], None), t("2026-11-28T04:20:00Z"));
+    assert!(d.delete_now.is_empty());
+    assert_eq!(d.delete_later[0].due, Some(t("2026-11-28T04:25:00Z")));
 }
