@@ -36,6 +36,7 @@ pub struct Metrics {
     mirror_writes: Family<Labels, Counter>,
     in_use_elsewhere: Family<Labels, Gauge>,
     clock_offset: Family<Labels, F64Gauge>,
+    held_by_mirror: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -102,6 +103,7 @@ impl Metrics {
             ),
             in_use_elsewhere: family(&mut r, "accounts_in_use_elsewhere", IN_USE_HELP),
             clock_offset: family(&mut r, "clock_offset_seconds", CLOCK_HELP),
+            held_by_mirror: family(&mut r, "deletions_held_by_mirror", HELD_HELP),
             registry: with_build_info(r),
         }
     }
@@ -138,6 +140,18 @@ impl Metrics {
         let _ = self
             .in_use_elsewhere
             .get_or_create(&labels(&[("integration", integration)]));
+        if mirrored {
+            let _ = self
+                .held_by_mirror
+                .get_or_create(&labels(&[("integration", integration)]));
+        }
+    }
+
+    /// A due deletion of `integration` waited for a stale mirror.
+    pub fn held_by_mirror(&self, integration: &str) {
+        self.held_by_mirror
+            .get_or_create(&labels(&[("integration", integration)]))
+            .inc();
     }
 
     /// How many lineage accounts in use `integration` keeps because its sink
@@ -269,6 +283,8 @@ impl Metrics {
 }
 
 const ROTATIONS_HELP: &str = "Rotations by integration and result (success, failure)";
+
+const HELD_HELP: &str = "Passes in which a due deletion waited because a mirror did not hold the current credential";
 
 const CLOCK_HELP: &str = "Mixpanel's clock minus the rotator's, from the Date of Mixpanel's answers (absent while unknown); beyond 120 s no deletion rests on last_used";
 

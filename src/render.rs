@@ -147,19 +147,21 @@ pub fn retire_text(
         }
     };
     let mut s = format!("retire {}:\n", plan.integration);
-    for d in &plan.delete {
+    for x in &plan.delete {
+        let d = &x.disposal;
         let did = done.is_some_and(|x| x.deleted.contains(&d.id));
         let used = d.last_used.map(rfc3339).unwrap_or_else(|| "never".into());
         let _ = writeln!(
             s,
-            "  - {} account {} ({}; last used {used})",
+            "  - {} account {} ({}; last used {used}): {}",
             verb(did, "delete", "deleted"),
             d.id,
-            d.username
+            d.username,
+            x.why
         );
     }
-    for (id, username, why) in &plan.kept {
-        let _ = writeln!(s, "  - keep account {id} ({username}): {why}");
+    for k in &plan.kept {
+        let _ = writeln!(s, "  - keep account {} ({}): {}", k.id, k.username, k.why);
     }
     for p in plan.places.iter().filter(|p| p.present) {
         let did = done.is_some_and(|x| x.removed.iter().any(|r| r.sink == p.sink && r.path == p.path));
@@ -168,24 +170,33 @@ pub fn retire_text(
         } else {
             "the payload"
         };
-        let _ = writeln!(
-            s,
-            "  - {} {what} at sink `{}` path `{}`",
-            verb(did, "remove", "removed"),
-            p.sink,
-            p.path
-        );
+        let act = match &p.foreign {
+            Some(whose) => format!("leave {what} at sink `{}` path `{}`: {whose}", p.sink, p.path),
+            None => format!(
+                "{} {what} at sink `{}` path `{}`",
+                verb(did, "remove", "removed"),
+                p.sink,
+                p.path
+            ),
+        };
+        let _ = writeln!(s, "  - {act}");
     }
-    if plan.delete.is_empty() && !plan.places.iter().any(|p| p.present) {
+    if plan.delete.is_empty() && !plan.places.iter().any(|p| p.present && p.foreign.is_none()) {
         let _ = writeln!(s, "  (no account and no payload left)");
     }
+    retire_outcome(&mut s, &plan.integration, done);
+    s
+}
+
+/// How `retire` ended, or what `--yes` would do.
+fn retire_outcome(s: &mut String, integration: &str, done: Option<&crate::rotation::retire::Retired>) {
     match done {
         None => s.push_str("(nothing was changed: run again with --yes to do it)\n"),
         Some(d) if d.errors.is_empty() => {
             let _ = writeln!(
                 s,
                 "retired: now remove `{}` from the policy (while it is there, a pass would bootstrap it again)",
-                plan.integration
+                integration
             );
         }
         Some(d) => {
@@ -195,7 +206,6 @@ pub fn retire_text(
             s.push_str("not finished: fix the cause and run `retire --yes` again\n");
         }
     }
-    s
 }
 
 /// `reconcile` / `rotate-now` output: what was done.

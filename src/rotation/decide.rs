@@ -226,6 +226,17 @@ pub enum Blocked {
         other_key: String,
         id: u64,
     },
+    /// `adopt` names an account another integration publishes, vouches for
+    /// or has in its lineage.
+    #[error(
+        "`{adopt_key}` names account {id} ({username}), and {claim}: each account belongs to one integration, and this one must never delete it. Remove `{adopt_key}` (or point it at the account this integration really uses). Nothing is rotated or deleted"
+    )]
+    AdoptClaimed {
+        adopt_key: String,
+        id: u64,
+        username: String,
+        claim: super::claims::Claim,
+    },
     /// `adopt` names the rotator's own account.
     #[error(
         "`{adopt_key}` names the rotator's own account ({username}): adopting it would delete the rotator's credential after `grace`; adopt the account the integration uses"
@@ -528,6 +539,9 @@ pub fn decide(i: &Integration, scope: &Scope, obs: &Observation, now: DateTime<U
             d.due = None;
             held = held.saturating_add(1);
         }
+        if !obs.adopt_unverified.is_empty() && obs.adopt_target.as_ref().is_some_and(|a| a.id == d.id) {
+            d.due = None;
+        }
         if d.is_due(now) {
             plan.delete_now.push(d);
         } else {
@@ -568,6 +582,14 @@ fn refuse(i: &Integration, scope: &Scope, obs: &Observation) -> Option<Blocked> 
             adopt_key: i.key("adopt"),
             other_key: other_key.clone(),
             id: a.id,
+        });
+    }
+    if let (Some(claim), Some(a)) = (&obs.adopt_claimed_by, &obs.adopt_target) {
+        return Some(Blocked::AdoptClaimed {
+            adopt_key: i.key("adopt"),
+            id: a.id,
+            username: a.username.clone(),
+            claim: claim.clone(),
         });
     }
     let owners = Owners { i, scope, obs };

@@ -8,8 +8,9 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
+use super::claims::{Claims, lineage_claim};
 use super::context::Context;
-use super::decide::{Blocked, Deadlines, NotOwned, Plan, Request, decide};
+use super::decide::{Blocked, Deadlines, DeleteReason, Disposal, NotOwned, Plan, Request, Rule, decide};
 use super::echo::reported;
 use super::error::{Cause, Consequence, SetupError, Step, StepError};
 use super::memberships::desired;
@@ -17,7 +18,7 @@ use super::mirror::{self, MirrorState, MirrorSync, MirrorView};
 use super::observe::{Accounts, MembershipCache, Observation};
 use super::report::{CurrentView, Report, Rotated};
 use super::rotate::Rotation;
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, after, span_between};
 use crate::hooks::{EventKind, HookEvent};
 use crate::metrics::Metrics;
 use crate::mixpanel::types::ServiceAccount;
@@ -26,7 +27,7 @@ use crate::policy::{Integration, Policy};
 use crate::sink::{Payload, Sink, Version};
 
 /// What reading an integration's primary gave.
-type PrimaryRead = Result<Option<(Payload, Version)>, StepError>;
+pub(super) type PrimaryRead = Result<Option<(Payload, Version)>, StepError>;
 
 /// Integrations of one pass worked on at once: many, so that one read-back
 /// listing of a project serves many rotations (at 64, a bootstrap of 10,000
@@ -76,6 +77,10 @@ type Adopters = std::collections::BTreeMap<u64, Vec<(String, String)>>;
 struct Shared {
     accounts: Arc<Accounts>,
     adopters: Adopters,
+    /// Every primary's claims on accounts, read when some `adopt` names an
+    /// existing account (`None`: none does, so no integration can reach
+    /// another's accounts).
+    claims: Option<Claims>,
     /// Project memberships, read at most once per project.
     cache: MembershipCache,
 }
@@ -195,7 +200,43 @@ impl Engine {
     /// Reads what the integration's sink has published, and builds its observation.
     pub async fn observe(&self, i: &Integration, accounts: &[ServiceAccount]) -> Result<Observation, StepError> {
         let accounts = Arc::new(Accounts::new(&self.ctx.scope.namespace, accounts.to_vec()));
-        self.observe_in(i, &accounts, &self.adopters(&accounts)).await
+        let published = self.read_primary(i).await?;
+        Ok(self.observation(i, &accounts, &self.adopters(&accounts), None, published))
+    }
+
+    /// The observation of `i` from a listing, the policy's claims and what
+    /// its primary holds (read by the caller).
+    pub(super) fn observe_with(
+        &self,
+        i: &Integration,
+        accounts: &[ServiceAccount],
+        claims: &Claims,
+        published: Option<(Payload, Version)>,
+    ) -> Observation {
+        let accounts = Arc::new(Accounts::new(&self.ctx.scope.namespace, accounts.to_vec()));
+        self.observation(i, &accounts, &self.adopters(&accounts), Some(claims), published)
+    }
+
+    /// Every primary's claims on accounts: the reads a pass made already
+    /// (`known`, by integration name), and the others, PASS_CONCURRENCY at
+    /// a time.
+    pub(super) async fn claims<'a>(&'a self, known: &std::collections::HashMap<&str, &PrimaryRead>) -> Claims {
+        let mut claims = Claims::default();
+        let mut record = |name: &str, read: &PrimaryRead| match read {
+            Ok(Some((p, _))) => claims.add(name, p),
+            Ok(None) => {}
+            Err(_) => claims.unread(name),
+        };
+        let mut rest = vec![];
+        for i in &self.ctx.policy.integrations {
+            match known.get(i.name.as_str()) {
+                Some(read) => record(&i.name, read),
+                None => rest.push(i),
+            }
+        }
+        let read = |i: &'a Integration| async move { (i, Box::pin(self.read_primary(i)).await) };
+        in_order(rest.into_iter(), read, &mut |(i, read)| record(&i.name, &read)).await;
+        claims
     }
 
     /// Which integrations' `adopt` names each account (by id): built once
@@ -212,18 +253,8 @@ impl Engine {
         out
     }
 
-    async fn observe_in(
-        &self,
-        i: &Integration,
-        accounts: &Arc<Accounts>,
-        adopters: &Adopters,
-    ) -> Result<Observation, StepError> {
-        let published = self.read_primary(i).await?;
-        Ok(self.observation(i, accounts, adopters, published))
-    }
-
     /// What the integration's primary holds.
-    async fn read_primary(&self, i: &Integration) -> PrimaryRead {
+    pub(super) async fn read_primary(&self, i: &Integration) -> PrimaryRead {
         let fail = |cause| StepError::new(&i.name, Step::ReadSink, cause).then(Consequence::NothingTouched);
         let sink = self.ctx.sink_for(i).map_err(fail)?;
         sink.read_current(&i.path)
@@ -236,6 +267,7 @@ impl Engine {
         i: &Integration,
         accounts: &Arc<Accounts>,
         adopters: &Adopters,
+        claims: Option<&Claims>,
         published: Option<(Payload, Version)>,
     ) -> Observation {
         let mut obs = Observation::new(i, &self.ctx.scope.namespace, accounts, published);
@@ -247,6 +279,16 @@ impl Engine {
                 .find(|(name, _)| *name != i.name)
                 .map(|(_, key)| key.clone())
         });
+        if let Some(t) = &obs.adopt_target {
+            let policy = &self.ctx.policy;
+            match claims {
+                Some(c) => {
+                    obs.adopt_claimed_by = c.other(policy, t, &i.name);
+                    obs.adopt_unverified = c.unknown_besides(&i.name);
+                }
+                None => obs.adopt_claimed_by = lineage_claim(policy, t, &i.name),
+            }
+        }
         obs
     }
 
@@ -314,8 +356,16 @@ impl Engine {
         };
         self.check_clock();
         let accounts = Arc::new(Accounts::new(&self.ctx.scope.namespace, accounts));
+        let adopters = self.adopters(&accounts);
+        let claims = if adopters.is_empty() {
+            None
+        } else {
+            let known = selected.iter().map(|i| i.name.as_str()).zip(reads.iter()).collect();
+            Some(self.claims(&known).await)
+        };
         let shared = Shared {
-            adopters: self.adopters(&accounts),
+            adopters,
+            claims,
             accounts,
             cache,
         };
@@ -448,10 +498,10 @@ impl Engine {
     ) -> Report {
         let cache = &shared.cache;
         let mut report = Report::new(i, now);
-        match read.map(|p| self.observation(i, &shared.accounts, &shared.adopters, p)) {
+        match read.map(|p| self.observation(i, &shared.accounts, &shared.adopters, shared.claims.as_ref(), p)) {
             Err(e) => report.errors.push(e),
             Ok(obs) => {
-                let plan = decide(i, &self.ctx.scope, &obs, now, opts.request_for(&i.name));
+                let mut plan = decide(i, &self.ctx.scope, &obs, now, opts.request_for(&i.name));
                 if !matches!(plan.blocked.as_deref(), Some(Blocked::SharedPath(_))) {
                     report.current = CurrentView::of(&obs, &plan);
                 }
@@ -467,6 +517,8 @@ impl Engine {
                 } else if opts.stopping() {
                     report.warnings.push("shutting down: nothing started".into());
                 } else {
+                    let primary = obs.published.as_ref().map(|p| &p.payload);
+                    Box::pin(self.hold_for_mirrors(i, primary, &mut plan, now, &mut report)).await;
                     // Boxed: a rotation's state is large, and a pass holds one
                     // future per integration (10,000 of them stay small).
                     changed = Box::pin(self.act(i, &obs, &plan, cache, opts, &mut report)).await;
@@ -482,6 +534,78 @@ impl Engine {
         }
         self.record(&report);
         report
+    }
+
+    /// Mirrors hold deletion: before an account the payload vouches for is
+    /// deleted, every mirror is brought up to date; while one does not hold
+    /// the primary's payload, its consumers may still use the old account,
+    /// so the deletion waits, until `max_grace` past its due time. Then it
+    /// is deleted anyway, as an error of the pass naming the stale mirror
+    /// (with its webhook).
+    async fn hold_for_mirrors(
+        &self,
+        i: &Integration,
+        primary: Option<&Payload>,
+        plan: &mut Plan,
+        now: DateTime<Utc>,
+        report: &mut Report,
+    ) {
+        let vouched = |d: &Disposal| d.reason == DeleteReason::Retiring;
+        if i.mirrors.is_empty() || !plan.delete_now.iter().any(vouched) {
+            return;
+        }
+        let synced = mirror::sync(&self.ctx, i, primary, true).await;
+        let stale: Vec<String> = synced
+            .views
+            .iter()
+            .filter(|v| !v.state.up_to_date())
+            .map(|v| format!("sink `{}` path `{}`", v.sink, v.path))
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        let stale = stale.join(", ");
+        let extra = span_between(i.max_grace, i.grace).max(chrono::Duration::zero());
+        let (due, rest): (Vec<Disposal>, Vec<Disposal>) = std::mem::take(&mut plan.delete_now)
+            .into_iter()
+            .partition(|d| !vouched(d));
+        plan.delete_now = due;
+        for mut d in rest {
+            let cap = if d.rule == Rule::MaxGrace {
+                d.due.unwrap_or(now)
+            } else {
+                after(d.due.unwrap_or(now), extra)
+            };
+            if cap <= now {
+                let e = StepError::new(
+                    &i.name,
+                    Step::Delete,
+                    Cause::StaleMirror {
+                        id: d.id,
+                        mirrors: stale.clone(),
+                    },
+                );
+                reported!(error, integration = %i.name, account_id = d.id, "{e}");
+                let ev = failed_event(i, EventKind::MirrorFailed, report.current.as_ref(), &e);
+                self.run_hooks(i, &ev, &mut report.warnings).await;
+                report.errors.push(e);
+                plan.delete_now.push(d);
+            } else {
+                let w = format!(
+                    "account {} ({}) is kept although due: mirror {stale} does not hold the current credential, so its consumers may still use it; deleted once the mirror is up to date, or at {} anyway",
+                    d.id,
+                    d.username,
+                    crate::text::rfc3339(cap)
+                );
+                reported!(warn, integration = %i.name, account_id = d.id, "{w}");
+                report.warnings.push(w);
+                if let Some(m) = &self.ctx.metrics {
+                    m.held_by_mirror(&i.name);
+                }
+                d.due = Some(cap);
+                plan.delete_later.push(d);
+            }
+        }
     }
 
     /// Brings the integration's mirrors up to date with what the primary

@@ -138,6 +138,12 @@ pub enum Cause {
         .0.id, .0.username, used(&.0), rfc3339(.0.idle_at)
     )]
     InUseElsewhere(InUse),
+    /// An account the payload vouches for, deleted at its bound although a
+    /// mirror still does not hold the current credential.
+    #[error(
+        "account {id} was deleted at its bound (`max_grace` past its due time) although mirror {mirrors} still does not hold the current credential: consumers reading that mirror may now fail. Fix the mirror (see its own error) so it holds the primary's payload"
+    )]
+    StaleMirror { id: u64, mirrors: String },
     /// Mixpanel answered a create with an account that is not the one asked for.
     #[error(
         "Mixpanel answered the create of `{asked}` with account {id} ({username}), which is not a new account of that name: nothing is done with it"

@@ -101,6 +101,19 @@ impl Held {
         }
     }
 
+    /// Another integration's or organization's payload: never written
+    /// over (the mirror and that one's place are the same: an alias the
+    /// load-time check could not see, a symlink made later, a second policy).
+    fn foreign(&self, i: &Integration, organization_id: u64) -> Option<SinkError> {
+        let Held::Payload(p) = self else { return None };
+        (p.integration != i.name || p.organization_id != organization_id).then(|| {
+            SinkError::invalid(format!(
+                "it holds the payload of integration `{}` in organization {}, not `{}`'s: this mirror and that credential's place are one; give the mirror a path of its own. It is left as it is",
+                p.integration, p.organization_id, i.name
+            ))
+        })
+    }
+
     /// Byte for byte the primary's payload (any edited field, the secret
     /// included, makes it stale).
     fn same_as(&self, primary: &Payload) -> bool {
@@ -184,6 +197,9 @@ async fn sync_one(
         state,
         rotation_id,
     };
+    if let Some(e) = held.foreign(i, ctx.scope.organization_id) {
+        return Err(fail(e));
+    }
     let Some(primary) = copyable(i, ctx.scope.organization_id, primary) else {
         return Ok(view(MirrorState::NothingToCopy, held.rotation_id()));
     };
@@ -198,6 +214,12 @@ async fn sync_one(
         return Ok(view(state, held.rotation_id()));
     }
     sink.overwrite(&m.path, primary).await.map_err(fail)?;
+    written(ctx, i, m, primary);
+    Ok(view(MirrorState::Updated, Some(primary.rotation_id.clone())))
+}
+
+/// Logs and audits a mirror write.
+fn written(ctx: &Context, i: &Integration, m: &MirrorConfig, primary: &Payload) {
     tracing::info!(
         integration = %i.name,
         rotation_id = %primary.rotation_id,
@@ -212,5 +234,4 @@ async fn sync_one(
         detail: Some(format!("mirror: sink `{}` path `{}`", m.sink, m.path)),
         ..ctx.audit_event(&i.name, Action::Mirror, Outcome::Published)
     });
-    Ok(view(MirrorState::Updated, Some(primary.rotation_id.clone())))
 }

@@ -10,6 +10,7 @@
 //! - [`lineage`]: the usernames this rotator owns;
 //! - [`mirror`]: copies of the credential, written from the primary.
 
+pub mod claims;
 mod context;
 pub mod decide;
 mod delete;

@@ -104,6 +104,12 @@ pub struct Observation {
     pub adopt_target: Option<ServiceAccount>,
     /// The `adopt` key of another integration naming the same account, if any.
     pub adopt_shared_with: Option<String>,
+    /// Another integration's claim on the account `adopt` names (it
+    /// publishes it, vouches for it, or has it in its lineage), if any.
+    pub adopt_claimed_by: Option<super::claims::Claim>,
+    /// Integrations whose primary could not be read, so that their claims
+    /// on the account `adopt` names are unknown: it is not deleted.
+    pub adopt_unverified: Vec<String>,
     /// Every account of the organization (to resolve ids in the payload's
     /// `retiring`), indexed once per pass and shared by every integration.
     pub all: Arc<Accounts>,
@@ -196,6 +202,8 @@ impl Observation {
         let adopt_target = integration.adopt.as_ref().and_then(|a| accounts.resolve(a)).cloned();
         Self {
             adopt_shared_with: None,
+            adopt_claimed_by: None,
+            adopt_unverified: vec![],
             adopted: adopt_target.clone().filter(|_| published.is_none()),
             adopt_target,
             published,

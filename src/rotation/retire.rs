@@ -1,18 +1,24 @@
-//! Decommissioning an integration (`retire`): every account of its lineage
-//! and the account its `adopt` names are deleted, then what its primary
-//! and mirrors publish is removed. Shown first; done only when asked
+//! Decommissioning an integration (`retire`): every account of its lineage,
+//! the account its `adopt` names and those its payload vouches for are
+//! deleted (never one another integration publishes, vouches for or has in
+//! its lineage, nor the rotator's own), then what its primary and mirrors
+//! publish is removed (never a payload of another integration or
+//! organization). Shown first; done only when asked
 //! (`--yes`), audited. Removing an integration from the policy deletes
 //! nothing: this is the only way the rotator forgets one.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::claims::Claims;
 use super::decide::{DeleteReason, Disposal, Rule};
 use super::engine::Engine;
 use super::error::{Cause, Step, StepError};
+use super::observe::Observation;
 use crate::audit::{Action, AuditEvent, Outcome};
-use crate::mixpanel::types::strip_mixpanel_suffix;
+use crate::mixpanel::types::ServiceAccount;
 use crate::policy::Integration;
+use crate::sink::{Payload, Version};
 
 /// A place a payload is published: the primary or a mirror.
 #[derive(Debug, Clone, Serialize)]
@@ -23,6 +29,26 @@ pub struct Place {
     pub mirror: bool,
     /// Whether something is published there now.
     pub present: bool,
+    /// Whose payload it holds, when not this integration's in this
+    /// organization: it is left where it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub foreign: Option<String>,
+}
+
+/// An account `retire` deletes, and why it is this integration's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Doomed {
+    #[serde(flatten)]
+    pub disposal: Disposal,
+    pub why: String,
+}
+
+/// An account `retire` leaves alone, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Kept {
+    pub id: u64,
+    pub username: String,
+    pub why: String,
 }
 
 /// What `retire` deletes and removes, and what it leaves, with why.
@@ -30,10 +56,11 @@ pub struct Place {
 pub struct RetirePlan {
     pub integration: String,
     pub at: DateTime<Utc>,
-    /// Accounts to delete: the lineage's, and the one `adopt` names.
-    pub delete: Vec<Disposal>,
-    /// Accounts left alone, with why (shared with another integration).
-    pub kept: Vec<(u64, String, String)>,
+    /// Accounts to delete: the lineage's, the one `adopt` names, and those
+    /// the integration's payload vouches for (its predecessor, `retiring`).
+    pub delete: Vec<Doomed>,
+    /// Accounts left alone, with why (another integration's, the rotator's).
+    pub kept: Vec<Kept>,
     pub places: Vec<Place>,
 }
 
@@ -46,8 +73,51 @@ pub struct Retired {
     pub errors: Vec<String>,
 }
 
+/// The accounts `retire` would delete, with why each is `i`'s: its
+/// lineage, the account `adopt` names, and those its own payload vouches
+/// for (even when `adopt` is gone from the policy).
+fn candidates<'a>(i: &Integration, obs: &'a Observation, own: Option<&Payload>) -> Vec<(&'a ServiceAccount, String)> {
+    let mut out: Vec<(&ServiceAccount, String)> = obs
+        .lineage
+        .iter()
+        .map(|(a, _)| (a, "of its lineage".to_string()))
+        .collect();
+    if let Some(a) = &obs.adopt_target {
+        out.push((a, format!("the account `{}` names", i.key("adopt"))));
+    }
+    if let Some(p) = own {
+        let vouched = p
+            .previous_service_account_id
+            .map(|id| (id, "its payload's predecessor (previous_service_account_id)"))
+            .into_iter()
+            .chain(
+                p.retiring
+                    .iter()
+                    .map(|r| (r.id, "in its payload's `retiring` (not yet deleted)")),
+            );
+        for (id, why) in vouched {
+            if let Some(a) = obs.all.get(id) {
+                out.push((a, why.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Whose payload `p` is, when it is not `i`'s in `organization`.
+fn foreign(i: &Integration, organization: u64, p: &Payload) -> Option<String> {
+    (p.integration != i.name || p.organization_id != organization).then(|| {
+        format!(
+            "it holds the payload of integration `{}` in organization {}",
+            p.integration, p.organization_id
+        )
+    })
+}
+
 impl Engine {
-    /// What retiring `i` would delete and remove (reads only).
+    /// What retiring `i` would delete and remove (reads only): every
+    /// primary is read, so that no account another integration publishes,
+    /// vouches for or has in its lineage is deleted on `i`'s behalf.
     pub async fn retire_plan(&self, i: &Integration) -> Result<RetirePlan, StepError> {
         let now = self.ctx.clock.now();
         let accounts = self
@@ -56,52 +126,87 @@ impl Engine {
             .list_accounts()
             .await
             .map_err(|e| StepError::new(&i.name, Step::ListAccounts, Cause::Mixpanel(e)))?;
-        let obs = self.observe(i, &accounts).await?;
-        let rotator = strip_mixpanel_suffix(&self.ctx.scope.rotator);
-        let mine = |a: &crate::mixpanel::ServiceAccount| strip_mixpanel_suffix(&a.username) != rotator;
-        let mut delete: Vec<Disposal> = obs
-            .lineage
-            .iter()
-            .map(|(a, _)| a)
-            .filter(|a| mine(a))
-            .map(|a| Disposal::of(a, DeleteReason::Retired, Rule::Retire, now))
-            .collect();
-        let mut kept = vec![];
-        if let Some(a) = &obs.adopt_target
-            && !delete.iter().any(|d| d.id == a.id)
-        {
-            match &obs.adopt_shared_with {
-                Some(other) => kept.push((a.id, a.username.clone(), format!("also named by `{other}`"))),
-                None if !mine(a) => kept.push((a.id, a.username.clone(), "the rotator's own account".into())),
-                None => delete.push(Disposal::of(a, DeleteReason::Retired, Rule::Retire, now)),
+        let read = self.read_primary(i).await;
+        let claims = self.claims(&[(i.name.as_str(), &read)].into()).await;
+        let published = read?;
+        let organization = self.ctx.scope.organization_id;
+        let own_payload = published
+            .as_ref()
+            .filter(|(p, _)| foreign(i, organization, p).is_none());
+        let obs = self.observe_with(i, &accounts, &claims, own_payload.cloned());
+        let mut plan = RetirePlan {
+            integration: i.name.clone(),
+            at: now,
+            delete: vec![],
+            kept: vec![],
+            places: self.places(i, organization, published.as_ref()).await,
+        };
+        for (a, why) in candidates(i, &obs, own_payload.map(|(p, _)| p)) {
+            if plan.delete.iter().any(|d| d.disposal.id == a.id) || plan.kept.iter().any(|k| k.id == a.id) {
+                continue;
+            }
+            match self.keep_reason(i, &obs, &claims, a) {
+                Some(why) => plan.kept.push(Kept {
+                    id: a.id,
+                    username: a.username.clone(),
+                    why,
+                }),
+                None => plan.delete.push(Doomed {
+                    disposal: Disposal::of(a, DeleteReason::Retired, Rule::Retire, now),
+                    why,
+                }),
             }
         }
+        Ok(plan)
+    }
+
+    /// Why `retire` must leave `a` alone, if it must.
+    fn keep_reason(&self, i: &Integration, obs: &Observation, claims: &Claims, a: &ServiceAccount) -> Option<String> {
+        if self.ctx.scope.is_rotator(a) {
+            return Some("the rotator's own account".into());
+        }
+        if let Some(c) = claims.other(&self.ctx.policy, a, &i.name) {
+            return Some(format!("{c}: never deleted on `{}`'s behalf", i.name));
+        }
+        if obs.adopt_target.as_ref().is_some_and(|t| t.id == a.id)
+            && let Some(other) = &obs.adopt_shared_with
+        {
+            return Some(format!("also named by `{other}`"));
+        }
+        let unknown = claims.unknown_besides(&i.name);
+        let lineage = obs.lineage.iter().any(|(l, _)| l.id == a.id);
+        (!lineage && !unknown.is_empty()).then(|| {
+            format!(
+                "the primaries of {} cannot be read, so whether they use it is unknown: run `retire` again once they can be",
+                unknown.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+
+    /// The integration's primary and mirrors, with what each holds.
+    async fn places(&self, i: &Integration, organization: u64, primary: Option<&(Payload, Version)>) -> Vec<Place> {
         let mut places = vec![Place {
             sink: i.sink.clone(),
             path: i.path.clone(),
             mirror: false,
-            present: obs.published.is_some(),
+            present: primary.is_some(),
+            foreign: primary.and_then(|(p, _)| foreign(i, organization, p)),
         }];
         for m in &i.mirrors {
-            let sink = self.ctx.sinks.get(&m.sink);
-            let present = match sink {
-                Some(s) => s.read_current(&m.path).await.map(|p| p.is_some()).unwrap_or(true),
-                None => false,
+            let read = match self.ctx.sinks.get(&m.sink) {
+                Some(s) => s.read_current(&m.path).await.map(|p| p.map(|(p, _)| p)),
+                None => Ok(None),
             };
             places.push(Place {
                 sink: m.sink.clone(),
                 path: m.path.clone(),
                 mirror: true,
-                present,
+                // Unreadable: assumed present, so that `--yes` tries (and says why it cannot).
+                present: !matches!(read, Ok(None)),
+                foreign: read.ok().flatten().and_then(|p| foreign(i, organization, &p)),
             });
         }
-        Ok(RetirePlan {
-            integration: i.name.clone(),
-            at: now,
-            delete,
-            kept,
-            places,
-        })
+        places
     }
 
     /// Carries out `plan`: the accounts first, then, only once every one is
@@ -120,18 +225,33 @@ impl Engine {
             return out;
         }
         for d in &out.plan.delete {
-            match self.ctx.delete(i, d, None, None).await {
-                Ok(()) => out.deleted.push(d.id),
+            match self.ctx.delete(i, &d.disposal, None, None).await {
+                Ok(()) => out.deleted.push(d.disposal.id),
                 Err(e) => out.errors.push(e.to_string()),
             }
         }
         if !out.errors.is_empty() {
             return out;
         }
+        let organization = self.ctx.scope.organization_id;
         for p in out.plan.places.clone() {
             let Some(sink) = self.ctx.sinks.get(&p.sink) else {
                 continue;
             };
+            if p.foreign.is_some() {
+                continue;
+            }
+            // Read again at the last moment: what another integration or
+            // organization wrote there since the plan is never removed.
+            if let Ok(Some((now_there, _))) = sink.read_current(&p.path).await
+                && let Some(whose) = foreign(i, organization, &now_there)
+            {
+                out.errors.push(format!(
+                    "integration `{}`: the payload at sink `{}` path `{}` was left: {whose}",
+                    i.name, p.sink, p.path
+                ));
+                continue;
+            }
             let event = |outcome| AuditEvent {
                 detail: Some(format!("sink `{}` path `{}`", p.sink, p.path)),
                 reason: Some("retired".into()),

@@ -162,3 +162,210 @@ async fn a_small_clock_offset_is_corrected_not_refused() {
     let r = h.pass(&a).await;
     assert!(r.deleted.iter().any(|d| d.id == id), "{:?}", r.deleted);
 }
+
+fn id_of(p: &serde_json::Value) -> u64 {
+    p["service_account_id"].as_u64().unwrap()
+}
+
+/// An integration on the harness's file sink `local`.
+fn on_local(name: &str, extra: &str) -> String {
+    format!(
+        "[[integrations]]\nname = \"{name}\"\nsink = \"local\"\npath = \"{name}.json\"\nprojects = [{{ id = 101, role = \"analyst\" }}]\n{extra}\n"
+    )
+}
+
+/// Finding 2: integration `old` with `adopt` naming integration `ci`'s
+/// published account. `retire old --yes` deleted it (its dry run listed it
+/// without a warning) and `ci`'s consumers got 401. Now a pass blocks `old`
+/// naming both, and `retire` keeps the account, saying whose it is.
+#[tokio::test]
+async fn an_adopt_naming_another_integrations_account_blocks_and_retire_keeps_it() {
+    let h = Harness::new(Seed::Demo).await;
+    ok(&h.pass(&h.engine(&on_local("ci", ""))).await);
+    let ci = id_of(&h.payload("ci.json").unwrap());
+    let both = format!("{}{}", on_local("ci", ""), on_local("old", &format!("adopt = {ci}")));
+    let engine = h.engine(&both);
+    let reports = engine.pass(&Default::default()).await;
+    let old = reports.iter().find(|r| r.integration == "old").unwrap();
+    let e = old.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
+    assert!(
+        e.contains(&format!("`integrations[1].adopt` names account {ci}"))
+            && e.contains("integration `ci` publishes it")
+            && e.contains("Nothing is rotated or deleted"),
+        "{e}"
+    );
+    assert!(old.deleted.is_empty() && old.rotated.is_none());
+    let i = engine.policy().integration("old").unwrap().clone();
+    let plan = engine.retire_plan(&i).await.unwrap();
+    assert!(plan.delete.iter().all(|d| d.disposal.id != ci), "{plan:?}");
+    let kept = plan.kept.iter().find(|k| k.id == ci).expect("kept, with why");
+    assert!(kept.why.contains("integration `ci` publishes it"), "{}", kept.why);
+    let done = engine.retire(&i, plan).await;
+    assert!(done.errors.is_empty(), "{:?}", done.errors);
+    assert!(h.sim.account(ci).is_some());
+    h.consumer("ci.json").me().await.unwrap();
+    h.assert_no_secret_leaked(&[]);
+}
+
+/// The same through a payload claim: `ci` bootstrapped from the legacy
+/// account and then dropped `adopt` (its payload still lists the legacy
+/// account in `retiring`); `old` adopts it. Deleting it would cut off
+/// `ci`'s consumers still on it during `grace`.
+#[tokio::test]
+async fn an_adopt_naming_an_account_another_payload_vouches_for_blocks_and_retire_keeps_it() {
+    let h = Harness::new(Seed::Demo).await;
+    let legacy = h.accounts_with_prefix("etl-legacy")[0].id;
+    ok(&h.pass(&h.engine(&on_local("ci", &format!("adopt = {legacy}")))).await);
+    let both = format!(
+        "{}{}",
+        on_local("ci", ""),
+        on_local("old", &format!("adopt = {legacy}"))
+    );
+    let engine = h.engine(&both);
+    h.clock.advance(Duration::hours(1));
+    let reports = engine.pass(&Default::default()).await;
+    let old = reports.iter().find(|r| r.integration == "old").unwrap();
+    let e = old.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
+    assert!(
+        e.contains(&format!("names account {legacy}")) && e.contains("integration `ci` vouches for it"),
+        "{e}"
+    );
+    let i = engine.policy().integration("old").unwrap().clone();
+    let plan = engine.retire_plan(&i).await.unwrap();
+    assert!(
+        plan.kept.iter().any(|k| k.id == legacy && k.why.contains("`ci`")),
+        "{plan:?}"
+    );
+    engine.retire(&i, plan).await;
+    assert!(h.sim.account(legacy).is_some(), "ci's predecessor, in use during grace");
+}
+
+/// Finding 8: `retire ci --yes` through an alias removed `etl`'s payload
+/// (it never checked whose it was); and with `adopt` dropped after the
+/// bootstrap, it left the legacy account the payload's `retiring` still
+/// listed (no expiry, its secret still valid) and then removed the only
+/// record of it.
+#[tokio::test]
+async fn retire_removes_only_its_own_payload_and_deletes_what_its_payload_vouches_for() {
+    let h = Harness::new(Seed::Demo).await;
+    let legacy = h.accounts_with_prefix("etl-legacy")[0].id;
+    ok(&h.pass(&h.engine(&on_local("etl", &format!("adopt = {legacy}")))).await);
+    let etl = id_of(&h.payload("etl.json").unwrap());
+    // Another policy whose `ci` points at etl's place.
+    let alias = h.engine(&format!(
+        "[sinks.alias]\ntype = \"file\"\ndir = \"{}/.\"\n{}",
+        h.creds_dir().display(),
+        on_local("ci", "").replace(
+            "sink = \"local\"\npath = \"ci.json\"",
+            "sink = \"alias\"\npath = \"etl.json\""
+        )
+    ));
+    let i = alias.policy().integration("ci").unwrap().clone();
+    let plan = alias.retire_plan(&i).await.unwrap();
+    assert!(plan.delete.is_empty(), "{:?}", plan.delete);
+    let text = mixpanel_rotator::render::retire_text(&plan, None);
+    assert!(
+        text.contains("leave the payload at sink `alias` path `etl.json`: it holds the payload of integration `etl`"),
+        "{text}"
+    );
+    let done = alias.retire(&i, plan).await;
+    assert!(done.removed.is_empty());
+    assert!(h.payload("etl.json").is_some(), "etl's payload is still there");
+    assert!(h.sim.account(etl).is_some());
+
+    // `adopt` dropped (normal once bootstrapped): retire still deletes the
+    // legacy account the payload vouches for, and says so first.
+    let engine = h.engine(&on_local("etl", ""));
+    let i = engine.policy().integration("etl").unwrap().clone();
+    let plan = engine.retire_plan(&i).await.unwrap();
+    let text = mixpanel_rotator::render::retire_text(&plan, None);
+    assert!(
+        text.contains(&format!("delete account {legacy} (")) && text.contains("its payload's predecessor"),
+        "{text}"
+    );
+    let done = engine.retire(&i, plan).await;
+    assert!(done.errors.is_empty(), "{:?}", done.errors);
+    assert!(h.sim.account(legacy).is_none());
+    assert!(h.sim.account(etl).is_none());
+    assert!(h.payload("etl.json").is_none());
+}
+
+/// Finding 3: a mirror that cannot be written keeps the old payload; the
+/// pass reported the mirror's error and, after `grace`, deleted the old
+/// account anyway, breaking the consumer reading the mirror. Now the
+/// deletion waits while a mirror is stale, and at its bound (`max_grace`
+/// past its due time) goes with an error naming the mirror, and a webhook.
+#[tokio::test]
+async fn a_stale_mirror_holds_the_deletion_of_the_credential_it_still_serves() {
+    let h = Harness::new(Seed::Demo).await;
+    let metrics = mixpanel_rotator::metrics::Metrics::shared();
+    let (url, hooks) = crate::hooks::receiver().await;
+    let url_file = h.dir.path().join("webhook.url");
+    std::fs::write(&url_file, &url).unwrap();
+    let pod = h.dir.path().join("pod");
+    let policy = format!(
+        "[sinks.pod]\ntype = \"file\"\ndir = \"{}\"\n{}",
+        pod.display(),
+        on_local(
+            "etl",
+            &format!(
+                "grace = \"1h\"\nmax_grace = \"2d\"\nmirrors = [{{ sink = \"pod\", path = \"etl.json\" }}]\nwebhook = {{ url = {{ file = \"{}\" }} }}",
+                url_file.display()
+            )
+        )
+    );
+    let engine = h.engine(&policy).with_metrics(metrics.clone());
+    ok(&h.pass(&engine).await);
+    let served = read(&h, "pod", "etl.json");
+    // The mirror cannot be written any more (its lock file is a directory),
+    // and still serves the first credential.
+    let _ = std::fs::remove_file(pod.join("etl.json.lock"));
+    std::fs::create_dir(pod.join("etl.json.lock")).unwrap();
+    let r = h.force(&engine, "etl", false).await;
+    assert!(r.rotated.is_some());
+    assert_eq!(read(&h, "pod", "etl.json"), served, "the mirror is stale");
+    h.clock.advance(Duration::hours(2));
+    let r = h.pass(&engine).await;
+    assert!(r.deleted.is_empty(), "{:?}", r.deleted);
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains(&format!("account {} (", id_of(&served)))
+                && w.contains("mirror sink `pod` path `etl.json` does not hold the current credential")),
+        "{:?}",
+        r.warnings
+    );
+    h.client_for(&served).me().await.unwrap();
+    assert!(
+        metrics
+            .render()
+            .contains("mixpanel_rotator_deletions_held_by_mirror_total{integration=\"etl\"} 1")
+    );
+    // At the bound (due + max_grace - grace), it goes, as an error with its webhook.
+    h.clock.advance(Duration::days(2));
+    let r = h.pass(&engine).await;
+    assert!(r.deleted.iter().any(|d| d.id == id_of(&served)), "{:?}", r.deleted);
+    let e = r.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
+    assert!(
+        e.contains(&format!("account {} was deleted at its bound", id_of(&served)))
+            && e.contains("mirror sink `pod` path `etl.json` still does not hold the current credential"),
+        "{e}"
+    );
+    let events = hooks.lock().unwrap().clone();
+    assert!(
+        events
+            .iter()
+            .any(|ev| ev["event"] == "mirror_failed"
+                && ev["error"].as_str().unwrap().contains("was deleted at its bound")),
+        "{events:?}"
+    );
+    // Fixed: the next rotation's predecessor goes at `grace`, as usual.
+    std::fs::remove_dir(pod.join("etl.json.lock")).unwrap();
+    let r = h.force(&engine, "etl", false).await;
+    ok(&r);
+    h.clock.advance(Duration::hours(2));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    assert_eq!(r.deleted.len(), 1, "{:?}", r.deleted);
+    h.assert_no_secret_leaked(&[&r]);
+}
