@@ -164,10 +164,39 @@ impl Audit {
     }
 }
 
+/// Opens the audit file for appending: created 0600; never through a
+/// symbolic link; never a FIFO, device or directory (a FIFO without a
+/// reader would block the process, SIGTERM included); an existing file
+/// others can read or write is narrowed to 0600 first.
 fn open(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
+    use std::os::unix::fs::PermissionsExt as _;
+    let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => {
+                std::io::Error::other("it is a symbolic link, which is never followed: name the file itself")
+            }
+            Some(libc::ENXIO) => std::io::Error::other("it is a FIFO or socket, not a regular file"),
+            _ => e,
+        })?;
+    let meta = f.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(std::io::Error::other(
+            "it is not a regular file (a FIFO, a device or a directory): name a regular file",
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+            std::io::Error::other(format!(
+                "it is open to other users (mode {mode:04o}) and cannot be narrowed to 0600: {e}"
+            ))
+        })?;
+        tracing::warn!(path = %path.display(), mode = format!("{mode:04o}"), "The audit file was open to other users; its mode is now 0600.");
+    }
+    Ok(f)
 }

@@ -52,5 +52,9 @@ fn main() -> ExitCode {
         }
     };
     let exit = rt.block_on(cli::run(cli));
+    // Never wait for a blocking task that cannot end (a file lock another
+    // process holds, a stuck filesystem): the command's answer is known,
+    // and `--shutdown-timeout` must be a bound, not a wish.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
     ExitCode::from(exit as u8)
 }

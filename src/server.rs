@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::http::{StatusCode, header};
@@ -33,6 +33,107 @@ pub struct Health {
     pub started: AtomicBool,
     /// Integrations asked to be re-read (`POST /-/resync`), not yet taken.
     pub resync: Resync,
+    /// Whether the daemon's loop is making progress.
+    pub liveness: Liveness,
+}
+
+/// Whether the daemon's loop is making progress: it beats at every
+/// integration a pass finishes, and is idle between passes. Busy without a
+/// beat for longer than the stall bound, or with no pass finished for
+/// longer than passes come plus that bound, it is stuck: `/readyz` says so
+/// and the systemd watchdog is no longer fed. Monotonic time: not the
+/// injected clock, since what is measured is this process's own progress.
+#[derive(Debug)]
+pub struct Liveness {
+    origin: std::time::Instant,
+    /// Milliseconds since `origin`: the last beat.
+    last_beat: AtomicU64,
+    /// Milliseconds since `origin` when the loop became busy; `u64::MAX`: idle.
+    busy_since: AtomicU64,
+    /// Milliseconds since `origin`: the end of the last pass (or the start).
+    last_pass: AtomicU64,
+    /// The stall bound, and the longest expected time between passes, in ms.
+    stall_ms: AtomicU64,
+    pass_every_ms: AtomicU64,
+    /// Stopping has begun: the watchdog is no longer fed.
+    stopping: AtomicBool,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            origin: std::time::Instant::now(),
+            last_beat: AtomicU64::new(0),
+            busy_since: AtomicU64::new(u64::MAX),
+            last_pass: AtomicU64::new(0),
+            stall_ms: AtomicU64::new(15 * 60 * 1000),
+            pass_every_ms: AtomicU64::new(10 * 60 * 1000),
+            stopping: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Liveness {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The bounds of the policy in force.
+    pub fn configure(&self, stall: std::time::Duration, pass_every: std::time::Duration) {
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.stall_ms.store(ms(stall), Ordering::SeqCst);
+        self.pass_every_ms.store(ms(pass_every), Ordering::SeqCst);
+    }
+
+    /// Progress: one integration done, or the loop came round.
+    pub fn beat(&self) {
+        self.last_beat.store(self.now_ms(), Ordering::SeqCst);
+    }
+
+    /// A pass or a mirror sync starts.
+    pub fn busy(&self) {
+        let now = self.now_ms();
+        self.last_beat.store(now, Ordering::SeqCst);
+        self.busy_since.store(now, Ordering::SeqCst);
+    }
+
+    /// It ended (`pass`: a pass, rather than a mirror sync).
+    pub fn idle(&self, pass: bool) {
+        let now = self.now_ms();
+        self.last_beat.store(now, Ordering::SeqCst);
+        self.busy_since.store(u64::MAX, Ordering::SeqCst);
+        if pass {
+            self.last_pass.store(now, Ordering::SeqCst);
+        }
+    }
+
+    /// Stopping has begun.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Why the loop counts as stuck, if it does.
+    pub fn stuck(&self) -> Option<String> {
+        let now = self.now_ms();
+        let stall = self.stall_ms.load(Ordering::SeqCst);
+        let busy = self.busy_since.load(Ordering::SeqCst) != u64::MAX;
+        let quiet = now.saturating_sub(self.last_beat.load(Ordering::SeqCst));
+        if busy && quiet > stall {
+            return Some(format!(
+                "stuck: no integration finished for {}s (`daemon.stall_timeout` is {}s)",
+                quiet / 1000,
+                stall / 1000
+            ));
+        }
+        let since = now.saturating_sub(self.last_pass.load(Ordering::SeqCst));
+        let bound = self.pass_every_ms.load(Ordering::SeqCst).saturating_add(stall);
+        (since > bound).then(|| format!("stuck: no pass finished for {}s", since / 1000))
+    }
+
+    /// Whether the systemd watchdog may be fed.
+    pub fn feeds_watchdog(&self) -> bool {
+        !self.stopping.load(Ordering::SeqCst) && self.stuck().is_none()
+    }
 }
 
 /// Integrations asked to be re-read now, and the wake-up of the daemon's
@@ -133,6 +234,23 @@ fn probe(
     })
 }
 
+/// `/readyz`: the last pass reached Mixpanel and every sink, and the loop
+/// is not stuck.
+async fn readyz(health: Arc<Health>) -> axum::response::Response {
+    if let Some(why) = health.liveness.stuck() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response();
+    }
+    if health.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the last pass did not reach Mixpanel or a sink\n",
+        )
+            .into_response()
+    }
+}
+
 /// Binds `addr` and serves until the task is dropped.
 pub async fn serve(
     addr: SocketAddr,
@@ -175,15 +293,7 @@ pub async fn serve(
             })
             .layer(axum::extract::DefaultBodyLimit::max(MAX_RESYNC_BODY)),
         )
-        .route(
-            "/readyz",
-            probe(
-                health,
-                |h| &h.ready,
-                "ready\n",
-                "not ready: the last pass did not reach Mixpanel or a sink\n",
-            ),
-        );
+        .route("/readyz", axum::routing::get(move || readyz(health.clone())));
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "The metrics and health server stopped.");

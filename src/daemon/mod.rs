@@ -265,7 +265,8 @@ impl Daemon {
             Ok(s) => s,
             Err(exit) => return exit,
         };
-        let _watchdog = self.watchdog();
+        let _watchdog = self.watchdog(control.shutdown.clone());
+        self.bounds(engine.policy());
         let now = self.clock.now();
         let mut state = Running::new(engine, now);
         // This process's share of `spread` before its first pass too:
@@ -326,15 +327,39 @@ impl Daemon {
         }
     }
 
-    /// Pings the systemd watchdog, when it is on.
-    fn watchdog(&self) -> Option<TaskGuard> {
+    /// The liveness bounds of `policy`: how long a pass may go without
+    /// finishing an integration, and how far apart passes come.
+    fn bounds(&self, policy: &Policy) {
+        let std = |d: chrono::Duration| d.to_std().unwrap_or_default();
+        self.health.liveness.configure(
+            std(policy.stall_timeout),
+            std(policy.resync_interval).saturating_add(std(policy.spread)),
+        );
+    }
+
+    /// Pings the systemd watchdog, when it is on, while the loop makes
+    /// progress: a stuck pass (or a stop that does not end) stops the
+    /// pings, and systemd restarts the service.
+    fn watchdog(&self, shutdown: CancellationToken) -> Option<TaskGuard> {
         let every = self.notifier.watchdog_interval()?;
         let notifier = self.notifier.clone();
+        let health = self.health.clone();
         Some(TaskGuard(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
+            let mut said = false;
             loop {
                 tick.tick().await;
-                notifier.notify("WATCHDOG=1");
+                if shutdown.is_cancelled() {
+                    health.liveness.stopping();
+                }
+                if health.liveness.feeds_watchdog() {
+                    notifier.notify("WATCHDOG=1");
+                    said = false;
+                } else if !said {
+                    said = true;
+                    let why = health.liveness.stuck().unwrap_or_else(|| "stopping".into());
+                    tracing::error!("The systemd watchdog is no longer fed ({why}); systemd restarts the service.");
+                }
             }
         })))
     }
@@ -346,14 +371,25 @@ impl Daemon {
             stop: Some(shutdown.clone()),
             ..Default::default()
         };
-        let reports = {
-            let pass = state.engine.pass(&opts);
+        let liveness = &self.health.liveness;
+        liveness.busy();
+        let mut reports = Vec::new();
+        {
+            let mut each = |r: Report| {
+                liveness.beat();
+                reports.push(r);
+            };
+            let pass = state.engine.pass_each(&opts, &mut each);
             tokio::pin!(pass);
             tokio::select! {
-                r = &mut pass => r,
-                () = shutdown.cancelled() => return Some(self.shut_down(pass).await),
+                () = &mut pass => {}
+                () = shutdown.cancelled() => {
+                    liveness.stopping();
+                    return Some(self.shut_down(pass).await);
+                }
             }
-        };
+        }
+        liveness.idle(true);
         for r in &reports {
             for e in &r.errors {
                 tracing::error!(integration = %r.integration, step = ?e.step, "{e}");
@@ -386,7 +422,9 @@ impl Daemon {
     /// Brings every mirror up to date from its primary (no Mixpanel call),
     /// and schedules the next sync.
     async fn sync_mirrors(&self, state: &mut Running) {
+        self.health.liveness.busy();
         let synced = state.engine.sync_mirrors(None).await;
+        self.health.liveness.idle(false);
         let now = self.clock.now();
         state.mirrors_at = crate::clock::after(now, state.policy().mirror_interval);
         if state.note_mirrored(synced.iter().map(|s| (s.integration.as_str(), s.views.as_slice()))) {
@@ -404,7 +442,7 @@ impl Daemon {
 
     /// Shutdown asked during a pass: start nothing new, let what is in
     /// flight finish (bounded), exit.
-    async fn shut_down(&self, pass: impl std::future::Future<Output = Vec<Report>>) -> Exit {
+    async fn shut_down(&self, pass: impl std::future::Future<Output = ()>) -> Exit {
         self.notifier.notify(&format!(
             "STOPPING=1\n{}",
             status_line("stopping: finishing the step in flight")
@@ -473,6 +511,7 @@ impl Daemon {
                 }
                 let first = crate::clock::after(self.clock.now(), self.timing(engine.policy()).offset);
                 state.sched.reset(engine.policy(), first);
+                self.bounds(engine.policy());
                 state.engine = engine;
                 self.metrics.reload(true);
                 tracing::info!(integrations = state.policy().integrations.len(), "Policy reloaded.");

@@ -42,7 +42,8 @@ pub struct RetryPolicy {
     pub base: Duration,
     /// Upper bound of one computed backoff delay.
     pub cap: Duration,
-    /// Upper bound of a server's `Retry-After`.
+    /// The longest `Retry-After` waited for; a longer one fails the call at
+    /// once (and the waits of one call together stay under twice this).
     pub max_retry_after: Duration,
 }
 
@@ -52,7 +53,7 @@ impl Default for RetryPolicy {
             max_attempts: 5,
             base: Duration::from_millis(250),
             cap: Duration::from_secs(8),
-            max_retry_after: Duration::from_secs(60),
+            max_retry_after: Duration::from_secs(30),
         }
     }
 }
@@ -366,13 +367,26 @@ impl Client {
     ) -> Result<T, MixpanelError> {
         let retries = method == Method::GET || method == Method::DELETE;
         let mut attempt = 0u32;
+        let mut waited = Duration::ZERO;
         loop {
             attempt = attempt.saturating_add(1);
             let Attempt { result, retry_after } = self.once(base, &method, path, body, endpoint).await;
             match result {
                 Ok(v) => return Ok(v),
                 Err(e) if retries && e.retryable() && attempt < self.retry.max_attempts => {
+                    let max = self.retry.max_retry_after;
+                    if let Some(wait) =
+                        retry_after.filter(|w| *w > max || waited.saturating_add(*w) > max.saturating_mul(2))
+                    {
+                        return Err(MixpanelError::RetryAfterTooLong {
+                            endpoint,
+                            status: e.status().unwrap_or(429),
+                            wait,
+                            max,
+                        });
+                    }
                     let delay = self.retry.delay(attempt, retry_after);
+                    waited = waited.saturating_add(delay);
                     tracing::debug!(endpoint, attempt, delay_ms = delay.as_millis() as u64, error = %e, "Retrying Mixpanel request.");
                     tokio::time::sleep(delay).await;
                 }
@@ -653,7 +667,11 @@ mod tests {
         }
         assert!(p.delay(1, None) <= Duration::from_millis(250));
         assert_eq!(p.delay(1, Some(Duration::from_secs(3))), Duration::from_secs(3));
-        assert_eq!(p.delay(1, Some(Duration::from_secs(3600))), p.max_retry_after);
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(3600))),
+            p.max_retry_after,
+            "never more than the bound"
+        );
     }
 
     #[test]

@@ -34,6 +34,18 @@ pub enum MixpanelError {
         status: u16,
         detail: String,
     },
+    /// Mixpanel asked to wait longer than the rotator waits (`Retry-After`):
+    /// the call fails at once rather than holding the pass.
+    #[error(
+        "Mixpanel {endpoint} answered HTTP {status} asking to wait {}s (Retry-After), longer than the {}s the rotator waits for one call: not retried now; the next pass tries again",
+        .wait.as_secs(), .max.as_secs()
+    )]
+    RetryAfterTooLong {
+        endpoint: &'static str,
+        status: u16,
+        wait: std::time::Duration,
+        max: std::time::Duration,
+    },
     /// A project is hosted on a domain that is not a known Mixpanel API host.
     #[error(
         "a project is hosted at `{domain}` (its `domain` in GET /me), which is not a Mixpanel API host this rotator knows (mixpanel.com, eu.mixpanel.com, in.mixpanel.com): map it to its API base in `mixpanel.region_urls`"
@@ -105,6 +117,7 @@ impl MixpanelError {
         match self {
             MixpanelError::Api { status, .. }
             | MixpanelError::Redirect { status, .. }
+            | MixpanelError::RetryAfterTooLong { status, .. }
             | MixpanelError::Decode { status, .. } => Some(*status),
             _ => None,
         }

@@ -81,6 +81,12 @@ pub struct DaemonConfig {
     /// their primaries, between passes: one primary read and one read per
     /// mirror, no Mixpanel call (default `1m`, from `5s` to `1h`).
     pub mirror_interval: Option<HumanDuration>,
+    /// How long a pass or a mirror sync may go without finishing one
+    /// integration before the daemon counts itself stuck: `/readyz` answers
+    /// 503 and the systemd watchdog is no longer fed, so systemd restarts
+    /// it (default `15m`, from `10s` to `1d`; longer than
+    /// `mixpanel.verify_timeout` and every `on_rotate_timeout`).
+    pub stall_timeout: Option<HumanDuration>,
 }
 
 /// `[audit]`

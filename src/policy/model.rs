@@ -115,6 +115,8 @@ pub struct Policy {
     pub spread: Duration,
     /// `[daemon] mirror_interval` (default 1 minute).
     pub mirror_interval: Duration,
+    /// `[daemon] stall_timeout` (default 15 minutes).
+    pub stall_timeout: Duration,
     /// `[audit] path`.
     pub audit_path: Option<PathBuf>,
     pub mixpanel: MixpanelSettings,

@@ -43,6 +43,7 @@ pub(super) fn resolve(
     }
     drop(unique);
     let mirror_interval = daemon_settings(&c.daemon, &integrations, &mut errs);
+    let stall_timeout = stall_timeout(&c.daemon, &mixpanel, &integrations, &mut errs);
     if !errs.is_empty() {
         return Err(if errs.len() == 1 {
             errs.remove(0)
@@ -57,10 +58,45 @@ pub(super) fn resolve(
         resync_interval: c.daemon.resync_interval.map(|d| d.0).unwrap_or(Duration::minutes(10)),
         spread: c.daemon.spread.map(|d| d.0).unwrap_or(Duration::seconds(30)),
         mirror_interval,
+        stall_timeout,
         mixpanel,
         sinks: c.sinks,
         integrations,
     })
+}
+
+/// `[daemon] stall_timeout`: longer than any one step may legitimately
+/// take (verifying a new credential, an `on_rotate` hook).
+fn stall_timeout(
+    d: &DaemonConfig,
+    m: &MixpanelSettings,
+    integrations: &[Integration],
+    errs: &mut Vec<PolicyError>,
+) -> Duration {
+    let stall = d.stall_timeout.map(|d| d.0).unwrap_or(Duration::minutes(15));
+    if stall < Duration::seconds(10) {
+        errs.push(PolicyError::invalid("daemon.stall_timeout", "must be at least `10s`"));
+    }
+    at_most("daemon.stall_timeout", stall, Duration::days(1), errs);
+    let verify = Duration::from_std(m.verify_timeout).unwrap_or(Duration::MAX);
+    let longest = integrations
+        .iter()
+        .filter(|i| i.on_rotate.is_some())
+        .map(|i| (i.key("on_rotate_timeout"), i.on_rotate_timeout))
+        .chain([("mixpanel.verify_timeout".to_string(), verify)])
+        .filter(|(_, t)| *t >= stall)
+        .max_by_key(|(_, t)| *t);
+    if let Some((key, t)) = longest {
+        errs.push(PolicyError::invalid(
+            "daemon.stall_timeout",
+            format!(
+                "is {}, not longer than `{key}` ({}): a step that long would count as stuck and the daemon would be restarted in the middle of it; raise `daemon.stall_timeout`",
+                format_duration(stall),
+                format_duration(t)
+            ),
+        ));
+    }
+    stall
 }
 
 /// Checks `[daemon]`, and each mirrored integration's `grace` against its

@@ -398,7 +398,17 @@ impl<'a> Rotation<'a> {
         let mut attempt: u32 = 0;
         loop {
             attempt = attempt.saturating_add(1);
-            let last = match client.me().await {
+            // The budget is wall time: one call (with its own retries) never
+            // runs past it.
+            let left = budget.saturating_sub(started.elapsed());
+            let answer = tokio::time::timeout(left, client.me()).await.unwrap_or_else(|_| {
+                Err(MixpanelError::Transport {
+                    endpoint: "me",
+                    detail: "no answer within `mixpanel.verify_timeout`".into(),
+                    connect: false,
+                })
+            });
+            let last = match answer {
                 Ok(me) if me.sees(organization) => {
                     tracing::info!(account_id = new.account.id, "New credential verified.");
                     return Ok(());

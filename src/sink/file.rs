@@ -405,11 +405,35 @@ impl FileSink {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&lock_file)
             .map_err(|e| self.io("open lock file", &lock_file, e))?;
-        lock.lock().map_err(|e| self.io("lock", &lock_file, e))?;
+        self.wait_for(&lock, &lock_file)?;
         // Root's lock file would shut the directory's owner out of its next
         // publish: it is the owner's.
         give_to_dir(&lock, &lock_file);
         Ok(lock)
+    }
+
+    /// Takes the `flock` of `lock`, waiting at most [`LOCK_WAIT`]: a lock
+    /// another process holds for longer (anyone who can write the
+    /// directory can take it) fails the write instead of hanging the pass.
+    fn wait_for(&self, lock: &File, lock_file: &Path) -> Result<(), SinkError> {
+        let started = std::time::Instant::now();
+        loop {
+            match lock.try_lock() {
+                Ok(()) => return Ok(()),
+                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(SinkError::unavailable(format!(
+                        "cannot lock {}: another process has held it for more than {}s (`fuser {}` names it); nothing was written, the next pass tries again",
+                        lock_file.display(),
+                        LOCK_WAIT.as_secs(),
+                        lock_file.display()
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(self.io("lock", lock_file, e)),
+            }
+        }
     }
 
     /// At a read: if no writer holds the lock, removes what a dead writer
@@ -536,12 +560,23 @@ impl FileSink {
     }
 }
 
+/// The longest wait for a writers' lock held by another process.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The longest a file operation may take (a stuck network file system):
+/// past it the operation is reported as failed; its thread is left behind.
+pub const FILE_OP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SinkError> + Send + 'static,
 ) -> Result<T, SinkError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| SinkError::unavailable(format!("the file sink's task failed: {e}")))?
+    match tokio::time::timeout(FILE_OP_TIMEOUT, tokio::task::spawn_blocking(f)).await {
+        Ok(done) => done.map_err(|e| SinkError::unavailable(format!("the file sink's task failed: {e}")))?,
+        Err(_) => Err(SinkError::unavailable(format!(
+            "the file system did not answer within {}s (a stuck network mount?); the outcome is unknown and is read back at the next pass",
+            FILE_OP_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 #[async_trait::async_trait]

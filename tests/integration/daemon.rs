@@ -51,13 +51,20 @@ struct Daemon {
 
 impl Daemon {
     fn start(h: &Harness, config: &Path) -> Self {
+        Self::start_with(h, config, "20s", &[])
+    }
+
+    /// With `--shutdown-timeout shutdown_timeout` and `env` added.
+    fn start_with(h: &Harness, config: &Path, shutdown_timeout: &str, env: &[(&str, &str)]) -> Self {
         let sock = h.dir.path().join("notify.sock");
+        let _ = std::fs::remove_file(&sock);
         let notify = UnixDatagram::bind(&sock).unwrap();
         let log = h.dir.path().join("daemon.log");
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mixpanel-rotator"))
             .arg("--config")
             .arg(config)
-            .args(["--log-level", "debug", "run", "--shutdown-timeout", "20s"])
+            .args(["--log-level", "debug", "run", "--shutdown-timeout", shutdown_timeout])
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .env("NOTIFY_SOCKET", &sock)
             .env("WATCHDOG_USEC", "400000")
@@ -736,4 +743,100 @@ async fn in_process_failures_back_off_exponentially_and_recover() {
         "{m}"
     );
     assert_eq!(d.stop().await, Exit::Ok);
+}
+
+/// Finding 6: SIGTERM while a mirror's lock was held by another process
+/// logged "did not finish within --shutdown-timeout" and yet the process
+/// ran on (the runtime waited for the blocked lock), needing SIGKILL. Now
+/// a stop is a bound: it exits at once, whatever a blocking task holds.
+#[tokio::test]
+async fn sigterm_with_a_mirrors_lock_held_by_another_process_exits_within_the_timeout() {
+    let (h, legacy, port, _) = for_a_process().await;
+    let pod = h.dir.path().join("pod");
+    let mirrored = format!(
+        "[sinks.pod]\ntype = \"file\"\ndir = \"{}\"\n{}mirrors = [{{ sink = \"pod\", path = \"etl.json\" }}]\n",
+        pod.display(),
+        policy(legacy, port, "1h", "")
+    );
+    let cfg = h.policy_file(&mirrored);
+    // Published once, with no mirror yet: the daemon's first sync writes it.
+    let cfg_plain = h.policy_file(&policy(legacy, port, "1h", ""));
+    assert_eq!(h.run_bin(&cfg_plain, &["reconcile"], &[]).await.status.code(), Some(0));
+    std::fs::create_dir_all(&pod).unwrap();
+    let lock = std::fs::File::create(pod.join("etl.json.lock")).unwrap();
+    lock.lock().unwrap();
+    let mut d = Daemon::start_with(&h, &cfg, "5s", &[]);
+    d.expect_note("READY=1").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = Instant::now();
+    d.signal("-TERM");
+    d.wait_exit(5).await;
+    assert!(asked.elapsed() < Duration::from_secs(5), "{:?}", asked.elapsed());
+    d.expect_note("STOPPING=1").await;
+    drop(lock);
+    h.record(d.log_text());
+    h.assert_no_secret_leaked(&[]);
+}
+
+/// Finding 10: a stuck pass (here: a failpoint that never returns) kept
+/// `/readyz` at 200 and `WATCHDOG=1` coming. Now the watchdog is fed only
+/// while the loop makes progress, and `/readyz` says it is stuck once no
+/// integration has finished for `daemon.stall_timeout`; SIGTERM still
+/// ends it within `--shutdown-timeout`.
+#[tokio::test]
+async fn a_stuck_pass_stops_the_watchdog_and_turns_readyz_503() {
+    let (h, legacy, port, base) = for_a_process().await;
+    let stall = "[mixpanel]\nverify_timeout = \"5s\"\n";
+    let text = h
+        .policy(&policy(legacy, port, "1h", ""))
+        .replace("[daemon]\n", "[daemon]\nstall_timeout = \"10s\"\n")
+        .replace("[mixpanel]\n", stall);
+    let cfg = h.dir.path().join("stuck.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let mut d = Daemon::start_with(
+        &h,
+        &cfg,
+        "2s",
+        &[("MIXPANEL_ROTATOR_TEST_FAILPOINT", "before_hooks:etl")],
+    );
+    d.expect_note("WATCHDOG=1").await;
+    eventually(10, "the rotation published, then stuck in its hooks", async || {
+        h.payload("etl.json").is_some()
+    })
+    .await;
+    let watchdogs = || {
+        d.notes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| n.contains("WATCHDOG=1"))
+            .count()
+    };
+    eventually(20, "/readyz 503, stuck", async || {
+        get(&format!("{base}/readyz"))
+            .await
+            .is_some_and(|(s, body)| s == 503 && body.contains("stuck: no integration finished"))
+    })
+    .await;
+    let before = watchdogs();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(watchdogs(), before, "no WATCHDOG=1 while stuck");
+    assert!(
+        d.log_text().contains("The systemd watchdog is no longer fed"),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(
+        get(&format!("{base}/healthz")).await.unwrap().0,
+        200,
+        "alive, not ready"
+    );
+    d.signal("-TERM");
+    assert_eq!(
+        d.wait_exit(6).await,
+        Some(1),
+        "the step in flight did not finish: exit 1"
+    );
+    h.record(d.log_text());
+    h.assert_no_secret_leaked(&[]);
 }

@@ -369,3 +369,151 @@ async fn a_stale_mirror_holds_the_deletion_of_the_credential_it_still_serves() {
     assert_eq!(r.deleted.len(), 1, "{:?}", r.deleted);
     h.assert_no_secret_leaked(&[&r]);
 }
+
+/// Finding 10: a held lock on a mirror's `.lock` file (anyone who can write
+/// the directory can take one) blocked the pass with no timeout: no
+/// integration was served. Now a lock wait is bounded: that mirror fails,
+/// saying who to look for, and every other integration is served.
+#[tokio::test]
+async fn a_lock_held_by_another_process_fails_that_mirror_and_the_pass_goes_on() {
+    let h = Harness::new(Seed::Demo).await;
+    let pod = h.dir.path().join("pod");
+    let policy = format!(
+        "[sinks.pod]\ntype = \"file\"\ndir = \"{}\"\n{}{}",
+        pod.display(),
+        on_local("etl", "mirrors = [{ sink = \"pod\", path = \"etl.json\" }]"),
+        on_local("ci", "")
+    );
+    let engine = h.engine(&policy);
+    std::fs::create_dir_all(&pod).unwrap();
+    let lock = std::fs::File::create(pod.join("etl.json.lock")).unwrap();
+    lock.lock().unwrap();
+    let started = std::time::Instant::now();
+    let reports = engine.pass(&Default::default()).await;
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(15), "{took:?}");
+    let (etl, ci) = (&reports[0], &reports[1]);
+    ok(ci);
+    assert!(h.payload("ci.json").is_some() && h.payload("etl.json").is_some());
+    let e = etl.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
+    assert!(
+        e.contains("another process has held it for more than 10s") && e.contains("fuser"),
+        "{e}"
+    );
+    drop(lock);
+    let synced = engine.sync_mirrors(None).await;
+    assert!(synced[0].views[0].state.up_to_date());
+}
+
+/// Finding 10: an `[audit] path` that is a FIFO with no reader hung
+/// `reconcile` (SIGTERM ignored); the audit path followed symlinks and kept
+/// a pre-created 0666 file as it was. Now it is opened without following
+/// links and without blocking, refused when not a regular file, and an
+/// existing file open to others is narrowed to 0600.
+#[tokio::test]
+async fn the_audit_path_is_a_regular_file_of_its_own_never_a_fifo_or_a_link() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let h = Harness::new(Seed::Demo).await;
+    let fifo = h.dir.path().join("audit.fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let link = h.dir.path().join("audit.link");
+    std::os::unix::fs::symlink(h.dir.path().join("elsewhere.log"), &link).unwrap();
+    for (path, says) in [
+        (&fifo, "not a regular file"),
+        (&link, "symbolic link"),
+        (&h.dir.path().to_path_buf(), "Is a directory"),
+    ] {
+        let engine = h.engine(&format!(
+            "[audit]\npath = \"{}\"\n{}",
+            path.display(),
+            on_local("etl", "")
+        ));
+        let started = std::time::Instant::now();
+        let r = h.pass(&engine).await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let e = r.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
+        assert!(
+            e.contains("cannot open the audit file") && e.contains(says),
+            "{path:?}: {e}"
+        );
+        assert!(
+            h.payload("etl.json").is_none(),
+            "nothing is done without the audit trail"
+        );
+    }
+    assert!(
+        !h.dir.path().join("elsewhere.log").exists(),
+        "the link was not followed"
+    );
+    let open = h.dir.path().join("audit.log");
+    std::fs::write(&open, b"").unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let engine = h.engine(&format!(
+        "[audit]\npath = \"{}\"\n{}",
+        open.display(),
+        on_local("etl", "")
+    ));
+    ok(&h.pass(&engine).await);
+    assert_eq!(std::fs::metadata(&open).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(
+        std::fs::read_to_string(&open)
+            .unwrap()
+            .contains("\"action\":\"create\"")
+    );
+}
+
+/// Finding 10: under 429 with a long `Retry-After`, each call waited 4 x
+/// 60 s while `/readyz` stayed green, and `verify_timeout` did not bound
+/// verification (`rotate-now` took 483 s). Now a `Retry-After` beyond the
+/// bound fails the call at once, and verification stops at
+/// `verify_timeout` in wall time.
+#[tokio::test]
+async fn a_long_retry_after_fails_at_once_and_verify_timeout_is_wall_time() {
+    use mixpanel_rotator::simulator::{Fault, FaultAction};
+    let h = Harness::new(Seed::Demo).await;
+    let engine = h.engine(&on_local("etl", ""));
+    h.sim.inject(Fault::once(
+        "GET",
+        "/organizations/1/service-accounts",
+        FaultAction::RateLimit { retry_after_secs: 3600 },
+    ));
+    let started = std::time::Instant::now();
+    let r = h.pass(&engine).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    let e = r.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
+    assert!(
+        e.contains("asking to wait 3600s (Retry-After), longer than the 5s"),
+        "{e}"
+    );
+    // Verification: every GET /me of the new account answers after 4 s;
+    // `verify_timeout = "2s"` ends it at 2 s, and the new account is deleted.
+    let policy = h
+        .policy(&on_local("etl", ""))
+        .replace("[mixpanel]\n", "[mixpanel]\nverify_timeout = \"2s\"\n");
+    let engine = mixpanel_rotator::rotation::Engine::with_retry(
+        std::sync::Arc::new(mixpanel_rotator::policy::Policy::parse(&policy).unwrap()),
+        std::sync::Arc::new(h.clock.clone()),
+        fast_retry(),
+        fast_retry(),
+    )
+    .unwrap();
+    h.sim.inject(
+        Fault::always("GET", "/me", FaultAction::Latency(std::time::Duration::from_secs(4))).from_callers("mpr-"),
+    );
+    let started = std::time::Instant::now();
+    let r = h.pass(&engine).await;
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(4), "{took:?}");
+    let e = r.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
+    assert!(
+        e.contains("no answer within `mixpanel.verify_timeout`") && e.contains("was deleted"),
+        "{e}"
+    );
+    assert!(h.accounts_with_prefix("mpr-etl-").is_empty());
+}
