@@ -587,7 +587,12 @@ async fn passes(cli: &Cli, clock: SharedClock, mode: Mode, output: Output) -> Re
             .map(|i| i.name.as_str())
             .filter(|n| opts.only.as_ref().is_none_or(|o| o.contains(*n)))
             .collect();
-        crate::server::tell_daemon(listen, &names).await;
+        let token = engine.policy().resync_token.as_ref().and_then(|t| {
+            t.resolve("server.resync_token")
+                .map_err(|e| tracing::warn!("Cannot tell the daemon beside this process to re-read: {e}"))
+                .ok()
+        });
+        crate::server::tell_daemon(listen, token.as_ref(), &names).await;
     }
     Ok(exit)
 }

@@ -35,6 +35,8 @@ pub struct Health {
     pub resync: Resync,
     /// Whether the daemon's loop is making progress.
     pub liveness: Liveness,
+    /// The bearer token `POST /-/resync` must carry (`[server] resync_token`).
+    pub resync_token: Mutex<Option<crate::secret::Secret>>,
 }
 
 /// Whether the daemon's loop is making progress: it beats at every
@@ -176,8 +178,32 @@ impl Resync {
     }
 }
 
+/// Whether a resync request carries the token, when one is set.
+fn authorized(health: &Health, headers: &axum::http::HeaderMap) -> bool {
+    let token = health.resync_token.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(token) = token.as_ref() else { return true };
+    let sent = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    // Compared in constant time (the Secret's equality).
+    crate::secret::Secret::new(sent) == *token
+}
+
 /// `POST /-/resync`: the body's lines are integration names.
-async fn resync(health: Arc<Health>, body: axum::body::Bytes) -> axum::response::Response {
+async fn resync(
+    health: Arc<Health>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    if !authorized(&health, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "this daemon needs `Authorization: Bearer <[server] resync_token>`\n",
+        )
+            .into_response();
+    }
     let Ok(text) = std::str::from_utf8(&body) else {
         return (
             StatusCode::BAD_REQUEST,
@@ -289,7 +315,7 @@ pub async fn serve(
             "/-/resync",
             axum::routing::post({
                 let health = health.clone();
-                move |body: axum::body::Bytes| resync(health.clone(), body)
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| resync(health.clone(), headers, body)
             })
             .layer(axum::extract::DefaultBodyLimit::max(MAX_RESYNC_BODY)),
         )
@@ -318,7 +344,7 @@ pub fn local_address(listen: SocketAddr) -> SocketAddr {
 /// this process just did rather than waiting for its resync. Best effort:
 /// no daemon there (or no answer within 2 s) is not an error, it is said at
 /// debug level and the daemon notices at its next resync.
-pub async fn tell_daemon(listen: SocketAddr, names: &[&str]) {
+pub async fn tell_daemon(listen: SocketAddr, token: Option<&crate::secret::Secret>, names: &[&str]) {
     if names.is_empty() {
         return;
     }
@@ -327,7 +353,17 @@ pub async fn tell_daemon(listen: SocketAddr, names: &[&str]) {
     let Some(client) = local_client(&url) else { return };
     let mut body = names.join("\n");
     body.push('\n');
-    match client.post(&url).body(body).send().await {
+    let mut req = client.post(&url).body(body);
+    if let Some(t) = token {
+        match reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.expose())) {
+            Ok(mut v) => {
+                v.set_sensitive(true);
+                req = req.header(header::AUTHORIZATION, v);
+            }
+            Err(_) => tracing::debug!("`server.resync_token` is not a valid header value; not sent."),
+        }
+    }
+    match req.send().await {
         Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => tracing::info!(
             daemon = %addr,
             integrations = names.len(),

@@ -266,7 +266,10 @@ impl Daemon {
             Err(exit) => return exit,
         };
         let _watchdog = self.watchdog(control.shutdown.clone());
-        self.bounds(engine.policy());
+        if let Err(e) = self.server_settings(engine.policy()) {
+            eprintln!("error: policy {}: {e}", self.config.display());
+            return Exit::Usage;
+        }
         let now = self.clock.now();
         let mut state = Running::new(engine, now);
         // This process's share of `spread` before its first pass too:
@@ -327,6 +330,18 @@ impl Daemon {
         }
     }
 
+    /// What the endpoints and the watchdog take from `policy`: the resync
+    /// token, and the liveness bounds.
+    fn server_settings(&self, policy: &Policy) -> Result<(), String> {
+        self.bounds(policy);
+        let token = match &policy.resync_token {
+            Some(t) => Some(t.resolve("server.resync_token").map_err(|e| e.to_string())?),
+            None => None,
+        };
+        *self.health.resync_token.lock().unwrap_or_else(|e| e.into_inner()) = token;
+        Ok(())
+    }
+
     /// The liveness bounds of `policy`: how long a pass may go without
     /// finishing an integration, and how far apart passes come.
     fn bounds(&self, policy: &Policy) {
@@ -366,9 +381,13 @@ impl Daemon {
 
     /// One pass over the integrations `due`; `Some` when the daemon must exit.
     async fn pass(&self, state: &mut Running, due: BTreeSet<String>, shutdown: &CancellationToken) -> Option<Exit> {
+        // Due before its failure backoff ends (a resync asked over HTTP):
+        // re-read, never a new rotation attempt.
+        let held = state.sched.backing_off(&due, self.clock.now());
         let opts = PassOptions {
             only: Some(due),
             stop: Some(shutdown.clone()),
+            hold_rotation: held.clone(),
             ..Default::default()
         };
         let liveness = &self.health.liveness;
@@ -396,7 +415,7 @@ impl Daemon {
             }
         }
         let after = self.clock.now();
-        state.sched.update(&reports, after, &self.timing(state.policy()));
+        state.sched.update(&reports, after, &self.timing(state.policy()), &held);
         self.health
             .ready
             .store(reports.iter().all(Report::reached_everything), Ordering::SeqCst);
@@ -511,7 +530,11 @@ impl Daemon {
                 }
                 let first = crate::clock::after(self.clock.now(), self.timing(engine.policy()).offset);
                 state.sched.reset(engine.policy(), first);
-                self.bounds(engine.policy());
+                if let Err(e) = self.server_settings(engine.policy()) {
+                    tracing::error!(
+                        "`server.resync_token` of the new policy cannot be read ({e}); the previous token stays."
+                    );
+                }
                 state.engine = engine;
                 self.metrics.reload(true);
                 tracing::info!(integrations = state.policy().integrations.len(), "Policy reloaded.");

@@ -77,6 +77,9 @@ pub fn next_due(report: &Report, now: DateTime<Utc>, failures: u32, timing: &Tim
 struct Slot {
     due: DateTime<Utc>,
     failures: u32,
+    /// After a failure: when its backoff ends. A pass before then (asked by
+    /// `POST /-/resync`) only re-reads: it starts no rotation.
+    retry_at: Option<DateTime<Utc>>,
 }
 
 /// Due times of every integration.
@@ -93,12 +96,24 @@ impl Scheduler {
         let names: BTreeSet<&str> = policy.integrations.iter().map(|i| i.name.as_str()).collect();
         self.slots.retain(|k, _| names.contains(k.as_str()));
         for n in names {
-            let slot = self
-                .slots
-                .entry(n.to_string())
-                .or_insert(Slot { due: now, failures: 0 });
+            let slot = self.slots.entry(n.to_string()).or_insert(Slot {
+                due: now,
+                failures: 0,
+                retry_at: None,
+            });
+            // A reload is the operator's: it may retry at once.
             slot.due = now;
+            slot.retry_at = None;
         }
+    }
+
+    /// Of `due`, the integrations still in failure backoff at `now`: a pass
+    /// now (a resync asked over HTTP) must not start their rotation.
+    pub fn backing_off(&self, due: &BTreeSet<String>, now: DateTime<Utc>) -> BTreeSet<String> {
+        due.iter()
+            .filter(|n| self.slots.get(*n).and_then(|s| s.retry_at).is_some_and(|r| r > now))
+            .cloned()
+            .collect()
     }
 
     /// The integrations due at `now`.
@@ -125,15 +140,23 @@ impl Scheduler {
         )
     }
 
-    /// Records a pass's reports.
-    pub fn update(&mut self, reports: &[Report], now: DateTime<Utc>, timing: &Timing) {
+    /// Records a pass's reports; those of `held` (in backoff, only
+    /// re-read) keep their failure count and are due when their backoff ends.
+    pub fn update(&mut self, reports: &[Report], now: DateTime<Utc>, timing: &Timing, held: &BTreeSet<String>) {
         for r in reports {
-            let slot = self
-                .slots
-                .entry(r.integration.clone())
-                .or_insert(Slot { due: now, failures: 0 });
+            let slot = self.slots.entry(r.integration.clone()).or_insert(Slot {
+                due: now,
+                failures: 0,
+                retry_at: None,
+            });
+            if let Some(retry) = slot.retry_at.filter(|_| held.contains(&r.integration)) {
+                let other = next_due(r, now, 0, timing, 0.5);
+                slot.due = retry.min(other).max(after(now, MIN_SLEEP));
+                continue;
+            }
             slot.failures = if r.failed() { slot.failures.saturating_add(1) } else { 0 };
             slot.due = next_due(r, now, slot.failures, timing, rand::random::<f64>());
+            slot.retry_at = (slot.failures > 0).then_some(slot.due);
         }
     }
 

@@ -63,6 +63,11 @@ fn default_namespace() -> String {
 pub struct ServerConfig {
     /// Where `run` serves `/metrics`, `/healthz`, `/readyz` (off when absent).
     pub listen: Option<std::net::SocketAddr>,
+    /// A bearer token `POST /-/resync` must carry (`{ file = ... }` or
+    /// `{ env = ... }`); without it, whoever reaches the port may ask a
+    /// re-read (harmless: at most one pass per 10 s, no rotation beyond the
+    /// schedule).
+    pub resync_token: Option<SecretRef>,
 }
 
 /// `[daemon]`

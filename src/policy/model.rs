@@ -109,6 +109,8 @@ pub struct Policy {
     pub namespace: String,
     /// `[server] listen`.
     pub listen: Option<std::net::SocketAddr>,
+    /// `[server] resync_token`.
+    pub resync_token: Option<SecretRef>,
     /// `[daemon] resync_interval` (default 10 minutes).
     pub resync_interval: Duration,
     /// `[daemon] spread` (default 30 seconds).
@@ -130,6 +132,9 @@ impl Policy {
     /// URL. For a preflight that reads each without printing it.
     pub fn secret_refs(&self) -> Vec<(String, SecretRef)> {
         let mut refs = vec![("mixpanel.secret".to_string(), self.mixpanel.secret.clone())];
+        if let Some(t) = &self.resync_token {
+            refs.push(("server.resync_token".to_string(), t.clone()));
+        }
         for (name, sink) in &self.sinks {
             if let SinkConfig::Vault(v) = sink {
                 let key = |field: &str| format!("sinks.{name}.auth.{field}");

@@ -54,6 +54,7 @@ pub(super) fn resolve(
     Ok(Policy {
         namespace: c.namespace,
         listen: c.server.listen,
+        resync_token: c.server.resync_token,
         audit_path: c.audit.path,
         resync_interval: c.daemon.resync_interval.map(|d| d.0).unwrap_or(Duration::minutes(10)),
         spread: c.daemon.spread.map(|d| d.0).unwrap_or(Duration::seconds(30)),

@@ -96,6 +96,9 @@ pub struct PassOptions {
     pub only: Option<BTreeSet<String>>,
     /// Observe and decide, but do nothing (`plan`, `status`).
     pub dry_run: bool,
+    /// Integrations in failure backoff, re-read in this pass (a resync
+    /// asked over HTTP): their due rotation does not start.
+    pub hold_rotation: BTreeSet<String>,
     /// Cancelled when the daemon is stopping: no deletion or rotation starts
     /// after that; a rotation past its create runs to its end (published, or
     /// its new account deleted).
@@ -720,6 +723,13 @@ impl Engine {
             }
         }
         let rp = plan.rotate.as_ref().filter(|_| !opts.stopping())?;
+        if opts.hold_rotation.contains(&i.name) {
+            report.warnings.push(format!(
+                "a rotation is due ({}), but `{}` is in failure backoff: this pass was asked by `POST /-/resync` and only re-reads it; the rotation is tried again when the backoff ends",
+                rp.reason, i.name
+            ));
+            return None;
+        }
         let outcome = Rotation::new(&self.ctx, i, obs, rp).run(cache, &report.deleted).await;
         report.warnings.extend(outcome.warnings);
         let event = match outcome.result {

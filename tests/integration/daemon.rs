@@ -840,3 +840,51 @@ async fn a_stuck_pass_stops_the_watchdog_and_turns_readyz_503() {
     h.record(d.log_text());
     h.assert_no_secret_leaked(&[]);
 }
+
+/// Finding 7: under a Mixpanel fault, an unauthenticated caller posting a
+/// resync every 0.5 s raised account creations from 3 to 16 in 150 s: each
+/// resync pass was a new rotation attempt, failed and rolled back. Now a
+/// resync pass before the backoff ends only re-reads the integration.
+#[tokio::test]
+async fn in_process_resync_requests_never_bypass_the_failure_backoff() {
+    let h = Harness::new(Seed::Demo).await;
+    let cfg = h.policy_file(&etl_policy(&h, ""));
+    // Every new credential is refused: each rotation attempt creates an
+    // account, fails its verification and deletes it.
+    h.sim
+        .inject(Fault::always("GET", "/me", FaultAction::Status(401)).from_callers("mpr-"));
+    let mut d = InProcess::start(&h, &cfg, Duration::from_secs(5));
+    let creates = || {
+        h.sim
+            .requests()
+            .iter()
+            .filter(|q| q.method == "POST" && q.path.ends_with("/service-accounts"))
+            .count()
+    };
+    let mut p = d.passes(1).await;
+    assert!(p.reports[0].failed());
+    assert_eq!(creates(), 1);
+    let start = h.clock_now();
+    // 150 s of resync requests, one every 0.5 s of the daemon's clock.
+    while h.clock_now() < start + Span::seconds(150) {
+        assert!(d.health.resync.ask(["etl".to_string()]));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        h.clock.advance(Span::milliseconds(500));
+        tokio::task::yield_now().await;
+        p = d.progress.borrow().clone();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The backoff alone: 30 s, 60 s, 120 s (each ±20%) => at most 3 more.
+    assert!(creates() <= 4, "{} creates in 150 s", creates());
+    assert!(
+        p.passes > 4,
+        "the resync passes ran ({} passes), they only re-read",
+        p.passes
+    );
+    let held = d.progress.borrow().reports[0].clone();
+    assert!(
+        held.rotated.is_none() && held.warnings.iter().any(|w| w.contains("in failure backoff")) || held.failed(),
+        "{held:?}"
+    );
+    d.stop().await;
+}

@@ -517,3 +517,37 @@ async fn a_long_retry_after_fails_at_once_and_verify_timeout_is_wall_time() {
     );
     assert!(h.accounts_with_prefix("mpr-etl-").is_empty());
 }
+
+/// `[server] resync_token`: for deployments that expose the port, a resync
+/// request must carry it; `rotate-now` beside the daemon sends it.
+#[tokio::test]
+async fn with_a_resync_token_only_requests_that_carry_it_are_taken() {
+    use mixpanel_rotator::secret::Secret;
+    use mixpanel_rotator::server::{Health, serve, tell_daemon};
+    let health = std::sync::Arc::new(Health::default());
+    *health.resync_token.lock().unwrap() = Some(Secret::new("s3cret-resync-token"));
+    let metrics = mixpanel_rotator::metrics::Metrics::shared();
+    let (addr, _task) = serve("127.0.0.1:0".parse().unwrap(), metrics, health.clone())
+        .await
+        .unwrap();
+    let url = format!("http://{addr}/-/resync");
+    let client = reqwest::Client::new();
+    let r = client.post(&url).body("etl\n").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(r.text().await.unwrap().contains("resync_token"));
+    let r = client
+        .post(&url)
+        .header("Authorization", "Bearer wrong")
+        .body("etl\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(health.resync.take().is_empty());
+    tell_daemon(addr, Some(&Secret::new("s3cret-resync-token")), &["etl"]).await;
+    assert_eq!(health.resync.take(), ["etl".to_string()].into());
+    // No token set: anyone on the port may ask (what it can cause is bounded).
+    *health.resync_token.lock().unwrap() = None;
+    tell_daemon(addr, None, &["ci"]).await;
+    assert_eq!(health.resync.take(), ["ci".to_string()].into());
+}

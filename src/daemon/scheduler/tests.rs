@@ -109,7 +109,12 @@ fn a_failing_integration_does_not_delay_the_others() {
     assert_eq!(s.due(now).len(), 2);
     let bad = failed(report("etl", Plan::default()));
     let good = report("ci", plan_next(now + Duration::seconds(10)));
-    s.update(&[bad.clone(), good], now, &Timing::resync(Duration::minutes(10)));
+    s.update(
+        &[bad.clone(), good],
+        now,
+        &Timing::resync(Duration::minutes(10)),
+        &Default::default(),
+    );
     assert_eq!(s.due_of("ci"), Some(now + Duration::seconds(10)));
     let etl = s.due_of("etl").unwrap();
     assert!(
@@ -124,7 +129,12 @@ fn a_failing_integration_does_not_delay_the_others() {
     assert_eq!(s.wake_at(now, Duration::minutes(10)), now + Duration::seconds(10));
     // Consecutive failures double the delay, up to the cap.
     for _ in 0..12 {
-        s.update(std::slice::from_ref(&bad), now, &Timing::resync(Duration::minutes(10)));
+        s.update(
+            std::slice::from_ref(&bad),
+            now,
+            &Timing::resync(Duration::minutes(10)),
+            &Default::default(),
+        );
     }
     let etl = s.due_of("etl").unwrap();
     assert!(etl <= now + BACKOFF_CAP && etl >= now + Duration::minutes(48), "{etl}");
@@ -133,6 +143,7 @@ fn a_failing_integration_does_not_delay_the_others() {
         &[report("etl", Plan::default())],
         now,
         &Timing::resync(Duration::minutes(10)),
+        &Default::default(),
     );
     assert_eq!(s.due_of("etl"), Some(now + Duration::minutes(10)));
 }
@@ -153,6 +164,7 @@ fn wake_at_is_bounded_by_min_sleep_and_resync() {
         &[report("etl", plan_next(now + Duration::days(3)))],
         now,
         &Timing::resync(Duration::minutes(10)),
+        &Default::default(),
     );
     assert_eq!(s.wake_at(now, Duration::minutes(10)), now + Duration::minutes(10));
 }
