@@ -192,3 +192,111 @@ proptest! {
         prop_assert!(shown.chars().count() <= 201);
     }
 }
+
+/// Directory aliases of `dir` (relative to `base`, where `link` is a
+/// symbolic link to `dir`): `/.`, `//`, a trailing slash, the link, `..`.
+fn dir_alias(base: &std::path::Path, how: u8) -> String {
+    let dir = base.join("creds").display().to_string();
+    match how % 6 {
+        0 => dir,
+        1 => format!("{dir}/."),
+        2 => format!("{}//creds", base.display()),
+        3 => format!("{dir}/"),
+        4 => base.join("link").display().to_string(),
+        _ => format!("{}/nosuch/../creds", base.display()),
+    }
+}
+
+/// A path of `segments` below the sink, spelled with `//` or `./` between
+/// segments as `noise` says.
+fn path_alias(segments: &[String], noise: &[u8]) -> String {
+    let mut out = String::new();
+    for (n, s) in segments.iter().enumerate() {
+        if n > 0 {
+            out.push_str(match noise.get(n).copied().unwrap_or(0) % 3 {
+                0 => "/",
+                1 => "//",
+                _ => "/./",
+            });
+        }
+        out.push_str(s);
+    }
+    out
+}
+
+/// A policy of two integrations, `a` at `(sink_a, path_a)` and `b` at
+/// `(sink_b, path_b)`; the loader's error, if any.
+fn two_places(sinks: &str, a: (&str, &str), b: (&str, &str)) -> Option<String> {
+    let text = format!(
+        "version = 1\n[mixpanel]\nregion = \"us\"\norganization_id = 1\nusername = \"u\"\nsecret = {{ env = \"X\" }}\n\
+         {sinks}\n\
+         [[integrations]]\nname = \"a\"\nsink = \"{}\"\npath = \"{}\"\nadopt = 5\n\
+         [[integrations]]\nname = \"b\"\nsink = \"{}\"\npath = \"{}\"\nadopt = 6\n",
+        a.0, a.1, b.0, b.1
+    );
+    Policy::parse(&text).err().map(|e| e.to_string())
+}
+
+proptest! {
+    #[test]
+    fn two_spellings_of_one_file_are_refused_at_load(
+        segments in prop::collection::vec("[a-z]{1,6}", 1..4),
+        noise_a in prop::collection::vec(any::<u8>(), 4),
+        noise_b in prop::collection::vec(any::<u8>(), 4),
+        dir_a in any::<u8>(),
+        dir_b in any::<u8>(),
+    ) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("creds")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("creds"), d.path().join("link")).unwrap();
+        let sinks = format!(
+            "[sinks.one]\ntype = \"file\"\ndir = \"{}\"\n[sinks.two]\ntype = \"file\"\ndir = \"{}\"\n",
+            dir_alias(d.path(), dir_a),
+            dir_alias(d.path(), dir_b)
+        );
+        let mut file = segments.clone();
+        if let Some(last) = file.last_mut() {
+            last.push_str(".json");
+        }
+        let err = two_places(&sinks, ("one", &path_alias(&file, &noise_a)), ("two", &path_alias(&file, &noise_b)));
+        prop_assert!(err.as_deref().is_some_and(|e| e.contains("is the same place as")), "{err:?}");
+        // Another file is another place.
+        let other = path_alias(&[format!("{}x.json", segments[0])], &noise_b);
+        prop_assert_eq!(two_places(&sinks, ("one", &path_alias(&file, &noise_a)), ("two", &other)), None);
+    }
+
+    #[test]
+    fn two_spellings_of_one_vault_path_or_aws_secret_are_refused_at_load(
+        segments in prop::collection::vec("[a-z]{1,6}", 1..4),
+        upper in any::<bool>(),
+        slash in any::<bool>(),
+        port in any::<bool>(),
+        split_namespace in any::<bool>(),
+        named_default in any::<bool>(),
+        explicit_endpoint in any::<bool>(),
+    ) {
+        let path = segments.join("/");
+        let host = if upper { "HTTPS://Vault.Internal" } else { "https://vault.internal" };
+        let address = format!("{host}{}{}", if port { ":443" } else { "" }, if slash { "/" } else { "" });
+        let (namespace, mount) = if split_namespace {
+            ("namespace = \"team\"\n", if slash { "/kv/" } else { "kv" })
+        } else {
+            ("", "team/kv")
+        };
+        let sinks = format!(
+            "[sinks.one]\ntype = \"vault\"\naddress = \"https://vault.internal\"\nmount = \"team/kv\"\nauth = {{ method = \"token\", token = {{ env = \"T\" }} }}\n\
+             [sinks.two]\ntype = \"vault\"\naddress = \"{address}\"\nmount = \"{mount}\"\n{namespace}auth = {{ method = \"token\", token = {{ env = \"T\" }} }}\n"
+        );
+        let err = two_places(&sinks, ("one", &path), ("two", &path));
+        prop_assert!(err.as_deref().is_some_and(|e| e.contains("is the same place as")), "{sinks}: {err:?}");
+        let aws = format!(
+            "[sinks.one]\ntype = \"aws-secrets-manager\"\nregion = \"us-east-1\"\n\
+             [sinks.two]\ntype = \"aws-secrets-manager\"\nregion = \"{}\"\n{}{}",
+            if upper { "US-EAST-1" } else { "us-east-1" },
+            if named_default { "profile = \"default\"\n" } else { "" },
+            if explicit_endpoint { "endpoint_url = \"https://secretsmanager.us-east-1.amazonaws.com/\"\n" } else { "" },
+        );
+        let err = two_places(&aws, ("one", &path), ("two", &path));
+        prop_assert!(err.as_deref().is_some_and(|e| e.contains("is the same place as")), "{aws}: {err:?}");
+    }
+}

@@ -164,6 +164,17 @@ impl FileSink {
 
     fn target(&self, path: &str) -> Result<PathBuf, SinkError> {
         FileSinkConfig::check_path(path).map_err(|m| SinkError::invalid(format!("path {m}")))?;
+        // The directories of `path` below `dir` are never links either (a
+        // link there would take the write out of `dir`); `dir` itself may be
+        // one (`/var/run` is). A file name alone costs nothing here.
+        let mut at = self.config.dir.clone();
+        let mut parts = path.split('/').filter(|p| !p.is_empty() && *p != ".").peekable();
+        while let Some(part) = parts.next() {
+            at.push(part);
+            if parts.peek().is_some() {
+                refuse_symlink(&at)?;
+            }
+        }
         Ok(self.config.dir.join(path))
     }
 
@@ -806,6 +817,17 @@ mod tests {
                 .is_symlink()
         );
         assert!(sink.read_current("ci.json").await.is_err());
+        // Finding 11 of issue 21: a directory of `path` that is a link takes
+        // the write out of `dir`: refused too, for reads and writes.
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("sub")).unwrap();
+        let e = sink.publish("sub/etl.json", &payload("r1"), None).await.unwrap_err();
+        assert!(e.to_string().contains("is a symbolic link"), "{e}");
+        assert!(!outside.path().join("etl.json").exists());
+        assert!(sink.read_current("sub/etl.json").await.is_err());
+        assert!(sink.overwrite("sub/etl.json", &payload("r1")).await.is_err());
+        // `dir` itself may be a link (as `/var/run` is).
+        let linked = sink_in(&dir.path().join("sub"), None);
+        linked.publish("etl.json", &payload("r1"), None).await.unwrap();
     }
 
     #[test]

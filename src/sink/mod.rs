@@ -15,6 +15,7 @@
 pub mod aws;
 mod contract;
 pub mod file;
+pub mod place;
 pub mod vault;
 
 use std::sync::Arc;
@@ -47,24 +48,17 @@ impl SinkConfig {
         }
     }
 
-    /// Where `path` lands, whatever the sink is called: two integrations must
-    /// never share one (a second sink over the same directory, the same Vault
-    /// mount, the same AWS account and region, is the same place).
+    /// Where `path` lands, whatever the sink is called, in one canonical
+    /// spelling ([`place`]): two integrations must never share one (a second
+    /// sink over the same directory, the same Vault mount, the same AWS
+    /// account and region, is the same place, however it is written).
     pub fn location(&self, path: &str) -> String {
         match self {
-            SinkConfig::File(c) => format!("file {}", c.dir.join(path).display()),
-            SinkConfig::Vault(c) => format!(
-                "vault {} {} {} {path}",
-                c.address.trim_end_matches('/'),
-                c.namespace.as_deref().unwrap_or(""),
-                c.mount.trim_matches('/')
-            ),
-            SinkConfig::AwsSecretsManager(c) => format!(
-                "aws {} {} {} {path}",
-                c.region,
-                c.endpoint_url.as_deref().unwrap_or(""),
-                c.profile.as_deref().unwrap_or("")
-            ),
+            SinkConfig::File(c) => format!("file {}", place::file(&c.dir, path).display()),
+            SinkConfig::Vault(c) => place::vault(&c.address, c.namespace.as_deref(), &c.mount, path),
+            SinkConfig::AwsSecretsManager(c) => {
+                place::aws(&c.region, c.endpoint_url.as_deref(), c.profile.as_deref(), path)
+            }
         }
     }
 

@@ -551,3 +551,40 @@ async fn with_a_resync_token_only_requests_that_carry_it_are_taken() {
     tell_daemon(addr, None, &["ci"]).await;
     assert_eq!(health.resync.take(), ["ci".to_string()].into());
 }
+
+/// Finding 1: two spellings of one place passed the load-time check, and a
+/// mirror sync overwrote another integration's primary (no copy of its
+/// secret left anywhere). Within one policy the spellings are now refused at
+/// load (property-tested in `src/tests.rs`); across policies, or through a
+/// link made later, a write never lands over another integration's payload.
+#[tokio::test]
+async fn a_mirror_never_writes_over_another_integrations_payload() {
+    let h = Harness::new(Seed::Demo).await;
+    let alias = format!("[sinks.alias]\ntype = \"file\"\ndir = \"{}/.\"\n", h.creds_dir().display());
+    // One policy: refused at load, naming both keys.
+    let text = h.policy(&format!(
+        "{alias}{}{}",
+        on_local("etl", ""),
+        on_local("ci", "mirrors = [{ sink = \"alias\", path = \"etl.json\" }]")
+    ));
+    let e = mixpanel_rotator::policy::Policy::parse(&text).unwrap_err().to_string();
+    assert!(
+        e.contains("`integrations[1].mirrors[0].path`") && e.contains("is the same place as `integrations[0].path`"),
+        "{e}"
+    );
+    // Two policies: `etl` in one, `ci` mirrored onto etl's file in the other.
+    ok(&h.pass(&h.engine(&on_local("etl", ""))).await);
+    let etl = std::fs::read(h.creds_dir().join("etl.json")).unwrap();
+    let ci = h.engine(&format!(
+        "{alias}{}",
+        on_local("ci", "mirrors = [{ sink = \"alias\", path = \"etl.json\" }]")
+    ));
+    let r = h.pass(&ci).await;
+    let e = r.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
+    assert!(
+        e.contains("it holds the payload of integration `etl` in organization 1, not `ci`'s"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(h.creds_dir().join("etl.json")).unwrap(), etl, "etl's payload untouched");
+    h.consumer("etl.json").me().await.unwrap();
+}
