@@ -306,7 +306,7 @@ impl Daemon {
             tokio::select! {
                 () = self.clock.sleep_until(wake) => {}
                 () = control.shutdown.cancelled() => break,
-                Some(()) = control.reload.recv() => self.reload(&mut state),
+                Some(()) = control.reload.recv() => self.reload(&mut state).await,
                 () = self.health.resync.notify.notified() => self.resync_asked(&mut state),
             }
         }
@@ -521,10 +521,17 @@ impl Daemon {
     }
 
     /// Reloads the policy; a broken one is rejected and the old one stays.
-    fn reload(&self, state: &mut Running) {
+    async fn reload(&self, state: &mut Running) {
         self.notifier.notify("RELOADING=1");
         let error = match self.load() {
-            Ok(engine) => {
+            Ok(mut engine) => {
+                let moved = engine.carry_over(&state.engine).await;
+                if !moved.is_empty() {
+                    tracing::warn!(
+                        integrations = %moved.join(", "),
+                        "Integrations moved to another sink or path: what their old place publishes is replaced by their first rotation at the new place, then deleted after `grace`; the old place itself is left as it is."
+                    );
+                }
                 if engine.policy().listen != state.policy().listen {
                     tracing::warn!("`server.listen` changed; it takes effect at the next restart.");
                 }

@@ -17,7 +17,7 @@ use super::observe::{Observation, Published};
 use crate::clock::{after, before, span_between};
 use crate::mixpanel::types::{ProjectGrant, Role, ServiceAccount};
 use crate::policy::{Integration, Policy, ProjectsSpec};
-use crate::sink::RetiringAccount;
+use crate::sink::{Payload, RetiringAccount};
 use crate::text::{format_duration, rfc3339};
 
 /// Who the rotator is: what every decision needs besides the integration.
@@ -696,21 +696,32 @@ impl Owners<'_> {
         self.obs.all.get(id)
     }
 
+    /// The payload that speaks for the integration: the published one, or,
+    /// while nothing is published at a place the integration just moved to,
+    /// the one its old place holds (carried over by a reload).
+    fn record(&self) -> Option<&Payload> {
+        self.obs
+            .published
+            .as_ref()
+            .map(|p| &p.payload)
+            .or(self.obs.inherited.as_ref())
+    }
+
     fn current_id(&self) -> Option<u64> {
-        self.obs.published.as_ref().map(|p| p.payload.service_account_id)
+        self.record().map(|p| p.service_account_id)
     }
 
     /// The accounts the payload vouches for: its recorded predecessor, then
     /// its `retiring` entries.
     fn vouched(&self) -> Vec<Vouched> {
-        let Some(p) = &self.obs.published else { return vec![] };
-        let predecessor = p.payload.previous_service_account_id.map(|id| Vouched {
+        let Some(p) = self.record() else { return vec![] };
+        let predecessor = p.previous_service_account_id.map(|id| Vouched {
             id,
-            not_before: after(p.payload.rotated_at, self.i.grace),
+            not_before: after(p.rotated_at, self.i.grace),
             rule: Rule::Grace,
             field: "previous_service_account_id",
         });
-        let retiring = p.payload.retiring.iter().map(|r| Vouched {
+        let retiring = p.retiring.iter().map(|r| Vouched {
             id: r.id,
             not_before: r.not_before,
             rule: Rule::NotBefore,

@@ -124,6 +124,9 @@ impl PassOptions {
 #[derive(Debug)]
 pub struct Engine {
     pub(super) ctx: Context,
+    /// Integrations a reload moved (sink, sink kind or path), with what
+    /// their old place held: see [`Observation::inherited`].
+    inherited: std::collections::BTreeMap<String, Payload>,
 }
 
 /// How long to keep retrying the verification of a new credential by default.
@@ -154,7 +157,54 @@ impl Engine {
     ) -> Result<Self, SetupError> {
         Ok(Self {
             ctx: Context::new(policy, clock, api, verify)?,
+            inherited: Default::default(),
         })
+    }
+
+    /// Where this policy puts each integration's primary, in canonical form.
+    pub fn primary_places(&self) -> std::collections::BTreeMap<String, String> {
+        let p = &self.ctx.policy;
+        p.integrations
+            .iter()
+            .filter_map(|i| Some((i.name.clone(), p.sinks.get(&i.sink)?.location(&i.path))))
+            .collect()
+    }
+
+    /// What each integration of `old` (the engine of the policy before a
+    /// reload) that this policy moves to another place published at its old
+    /// place; carried into this engine, so that nothing the old place still
+    /// serves becomes an unexplained account (it is replaced by the first
+    /// rotation at the new place, then deleted after `grace`). Returns the
+    /// integrations carried over.
+    pub async fn carry_over(&mut self, old: &Engine) -> Vec<String> {
+        let (before, now) = (old.primary_places(), self.primary_places());
+        let organization = self.ctx.scope.organization_id;
+        let mut carried = vec![];
+        for i in &old.ctx.policy.integrations {
+            let moved = match (before.get(&i.name), now.get(&i.name)) {
+                (Some(a), Some(b)) => a != b,
+                _ => false,
+            };
+            // Still nothing published at its new place: keep what the old
+            // engine had carried.
+            let payload = if moved {
+                match old.read_primary(i).await {
+                    Ok(Some((p, _))) => Some(p),
+                    Ok(None) => None,
+                    Err(e) => {
+                        reported!(warn, integration = %i.name, "The integration moved, and its old place cannot be read ({e}): the accounts it published there follow the idle rule");
+                        None
+                    }
+                }
+            } else {
+                old.inherited.get(&i.name).cloned()
+            };
+            if let Some(p) = payload.filter(|p| p.integration == i.name && p.organization_id == organization) {
+                carried.push(i.name.clone());
+                self.inherited.insert(i.name.clone(), p);
+            }
+        }
+        carried
     }
 
     /// Records API requests, rotations and deletions in `metrics`.
@@ -275,6 +325,9 @@ impl Engine {
     ) -> Observation {
         let mut obs = Observation::new(i, &self.ctx.scope.namespace, accounts, published);
         obs.mixpanel_clock = self.mixpanel_clock();
+        if let Some(old) = self.inherited.get(&i.name) {
+            obs.inherit(old.clone());
+        }
         obs.adopt_shared_with = obs.adopt_target.as_ref().and_then(|mine| {
             adopters
                 .get(&mine.id)?
@@ -715,7 +768,12 @@ impl Engine {
         opts: &PassOptions,
         report: &mut Report,
     ) -> Option<Payload> {
-        let protected = obs.published.as_ref().map(|p| p.payload.service_account_id);
+        let protected = obs
+            .published
+            .as_ref()
+            .map(|p| &p.payload)
+            .or(obs.inherited.as_ref())
+            .map(|p| p.service_account_id);
         for d in &plan.delete_now {
             match self.ctx.delete(i, d, protected, None).await {
                 Ok(()) => report.deleted.push(d.clone()),

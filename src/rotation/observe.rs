@@ -115,6 +115,12 @@ pub struct Observation {
     pub all: Arc<Accounts>,
     /// Mixpanel's clock against ours, as the pass measured it.
     pub mixpanel_clock: MixpanelClock,
+    /// Nothing is published yet, and the integration just moved here (a
+    /// reload changed its sink or path): what its old place holds. Its
+    /// published account is the one the first rotation here replaces, and
+    /// what it vouches for is carried into the new payload: nothing the old
+    /// place still serves becomes an unexplained account.
+    pub inherited: Option<Payload>,
 }
 
 /// The organization's accounts as one pass read them, indexed once: by id,
@@ -183,6 +189,15 @@ impl Accounts {
 }
 
 impl Observation {
+    /// Nothing is published here yet: `old` is what the integration's old
+    /// place holds (see [`Observation::inherited`]).
+    pub fn inherit(&mut self, old: Payload) {
+        if self.published.is_none() {
+            self.current = self.all.get(old.service_account_id).cloned();
+            self.inherited = Some(old);
+        }
+    }
+
     /// Builds the observation from the pass's account index and the sink read.
     pub fn new(
         integration: &Integration,
@@ -211,6 +226,7 @@ impl Observation {
             lineage,
             all: accounts.clone(),
             mixpanel_clock: MixpanelClock::agreeing(),
+            inherited: None,
         }
     }
 }

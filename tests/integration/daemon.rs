@@ -888,3 +888,63 @@ async fn in_process_resync_requests_never_bypass_the_failure_backoff() {
     );
     d.stop().await;
 }
+
+/// Finding 9: a reload that moved an integration (another path or sink)
+/// left its old published account unexplained, deleted at `orphan_after`
+/// while the old place still served it to consumers that read it only at
+/// start. Now the reload carries the old place's payload over: the first
+/// rotation at the new place replaces that account, which is deleted only
+/// `grace` later.
+#[tokio::test]
+async fn in_process_a_reload_that_moves_an_integration_keeps_its_old_credential_for_grace() {
+    let h = Harness::new(Seed::Demo).await;
+    let cfg = h.dir.path().join("daemon.toml");
+    let at = |path: &str, sink: &str| {
+        format!(
+            "[sinks.vaultless]\ntype = \"file\"\ndir = \"{}\"\n[daemon]\nresync_interval = \"1m\"\n[[integrations]]\nname = \"etl\"\nsink = \"{sink}\"\npath = \"{path}\"\ngrace = \"2h\"\norphan_after = \"1m\"\nprojects = [{{ id = 101, role = \"analyst\" }}]\n",
+            h.dir.path().join("other").display()
+        )
+    };
+    std::fs::write(&cfg, h.policy(&at("etl.json", "local"))).unwrap();
+    let mut d = InProcess::start(&h, &cfg, Duration::from_secs(5));
+    d.passes(1).await;
+    let old = h.payload("etl.json").unwrap();
+    let old_id = old["service_account_id"].as_u64().unwrap();
+    // A consumer read it at its start, and uses it rarely.
+    h.client_for(&old).me().await.unwrap();
+    for (n, (path, sink)) in [("moved/etl.json", "local"), ("etl.json", "vaultless")].into_iter().enumerate() {
+        std::fs::write(&cfg, h.policy(&at(path, sink))).unwrap();
+        let passes = d.progress.borrow().passes;
+        d.reload.send(()).await.unwrap();
+        // A reload makes every integration due at once: the first pass at the new place.
+        let p = d.passes(passes + 1).await;
+        assert_eq!((p.reloads, p.reload_error), (n as u64 + 1, None));
+        // Half an hour of passes (far past `orphan_after`): the old account stays.
+        let start = h.clock_now();
+        while h.clock_now() < start + Span::minutes(30) {
+            d.tick(&h).await;
+            assert!(h.sim.account(old_id).is_some(), "deleted at {}", h.clock_now() - start);
+        }
+    }
+    let new = serde_json::from_slice::<serde_json::Value>(
+        &std::fs::read(h.dir.path().join("other/etl.json")).unwrap(),
+    )
+    .unwrap();
+    let first_move =
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(h.creds_dir().join("moved/etl.json")).unwrap())
+            .unwrap();
+    assert_eq!(first_move["previous_service_account_id"].as_u64(), Some(old_id));
+    assert_eq!(
+        new["previous_service_account_id"], first_move["service_account_id"],
+        "each move's first rotation replaces what the old place published"
+    );
+    h.client_for(&old).me().await.unwrap();
+    // `grace` after its replacement (the first move's publish), it goes.
+    let replaced = chrono::DateTime::parse_from_rfc3339(first_move["rotated_at"].as_str().unwrap()).unwrap();
+    while h.sim.account(old_id).is_some() {
+        d.tick(&h).await;
+        assert!(h.clock_now() <= replaced + Span::hours(2) + Span::minutes(2), "never deleted");
+    }
+    assert!(h.clock_now() >= replaced + Span::hours(2), "deleted before grace");
+    assert_eq!(d.stop().await, Exit::Ok);
+}
