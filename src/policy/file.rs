@@ -31,6 +31,12 @@ pub struct PolicyConfig {
     /// organization need different namespaces.
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// Namespaces this rotator used before `namespace` (after changing it):
+    /// their lineage accounts are still this rotator's, so the ones the
+    /// sinks publish or vouch for are rotated and retired as before, not
+    /// left behind. New accounts always use `namespace`.
+    #[serde(default)]
+    pub previous_namespaces: Vec<String>,
     /// How to reach Mixpanel.
     pub mixpanel: MixpanelConfig,
     /// Settings every integration inherits.

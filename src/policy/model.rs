@@ -107,6 +107,8 @@ impl Integration {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub namespace: String,
+    /// `previous_namespaces`: lineages that are still this rotator's.
+    pub previous_namespaces: Vec<String>,
     /// `[server] listen`.
     pub listen: Option<std::net::SocketAddr>,
     /// `[server] resync_token`.
@@ -127,6 +129,14 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Every namespace whose lineage accounts are this rotator's: the
+    /// current one first.
+    pub fn lineage_namespaces(&self) -> Vec<String> {
+        std::iter::once(self.namespace.clone())
+            .chain(self.previous_namespaces.iter().cloned())
+            .collect()
+    }
+
     /// Every secret the policy refers to, with its key: the rotator's own
     /// secret, each Vault sink's login material, each integration's webhook
     /// URL. For a preflight that reads each without printing it.

@@ -24,7 +24,17 @@ pub(super) fn resolve(
     more: impl Iterator<Item = IntegrationConfig>,
 ) -> Result<Policy, PolicyError> {
     let mut errs = Vec::new();
-    check_namespace(&c.namespace, &mut errs);
+    check_namespace("namespace", &c.namespace, &mut errs);
+    for (n, ns) in c.previous_namespaces.iter().enumerate() {
+        let key = format!("previous_namespaces[{n}]");
+        check_namespace(&key, ns, &mut errs);
+        if *ns == c.namespace || c.previous_namespaces.iter().take(n).any(|x| x == ns) {
+            errs.push(PolicyError::invalid(
+                key,
+                format!("`{ns}` is listed twice (or is `namespace` itself)"),
+            ));
+        }
+    }
     let mixpanel = mixpanel_settings(&c.mixpanel, &mut errs);
     for (name, sink) in &c.sinks {
         if let Err(e) = sink.check() {
@@ -53,6 +63,7 @@ pub(super) fn resolve(
     }
     Ok(Policy {
         namespace: c.namespace,
+        previous_namespaces: c.previous_namespaces,
         listen: c.server.listen,
         resync_token: c.server.resync_token,
         audit_path: c.audit.path,
@@ -146,10 +157,10 @@ fn is_valid_name(s: &str, max: usize) -> bool {
         && !s.contains("--")
 }
 
-fn check_namespace(namespace: &str, errs: &mut Vec<PolicyError>) {
+fn check_namespace(key: &str, namespace: &str, errs: &mut Vec<PolicyError>) {
     if !is_valid_name(namespace, 16) || namespace.contains('-') {
         errs.push(PolicyError::invalid(
-            "namespace",
+            key,
             format!(
                 "is `{namespace}`: use 1 to 16 lowercase letters and digits (no `-`, so two namespaces can never produce the same username)"
             ),

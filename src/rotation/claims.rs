@@ -110,13 +110,15 @@ impl Claims {
 /// The claim of another integration of the policy whose lineage `a`'s
 /// username is.
 pub fn lineage_claim(policy: &Policy, a: &ServiceAccount, except: &str) -> Option<Claim> {
-    let name = integration_of(&policy.namespace, &a.username)?;
-    if name == except || policy.integration(name).is_none() {
-        return None;
-    }
-    Lineage::new(&policy.namespace, name).parse(&a.username)?;
-    Some(Claim {
-        integration: name.to_string(),
-        kind: ClaimKind::Lineage,
+    policy.lineage_namespaces().iter().find_map(|ns| {
+        let name = integration_of(ns, &a.username)?;
+        if name == except || policy.integration(name).is_none() {
+            return None;
+        }
+        Lineage::new(ns, name).parse(&a.username)?;
+        Some(Claim {
+            integration: name.to_string(),
+            kind: ClaimKind::Lineage,
+        })
     })
 }

@@ -208,7 +208,7 @@ pub enum Blocked {
     SharedPath(Box<SharedPath>),
     /// The published account is neither of this integration's lineage nor `adopt`.
     #[error(
-        "sink `{sink}` path `{path}` publishes account {id} ({username}), which is neither of this integration's lineage nor the account `{adopt_key}` names: the rotator never copies from, replaces or deletes an account it does not own. Restore the payload, or set `{adopt_key}` to that account if it is this integration's. Nothing is rotated or deleted"
+        "sink `{sink}` path `{path}` publishes account {id} ({username}), which is neither of this integration's lineage nor the account `{adopt_key}` names: the rotator never copies from, replaces or deletes an account it does not own. Restore the payload, or set `{adopt_key}` to that account if it is this integration's{hint}. Nothing is rotated or deleted"
     )]
     ForeignCurrent {
         sink: String,
@@ -216,6 +216,8 @@ pub enum Blocked {
         id: u64,
         username: String,
         adopt_key: String,
+        /// What else may explain it (a changed `namespace`), or nothing.
+        hint: Hint,
     },
     /// Two integrations adopt the same account.
     #[error(
@@ -256,6 +258,16 @@ pub enum Blocked {
         "nothing is published yet and `{projects_key}` is \"copy\", so there is nothing to copy from: set `{adopt_key}` to the account in use today, or list the memberships in `{projects_key}`"
     )]
     NothingToCopy { adopt_key: String, projects_key: String },
+}
+
+/// An optional addition to a message, boxed (errors stay small).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct Hint(pub Option<Box<String>>);
+
+impl fmt::Display for Hint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_deref().map_or("", String::as_str))
+    }
 }
 
 /// A sink path that holds a payload of another integration or organization.
@@ -596,12 +608,25 @@ fn refuse(i: &Integration, scope: &Scope, obs: &Observation) -> Option<Blocked> 
     if let Some(c) = &obs.current
         && owners.owns(c).is_err()
     {
+        // `{namespace}-{integration}-...` under another namespace: most
+        // likely `namespace` was changed.
+        let base = crate::mixpanel::types::strip_mixpanel_suffix(&c.username);
+        let hint = base
+            .split_once('-')
+            .filter(|(ns, _)| super::lineage::Lineage::new(ns, &i.name).parse(&c.username).is_some())
+                .map(|(ns, _)| {
+                format!(
+                    "; it is of this integration's lineage under namespace `{ns}`: if that was this rotator's `namespace`, list it in `previous_namespaces`"
+                )
+            })
+            .map(Box::new);
         return Some(Blocked::ForeignCurrent {
             sink: i.sink.clone(),
             path: i.path.clone(),
             id: c.id,
             username: c.username.clone(),
             adopt_key: i.key("adopt"),
+            hint: Hint(hint),
         });
     }
     let a = obs.adopted.as_ref()?;

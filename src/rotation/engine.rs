@@ -252,7 +252,10 @@ impl Engine {
 
     /// Reads what the integration's sink has published, and builds its observation.
     pub async fn observe(&self, i: &Integration, accounts: &[ServiceAccount]) -> Result<Observation, StepError> {
-        let accounts = Arc::new(Accounts::new(&self.ctx.scope.namespace, accounts.to_vec()));
+        let accounts = Arc::new(Accounts::in_namespaces(
+            &self.ctx.policy.lineage_namespaces(),
+            accounts.to_vec(),
+        ));
         let published = self.read_primary(i).await?;
         Ok(self.observation(i, &accounts, &self.adopters(&accounts), None, published))
     }
@@ -266,7 +269,10 @@ impl Engine {
         claims: &Claims,
         published: Option<(Payload, Version)>,
     ) -> Observation {
-        let accounts = Arc::new(Accounts::new(&self.ctx.scope.namespace, accounts.to_vec()));
+        let accounts = Arc::new(Accounts::in_namespaces(
+            &self.ctx.policy.lineage_namespaces(),
+            accounts.to_vec(),
+        ));
         self.observation(i, &accounts, &self.adopters(&accounts), Some(claims), published)
     }
 
@@ -323,7 +329,7 @@ impl Engine {
         claims: Option<&Claims>,
         published: Option<(Payload, Version)>,
     ) -> Observation {
-        let mut obs = Observation::new(i, &self.ctx.scope.namespace, accounts, published);
+        let mut obs = Observation::in_namespaces(i, &self.ctx.policy.lineage_namespaces(), accounts, published);
         obs.mixpanel_clock = self.mixpanel_clock();
         if let Some(old) = self.inherited.get(&i.name) {
             obs.inherit(old.clone());
@@ -411,7 +417,7 @@ impl Engine {
             }
         };
         self.check_clock();
-        let accounts = Arc::new(Accounts::new(&self.ctx.scope.namespace, accounts));
+        let accounts = Arc::new(Accounts::in_namespaces(&self.ctx.policy.lineage_namespaces(), accounts));
         let adopters = self.adopters(&accounts);
         let claims = if adopters.is_empty() {
             None

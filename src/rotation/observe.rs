@@ -140,6 +140,11 @@ pub struct Accounts {
 impl Accounts {
     /// Indexes `list` for lineages under `namespace`.
     pub fn new(namespace: &str, list: Vec<ServiceAccount>) -> Self {
+        Self::in_namespaces(&[namespace.to_string()], list)
+    }
+
+    /// Indexes `list` for lineages under any of `namespaces`.
+    pub fn in_namespaces(namespaces: &[String], list: Vec<ServiceAccount>) -> Self {
         let mut me = Self {
             list,
             ..Self::default()
@@ -147,7 +152,10 @@ impl Accounts {
         for (n, a) in me.list.iter().enumerate() {
             me.by_id.insert(a.id, n);
             me.by_base.entry(a.base_username().to_string()).or_insert(n);
-            if let Some(integration) = super::lineage::integration_of(namespace, &a.username) {
+            if let Some(integration) = namespaces
+                .iter()
+                .find_map(|ns| super::lineage::integration_of(ns, &a.username))
+            {
                 me.by_integration.entry(integration.to_string()).or_default().push(n);
             }
         }
@@ -205,14 +213,32 @@ impl Observation {
         accounts: &Arc<Accounts>,
         published: Option<(Payload, Version)>,
     ) -> Self {
-        let lineage_of = Lineage::new(namespace, &integration.name);
+        Self::in_namespaces(integration, &[namespace.to_string()], accounts, published)
+    }
+
+    /// As [`Observation::new`], with the lineages of every one of `namespaces`.
+    pub fn in_namespaces(
+        integration: &Integration,
+        namespaces: &[String],
+        accounts: &Arc<Accounts>,
+        published: Option<(Payload, Version)>,
+    ) -> Self {
+        let lineages: Vec<Lineage> = namespaces
+            .iter()
+            .map(|ns| Lineage::new(ns, &integration.name))
+            .collect();
         let published = published.map(|(payload, version)| Published { payload, version });
         let current = published
             .as_ref()
             .and_then(|p| accounts.get(p.payload.service_account_id).cloned());
         let lineage = accounts
             .lineage_candidates(&integration.name)
-            .filter_map(|a| lineage_of.parse(&a.username).map(|t| (a.clone(), t)))
+            .filter_map(|a| {
+                lineages
+                    .iter()
+                    .find_map(|l| l.parse(&a.username))
+                    .map(|t| (a.clone(), t))
+            })
             .collect();
         let adopt_target = integration.adopt.as_ref().and_then(|a| accounts.resolve(a)).cloned();
         Self {

@@ -56,7 +56,10 @@ pub fn origin(url: &str) -> String {
         return url.trim().trim_end_matches('/').to_ascii_lowercase();
     };
     let host = u.host_str().unwrap_or_default().to_ascii_lowercase();
-    let ip = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>();
+    let ip = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>();
     let host = if host == "localhost" || ip.is_ok_and(|a| a.is_loopback()) {
         "loopback".to_string()
     } else {
@@ -92,10 +95,7 @@ pub fn vault(address: &str, namespace: Option<&str>, mount: &str, path: &str) ->
 /// the credentials' profile (none: `default`) and its name.
 pub fn aws(region: &str, endpoint: Option<&str>, profile: Option<&str>, name: &str) -> String {
     let region = region.trim().to_ascii_lowercase();
-    let endpoint = endpoint.map_or_else(
-        || format!("https://secretsmanager.{region}.amazonaws.com:443"),
-        origin,
-    );
+    let endpoint = endpoint.map_or_else(|| format!("https://secretsmanager.{region}.amazonaws.com:443"), origin);
     let profile = profile.map(str::trim).filter(|p| !p.is_empty()).unwrap_or("default");
     format!("aws {region} {endpoint} {profile} {name}")
 }
@@ -131,7 +131,10 @@ mod tests {
     #[test]
     fn spellings_of_one_vault_path_or_aws_secret_are_one_place() {
         let v = vault("https://vault.internal:8200", None, "secret", "mixpanel/etl");
-        assert_eq!(vault("HTTPS://Vault.Internal:8200/", None, "/secret/", "mixpanel/etl"), v);
+        assert_eq!(
+            vault("HTTPS://Vault.Internal:8200/", None, "/secret/", "mixpanel/etl"),
+            v
+        );
         assert_eq!(
             vault("https://vault.internal", None, "secret", "x"),
             vault("https://vault.internal:443", None, "secret", "x")

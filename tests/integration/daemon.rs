@@ -912,7 +912,10 @@ async fn in_process_a_reload_that_moves_an_integration_keeps_its_old_credential_
     let old_id = old["service_account_id"].as_u64().unwrap();
     // A consumer read it at its start, and uses it rarely.
     h.client_for(&old).me().await.unwrap();
-    for (n, (path, sink)) in [("moved/etl.json", "local"), ("etl.json", "vaultless")].into_iter().enumerate() {
+    for (n, (path, sink)) in [("moved/etl.json", "local"), ("etl.json", "vaultless")]
+        .into_iter()
+        .enumerate()
+    {
         std::fs::write(&cfg, h.policy(&at(path, sink))).unwrap();
         let passes = d.progress.borrow().passes;
         d.reload.send(()).await.unwrap();
@@ -926,10 +929,8 @@ async fn in_process_a_reload_that_moves_an_integration_keeps_its_old_credential_
             assert!(h.sim.account(old_id).is_some(), "deleted at {}", h.clock_now() - start);
         }
     }
-    let new = serde_json::from_slice::<serde_json::Value>(
-        &std::fs::read(h.dir.path().join("other/etl.json")).unwrap(),
-    )
-    .unwrap();
+    let new = serde_json::from_slice::<serde_json::Value>(&std::fs::read(h.dir.path().join("other/etl.json")).unwrap())
+        .unwrap();
     let first_move =
         serde_json::from_slice::<serde_json::Value>(&std::fs::read(h.creds_dir().join("moved/etl.json")).unwrap())
             .unwrap();
@@ -943,7 +944,10 @@ async fn in_process_a_reload_that_moves_an_integration_keeps_its_old_credential_
     let replaced = chrono::DateTime::parse_from_rfc3339(first_move["rotated_at"].as_str().unwrap()).unwrap();
     while h.sim.account(old_id).is_some() {
         d.tick(&h).await;
-        assert!(h.clock_now() <= replaced + Span::hours(2) + Span::minutes(2), "never deleted");
+        assert!(
+            h.clock_now() <= replaced + Span::hours(2) + Span::minutes(2),
+            "never deleted"
+        );
     }
     assert!(h.clock_now() >= replaced + Span::hours(2), "deleted before grace");
     assert_eq!(d.stop().await, Exit::Ok);

@@ -493,16 +493,11 @@ async fn a_long_retry_after_fails_at_once_and_verify_timeout_is_wall_time() {
     );
     // Verification: every GET /me of the new account answers after 4 s;
     // `verify_timeout = "2s"` ends it at 2 s, and the new account is deleted.
-    let policy = h
-        .policy(&on_local("etl", ""))
-        .replace("[mixpanel]\n", "[mixpanel]\nverify_timeout = \"2s\"\n");
-    let engine = mixpanel_rotator::rotation::Engine::with_retry(
-        std::sync::Arc::new(mixpanel_rotator::policy::Policy::parse(&policy).unwrap()),
-        std::sync::Arc::new(h.clock.clone()),
-        fast_retry(),
-        fast_retry(),
-    )
-    .unwrap();
+    let engine = engine_of(
+        &h,
+        &h.policy(&on_local("etl", ""))
+            .replace("[mixpanel]\n", "[mixpanel]\nverify_timeout = \"2s\"\n"),
+    );
     h.sim.inject(
         Fault::always("GET", "/me", FaultAction::Latency(std::time::Duration::from_secs(4))).from_callers("mpr-"),
     );
@@ -560,7 +555,10 @@ async fn with_a_resync_token_only_requests_that_carry_it_are_taken() {
 #[tokio::test]
 async fn a_mirror_never_writes_over_another_integrations_payload() {
     let h = Harness::new(Seed::Demo).await;
-    let alias = format!("[sinks.alias]\ntype = \"file\"\ndir = \"{}/.\"\n", h.creds_dir().display());
+    let alias = format!(
+        "[sinks.alias]\ntype = \"file\"\ndir = \"{}/.\"\n",
+        h.creds_dir().display()
+    );
     // One policy: refused at load, naming both keys.
     let text = h.policy(&format!(
         "{alias}{}{}",
@@ -585,6 +583,75 @@ async fn a_mirror_never_writes_over_another_integrations_payload() {
         e.contains("it holds the payload of integration `etl` in organization 1, not `ci`'s"),
         "{e}"
     );
-    assert_eq!(std::fs::read(h.creds_dir().join("etl.json")).unwrap(), etl, "etl's payload untouched");
+    assert_eq!(
+        std::fs::read(h.creds_dir().join("etl.json")).unwrap(),
+        etl,
+        "etl's payload untouched"
+    );
+    h.consumer("etl.json").me().await.unwrap();
+}
+
+/// An engine of a whole policy text, on the harness's clock.
+fn engine_of(h: &Harness, text: &str) -> mixpanel_rotator::rotation::Engine {
+    mixpanel_rotator::rotation::Engine::with_retry(
+        std::sync::Arc::new(mixpanel_rotator::policy::Policy::parse(text).unwrap_or_else(|e| panic!("{e}"))),
+        std::sync::Arc::new(h.clock.clone()),
+        fast_retry(),
+        fast_retry(),
+    )
+    .unwrap()
+}
+
+/// Finding 11: after a namespace change the old predecessor was never
+/// deleted and `plan` stopped showing it. Now the published account under
+/// the old namespace blocks with the fix in the message, and with the old
+/// namespace in `previous_namespaces` every account of the old lineage is
+/// rotated and retired as before.
+#[tokio::test]
+async fn after_a_namespace_change_the_old_lineage_is_still_retired() {
+    let h = Harness::new(Seed::Demo).await;
+    let engine = h.engine(&on_local("etl", "grace = \"1h\""));
+    ok(&h.pass(&engine).await);
+    ok(&h.force(&engine, "etl", false).await);
+    let (first, second) = (
+        id_of(&h.payload("etl.json").unwrap()),
+        h.accounts_with_prefix("mpr-etl-").len(),
+    );
+    assert_eq!(second, 2, "the published account and its predecessor");
+    let renamed = h
+        .policy(&on_local("etl", "grace = \"1h\""))
+        .replace("version = 1\n", "version = 1\nnamespace = \"team\"\n");
+    let r = h.pass(&engine_of(&h, &renamed)).await;
+    let e = r.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
+    assert!(
+        e.contains("under namespace `mpr`") && e.contains("`previous_namespaces`"),
+        "{e}"
+    );
+    assert!(r.deleted.is_empty() && r.rotated.is_none());
+    let both = renamed.replace(
+        "namespace = \"team\"\n",
+        "namespace = \"team\"\nprevious_namespaces = [\"mpr\"]\n",
+    );
+    let engine = engine_of(&h, &both);
+    let r = h.pass(&engine).await;
+    ok(&r);
+    assert_eq!(
+        r.plan.delete_later.len(),
+        1,
+        "the old predecessor is shown: {:?}",
+        r.plan
+    );
+    // A rotation under the new namespace; both old accounts go after grace.
+    let r = h.force(&engine, "etl", false).await;
+    ok(&r);
+    assert!(r.rotated.as_ref().unwrap().username.starts_with("team-etl-"));
+    h.clock.advance(Duration::hours(2));
+    ok(&h.pass(&engine).await);
+    assert!(
+        h.accounts_with_prefix("mpr-etl-").is_empty(),
+        "{:?}",
+        h.accounts_with_prefix("mpr-etl-")
+    );
+    assert!(h.sim.account(first).is_none());
     h.consumer("etl.json").me().await.unwrap();
 }

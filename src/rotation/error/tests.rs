@@ -64,6 +64,7 @@ fn blocked() -> Vec<Blocked> {
             id: 1,
             username: "rotator.abc123.mp-service-account".into(),
             adopt_key: "integrations[0].adopt".into(),
+            hint: Default::default(),
         },
         Blocked::OwnAccountAdopted {
             adopt_key: "integrations[0].adopt".into(),
