@@ -1,6 +1,7 @@
 //! Prometheus metrics (`mixpanel_rotator_*`), rendered at `/metrics`.
 
 use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicU64;
 
 use chrono::{DateTime, Utc};
@@ -37,6 +38,9 @@ pub struct Metrics {
     in_use_elsewhere: Family<Labels, Gauge>,
     clock_offset: Family<Labels, F64Gauge>,
     held_by_mirror: Family<Labels, Counter>,
+    /// The integrations with series, and each mirror's (integration, sink,
+    /// path): what [`Metrics::keep_only`] removes when they leave the policy.
+    known: std::sync::Mutex<(BTreeSet<String>, BTreeSet<(String, String, String)>)>,
 }
 
 impl Default for Metrics {
@@ -104,6 +108,7 @@ impl Metrics {
             in_use_elsewhere: family(&mut r, "accounts_in_use_elsewhere", IN_USE_HELP),
             clock_offset: family(&mut r, "clock_offset_seconds", CLOCK_HELP),
             held_by_mirror: family(&mut r, "deletions_held_by_mirror", HELD_HELP),
+            known: std::sync::Mutex::default(),
             registry: with_build_info(r),
         }
     }
@@ -112,6 +117,11 @@ impl Metrics {
     /// or an `increase()` over a series that does not exist yet is empty,
     /// not 0, and an alert on it can never fire.
     pub fn integration(&self, integration: &str, mirrored: bool) {
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .insert(integration.to_string());
         for result in ["success", "failure"] {
             let _ = self
                 .rotations
@@ -144,6 +154,45 @@ impl Metrics {
             let _ = self
                 .held_by_mirror
                 .get_or_create(&labels(&[("integration", integration)]));
+        }
+    }
+
+    /// Removes every series of the integrations not in `names`, and of the
+    /// mirrors not in `mirrors` (a reload dropped them): a gauge left behind
+    /// would keep an alert firing for something that no longer exists.
+    pub fn keep_only(&self, names: &BTreeSet<&str>, mirrors: &BTreeSet<(&str, &str, &str)>) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<String> = known.0.iter().filter(|n| !names.contains(n.as_str())).cloned().collect();
+        for i in &gone {
+            let one = labels(&[("integration", i)]);
+            for f in [&self.last_success, &self.expiry, &self.next_rotation] {
+                f.remove(&one);
+            }
+            self.in_use_elsewhere.remove(&one);
+            self.held_by_mirror.remove(&one);
+            for (family, key, values) in [
+                (&self.rotations, "result", &["success", "failure"][..]),
+                (&self.passes, "result", &["ok", "error"][..]),
+                (&self.mirror_writes, "result", &["ok", "error"][..]),
+                (&self.deleted, "reason", &["retiring", "orphan", "revoked", "retired"][..]),
+                (&self.hook_failures, "hook", &["on_rotate", "webhook"][..]),
+            ] {
+                for v in values {
+                    family.remove(&labels(&[("integration", i), (key, v)]));
+                }
+            }
+            known.0.remove(i);
+        }
+        let stale: Vec<(String, String, String)> = known
+            .1
+            .iter()
+            .filter(|(i, s, p)| !mirrors.contains(&(i.as_str(), s.as_str(), p.as_str())))
+            .cloned()
+            .collect();
+        for (i, sink, path) in stale {
+            self.mirror_up_to_date
+                .remove(&labels(&[("integration", &i), ("sink", &sink), ("path", &path)]));
+            known.1.remove(&(i, sink, path));
         }
     }
 
@@ -261,6 +310,11 @@ impl Metrics {
     /// Where a mirror stands after a sync (`up_to_date`), and whether the
     /// sync wrote it (`Some(true)`) or failed (`Some(false)`).
     pub fn mirror(&self, integration: &str, sink: &str, path: &str, up_to_date: bool, wrote: Option<bool>) {
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).1.insert((
+            integration.to_string(),
+            sink.to_string(),
+            path.to_string(),
+        ));
         self.mirror_up_to_date
             .get_or_create(&labels(&[("integration", integration), ("sink", sink), ("path", path)]))
             .set(i64::from(up_to_date));

@@ -686,6 +686,26 @@ impl Engine {
         report.errors.extend(synced.errors);
     }
 
+    /// The gauges a pass sets from what the primaries publish (expiry, next
+    /// rotation), set from the primaries alone, with no Mixpanel call: at a
+    /// daemon's start, before its first pass (which waits its share of
+    /// `spread`), so a restart does not look like an outage on dashboards.
+    pub async fn prime_gauges<'a>(&'a self) {
+        let Some(m) = &self.ctx.metrics else { return };
+        let read = |i: &'a Integration| async move { (i, Box::pin(self.read_primary(i)).await) };
+        in_order(self.ctx.policy.integrations.iter(), read, &mut |(i, read)| {
+            if let Ok(Some((p, _))) = read
+                && p.integration == i.name
+            {
+                if let Some(e) = p.expires {
+                    m.expiry(&i.name, e);
+                }
+                m.next_rotation(&i.name, Deadlines::of(i, p.expires, p.rotated_at).next_rotation());
+            }
+        })
+        .await;
+    }
+
     /// Brings the mirrors of the selected integrations up to date from their
     /// primaries, between passes: one primary read and one read per mirror,
     /// no Mixpanel call, never a rotation or a deletion.

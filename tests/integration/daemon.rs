@@ -952,3 +952,52 @@ async fn in_process_a_reload_that_moves_an_integration_keeps_its_old_credential_
     assert!(h.clock_now() >= replaced + Span::hours(2), "deleted before grace");
     assert_eq!(d.stop().await, Exit::Ok);
 }
+
+/// Issue 22, points 9 and 1: after a start the gauges waited for the first
+/// pass (up to `[daemon] spread`), so a restart looked like an outage; and
+/// an integration removed by a reload kept its gauges until a restart (an
+/// alert about it fired weeks later). Now the gauges come from the
+/// primaries at start, and a reload removes every series of what it drops.
+#[tokio::test]
+async fn gauges_exist_from_the_start_and_leave_with_their_integration() {
+    let (h, legacy, port, base) = for_a_process().await;
+    let ci = "[[integrations]]\nname = \"ci\"\nsink = \"local\"\npath = \"ci.json\"\nprojects = [{ id = 101, role = \"consumer\" }]\nmirrors = [{ sink = \"local\", path = \"ci-copy.json\" }]\n";
+    let both = h
+        .policy(&policy(legacy, port, "1h", ci))
+        .replace("spread = \"0s\"", "spread = \"30s\"");
+    let cfg = h.dir.path().join("gauges.toml");
+    std::fs::write(&cfg, &both).unwrap();
+    assert_eq!(h.run_bin(&cfg, &["reconcile"], &[]).await.status.code(), Some(0));
+    let mut d = Daemon::start(&h, &cfg);
+    let started = Instant::now();
+    eventually(2, "the gauges of both integrations", async || {
+        get(&format!("{base}/metrics")).await.is_some_and(|(_, m)| {
+            ["etl", "ci"].iter().all(|i| {
+                m.contains(&format!("mixpanel_rotator_credential_expiry_timestamp_seconds{{integration=\"{i}\"}}"))
+                    && m.contains(&format!("mixpanel_rotator_next_rotation_timestamp_seconds{{integration=\"{i}\"}}"))
+            })
+        })
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    eventually(40, "ci's mirror gauge", async || {
+        get(&format!("{base}/metrics"))
+            .await
+            .is_some_and(|(_, m)| m.contains("mixpanel_rotator_mirror_up_to_date{integration=\"ci\""))
+    })
+    .await;
+    // `ci` leaves the policy: every series of it goes at the reload.
+    std::fs::write(&cfg, h.policy(&policy(legacy, port, "1h", ""))).unwrap();
+    d.signal("-HUP");
+    d.expect_note("RELOADING=1").await;
+    eventually(10, "no series of ci left", async || {
+        get(&format!("{base}/metrics"))
+            .await
+            .is_some_and(|(_, m)| !m.contains("integration=\"ci\"") && m.contains("integration=\"etl\""))
+    })
+    .await;
+    d.signal("-TERM");
+    assert_eq!(d.wait_exit(10).await, Some(0));
+    h.record(d.log_text());
+    h.assert_no_secret_leaked(&[]);
+}
