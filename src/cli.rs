@@ -491,6 +491,13 @@ fn man_page(dir: Option<&Path>) -> Exit {
             }
         };
     };
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        eprintln!(
+            "error: cannot create {} (`--dir`) for the manual pages: {e}; name a directory this user can write",
+            dir.display()
+        );
+        return Exit::Failed;
+    }
     let mut cmd = cmd.disable_help_subcommand(true);
     cmd.build();
     let pages = std::iter::once(cmd.clone()).chain(cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
@@ -1068,7 +1075,24 @@ async fn simulator(
         println!("Projects: 101 (Web), 102 (Mobile), 103 (Warehouse)");
     }
     println!("Ctrl-C stops it.");
-    let _ = tokio::signal::ctrl_c().await;
+    // SIGINT or SIGTERM (a service manager's, `kill`'s): either way the
+    // secret file goes with the organization it opened.
+    stopped().await;
     let _ = std::fs::remove_file(&path);
     Exit::Ok
+}
+
+/// Returns at SIGINT or SIGTERM.
+async fn stopped() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

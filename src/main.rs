@@ -22,9 +22,10 @@ fn main() -> ExitCode {
             });
         }
     };
-    // The demo explains each step itself; its logs would only repeat them.
+    // The demo explains each step itself, its warnings included (on
+    // stdout); its logs would only repeat them.
     let level = match cli.command {
-        cli::Command::Demo { .. } if cli.log_level == "info" => "warn",
+        cli::Command::Demo { .. } if cli.log_level == "info" => "error",
         _ => cli.log_level.as_str(),
     };
     cli::init_tracing(cli.log_format, level);

@@ -1,7 +1,7 @@
 //! Prometheus metrics (`mixpanel_rotator_*`), rendered at `/metrics`.
 
-use std::sync::Arc;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use chrono::{DateTime, Utc};
@@ -12,6 +12,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
+/// A mirror's labels: integration, sink, path.
+type MirrorLabels = (String, String, String);
 type F64Gauge = Gauge<f64, AtomicU64>;
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -40,7 +42,7 @@ pub struct Metrics {
     held_by_mirror: Family<Labels, Counter>,
     /// The integrations with series, and each mirror's (integration, sink,
     /// path): what [`Metrics::keep_only`] removes when they leave the policy.
-    known: std::sync::Mutex<(BTreeSet<String>, BTreeSet<(String, String, String)>)>,
+    known: std::sync::Mutex<(BTreeSet<String>, BTreeSet<MirrorLabels>)>,
 }
 
 impl Default for Metrics {
@@ -162,7 +164,12 @@ impl Metrics {
     /// would keep an alert firing for something that no longer exists.
     pub fn keep_only(&self, names: &BTreeSet<&str>, mirrors: &BTreeSet<(&str, &str, &str)>) {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        let gone: Vec<String> = known.0.iter().filter(|n| !names.contains(n.as_str())).cloned().collect();
+        let gone: Vec<String> = known
+            .0
+            .iter()
+            .filter(|n| !names.contains(n.as_str()))
+            .cloned()
+            .collect();
         for i in &gone {
             let one = labels(&[("integration", i)]);
             for f in [&self.last_success, &self.expiry, &self.next_rotation] {
@@ -174,7 +181,11 @@ impl Metrics {
                 (&self.rotations, "result", &["success", "failure"][..]),
                 (&self.passes, "result", &["ok", "error"][..]),
                 (&self.mirror_writes, "result", &["ok", "error"][..]),
-                (&self.deleted, "reason", &["retiring", "orphan", "revoked", "retired"][..]),
+                (
+                    &self.deleted,
+                    "reason",
+                    &["retiring", "orphan", "revoked", "retired"][..],
+                ),
                 (&self.hook_failures, "hook", &["on_rotate", "webhook"][..]),
             ] {
                 for v in values {
@@ -183,7 +194,7 @@ impl Metrics {
             }
             known.0.remove(i);
         }
-        let stale: Vec<(String, String, String)> = known
+        let stale: Vec<MirrorLabels> = known
             .1
             .iter()
             .filter(|(i, s, p)| !mirrors.contains(&(i.as_str(), s.as_str(), p.as_str())))

@@ -149,6 +149,40 @@ fn check_cron_names(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Each cron field's numbers within its range (croner's own words for one
+/// out of range are "Component error: Number out of bounds").
+fn check_cron_ranges(s: &str) -> Result<(), String> {
+    const RANGES: [(&str, u32, u32, &str); 5] = [
+        ("minute", 0, 59, "minutes are 0 to 59"),
+        ("hour", 0, 23, "hours are 0 to 23"),
+        ("day-of-month", 1, 31, "days of the month are 1 to 31"),
+        ("month", 1, 12, "months are 1 to 12, or JAN to DEC"),
+        (
+            "day-of-week",
+            0,
+            7,
+            "days of the week are 0 to 7 (0 and 7 are Sunday), or SUN to SAT",
+        ),
+    ];
+    for ((field, lo, hi, says), value) in RANGES.iter().zip(s.split_whitespace()) {
+        // Ranges, lists and steps; `L`, `W` and `#` suffixes aside. A step
+        // (after `/`) is a count, not a value of the field.
+        for part in value.split(',') {
+            let (values, _step) = part.split_once('/').unwrap_or((part, ""));
+            for word in values.split('-') {
+                let digits: String = word.chars().take_while(char::is_ascii_digit).collect();
+                let Ok(n) = digits.parse::<u32>() else { continue };
+                if n < *lo || n > *hi {
+                    return Err(format!(
+                        "`{s}`: the {field} field `{value}` has {n}, out of range: {says}"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Schedule {
     /// Parses a 5-field cron line; seconds and years are rejected.
     pub fn parse(s: &str) -> Result<Self, String> {
@@ -160,6 +194,7 @@ impl Schedule {
         }
         if !s.trim_start().starts_with('@') {
             check_cron_names(s)?;
+            check_cron_ranges(s)?;
         }
         let cron = CronParser::builder()
             .seconds(Seconds::Disallowed)
@@ -375,7 +410,14 @@ mod tests {
             "names in ranges, any case"
         );
         let e = Schedule::parse("61 4 * * *").unwrap_err();
-        assert!(e.contains("minute hour day-of-month month day-of-week"), "{e}");
+        assert!(
+            e.contains("the minute field `61` has 61, out of range: minutes are 0 to 59"),
+            "{e}"
+        );
+        assert!(
+            Schedule::parse("*/15 0-23 1-31/2 1-12 0-7").is_ok(),
+            "the bounds themselves"
+        );
     }
 
     #[test]

@@ -63,6 +63,17 @@ impl Control {
     }
 }
 
+/// Gauges from the primaries (no Mixpanel call), before the first pass
+/// waits its share of `spread`; at most 10 s.
+async fn prime_gauges(engine: &Engine) {
+    if tokio::time::timeout(std::time::Duration::from_secs(10), engine.prime_gauges())
+        .await
+        .is_err()
+    {
+        tracing::warn!("Reading the primaries for the gauges took more than 10 s; the first pass sets them.");
+    }
+}
+
 /// Aborts a task when dropped.
 #[derive(Debug)]
 pub struct TaskGuard(pub tokio::task::JoinHandle<()>);
@@ -270,14 +281,7 @@ impl Daemon {
             eprintln!("error: policy {}: {e}", self.config.display());
             return Exit::Usage;
         }
-        // Gauges from the primaries (no Mixpanel call), before the first
-        // pass waits its share of `spread`.
-        if tokio::time::timeout(std::time::Duration::from_secs(10), engine.prime_gauges())
-            .await
-            .is_err()
-        {
-            tracing::warn!("Reading the primaries for the gauges took more than 10 s; the first pass sets them.");
-        }
+        prime_gauges(&engine).await;
         let now = self.clock.now();
         let mut state = Running::new(engine, now);
         // This process's share of `spread` before its first pass too:
@@ -555,7 +559,11 @@ impl Daemon {
                 let mirrors = policy
                     .integrations
                     .iter()
-                    .flat_map(|i| i.mirrors.iter().map(|m| (i.name.as_str(), m.sink.as_str(), m.path.as_str())))
+                    .flat_map(|i| {
+                        i.mirrors
+                            .iter()
+                            .map(|m| (i.name.as_str(), m.sink.as_str(), m.path.as_str()))
+                    })
                     .collect();
                 self.metrics
                     .keep_only(&policy.integrations.iter().map(|i| i.name.as_str()).collect(), &mirrors);

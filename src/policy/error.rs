@@ -8,7 +8,7 @@ use crate::values::KeyError;
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     /// The file could not be read.
-    #[error("cannot read policy {path}: {source}")]
+    #[error("cannot read policy {path}: {source}{}", io_hint(source))]
     Io {
         path: PathBuf,
         #[source]
@@ -23,6 +23,19 @@ pub enum PolicyError {
     /// Several errors at once.
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
     Many(Vec<PolicyError>),
+}
+
+/// What to do when the policy cannot be read.
+fn io_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            "; name the policy with `--config PATH` (`-c PATH`) or the MIXPANEL_ROTATOR_CONFIG environment variable, or write one there (README, \"Using it with your organization\"; `mixpanel-rotator demo` needs none)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "; run as a user that can read it (the service's user is a member of its group), or name another with `--config PATH`"
+        }
+        _ => "",
+    }
 }
 
 impl PolicyError {

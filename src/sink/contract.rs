@@ -51,15 +51,23 @@ impl Payload {
 
     /// Parses a stored payload. The error never echoes the input.
     pub fn from_json(bytes: &[u8]) -> Result<Self, SinkError> {
-        serde_json::from_slice(bytes).map_err(|e| {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let field = e.path().to_string();
+            let e = e.into_inner();
+            // Never the serde text itself: it may quote a stored value (a secret).
             let what = match e.classify() {
-                serde_json::error::Category::Io => "I/O error",
-                serde_json::error::Category::Syntax => "not JSON",
-                serde_json::error::Category::Data => "missing or mistyped field",
-                serde_json::error::Category::Eof => "truncated",
+                serde_json::error::Category::Io => "I/O error".to_string(),
+                serde_json::error::Category::Syntax => "not JSON".to_string(),
+                serde_json::error::Category::Eof => "truncated".to_string(),
+                serde_json::error::Category::Data => match e.to_string().strip_prefix("missing field `") {
+                    Some(rest) => format!("no field `{}`", rest.split('`').next().unwrap_or_default()),
+                    None if field != "." => format!("field `{field}` has the wrong type or value"),
+                    None => "not a JSON object of the payload's fields".to_string(),
+                },
             };
             SinkError::corrupt(format!(
-                "the stored payload is not a mixpanel-rotator payload (line {}, column {}: {what})",
+                "the stored value is not a mixpanel-rotator payload (line {}, column {}: {what}): this place holds something else; give the integration a `path` of its own (or remove what is there if it is a leftover); to take over an account already in use, name it in `adopt`",
                 e.line(),
                 e.column()
             ))
@@ -221,5 +229,13 @@ mod tests {
         let e = Payload::from_json(br#"{"secret": "hunter2-secret"}"#).unwrap_err();
         assert_eq!(e.kind, SinkErrorKind::Corrupt);
         assert!(!e.to_string().contains("hunter2"), "{e}");
+        // It names what is wrong, and what to do.
+        assert!(e.to_string().contains("no field `username`"), "{e}");
+        assert!(
+            e.to_string().contains("give the integration a `path` of its own") && e.to_string().contains("`adopt`")
+        );
+        let e = Payload::from_json(br#"{"username": "u", "secret": 12345678, "service_account_id": 1}"#).unwrap_err();
+        assert!(e.to_string().contains("field `secret` has the wrong type"), "{e}");
+        assert!(!e.to_string().contains("12345678"), "{e}");
     }
 }

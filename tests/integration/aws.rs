@@ -467,3 +467,34 @@ async fn an_unreadable_current_version_is_an_error_not_nothing_published() {
     }
     assert!(h.sim.account(first.service_account_id).is_some());
 }
+
+/// Issue 22, point 8: a foreign value at an AWS path said "missing or
+/// mistyped field" without naming the field or the way out.
+#[tokio::test]
+async fn a_foreign_value_at_an_aws_path_names_the_field_and_the_way_out() {
+    let h = Harness::new(Seed::Demo).await;
+    let secret = unique("mixpanel/foreign");
+    aws()
+        .await
+        .create_secret()
+        .name(&secret)
+        .secret_string(r#"{"user": "someone", "password": "hunter2-foreign"}"#)
+        .send()
+        .await
+        .unwrap();
+    let cfg = h.policy_file(&policy(&h, &secret));
+    let out = h.run_bin(&cfg, &["plan"], &[]).await;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("no field `username`")
+            && text.contains("give the integration a `path` of its own")
+            && text.contains("`adopt`"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2-foreign"));
+}

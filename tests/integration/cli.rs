@@ -396,9 +396,14 @@ async fn conventional_config_flag_and_located_syntax_errors() {
         rotate_now.contains("revoke\\-old"),
         "the command's own options: {rotate_now}"
     );
-    let o = bare(&["man", "--dir", "/nonexistent/man1"]).await;
+    // A directory that cannot be made (below a file): said, with what to do.
+    let o = bare(&["man", "--dir", "/dev/null/man1"]).await;
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("/nonexistent/man1 (`--dir`)"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot create /dev/null/man1 (`--dir`)") && stderr(&o).contains("name a directory"),
+        "{}",
+        stderr(&o)
+    );
     let o = bare(&["--version"]).await;
     assert!(stdout(&o).contains("(commit "), "{}", stdout(&o));
     let broken = h.dir.path().join("broken.toml");
@@ -934,4 +939,77 @@ async fn unbounded_or_special_secret_files_are_refused_at_once() {
     let o = h.run_bin(Path::new("/dev/zero"), &["validate"], &[]).await;
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("larger than 4 MiB"), "{}", stderr(&o));
+}
+
+/// Issue 22, point 8: messages that stopped short now say what to do next.
+#[tokio::test]
+async fn first_week_messages_say_what_to_do_next() {
+    let h = Harness::new(Seed::Demo).await;
+    // No policy where it is looked for: how to name one.
+    let missing = h.dir.path().join("nosuch/policy.toml");
+    let o = tokio::process::Command::new(BIN)
+        .arg("plan")
+        .env("MIXPANEL_ROTATOR_CONFIG", &missing)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("cannot read policy") && e.contains("--config PATH") && e.contains("MIXPANEL_ROTATOR_CONFIG"),
+        "{e}"
+    );
+    // `man --dir` into a directory that does not exist yet: made.
+    let mandir = h.dir.path().join("man/man1");
+    let o = bare(&["man", "--dir", mandir.to_str().unwrap()]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(mandir.join("mixpanel-rotator.1").exists());
+    // A cron field out of range says which and what the range is.
+    let cfg = h.policy_file(&format!("{}schedule = \"0 25 * * *\"\n", etl(&h)));
+    let o = run(&h, &cfg, &["validate", "--policy-only"]).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("the hour field `25` has 25, out of range: hours are 0 to 23"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("Component error"));
+    // The demo's warnings are in its story (stdout), not repeated as logs.
+    let o = bare(&["demo"]).await;
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("warning:"), "{}", stdout(&o));
+    assert!(!stderr(&o).contains("WARN"), "{}", stderr(&o));
+    // The simulator's secret file goes when it is stopped, by SIGTERM too.
+    let mut sim = tokio::process::Command::new(BIN)
+        .args(["simulator", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(sim.stdout.take().unwrap());
+    let mut file = None;
+    for _ in 0..40 {
+        let mut line = String::new();
+        use tokio::io::AsyncBufReadExt as _;
+        lines.read_line(&mut line).await.unwrap();
+        if let Some(p) = line.trim().strip_prefix("secret = { file = \"") {
+            file = Some(std::path::PathBuf::from(p.trim_end_matches("\" }")));
+        }
+        if line.starts_with("Ctrl-C stops it") {
+            break;
+        }
+    }
+    let file = file.expect("the simulator names its secret file");
+    assert!(file.exists());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &sim.id().unwrap().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), sim.wait())
+        .await
+        .unwrap();
+    assert!(!file.exists(), "{file:?} left behind");
 }

@@ -973,8 +973,11 @@ async fn gauges_exist_from_the_start_and_leave_with_their_integration() {
     eventually(2, "the gauges of both integrations", async || {
         get(&format!("{base}/metrics")).await.is_some_and(|(_, m)| {
             ["etl", "ci"].iter().all(|i| {
-                m.contains(&format!("mixpanel_rotator_credential_expiry_timestamp_seconds{{integration=\"{i}\"}}"))
-                    && m.contains(&format!("mixpanel_rotator_next_rotation_timestamp_seconds{{integration=\"{i}\"}}"))
+                m.contains(&format!(
+                    "mixpanel_rotator_credential_expiry_timestamp_seconds{{integration=\"{i}\"}}"
+                )) && m.contains(&format!(
+                    "mixpanel_rotator_next_rotation_timestamp_seconds{{integration=\"{i}\"}}"
+                ))
             })
         })
     })
