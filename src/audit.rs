@@ -126,6 +126,47 @@ impl Audit {
         Ok(())
     }
 
+    /// Whether the trail could be written, changing nothing (for
+    /// `validate --online`): an existing file is opened for appending (never
+    /// created, never narrowed); a missing one needs a writable directory.
+    pub fn check(&self) -> Result<String, String> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let Some(path) = &self.path else {
+            return Ok("none".into());
+        };
+        let fail = |e: std::io::Error| format!("cannot open the audit file {} (`audit.path`): {e}", path.display());
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => {
+                let f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+                    .open(path)
+                    .map_err(fail)?;
+                let meta = f.metadata().map_err(fail)?;
+                if !meta.file_type().is_file() {
+                    return Err(fail(std::io::Error::other("it is not a regular file")));
+                }
+                let mode = meta.permissions().mode() & 0o777;
+                Ok(if mode & 0o077 != 0 {
+                    format!("can be appended to (mode {mode:04o}: narrowed to 0600 at the first change)")
+                } else {
+                    "can be appended to".into()
+                })
+            }
+            Err(_) => {
+                let dir = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                crate::bounded::writable_dir(dir).map_err(fail)?;
+                Ok(format!(
+                    "does not exist yet; created 0600 in {} at the first change",
+                    dir.display()
+                ))
+            }
+        }
+    }
+
     /// Records one event.
     pub fn record(&self, e: &AuditEvent<'_>) {
         tracing::info!(

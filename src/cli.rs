@@ -816,7 +816,7 @@ async fn validate(cli: &Cli, depth: Depth, output: Output, clock: SharedClock) -
         checks.check("mixpanel regions", regions(client, me));
     }
     if let Some(audit) = &engine.policy().audit_path {
-        let writable = engine.audit_writable().map(|()| "can be appended to".to_string());
+        let writable = engine.audit_check();
         checks.check(&format!("audit {}", audit.display()), writable);
     }
     let accounts = client.list_accounts().await;

@@ -40,6 +40,7 @@ pub struct Metrics {
     in_use_elsewhere: Family<Labels, Gauge>,
     clock_offset: Family<Labels, F64Gauge>,
     held_by_mirror: Family<Labels, Counter>,
+    modes_repaired: Family<Labels, Counter>,
     /// The integrations with series, and each mirror's (integration, sink,
     /// path): what [`Metrics::keep_only`] removes when they leave the policy.
     known: std::sync::Mutex<(BTreeSet<String>, BTreeSet<MirrorLabels>)>,
@@ -110,6 +111,7 @@ impl Metrics {
             in_use_elsewhere: family(&mut r, "accounts_in_use_elsewhere", IN_USE_HELP),
             clock_offset: family(&mut r, "clock_offset_seconds", CLOCK_HELP),
             held_by_mirror: family(&mut r, "deletions_held_by_mirror", HELD_HELP),
+            modes_repaired: family(&mut r, "file_modes_repaired", MODES_HELP),
             known: std::sync::Mutex::default(),
             registry: with_build_info(r),
         }
@@ -152,6 +154,9 @@ impl Metrics {
         let _ = self
             .in_use_elsewhere
             .get_or_create(&labels(&[("integration", integration)]));
+        let _ = self
+            .modes_repaired
+            .get_or_create(&labels(&[("integration", integration)]));
         if mirrored {
             let _ = self
                 .held_by_mirror
@@ -177,6 +182,7 @@ impl Metrics {
             }
             self.in_use_elsewhere.remove(&one);
             self.held_by_mirror.remove(&one);
+            self.modes_repaired.remove(&one);
             for (family, key, values) in [
                 (&self.rotations, "result", &["success", "failure"][..]),
                 (&self.passes, "result", &["ok", "error"][..]),
@@ -205,6 +211,13 @@ impl Metrics {
                 .remove(&labels(&[("integration", &i), ("sink", &sink), ("path", &path)]));
             known.1.remove(&(i, sink, path));
         }
+    }
+
+    /// A credential file of `integration` had its mode set back.
+    pub fn mode_repaired(&self, integration: &str) {
+        self.modes_repaired
+            .get_or_create(&labels(&[("integration", integration)]))
+            .inc();
     }
 
     /// A due deletion of `integration` waited for a stale mirror.
@@ -348,6 +361,9 @@ impl Metrics {
 }
 
 const ROTATIONS_HELP: &str = "Rotations by integration and result (success, failure)";
+
+const MODES_HELP: &str =
+    "Credential files found with other permissions than their sink's `mode` and set back, by integration";
 
 const HELD_HELP: &str = "Passes in which a due deletion waited because a mirror did not hold the current credential";
 

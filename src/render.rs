@@ -291,6 +291,9 @@ pub fn status_table(reports: &[Report]) -> String {
         for m in r.mirrors.iter().filter(|m| !m.state.up_to_date()) {
             s.push_str(&format!("{}: {}\n", r.integration, mirror_line(m)));
         }
+        for w in &r.warnings {
+            s.push_str(&format!("{}: warning: {w}\n", r.integration));
+        }
     }
     s
 }
@@ -328,6 +331,7 @@ fn status_row(r: &Report) -> [String; 9] {
     let state = match (r.errors.first(), &p.rotate) {
         (Some(e), _) => format!("error: {}", e.message()),
         (None, Some(rp)) => format!("due: {}", rp.reason),
+        (None, None) if !r.warnings.is_empty() => format!("ok, {} warning(s) below", r.warnings.len()),
         (None, None) => "ok".into(),
     };
     [

@@ -107,6 +107,11 @@ impl Context {
         self.audit.ensure_writable()
     }
 
+    /// Whether the audit trail could be written, changing nothing.
+    pub fn audit_check(&self) -> Result<String, String> {
+        self.audit.check()
+    }
+
     /// Writes one audit event.
     pub fn audit(&self, e: AuditEvent<'_>) {
         self.audit.record(&e);

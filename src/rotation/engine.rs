@@ -227,6 +227,12 @@ impl Engine {
         self.ctx.audit_writable()
     }
 
+    /// Whether the `[audit] path` could be appended to, changing nothing
+    /// (`validate --online`).
+    pub fn audit_check(&self) -> Result<String, String> {
+        self.ctx.audit_check()
+    }
+
     /// The Mixpanel client.
     pub fn client(&self) -> &Client {
         &self.ctx.client
@@ -591,6 +597,7 @@ impl Engine {
                 );
                 let primary = changed.or_else(|| obs.published.map(|p| p.payload));
                 Box::pin(self.mirror(i, primary.as_ref().filter(|_| !refused), opts, &mut report)).await;
+                self.check_modes(i, !opts.dry_run, &mut report).await;
                 report.plan = plan;
             }
         }
@@ -667,6 +674,37 @@ impl Engine {
                 d.due = Some(cap);
                 plan.delete_later.push(d);
             }
+        }
+    }
+
+    /// A credential file (primary or mirror) found with other permissions
+    /// than its sink's `mode` is set back (`fix`, a pass) or said to be
+    /// (a dry run): a warning of the pass either way, and a counter.
+    async fn check_modes(&self, i: &Integration, fix: bool, report: &mut Report) {
+        let places = std::iter::once((&i.sink, &i.path)).chain(i.mirrors.iter().map(|m| (&m.sink, &m.path)));
+        for (sink_name, path) in places {
+            let Some(sink) = self.ctx.sinks.get(sink_name) else {
+                continue;
+            };
+            let w = match sink.mode_drift(path, fix).await {
+                Ok(None) => continue,
+                Ok(Some(found)) if fix => {
+                    if let Some(m) = &self.ctx.metrics {
+                        m.mode_repaired(&i.name);
+                    }
+                    format!(
+                        "{} path `{path}`: the credential file's mode was {found}: set back",
+                        sink.describe()
+                    )
+                }
+                Ok(Some(found)) => format!(
+                    "{} path `{path}`: the credential file's mode is {found}: set back at the next pass",
+                    sink.describe()
+                ),
+                Err(e) => format!("{} path `{path}`: its mode cannot be set back: {e}", sink.describe()),
+            };
+            reported!(warn, integration = %i.name, "{w}");
+            report.warnings.push(w);
         }
     }
 

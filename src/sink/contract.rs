@@ -204,6 +204,13 @@ pub trait Sink: Send + Sync + fmt::Debug {
     /// Removes what is published at `path` (`retire`): `Ok(false)` when
     /// nothing was there. Never used by a pass.
     async fn remove(&self, path: &str) -> Result<bool, SinkError>;
+
+    /// Whether the last read of `path` found it with other permissions than
+    /// the sink's own (a file's mode); with `fix`, they are set back. What
+    /// was found, when it differed. Sinks without such permissions: never.
+    async fn mode_drift(&self, _path: &str, _fix: bool) -> Result<Option<String>, SinkError> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

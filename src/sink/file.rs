@@ -91,6 +91,9 @@ pub struct FileSink {
     leftovers: Arc<Mutex<HashMap<PathBuf, Vec<String>>>>,
     /// Reads waiting for the blocking reader (see `read_current`).
     reads: Arc<Mutex<ReadQueue>>,
+    /// Paths whose last read found a mode other than `mode`, with that mode
+    /// (so a pass learns of it without another system call per file).
+    drift: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 /// A read's answer, sent back from the blocking reader.
@@ -128,6 +131,7 @@ impl FileSink {
             config,
             leftovers: Arc::default(),
             reads: Arc::default(),
+            drift: Arc::default(),
         }
     }
 
@@ -138,6 +142,7 @@ impl FileSink {
             config: self.config.clone(),
             leftovers: self.leftovers.clone(),
             reads: self.reads.clone(),
+            drift: self.drift.clone(),
         }
     }
 
@@ -178,12 +183,14 @@ impl FileSink {
         Ok(self.config.dir.join(path))
     }
 
-    /// Creates the target's directory (0700) if missing; returns it.
+    /// Creates the target's directory if missing (0700, or 0750 when
+    /// `mode` lets the group read: the group must reach the file); returns it.
     fn ensure_dir(&self, target: &Path) -> Result<PathBuf, SinkError> {
         let dir = target.parent().unwrap_or(&self.config.dir).to_path_buf();
+        let group = self.config.file_mode().unwrap_or(0o600) & 0o040 != 0;
         fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(if group { 0o750 } else { 0o700 })
             .create(&dir)
             .map_err(|e| self.io("create directory", &dir, e))?;
         Ok(dir)
@@ -326,14 +333,14 @@ impl FileSink {
             Err(ReadFailure::Symlink) => return Err(symlink_error(&target)),
             Err(ReadFailure::Io(e)) => return Err(self.io("read", &target, e)),
         };
-        let allowed = self.config.file_mode().unwrap_or(0o600);
-        if mode & !allowed != 0 {
-            tracing::warn!(
-                sink = %self.name,
-                path = %target.display(),
-                mode = format!("{mode:o}"),
-                "Credential file has wider permissions than the sink's `mode`; it is rewritten with `mode` at the next rotation."
-            );
+        let wanted = self.config.file_mode().unwrap_or(0o600);
+        {
+            let mut drift = self.drift.lock().unwrap_or_else(|e| e.into_inner());
+            if mode == wanted {
+                drift.remove(path);
+            } else {
+                drift.insert(path.to_string(), mode);
+            }
         }
         let payload = Payload::from_json(&bytes).map_err(|e| e.context(target.display()))?;
         let version = Version(payload.rotation_id.clone());
@@ -401,6 +408,40 @@ impl FileSink {
         let _ = fs::remove_file(lock_path(&target));
         drop(lock);
         Ok(removed)
+    }
+
+    /// Creates and removes a temporary file in `dir`.
+    fn probe(&self, dir: &Path) -> Result<(), SinkError> {
+        let probe = dir.join(format!(".health.{:08x}.tmp", rand::rng().random::<u32>()));
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&probe)
+            .map_err(|e| self.io("write in", dir, e))?;
+        let _ = fs::remove_file(&probe);
+        Ok(())
+    }
+
+    /// Before a rotation: the directory made if missing, and a file
+    /// written and removed there, so that an unwritable sink costs no
+    /// account.
+    fn writable_blocking(&self, path: &str) -> Result<(), SinkError> {
+        let target = self.target(path)?;
+        let dir = self.ensure_dir(&target)?;
+        self.probe(&dir)
+    }
+
+    /// Sets the credential file's permissions to `mode` (never through a link).
+    fn set_mode(&self, path: &str, mode: u32) -> Result<(), SinkError> {
+        let target = self.target(path)?;
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&target)
+            .map_err(|e| self.io("open", &target, e))?;
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| self.io("set the mode of", &target, e))
     }
 
     /// Takes the writers' lock of `target`: `{target}.lock`, never through a
@@ -556,18 +597,33 @@ impl FileSink {
         }
     }
 
+    /// Whether a publish could write `path`, leaving nothing behind: an
+    /// existing directory gets a temporary file, removed at once; a missing
+    /// one is not created: the nearest existing directory above it must let
+    /// this process create it (`access(W_OK | X_OK)`, which also sees a
+    /// read-only mount).
     fn health_blocking(&self, path: &str) -> Result<String, SinkError> {
         let target = self.target(path)?;
-        let dir = self.ensure_dir(&target)?;
-        let probe = dir.join(format!(".health.{:08x}.tmp", rand::rng().random::<u32>()));
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&probe)
-            .map_err(|e| self.io("write in", &dir, e))?;
-        let _ = fs::remove_file(&probe);
-        Ok(format!("{} is writable", dir.display()))
+        let dir = target.parent().unwrap_or(&self.config.dir).to_path_buf();
+        let mut at = dir.as_path();
+        while fs::symlink_metadata(at).is_err() {
+            match at.parent() {
+                Some(p) => at = p,
+                None => break,
+            }
+        }
+        if at == dir {
+            self.probe(&dir)?;
+            return Ok(format!("{} is writable", dir.display()));
+        }
+        crate::bounded::writable_dir(at).map_err(|e| self.io("write in", at, e))?;
+        Ok({
+            format!(
+                "{} does not exist yet; the first publish creates it in {}, which is writable",
+                dir.display(),
+                at.display()
+            )
+        })
     }
 }
 
@@ -643,6 +699,27 @@ impl Sink for FileSink {
         let me = self.handle();
         let path = path.to_string();
         blocking(move || me.remove_blocking(&path)).await
+    }
+
+    async fn writable(&self, path: &str) -> Result<(), SinkError> {
+        let me = self.handle();
+        let path = path.to_string();
+        blocking(move || me.writable_blocking(&path)).await
+    }
+
+    async fn mode_drift(&self, path: &str, fix: bool) -> Result<Option<String>, SinkError> {
+        let found = self.drift.lock().unwrap_or_else(|e| e.into_inner()).get(path).copied();
+        let Some(found) = found else { return Ok(None) };
+        let wanted = self.config.file_mode().unwrap_or(0o600);
+        let said = format!("{found:04o}, not the sink's `mode` {wanted:04o}");
+        if !fix {
+            return Ok(Some(said));
+        }
+        let me = self.handle();
+        let owned = path.to_string();
+        blocking(move || me.set_mode(&owned, wanted)).await?;
+        self.drift.lock().unwrap_or_else(|e| e.into_inner()).remove(path);
+        Ok(Some(said))
     }
 }
 

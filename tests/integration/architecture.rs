@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 /// from its own or a higher one.
 const LAYERS: &[&[&str]] = &[
     &[
-        "audit",
         "bounded",
         "clock",
         "exit",
@@ -22,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
         "secret",
         "text",
     ],
-    &["values"],
+    &["audit", "values"],
     &["mixpanel"],
     &["sink"],
     &["policy"],

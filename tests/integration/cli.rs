@@ -1013,3 +1013,82 @@ async fn first_week_messages_say_what_to_do_next() {
         .unwrap();
     assert!(!file.exists(), "{file:?} left behind");
 }
+
+/// Every file and directory below `dir`, with its mode.
+fn tree(dir: &Path) -> Vec<(String, u32)> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            out.push((e.path().display().to_string(), m.permissions().mode()));
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Issue 22, point 5: `validate --online` created the file sink's
+/// directory and an empty audit file. Now it checks without writing.
+#[tokio::test]
+async fn validate_online_changes_nothing_on_disk() {
+    let h = Harness::realtime(Seed::Demo).await;
+    let audit = h.dir.path().join("audit/trail.jsonl");
+    std::fs::create_dir(h.dir.path().join("audit")).unwrap();
+    let cfg = h.policy_file(&format!("[audit]\npath = \"{}\"\n{}", audit.display(), etl(&h)));
+    let before = tree(h.dir.path());
+    let o = run(&h, &cfg, &["validate", "--online"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("does not exist yet; the first publish creates it in"),
+        "{text}"
+    );
+    assert!(text.contains("does not exist yet; created 0600 in"), "{text}");
+    assert_eq!(tree(h.dir.path()), before, "validate --online wrote something");
+    assert!(!h.creds_dir().exists() && !audit.exists());
+}
+
+/// Issue 22, point 6: a credential file made world-readable only got a
+/// log line ("rewritten at the next rotation", weeks away) and `status` and
+/// `reconcile` said ok; with `mode = "0640"` the directory the rotator made
+/// was 0700, so the group could never reach the file. Now the next pass
+/// sets the mode back (a warning and a counter), and the directory is 0750.
+#[tokio::test]
+async fn a_credential_files_mode_is_set_back_and_the_group_can_reach_it() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let h = Harness::realtime(Seed::Demo).await;
+    let cfg = h.policy_file(&etl(&h));
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("dir = \"{}\"\n", h.creds_dir().display()),
+        &format!("dir = \"{}\"\nmode = \"0640\"\n", h.creds_dir().display()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    assert_eq!(run(&h, &cfg, &["reconcile"]).await.status.code(), Some(0));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&h.creds_dir()), 0o750, "the group reaches the file");
+    let file = h.creds_dir().join("etl.json");
+    assert_eq!(mode(&file), 0o640);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run(&h, &cfg, &["status"]).await;
+    assert!(
+        stdout(&o)
+            .contains("the credential file's mode is 0644, not the sink's `mode` 0640: set back at the next pass"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(mode(&file), 0o644, "status changes nothing");
+    let o = run(&h, &cfg, &["reconcile"]).await;
+    assert!(
+        format!("{}{}", stdout(&o), stderr(&o))
+            .contains("the credential file's mode was 0644, not the sink's `mode` 0640: set back"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    assert_eq!(mode(&file), 0o640);
+}
