@@ -444,25 +444,12 @@ impl VaultSink {
         client: &VaultClient,
         paths: &[String],
     ) -> Result<HashMap<String, Vec<String>>, SinkError> {
-        let url = format!("{}/v1/sys/capabilities-self", self.config.address.trim_end_matches('/'));
-        let mut token = reqwest::header::HeaderValue::from_str(&client.settings().token)
-            .map_err(|_| SinkError::invalid("the token is not a valid header value"))?;
-        token.set_sensitive(true);
-        let mut req = self
-            .http
-            .post(url)
-            .header("X-Vault-Token", token)
-            .json(&serde_json::json!({ "paths": paths }));
-        if let Some(ns) = &self.config.namespace {
-            req = req.header("X-Vault-Namespace", ns);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| SinkError::unavailable(format!("cannot reach Vault: {e}")))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(match status.as_u16() {
+        let body = serde_json::json!({ "paths": paths });
+        let (status, body) = self
+            .sys(client, reqwest::Method::POST, "sys/capabilities-self", Some(&body))
+            .await?;
+        if !(200..300).contains(&status) {
+            return Err(match status {
                 403 => SinkError::denied(format!(
                     "HTTP 403: the token is invalid, expired or revoked; renew it or fix `sinks.{}.auth`",
                     self.name
@@ -470,18 +457,6 @@ impl VaultSink {
                 code => error_of(Some(code), format!("HTTP {code}")),
             });
         }
-        let bytes = crate::bounded::read_body(resp, crate::bounded::DOCUMENT_MAX)
-            .await
-            .map_err(|e| match e {
-                crate::bounded::BodyError::TooLarge { max } => {
-                    SinkError::unavailable(format!("the answer is larger than {}", crate::bounded::size(max)))
-                }
-                crate::bounded::BodyError::Transport(e) => {
-                    SinkError::unavailable(format!("cannot read the answer: {e}"))
-                }
-            })?;
-        let body: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| SinkError::unavailable(format!("unexpected answer: {e}")))?;
         let data = body.get("data").unwrap_or(&body);
         Ok(paths
             .iter()
@@ -494,6 +469,99 @@ impl VaultSink {
                 (p.clone(), caps)
             })
             .collect())
+    }
+
+    /// The mount that serves `path` is the configured one, and KV version 2
+    /// (`sys/internal/ui/mounts/{mount}/data/{path}`, which a token with
+    /// rights on the path may read): a broad token passes the capability
+    /// check on a mount that does not exist.
+    async fn mount_check(&self, client: &VaultClient, path: &str) -> Result<(), SinkError> {
+        let mount = self.config.mount.trim_matches('/');
+        let key = format!("sinks.{}.mount", self.name);
+        let (status, body) = self
+            .sys(
+                client,
+                reqwest::Method::GET,
+                &format!("sys/internal/ui/mounts/{mount}/data/{path}"),
+                None,
+            )
+            .await?;
+        match status {
+            200..=299 => {}
+            403 | 404 => {
+                return Err(SinkError::not_found(format!(
+                    "no mount `{mount}` serves {mount}/data/{path} (or the token may not use it): check `{key}` against `bao secrets list` / `vault secrets list`"
+                )));
+            }
+            code => return Err(error_of(Some(code), format!("HTTP {code} from sys/internal/ui/mounts"))),
+        }
+        let data = body.get("data").unwrap_or(&body);
+        let text = |v: Option<&serde_json::Value>| v.and_then(|x| x.as_str()).unwrap_or_default().to_string();
+        let (kind, version, served) = (
+            text(data.get("type")),
+            text(data.get("options").and_then(|o| o.get("version"))),
+            text(data.get("path")),
+        );
+        if served.trim_matches('/') != mount {
+            return Err(SinkError::not_found(format!(
+                "`{key}` is `{mount}`, but {mount}/data/{path} is served by mount `{}`: set `{key}` to it",
+                served.trim_matches('/')
+            )));
+        }
+        if kind != "kv" || version != "2" {
+            return Err(SinkError::invalid(format!(
+                "mount `{mount}` is of type `{kind}`{}, not KV version 2: the rotator needs a KV v2 mount (`bao secrets enable -version=2 -path={mount} kv`)",
+                if version.is_empty() {
+                    String::new()
+                } else {
+                    format!(" version {version}")
+                }
+            )));
+        }
+        Ok(())
+    }
+
+    /// A call to Vault's own API (`sys/...`, which `vaultrs` does not
+    /// wrap): its status and its JSON (`null` when there is none).
+    async fn sys(
+        &self,
+        client: &VaultClient,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value), SinkError> {
+        let url = format!("{}/v1/{path}", self.config.address.trim_end_matches('/'));
+        let mut token = reqwest::header::HeaderValue::from_str(&client.settings().token)
+            .map_err(|_| SinkError::invalid("the token is not a valid header value"))?;
+        token.set_sensitive(true);
+        let mut req = self.http.request(method, url).header("X-Vault-Token", token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        if let Some(ns) = &self.config.namespace {
+            req = req.header("X-Vault-Namespace", ns);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| SinkError::unavailable(format!("cannot reach Vault: {e}")))?;
+        let status = resp.status().as_u16();
+        let bytes = crate::bounded::read_body(resp, crate::bounded::DOCUMENT_MAX)
+            .await
+            .map_err(|e| match e {
+                crate::bounded::BodyError::TooLarge { max } => {
+                    SinkError::unavailable(format!("the answer is larger than {}", crate::bounded::size(max)))
+                }
+                crate::bounded::BodyError::Transport(e) => {
+                    SinkError::unavailable(format!("cannot read the answer: {e}"))
+                }
+            })?;
+        if !(200..300).contains(&status) {
+            return Ok((status, serde_json::Value::Null));
+        }
+        let body =
+            serde_json::from_slice(&bytes).map_err(|e| SinkError::unavailable(format!("unexpected answer: {e}")))?;
+        Ok((status, body))
     }
 }
 
@@ -609,7 +677,9 @@ impl Sink for VaultSink {
         };
         let missing: Vec<&str> = ["create", "update"].into_iter().filter(|c| !has(c)).collect();
         if missing.is_empty() {
-            return Ok(());
+            // A broad token passes the capability check on any path: the
+            // mount itself must exist before an account is created.
+            return self.mount_check(&client, path).await;
         }
         Err(SinkError::denied(format!(
             "the token lacks {} on {data_path}: grant them in its Vault policy (README, \"vault\" sink)",
@@ -636,7 +706,12 @@ impl Sink for VaultSink {
                 missing.join(", ")
             )));
         }
-        let mut out = format!("logged in; create, update, read on {data_path}");
+        let client = self.logged_in().await?;
+        self.mount_check(&client, path).await?;
+        let mut out = format!(
+            "logged in; mount `{}` is KV version 2; create, update, read on {data_path}",
+            self.config.mount.trim_matches('/')
+        );
         if !has(&meta_path, "update") && !has(&meta_path, "create") {
             out.push_str(&format!(
                 " (no update on {meta_path}: custom_metadata will not be written)"

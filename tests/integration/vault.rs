@@ -35,6 +35,11 @@ impl Bao {
         self.call_as(&self.root.clone(), method, path, body).await
     }
 
+    /// The dev server's root token (a broad token, as some operators use).
+    pub fn root_token(&self) -> String {
+        self.root.clone()
+    }
+
     pub async fn call_as(&self, token: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut req = self
             .http
@@ -460,6 +465,8 @@ async fn kubernetes_login_sends_the_pod_jwt_and_uses_the_returned_token() {
                 json!({"request_id": "r", "lease_id": "", "lease_duration": 0, "renewable": false, "data": null, "warnings": null, "wrap_info": null,
                     "auth": {"client_token": "k8s-issued-token", "accessor": "a", "policies": [], "token_policies": [],
                     "metadata": null, "lease_duration": 600, "renewable": true, "entity_id": "e", "token_type": "service", "orphan": true}})
+            } else if path.starts_with("/v1/sys/internal/ui/mounts/") {
+                json!({"data": {"type": "kv", "options": {"version": "2"}, "path": "secret/"}})
             } else {
                 json!({"data": {"secret/data/mixpanel/etl": ["create", "update", "read"], "secret/metadata/mixpanel/etl": ["update"]}})
             };
@@ -489,6 +496,8 @@ async fn kubernetes_login_sends_the_pod_jwt_and_uses_the_returned_token() {
     );
     assert_eq!(seen[1].0, "/v1/sys/capabilities-self");
     assert_eq!(seen[1].2.as_deref(), Some("k8s-issued-token"));
+    assert_eq!(seen[2].0, "/v1/sys/internal/ui/mounts/secret/data/mixpanel/etl");
+    assert_eq!(seen[2].2.as_deref(), Some("k8s-issued-token"));
 }
 
 #[tokio::test]
@@ -644,4 +653,45 @@ async fn the_readme_vault_agent_template_renders_each_rotation_and_runs_its_exec
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(reloads(), 2, "one exec per rotation");
     child.kill().await.unwrap();
+}
+
+/// Issue 22, point 4: with a broad (root) token, `mount = "kv"` where no
+/// such mount exists passed `validate --online`, and `rotate-now` then
+/// created an account, got 404 on publish and deleted it. Now the mount is
+/// checked (it exists, serves the path, is KV version 2): `validate` fails
+/// naming the key, and `rotate-now` stops before any create.
+#[tokio::test]
+async fn a_wrong_mount_with_a_root_token_fails_validate_and_creates_nothing() {
+    let h = Harness::realtime(Seed::Demo).await;
+    let bao = Bao::from_env();
+    let root = write_secret(&h, "root.token", &bao.root_token());
+    let sink = vault_sink(
+        &bao,
+        &format!("{{ method = \"token\", token = {{ file = \"{}\" }} }}", root.display()),
+    )
+    .replace("mount = \"secret\"", "mount = \"kv\"");
+    let cfg = h.policy_file(&format!("{sink}\n{}", etl(&h, &unique("mixpanel/etl"))));
+    let o = h.run_bin(&cfg, &["validate", "--online"], &[]).await;
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("no mount `kv` serves") && l.contains("sinks.vault.mount")),
+        "{out}"
+    );
+    h.sim.clear_requests();
+    let o = h.run_bin(&cfg, &["rotate-now", "etl"], &[]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(h.sim.requests().iter().all(|q| !q.is_mutating()), "no account created");
+    // The right mount: the check says what it found.
+    let good = h.policy_file(&format!(
+        "{}\n{}",
+        sink.replace("mount = \"kv\"", "mount = \"secret\""),
+        etl(&h, &unique("mixpanel/etl"))
+    ));
+    let o = h.run_bin(&good, &["validate", "--online"], &[]).await;
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("mount `secret` is KV version 2"), "{out}");
+    h.assert_no_secret_leaked_with(&[], &[&bao.root_token()]);
 }
