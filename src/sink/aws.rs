@@ -125,19 +125,60 @@ fn body(payload: &Payload) -> Result<zeroize::Zeroizing<String>, SinkError> {
 
 fn parts<E: ProvideErrorMetadata + std::error::Error + 'static>(e: &SdkError<E, HttpResponse>) -> Parts {
     let status = e.raw_response().map(|r| r.status().as_u16());
-    let (code, message) = match (e.code(), status) {
-        (Some(code), _) => (
-            code.to_string(),
-            crate::text::server_text(e.message().unwrap_or("no message")),
+    if e.code().is_some() || status.is_some() {
+        let (code, message) = match (e.code(), status) {
+            (Some(code), _) => (
+                code.to_string(),
+                crate::text::server_text(e.message().unwrap_or("no message")),
+            ),
+            (None, Some(403)) => ("AccessDenied".into(), "HTTP 403".into()),
+            (None, Some(s)) => ("HTTP".into(), format!("HTTP {s}")),
+            (None, None) => ("HTTP".into(), String::new()),
+        };
+        return Parts { code, message };
+    }
+    // No answer: one line of what happened; the SDK's whole chain (a Rust
+    // debug dump) only at debug level.
+    tracing::debug!(error = %aws_sdk_secretsmanager::error::DisplayErrorContext(e), "AWS call failed without an answer.");
+    let chain = error_chain(e);
+    let (code, message) = match e {
+        _ if chain.contains("credential") => (
+            "NoCredentials",
+            "no AWS credentials found (environment, `profile` or AWS_PROFILE, IRSA, ECS, instance metadata): give the rotator an AWS identity".to_string(),
         ),
-        (None, Some(403)) => ("AccessDenied".into(), "HTTP 403".into()),
-        (None, Some(s)) => ("HTTP".into(), format!("HTTP {s}")),
-        (None, None) => (
-            "NoAnswer".into(),
-            format!("{}", aws_sdk_secretsmanager::error::DisplayErrorContext(e)),
+        SdkError::TimeoutError(_) => ("Timeout", "no answer within the sink's `timeout`".to_string()),
+        SdkError::DispatchFailure(d) if d.is_timeout() => ("Timeout", "no answer within the sink's `timeout`".to_string()),
+        SdkError::DispatchFailure(d) if d.is_io() => (
+            "Unreachable",
+            format!(
+                "cannot reach Secrets Manager ({}): check `endpoint_url`, `region` and the network path",
+                crate::text::server_text(last_cause(&chain))
+            ),
         ),
+        SdkError::ResponseError(_) => ("NoAnswer", "the answer could not be read".to_string()),
+        _ => ("NoAnswer", crate::text::server_text(last_cause(&chain))),
     };
-    Parts { code, message }
+    Parts {
+        code: code.to_string(),
+        message,
+    }
+}
+
+/// Every error of `e`'s `source()` chain, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
+}
+
+/// The innermost cause of a chain built by [`error_chain`].
+fn last_cause(chain: &str) -> &str {
+    chain.rsplit(": ").next().unwrap_or(chain)
 }
 
 impl AwsSink {
@@ -178,7 +219,12 @@ impl AwsSink {
     }
 
     fn fail(&self, what: &str, path: &str, code: &str, message: &str) -> SinkError {
-        let detail = |hint: &str| format!("{what} `{path}` failed: {code}: {message}{hint}");
+        let detail = |hint: &str| match code {
+            "NoCredentials" | "Unreachable" | "Timeout" | "NoAnswer" => {
+                format!("{what} `{path}` failed: {message}{hint}")
+            }
+            _ => format!("{what} `{path}` failed: {code}: {message}{hint}"),
+        };
         match code {
             "AccessDeniedException" | "AccessDenied" => SinkError::denied(detail(&format!(
                 ": the rotator's AWS identity lacks secretsmanager:{what} on `{path}`; grant the IAM policy in the README (\"aws-secrets-manager\" sink)"
@@ -189,7 +235,11 @@ impl AwsSink {
                 ))
             }
             "ResourceNotFoundException" => SinkError::not_found(detail("")),
-            "NoAnswer" | "HTTP" | "InternalServiceError" | "ThrottlingException" | "ServiceUnavailable" => {
+            "NoCredentials" => SinkError::denied(detail("")),
+            "ThrottlingException" | "TooManyRequestsException" => {
+                SinkError::unavailable(detail(" (throttled by AWS: the next pass tries again)"))
+            }
+            "NoAnswer" | "Unreachable" | "Timeout" | "HTTP" | "InternalServiceError" | "ServiceUnavailable" => {
                 SinkError::unavailable(detail(""))
             }
             _ => SinkError::invalid(detail("")),

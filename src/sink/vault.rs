@@ -169,11 +169,33 @@ fn describe(e: &ClientError) -> Described {
         ),
         ClientError::RestClientError { source } => match source {
             rustify::errors::ClientError::ServerResponseError { code, .. } => (Some(*code), format!("HTTP {code}")),
-            other => (None, other.to_string()),
+            other => (None, no_answer(other)),
         },
-        other => (None, other.to_string()),
+        other => (None, no_answer(other)),
     };
     Described { code, text }
+}
+
+/// A call that got no answer, in one line: the innermost cause (the SDK's
+/// whole chain only at debug level) and what to check.
+fn no_answer(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause: &(dyn std::error::Error + 'static) = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    tracing::debug!(error = ?e, "Vault call failed without an answer.");
+    let timed_out = std::iter::successors(Some(e), |x| x.source()).any(|x| {
+        x.downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_timeout)
+    });
+    if timed_out {
+        "no answer from Vault within the sink's `timeout`".into()
+    } else {
+        format!(
+            "no answer from Vault ({}): check the sink's `address` and the network path",
+            crate::text::server_text(&cause.to_string())
+        )
+    }
 }
 
 /// The kind of a failure with HTTP status `code` (`None`: no answer).
@@ -541,10 +563,7 @@ impl VaultSink {
         if let Some(ns) = &self.config.namespace {
             req = req.header("X-Vault-Namespace", ns);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| SinkError::unavailable(format!("cannot reach Vault: {e}")))?;
+        let resp = req.send().await.map_err(|e| SinkError::unavailable(no_answer(&e)))?;
         let status = resp.status().as_u16();
         let bytes = crate::bounded::read_body(resp, crate::bounded::DOCUMENT_MAX)
             .await

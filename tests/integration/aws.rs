@@ -498,3 +498,60 @@ async fn a_foreign_value_at_an_aws_path_names_the_field_and_the_way_out() {
     );
     assert!(!text.contains("hunter2-foreign"));
 }
+
+/// Issue 22, point 3: with no AWS credentials, `validate --online` printed a
+/// 1,107-character line ending in a Rust debug dump and never said "no
+/// credentials"; a dead endpoint gave a similar dump. Now each is one line
+/// of what happened and what to do, at most 300 characters.
+#[tokio::test]
+async fn aws_failures_without_an_answer_are_one_short_line_that_says_what_to_do() {
+    let h = Harness::realtime(Seed::Demo).await;
+    let empty_home = tempfile::tempdir().unwrap();
+    let run = |cfg: std::path::PathBuf, creds: bool| {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_mixpanel-rotator"));
+        c.arg("--config")
+            .arg(cfg)
+            .args(["validate", "--online"])
+            .env_remove("RUST_LOG");
+        if !creds {
+            c.env_remove("AWS_ACCESS_KEY_ID")
+                .env_remove("AWS_SECRET_ACCESS_KEY")
+                .env_remove("AWS_SESSION_TOKEN")
+                .env_remove("AWS_PROFILE")
+                .env("HOME", empty_home.path())
+                .env("AWS_EC2_METADATA_DISABLED", "true");
+        }
+        c.output()
+    };
+    let line = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find(|l| l.starts_with("FAIL") && l.contains("etl:"))
+            .unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(&o.stdout)))
+            .to_string()
+    };
+    let cfg = h.policy_file(&policy(&h, &unique("mixpanel/nocreds")));
+    let o = run(cfg, false).await.unwrap();
+    let l = line(&o);
+    assert!(
+        l.contains("no AWS credentials found") && l.contains("give the rotator an AWS identity"),
+        "{l}"
+    );
+    assert!(
+        l.chars().count() <= 300 && !l.contains("DispatchFailure"),
+        "{} chars: {l}",
+        l.chars().count()
+    );
+    let dead = h.policy_file(&policy(&h, &unique("mixpanel/dead")).replace(&moto_url(), "http://127.0.0.1:9"));
+    let o = run(dead, true).await.unwrap();
+    let l = line(&o);
+    assert!(
+        l.contains("cannot reach Secrets Manager") && l.contains("`endpoint_url`"),
+        "{l}"
+    );
+    assert!(
+        l.chars().count() <= 300 && !l.contains("DispatchFailure"),
+        "{} chars: {l}",
+        l.chars().count()
+    );
+}

@@ -695,3 +695,27 @@ async fn a_wrong_mount_with_a_root_token_fails_validate_and_creates_nothing() {
     assert!(out.contains("mount `secret` is KV version 2"), "{out}");
     h.assert_no_secret_leaked_with(&[], &[&bao.root_token()]);
 }
+
+/// Issue 22, point 3 (Vault's side): a dead address said "Error sending
+/// HTTP request". Now: what happened and what to check, in one line.
+#[tokio::test]
+async fn a_dead_vault_address_says_what_to_check_in_one_short_line() {
+    let h = Harness::realtime(Seed::Demo).await;
+    let token = write_secret(&h, "dead.token", "not-a-real-token");
+    let sink = format!(
+        "[sinks.vault]\ntype = \"vault\"\naddress = \"http://127.0.0.1:9\"\nmount = \"secret\"\nauth = {{ method = \"token\", token = {{ file = \"{}\" }} }}\n",
+        token.display()
+    );
+    let cfg = h.policy_file(&format!("{sink}\n{}", etl(&h, "mixpanel/etl")));
+    let o = h.run_bin(&cfg, &["validate", "--online"], &[]).await;
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let l = out
+        .lines()
+        .find(|l| l.starts_with("FAIL") && l.contains("etl:"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        l.contains("no answer from Vault (Connection refused") && l.contains("`address`"),
+        "{l}"
+    );
+    assert!(l.chars().count() <= 300, "{} chars: {l}", l.chars().count());
+}
