@@ -463,7 +463,8 @@ async fn retire(cli: &Cli, clock: SharedClock, name: &str, yes: bool) -> Result<
     let mut out = std::io::stdout().lock();
     if !yes {
         let _ = write!(out, "{}", crate::render::retire_text(&plan, None));
-        return Ok(Exit::Ok);
+        // A check that fails now would stop `--yes`: say so in the status too.
+        return Ok(Exit::from_failure(plan.checks.iter().any(|c| !c.ok)));
     }
     let done = engine.retire(&i, plan.clone()).await;
     let _ = write!(out, "{}", crate::render::retire_text(&plan, Some(&done)));

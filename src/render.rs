@@ -163,6 +163,14 @@ pub fn retire_text(
     for k in &plan.kept {
         let _ = writeln!(s, "  - keep account {} ({}): {}", k.id, k.username, k.why);
     }
+    for c in &plan.checks {
+        let verdict = if c.ok { "ok" } else { "FAILED, nothing will be changed" };
+        let _ = writeln!(
+            s,
+            "  - check sink `{}` path `{}`: {verdict}: {}",
+            c.sink, c.path, c.detail
+        );
+    }
     for p in plan.places.iter().filter(|p| p.present) {
         let did = done.is_some_and(|x| x.removed.iter().any(|r| r.sink == p.sink && r.path == p.path));
         let what = if p.mirror {

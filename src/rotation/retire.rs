@@ -62,6 +62,18 @@ pub struct RetirePlan {
     /// Accounts left alone, with why (another integration's, the rotator's).
     pub kept: Vec<Kept>,
     pub places: Vec<Place>,
+    /// Whether each place holding this integration's payload may be
+    /// removed, checked before anything is changed.
+    pub checks: Vec<Check>,
+}
+
+/// Whether a place's payload may be removed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub sink: String,
+    pub path: String,
+    pub ok: bool,
+    pub detail: String,
 }
 
 /// What `retire --yes` did.
@@ -140,7 +152,9 @@ impl Engine {
             delete: vec![],
             kept: vec![],
             places: self.places(i, organization, published.as_ref()).await,
+            checks: vec![],
         };
+        plan.checks = self.checks(&plan.places).await;
         for (a, why) in candidates(i, &obs, own_payload.map(|(p, _)| p)) {
             if plan.delete.iter().any(|d| d.disposal.id == a.id) || plan.kept.iter().any(|k| k.id == a.id) {
                 continue;
@@ -183,6 +197,27 @@ impl Engine {
         })
     }
 
+    /// Whether each place holding this integration's payload may be removed.
+    async fn checks(&self, places: &[Place]) -> Vec<Check> {
+        let mut out = vec![];
+        for p in places.iter().filter(|p| p.present && p.foreign.is_none()) {
+            let Some(sink) = self.ctx.sinks.get(&p.sink) else {
+                continue;
+            };
+            let (ok, detail) = match sink.removable(&p.path).await {
+                Ok(d) => (true, d),
+                Err(e) => (false, e.to_string()),
+            };
+            out.push(Check {
+                sink: p.sink.clone(),
+                path: p.path.clone(),
+                ok,
+                detail,
+            });
+        }
+        out
+    }
+
     /// The integration's primary and mirrors, with what each holds.
     async fn places(&self, i: &Integration, organization: u64, primary: Option<&(Payload, Version)>) -> Vec<Place> {
         let mut places = vec![Place {
@@ -209,9 +244,11 @@ impl Engine {
         places
     }
 
-    /// Carries out `plan`: the accounts first, then, only once every one is
-    /// gone, the payloads (a failed delete leaves the payload a consumer may
-    /// still use; running `retire` again finishes the job).
+    /// Carries out `plan`: nothing unless every place passed its check;
+    /// then the payloads (primary and mirrors), and only once they are all
+    /// gone, the accounts. A failure stops there: a half-done retire leaves
+    /// accounts, which `retire` finds again by their lineage, never a
+    /// payload naming deleted accounts.
     pub async fn retire(&self, i: &Integration, plan: RetirePlan) -> Retired {
         let mut out = Retired {
             plan,
@@ -224,54 +261,75 @@ impl Engine {
                 .push(StepError::new(&i.name, Step::Audit, Cause::Audit(e)).to_string());
             return out;
         }
-        for d in &out.plan.delete {
-            match self.ctx.delete(i, &d.disposal, None, None).await {
-                Ok(()) => out.deleted.push(d.disposal.id),
-                Err(e) => out.errors.push(e.to_string()),
-            }
+        for c in out.plan.checks.iter().filter(|c| !c.ok) {
+            out.errors.push(format!(
+                "integration `{}`: sink `{}` path `{}`: {}; nothing was changed",
+                i.name, c.sink, c.path, c.detail
+            ));
         }
         if !out.errors.is_empty() {
             return out;
         }
-        let organization = self.ctx.scope.organization_id;
         for p in out.plan.places.clone() {
-            let Some(sink) = self.ctx.sinks.get(&p.sink) else {
-                continue;
-            };
-            if p.foreign.is_some() {
-                continue;
+            if let Some(e) = self.remove_place(i, &p).await {
+                out.errors.push(e);
+            } else if p.present && p.foreign.is_none() {
+                out.removed.push(p);
             }
-            // Read again at the last moment: what another integration or
-            // organization wrote there since the plan is never removed.
-            if let Ok(Some((now_there, _))) = sink.read_current(&p.path).await
-                && let Some(whose) = foreign(i, organization, &now_there)
-            {
-                out.errors.push(format!(
-                    "integration `{}`: the payload at sink `{}` path `{}` was left: {whose}",
-                    i.name, p.sink, p.path
-                ));
-                continue;
-            }
-            let event = |outcome| AuditEvent {
-                detail: Some(format!("sink `{}` path `{}`", p.sink, p.path)),
-                reason: Some("retired".into()),
-                ..self.ctx.audit_event(&i.name, Action::Remove, outcome)
-            };
-            match sink.remove(&p.path).await {
-                Ok(true) => {
-                    self.ctx.audit(event(Outcome::Deleted));
-                    out.removed.push(p);
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    self.ctx.audit(event(Outcome::Failed));
-                    out.errors.push(format!(
-                        "integration `{}`: removing the payload at sink `{}` path `{}` failed: {e}",
-                        i.name, p.sink, p.path
-                    ));
-                }
+        }
+        if !out.errors.is_empty() {
+            out.errors.push(format!(
+                "integration `{}`: no account was deleted; run `retire {}` again once the payloads can be removed",
+                i.name, i.name
+            ));
+            return out;
+        }
+        for d in &out.plan.delete {
+            match self.ctx.delete(i, &d.disposal, None, None).await {
+                Ok(()) => out.deleted.push(d.disposal.id),
+                Err(e) if d.why.starts_with("of its lineage") => out.errors.push(e.to_string()),
+                // Its payload is gone: say how to find it again.
+                Err(e) => out.errors.push(format!(
+                    "{e}; nothing records account {} any more: run `retire` again with `adopt = {}` on `{}`, or delete it in Mixpanel",
+                    d.disposal.id, d.disposal.id, i.name
+                )),
             }
         }
         out
+    }
+
+    /// Removes the payload at `p`, unless it is another's (read again at
+    /// the last moment); `Some(error)` when that failed.
+    async fn remove_place(&self, i: &Integration, p: &Place) -> Option<String> {
+        let sink = self.ctx.sinks.get(&p.sink)?;
+        if p.foreign.is_some() || !p.present {
+            return None;
+        }
+        if let Ok(Some((now_there, _))) = sink.read_current(&p.path).await
+            && let Some(whose) = foreign(i, self.ctx.scope.organization_id, &now_there)
+        {
+            return Some(format!(
+                "integration `{}`: the payload at sink `{}` path `{}` was left: {whose}",
+                i.name, p.sink, p.path
+            ));
+        }
+        let event = |outcome| AuditEvent {
+            detail: Some(format!("sink `{}` path `{}`", p.sink, p.path)),
+            reason: Some("retired".into()),
+            ..self.ctx.audit_event(&i.name, Action::Remove, outcome)
+        };
+        match sink.remove(&p.path).await {
+            Ok(_) => {
+                self.ctx.audit(event(Outcome::Deleted));
+                None
+            }
+            Err(e) => {
+                self.ctx.audit(event(Outcome::Failed));
+                Some(format!(
+                    "integration `{}`: removing the payload at sink `{}` path `{}` failed: {e}",
+                    i.name, p.sink, p.path
+                ))
+            }
+        }
     }
 }

@@ -205,6 +205,14 @@ pub trait Sink: Send + Sync + fmt::Debug {
     /// nothing was there. Never used by a pass.
     async fn remove(&self, path: &str) -> Result<bool, SinkError>;
 
+    /// Whether `remove(path)` would be allowed, asked without removing
+    /// (`retire` checks every place before it changes anything): what was
+    /// checked. Backends that cannot tell say so, and `retire` removes the
+    /// payloads before it deletes any account.
+    async fn removable(&self, _path: &str) -> Result<String, SinkError> {
+        Ok("not checkable beforehand: removed before any account is deleted".into())
+    }
+
     /// Whether the last read of `path` found it with other permissions than
     /// the sink's own (a file's mode); with `fix`, they are set back. What
     /// was found, when it differed. Sinks without such permissions: never.

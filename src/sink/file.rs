@@ -707,6 +707,17 @@ impl Sink for FileSink {
         blocking(move || me.writable_blocking(&path)).await
     }
 
+    async fn removable(&self, path: &str) -> Result<String, SinkError> {
+        let target = self.target(path)?;
+        let dir = target.parent().unwrap_or(&self.config.dir).to_path_buf();
+        blocking(move || {
+            crate::bounded::writable_dir(&dir)
+                .map(|()| format!("{} is writable", dir.display()))
+                .map_err(|e| SinkError::denied(format!("cannot remove files in {}: {e}", dir.display())))
+        })
+        .await
+    }
+
     async fn mode_drift(&self, path: &str, fix: bool) -> Result<Option<String>, SinkError> {
         let found = self.drift.lock().unwrap_or_else(|e| e.into_inner()).get(path).copied();
         let Some(found) = found else { return Ok(None) };

@@ -251,6 +251,14 @@ impl VaultSink {
         })
     }
 
+    /// The token may not remove `path` (every version and the metadata).
+    fn lacks_delete(&self, path: &str) -> SinkError {
+        let meta = format!("{}/metadata/{path}", self.config.mount);
+        SinkError::denied(format!(
+            "the token lacks `delete` on {meta}, which `retire` needs to remove every version and the metadata: grant it in the token's Vault policy for the retire (README, \"vault\" sink)"
+        ))
+    }
+
     fn err(&self, what: &str, path: &str, e: &ClientError) -> SinkError {
         let Described { code, text } = describe(e);
         let hint = match code {
@@ -676,8 +684,26 @@ impl Sink for VaultSink {
             .await;
         match r {
             Ok(()) => Ok(true),
+            Err(Fail::Api(e)) if describe(&e).code == Some(403) => Err(self.lacks_delete(path)),
             Err(Fail::Api(e)) => Err(self.err("cannot delete", path, &e)),
             Err(Fail::Login(e)) => Err(e),
+        }
+    }
+
+    async fn removable(&self, path: &str) -> Result<String, SinkError> {
+        let meta = format!("{}/metadata/{path}", self.config.mount);
+        let client = self.logged_in().await?;
+        let caps = self
+            .capabilities(&client, std::slice::from_ref(&meta))
+            .await
+            .map_err(|e| e.context("checking the token"))?;
+        if caps
+            .get(&meta)
+            .is_some_and(|v| v.iter().any(|x| x == "delete" || x == "root"))
+        {
+            Ok(format!("the token may delete {meta}"))
+        } else {
+            Err(self.lacks_delete(path))
         }
     }
 

@@ -224,7 +224,9 @@ async fn retire_removes_every_version_from_vault() {
     let sink = engine.sink("vault").unwrap().clone();
     let refused = sink.remove(&path).await.unwrap_err();
     assert!(
-        refused.to_string().contains("403") || refused.to_string().contains("permission"),
+        refused
+            .to_string()
+            .contains("the token lacks `delete` on secret/metadata/"),
         "{refused}"
     );
     assert!(sink.read_current(&path).await.unwrap().is_some(), "nothing removed");
@@ -718,4 +720,38 @@ async fn a_dead_vault_address_says_what_to_check_in_one_short_line() {
         "{l}"
     );
     assert!(l.chars().count() <= 300, "{} chars: {l}", l.chars().count());
+}
+
+/// Issue 22, point 2: with the README's least-privilege Vault policy (no
+/// `delete` on metadata), `retire --yes` deleted the accounts, then failed
+/// with a 403 naming the data path: the payload was left naming deleted
+/// accounts. Now `retire` checks every place first (its dry run shows it),
+/// and with a failed check changes nothing.
+#[tokio::test]
+async fn retire_with_a_token_lacking_delete_deletes_no_account() {
+    let h = Harness::realtime(Seed::Demo).await;
+    let bao = Bao::from_env();
+    let (policy, path, token) = token_setup(&h, &bao).await;
+    let cfg = h.policy_file(&policy);
+    assert_eq!(h.run_bin(&cfg, &["reconcile"], &[]).await.status.code(), Some(0));
+    let accounts = h.sim.accounts().len();
+    let o = h.run_bin(&cfg, &["retire", "etl"], &[]).await;
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "check sink `vault` path `{path}`: FAILED, nothing will be changed"
+        )) && out.contains(&format!("the token lacks `delete` on secret/metadata/{path}")),
+        "{out}"
+    );
+    let o = h.run_bin(&cfg, &["retire", "etl", "--yes"], &[]).await;
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("nothing was changed"), "{out}");
+    assert_eq!(h.sim.accounts().len(), accounts, "no account deleted");
+    let (st, _) = bao
+        .call(reqwest::Method::GET, &format!("secret/data/{path}"), None)
+        .await;
+    assert_eq!(st, 200, "the payload is still there");
+    h.assert_no_secret_leaked_with(&[], &[&token]);
 }
