@@ -115,6 +115,11 @@ pub enum Command {
         /// (a policy linted in CI or before a deploy, away from its secrets).
         #[arg(long, conflicts_with = "online")]
         policy_only: bool,
+        /// With --online: unexplained lineage accounts this policy would
+        /// delete, that another rotator may publish, are this rotator's own
+        /// leftovers (a warning, not a failure).
+        #[arg(long, requires = "online")]
+        accept_unexplained: bool,
         #[command(flatten)]
         output: OutputArgs,
         #[command(flatten)]
@@ -375,9 +380,13 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Validate {
             online,
             policy_only,
+            accept_unexplained,
             output,
             ..
-        } => validate(&cli, Depth::of(*online, *policy_only), output.output, clock).await,
+        } => {
+            let depth = Depth::of(*online, *policy_only);
+            validate(&cli, depth, *accept_unexplained, output.output, clock).await
+        }
         Command::Plan { output, .. } => passes(&cli, clock, Mode::Plan, output.output).await,
         Command::RotateNow {
             names,
@@ -777,7 +786,13 @@ impl Depth {
     }
 }
 
-async fn validate(cli: &Cli, depth: Depth, output: Output, clock: SharedClock) -> Result<Exit, Exit> {
+async fn validate(
+    cli: &Cli,
+    depth: Depth,
+    accept_unexplained: bool,
+    output: Output,
+    clock: SharedClock,
+) -> Result<Exit, Exit> {
     let online = depth == Depth::Online;
     let path = config_path(cli.config());
     let policy = load_policy(cli)?;
@@ -832,7 +847,8 @@ async fn validate(cli: &Cli, depth: Depth, output: Output, clock: SharedClock) -
         own_expiry(&engine, accounts, clock.now(), &mut checks);
     }
     for i in &engine.policy().integrations {
-        integration_checks(&engine, i, me.as_ref().ok(), accounts.as_deref().ok(), &mut checks).await;
+        let seen = (me.as_ref().ok(), accounts.as_deref().ok());
+        integration_checks(&engine, i, seen, accept_unexplained, &mut checks).await;
     }
     Ok(checks.finish(&path, online, clock.now()))
 }
@@ -878,8 +894,8 @@ fn own_expiry(
 async fn integration_checks(
     engine: &Engine,
     i: &crate::policy::Integration,
-    me: Option<&crate::mixpanel::Me>,
-    accounts: Option<&[crate::mixpanel::ServiceAccount]>,
+    (me, accounts): (Option<&crate::mixpanel::Me>, Option<&[crate::mixpanel::ServiceAccount]>),
+    accept_unexplained: bool,
     checks: &mut Checks,
 ) {
     if let Some(sink) = engine.sink(&i.sink) {
@@ -901,8 +917,21 @@ async fn integration_checks(
         );
     }
     if let Some(accounts) = accounts {
-        let readiness = readiness(engine, i, accounts).await;
+        let (readiness, elsewhere) = readiness(engine, i, accounts).await;
         checks.check(&format!("{}: rotation readiness", i.name), readiness);
+        let what = format!("{}: accounts other rotators may publish", i.name);
+        for w in elsewhere {
+            if accept_unexplained {
+                checks.warn(&what, &w);
+            } else {
+                checks.check(
+                    &what,
+                    Err(format!(
+                        "{w} (if they are this rotator's own leftovers: `validate --online --accept-unexplained`)"
+                    )),
+                );
+            }
+        }
     }
 }
 
@@ -991,19 +1020,26 @@ fn regions(client: &crate::mixpanel::Client, me: &crate::mixpanel::Me) -> Result
     Ok(parts.join("; "))
 }
 
-/// Whether a pass could work on `i`: the same observation and plan as a pass.
+/// Whether a pass could work on `i`: the same observation and plan as a
+/// pass; and the unexplained accounts it would delete that another
+/// rotator may publish.
 async fn readiness(
     engine: &Engine,
     i: &crate::policy::Integration,
     accounts: &[crate::mixpanel::ServiceAccount],
-) -> Result<String, String> {
-    let obs = engine.observe(i, accounts).await.map_err(|e| e.message())?;
+) -> (Result<String, String>, Vec<String>) {
+    let obs = match engine.observe(i, accounts).await {
+        Ok(o) => o,
+        Err(e) => return (Err(e.message()), vec![]),
+    };
     let plan = engine.decide(i, &obs, Request::default());
-    match plan.blocked {
+    let elsewhere = crate::rotation::engine::elsewhere_warnings(i, &obs, &plan, engine.now());
+    let readiness = match plan.blocked {
         Some(b) => Err(b.to_string()),
         None if obs.published.is_some() => Ok("credential published".into()),
         None => Ok("nothing published yet; the first pass bootstraps it".into()),
-    }
+    };
+    (readiness, elsewhere)
 }
 
 /// How the simulator shapes its answers.

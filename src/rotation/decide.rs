@@ -518,6 +518,33 @@ impl Plan {
     }
 }
 
+/// The unexplained lineage accounts `plan` would delete that another
+/// rotator (a second policy with the same `namespace`) may publish: younger
+/// than `orphan_after` + `grace`, or used after their own verification.
+/// The idle rule keeps those in use; one whose consumer has not used it yet
+/// cannot be told from a leftover, so a pre-flight names them.
+pub fn maybe_elsewhere<'p>(
+    i: &Integration,
+    obs: &Observation,
+    plan: &'p Plan,
+    now: DateTime<Utc>,
+) -> Vec<&'p Disposal> {
+    let young_since = before(now, i.orphan_after.checked_add(&i.grace).unwrap_or(Duration::MAX));
+    plan.delete_now
+        .iter()
+        .chain(&plan.delete_later)
+        .filter(|d| d.reason == DeleteReason::Orphan && d.rule != Rule::Expired)
+        .filter(|d| {
+            let born = obs.lineage.iter().find(|(a, _)| a.id == d.id).map(|(a, ts)| {
+                a.created
+                    .map(|c| obs.mixpanel_clock.local(c))
+                    .map_or(*ts, |c| c.max(*ts))
+            });
+            d.rule == Rule::Unused || born.is_some_and(|b| b > young_since)
+        })
+        .collect()
+}
+
 /// Decides what a pass does for `i`, given what was observed at `now`.
 pub fn decide(i: &Integration, scope: &Scope, obs: &Observation, now: DateTime<Utc>, req: Request) -> Plan {
     if let Some(blocked) = refuse(i, scope, obs) {

@@ -217,6 +217,11 @@ impl Engine {
         self
     }
 
+    /// The time, by the engine's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.ctx.clock.now()
+    }
+
     /// The policy in force.
     pub fn policy(&self) -> &Policy {
         &self.ctx.policy
@@ -581,6 +586,7 @@ impl Engine {
                 self.report_ownership(i, &plan, &mut report);
                 let mut changed = None;
                 if opts.dry_run {
+                    report.warnings.extend(elsewhere_warnings(i, &obs, &plan, now));
                     Box::pin(self.preview(i, &plan, cache, &mut report)).await;
                 } else if opts.stopping() {
                     report.warnings.push("shutting down: nothing started".into());
@@ -933,6 +939,23 @@ impl Engine {
         }
         self.record_mirrors(i, &r.mirrors);
     }
+}
+
+/// What a pre-flight (`plan`, `status`, `validate --online`) says of each
+/// unexplained lineage account another rotator may publish
+/// ([`super::decide::maybe_elsewhere`]).
+pub fn elsewhere_warnings(i: &Integration, obs: &Observation, plan: &Plan, now: DateTime<Utc>) -> Vec<String> {
+    super::decide::maybe_elsewhere(i, obs, plan, now)
+        .into_iter()
+        .map(|d| {
+            format!(
+                "account {} ({}) is of this lineage but not published by this policy's sink: if another rotator (another policy with the same `namespace`) publishes it, this one would delete it {}; give each policy its own `namespace`, or share one primary",
+                d.id,
+                d.username,
+                d.due.map_or("once the policy is fixed".into(), |t| format!("at {} unless it is in use then", crate::text::rfc3339(t)))
+            )
+        })
+        .collect()
 }
 
 /// What the hooks learn of a rotation (never the secret).

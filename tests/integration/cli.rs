@@ -1092,3 +1092,43 @@ async fn a_credential_files_mode_is_set_back_and_the_group_can_reach_it() {
     );
     assert_eq!(mode(&file), 0o640);
 }
+
+/// Issue 22, point 7: a copy of a working policy with another sink
+/// directory ("try a sink first") said `ok ... nothing published yet`, and
+/// `plan` listed the first policy's live credential for deletion without a
+/// word. Now both name it, and `validate --online` fails on it unless told
+/// the accounts are this rotator's own leftovers.
+#[tokio::test]
+async fn a_second_policy_over_the_same_organization_names_the_first_ones_credential() {
+    let h = Harness::realtime(Seed::Demo).await;
+    let first = h.policy_file(&etl(&h));
+    assert_eq!(run(&h, &first, &["reconcile"]).await.status.code(), Some(0));
+    let live = h.payload("etl.json").unwrap()["service_account_id"].as_u64().unwrap();
+    let trial = h.dir.path().join("trial");
+    let second = h.policy_file(&format!(
+        "[sinks.trial]\ntype = \"file\"\ndir = \"{}\"\n{}",
+        trial.display(),
+        etl(&h).replace("sink = \"local\"", "sink = \"trial\"")
+    ));
+    let o = run(&h, &second, &["validate", "--online"]).await;
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("FAIL") && l.contains(&format!("account {live} (")))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("another rotator") && line.contains("`namespace`") && line.contains("--accept-unexplained"),
+        "{line}"
+    );
+    let o = run(&h, &second, &["validate", "--online", "--accept-unexplained"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains(&format!("account {live} (")));
+    let o = run(&h, &second, &["plan"]).await;
+    assert!(
+        stdout(&o).contains(&format!("account {live} (")) && stdout(&o).contains("another rotator"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(h.sim.account(live).is_some());
+}
