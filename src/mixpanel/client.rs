@@ -25,6 +25,7 @@ use super::error::MixpanelError;
 use super::lenient::List;
 use super::types::*;
 use crate::secret::Secret;
+use crate::text::error_chain;
 
 /// A service account's credentials.
 #[derive(Clone, Debug)]
@@ -511,17 +512,6 @@ fn retry_after(v: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> 
 struct Attempt<T> {
     result: Result<T, MixpanelError>,
     retry_after: Option<Duration>,
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// What an error answer says, whatever its shape: `{"error": ..}`,

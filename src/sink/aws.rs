@@ -140,7 +140,7 @@ fn parts<E: ProvideErrorMetadata + std::error::Error + 'static>(e: &SdkError<E, 
     // No answer: one line of what happened; the SDK's whole chain (a Rust
     // debug dump) only at debug level.
     tracing::debug!(error = %aws_sdk_secretsmanager::error::DisplayErrorContext(e), "AWS call failed without an answer.");
-    let chain = error_chain(e);
+    let chain = crate::text::error_chain(e);
     let (code, message) = match e {
         _ if chain.contains("credential") => (
             "NoCredentials",
@@ -162,18 +162,6 @@ fn parts<E: ProvideErrorMetadata + std::error::Error + 'static>(e: &SdkError<E, 
         code: code.to_string(),
         message,
     }
-}
-
-/// Every error of `e`'s `source()` chain, `: `-separated.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        next = s.source();
-    }
-    out
 }
 
 /// The innermost cause of a chain built by [`error_chain`].
