@@ -188,11 +188,19 @@ impl FileSink {
     fn ensure_dir(&self, target: &Path) -> Result<PathBuf, SinkError> {
         let dir = target.parent().unwrap_or(&self.config.dir).to_path_buf();
         let group = self.config.file_mode().unwrap_or(0o600) & 0o040 != 0;
+        let mode = if group { 0o750 } else { 0o700 };
+        let existed = fs::symlink_metadata(&dir).is_ok();
         fs::DirBuilder::new()
             .recursive(true)
-            .mode(if group { 0o750 } else { 0o700 })
+            .mode(mode)
             .create(&dir)
             .map_err(|e| self.io("create directory", &dir, e))?;
+        if !existed {
+            // The process's umask (systemd's `UMask=0077`, say) would
+            // narrow it: the group must reach the file all the same.
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
+                .map_err(|e| self.io("set the mode of", &dir, e))?;
+        }
         Ok(dir)
     }
 
