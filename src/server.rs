@@ -41,8 +41,8 @@ pub struct Health {
 
 /// Whether the daemon's loop is making progress: it beats at every
 /// integration a pass finishes, and is idle between passes. Busy without a
-/// beat for longer than the stall bound, or with no pass finished for
-/// longer than passes come plus that bound, it is stuck: `/readyz` says so
+/// beat for longer than the stall bound, or not come round for longer than
+/// its longest sleep plus that bound, it is stuck: `/readyz` says so
 /// and the systemd watchdog is no longer fed. Monotonic time: not the
 /// injected clock, since what is measured is this process's own progress.
 #[derive(Debug)]
@@ -52,8 +52,9 @@ pub struct Liveness {
     last_beat: AtomicU64,
     /// Milliseconds since `origin` when the loop became busy; `u64::MAX`: idle.
     busy_since: AtomicU64,
-    /// Milliseconds since `origin`: the end of the last pass (or the start).
-    last_pass: AtomicU64,
+    /// Milliseconds since `origin`: when the loop last came round (it does
+    /// at least every resync interval, passes or not).
+    last_round: AtomicU64,
     /// The stall bound, and the longest expected time between passes, in ms.
     stall_ms: AtomicU64,
     pass_every_ms: AtomicU64,
@@ -67,7 +68,7 @@ impl Default for Liveness {
             origin: std::time::Instant::now(),
             last_beat: AtomicU64::new(0),
             busy_since: AtomicU64::new(u64::MAX),
-            last_pass: AtomicU64::new(0),
+            last_round: AtomicU64::new(0),
             stall_ms: AtomicU64::new(15 * 60 * 1000),
             pass_every_ms: AtomicU64::new(10 * 60 * 1000),
             stopping: AtomicBool::new(false),
@@ -99,14 +100,18 @@ impl Liveness {
         self.busy_since.store(now, Ordering::SeqCst);
     }
 
-    /// It ended (`pass`: a pass, rather than a mirror sync).
-    pub fn idle(&self, pass: bool) {
+    /// It ended.
+    pub fn idle(&self) {
         let now = self.now_ms();
         self.last_beat.store(now, Ordering::SeqCst);
         self.busy_since.store(u64::MAX, Ordering::SeqCst);
-        if pass {
-            self.last_pass.store(now, Ordering::SeqCst);
-        }
+    }
+
+    /// The loop came round (woke up, with or without work): it is not stuck
+    /// in a sleep either, whatever is due (integrations in a long backoff
+    /// make no pass for a while, and that is not being stuck).
+    pub fn came_round(&self) {
+        self.last_round.store(self.now_ms(), Ordering::SeqCst);
     }
 
     /// Stopping has begun.
@@ -127,9 +132,9 @@ impl Liveness {
                 stall / 1000
             ));
         }
-        let since = now.saturating_sub(self.last_pass.load(Ordering::SeqCst));
+        let since = now.saturating_sub(self.last_round.load(Ordering::SeqCst));
         let bound = self.pass_every_ms.load(Ordering::SeqCst).saturating_add(stall);
-        (since > bound).then(|| format!("stuck: no pass finished for {}s", since / 1000))
+        (since > bound).then(|| format!("stuck: the loop has not come round for {}s", since / 1000))
     }
 
     /// Whether the systemd watchdog may be fed.
@@ -410,6 +415,35 @@ pub async fn daemon_answers(listen: SocketAddr) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_loop_is_stuck_only_when_busy_without_a_beat_or_not_coming_round() {
+        let l = Liveness::default();
+        let ms = std::time::Duration::from_millis;
+        l.configure(ms(60), ms(60));
+        l.came_round();
+        assert!(l.stuck().is_none() && l.feeds_watchdog());
+        // Busy and beating: fine; busy and silent past the bound: stuck.
+        l.busy();
+        std::thread::sleep(ms(40));
+        l.beat();
+        std::thread::sleep(ms(40));
+        assert!(l.stuck().is_none());
+        std::thread::sleep(ms(40));
+        let why = l.stuck().expect("stuck");
+        assert!(why.contains("no integration finished"), "{why}");
+        assert!(!l.feeds_watchdog());
+        // Idle, coming round (a long backoff makes no pass: not stuck).
+        l.idle();
+        l.came_round();
+        assert!(l.stuck().is_none());
+        std::thread::sleep(ms(150));
+        assert!(l.stuck().is_some_and(|w| w.contains("has not come round")));
+        l.came_round();
+        assert!(l.feeds_watchdog());
+        l.stopping();
+        assert!(!l.feeds_watchdog(), "never once stopping has begun");
+    }
 
     #[test]
     fn a_daemon_listening_everywhere_is_reached_on_loopback() {

@@ -284,21 +284,9 @@ impl Daemon {
         prime_gauges(&engine).await;
         let now = self.clock.now();
         let mut state = Running::new(engine, now);
-        // This process's share of `spread` before its first pass too:
-        // replicas started together (a new Deployment) do not all bootstrap.
-        let first = crate::clock::after(now, self.timing(state.policy()).offset);
-        state.sched.reset(state.engine.policy(), first);
-        self.health.started.store(!state.has_mirrors(), Ordering::SeqCst);
-        tracing::info!(
-            integrations = state.policy().integrations.len(),
-            first_pass = %crate::text::rfc3339(first),
-            "Started; mirrors are brought up to date now, the first pass runs after this process's share of `[daemon] spread`."
-        );
-        self.notifier.notify(&format!(
-            "READY=1\n{}",
-            status_line(&format!("started; first pass at {}", rfc3339(first)))
-        ));
+        self.begin(&mut state, now);
         loop {
+            self.health.liveness.came_round();
             let now = self.clock.now();
             if state.has_mirrors() && state.mirrors_at <= now {
                 tokio::select! {
@@ -325,6 +313,24 @@ impl Daemon {
         self.notifier.notify("STOPPING=1");
         tracing::info!("Stopped.");
         Exit::Ok
+    }
+
+    /// Schedules the first pass and says the daemon is ready.
+    fn begin(&self, state: &mut Running, now: DateTime<Utc>) {
+        // This process's share of `spread` before its first pass too:
+        // replicas started together (a new Deployment) do not all bootstrap.
+        let first = crate::clock::after(now, self.timing(state.policy()).offset);
+        state.sched.reset(state.engine.policy(), first);
+        self.health.started.store(!state.has_mirrors(), Ordering::SeqCst);
+        tracing::info!(
+            integrations = state.policy().integrations.len(),
+            first_pass = %crate::text::rfc3339(first),
+            "Started; mirrors are brought up to date now, the first pass runs after this process's share of `[daemon] spread`."
+        );
+        self.notifier.notify(&format!(
+            "READY=1\n{}",
+            status_line(&format!("started; first pass at {}", rfc3339(first)))
+        ));
     }
 
     /// Serves `/metrics`, `/healthz`, `/readyz` when `[server] listen` is set.
@@ -420,7 +426,7 @@ impl Daemon {
                 }
             }
         }
-        liveness.idle(true);
+        liveness.idle();
         for r in &reports {
             for e in &r.errors {
                 tracing::error!(integration = %r.integration, step = ?e.step, "{e}");
@@ -455,7 +461,7 @@ impl Daemon {
     async fn sync_mirrors(&self, state: &mut Running) {
         self.health.liveness.busy();
         let synced = state.engine.sync_mirrors(None).await;
-        self.health.liveness.idle(false);
+        self.health.liveness.idle();
         let now = self.clock.now();
         state.mirrors_at = crate::clock::after(now, state.policy().mirror_interval);
         if state.note_mirrored(synced.iter().map(|s| (s.integration.as_str(), s.views.as_slice()))) {
