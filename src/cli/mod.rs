@@ -10,19 +10,23 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod logging;
+mod setup;
+mod simulator;
+mod validate;
+
+use setup::engine;
+
+pub use logging::{LogFormat, init_tracing};
+pub use validate::{Check, CheckStatus};
+use validate::{Depth, validate};
+
 use crate::clock::{SharedClock, SystemClock};
 use crate::exit::Exit;
 use crate::policy::{Policy, config_path};
 use crate::render::{outcome_text, plan_text, status_table};
-use crate::rotation::{Engine, PassOptions, Report, Request};
+use crate::rotation::{Engine, PassOptions, Report};
 use crate::simulator::Seed;
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
 
 /// Rotates Mixpanel service-account credentials: creates a fresh expiring
 /// account with the same project memberships, proves it works, publishes it
@@ -261,107 +265,9 @@ fn parse_delay(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(v * unit))
 }
 
-/// Sets up logging to stderr.
-pub fn init_tracing(format: LogFormat, level: &str) {
-    use tracing_subscriber::EnvFilter;
-    // vaultrs/rustify log every API error at ERROR, an expected CAS conflict
-    // or a not-yet-published path included; the vault sink reports every
-    // failure itself, so they are off by default (RUST_LOG overrides it).
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| EnvFilter::try_new(v).ok())
-        .or_else(|| EnvFilter::try_new(format!("rustify=off,vaultrs=off,{level}")).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
-        // journald stamps each line itself and reads the priority from a
-        // `<N>` prefix (sd-daemon(3)): no second timestamp, levels as priorities.
-        LogFormat::Text if stderr_is_journal() => builder
-            .event_format(Journald(
-                tracing_subscriber::fmt::format()
-                    .without_time()
-                    .with_level(false)
-                    .with_target(false)
-                    .with_ansi(false),
-            ))
-            .try_init(),
-        LogFormat::Text => builder.with_ansi(false).try_init(),
-    };
-}
-
-/// Whether stderr is connected to the journal: `$JOURNAL_STREAM` names its
-/// device and inode (systemd.exec(5)); a redirected stderr does not match.
-fn stderr_is_journal() -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    let Some((dev, ino)) = std::env::var("JOURNAL_STREAM").ok().and_then(|v| {
-        let (d, i) = v.split_once(':')?;
-        Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?))
-    }) else {
-        return false;
-    };
-    std::fs::metadata("/proc/self/fd/2").is_ok_and(|m| m.dev() == dev && m.ino() == ino)
-}
-
-/// A log line for journald: `<priority>` then the line without time or level.
-struct Journald<F>(F);
-
-impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for Journald<F>
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
-    F: tracing_subscriber::fmt::FormatEvent<S, N>,
-{
-    fn format_event(
-        &self,
-        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
-        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
-        event: &tracing::Event<'_>,
-    ) -> std::fmt::Result {
-        write!(writer, "<{}>", journal_priority(*event.metadata().level()))?;
-        self.0.format_event(ctx, writer, event)
-    }
-}
-
-/// syslog priorities: err, warning, info, debug.
-fn journal_priority(level: tracing::Level) -> u8 {
-    match level {
-        tracing::Level::ERROR => 3,
-        tracing::Level::WARN => 4,
-        tracing::Level::INFO => 6,
-        _ => 7,
-    }
-}
-
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free memory of glibc's heap to the
-    // system; it takes no pointer and is safe to call at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
+/// The policy the command line names (see [`setup::load_policy`]).
 fn load_policy(cli: &Cli) -> Result<Policy, Exit> {
-    let path = config_path(cli.config());
-    let loaded = Policy::load(&path);
-    release_freed_memory();
-    loaded.map_err(|e| {
-        eprintln!("error: policy {}:", path.display());
-        for e in e.all() {
-            eprintln!("  {e}");
-        }
-        Exit::Usage
-    })
-}
-
-fn engine(policy: Policy, clock: SharedClock) -> Result<Engine, Exit> {
-    Engine::from_policy(Arc::new(policy), clock).map_err(|e| {
-        eprintln!("error: {e}");
-        Exit::Usage
-    })
+    setup::load_policy(&config_path(cli.config()))
 }
 
 /// Runs a parsed command line.
@@ -385,7 +291,9 @@ pub async fn run(cli: Cli) -> Exit {
             ..
         } => {
             let depth = Depth::of(*online, *policy_only);
-            validate(&cli, depth, *accept_unexplained, output.output, clock).await
+            let path = config_path(cli.config());
+            let json = output.output == Output::Json;
+            validate(&path, depth, *accept_unexplained, json, clock).await
         }
         Command::Plan { output, .. } => passes(&cli, clock, Mode::Plan, output.output).await,
         Command::RotateNow {
@@ -433,24 +341,35 @@ async fn simulator_command(command: &Command) -> Exit {
     else {
         return Exit::Usage;
     };
-    let shape = Shape {
+    let shape = simulator::Shape {
         published: *published_shape,
         latency: (*latency, *jitter),
     };
-    simulator(*listen, *seed, *allow_non_loopback, admin_secret_file.clone(), shape).await
+    simulator::simulator(*listen, *seed, *allow_non_loopback, admin_secret_file.clone(), shape).await
+}
+
+/// `name` is an integration of `policy`; else the error, with the names
+/// it has (and `why`, when the command has more to say).
+fn known(policy: &Policy, name: &str, why: &str) -> Result<(), Exit> {
+    if policy.integration(name).is_some() {
+        return Ok(());
+    }
+    let known: Vec<&str> = policy.integrations.iter().map(|i| i.name.as_str()).collect();
+    eprintln!(
+        "error: no integration `{name}` in the policy{why}; known: {}",
+        known.join(", ")
+    );
+    Err(Exit::Usage)
 }
 
 /// `retire NAME [--yes]`.
 async fn retire(cli: &Cli, clock: SharedClock, name: &str, yes: bool) -> Result<Exit, Exit> {
     let policy = load_policy(cli)?;
-    if policy.integration(name).is_none() {
-        let known: Vec<&str> = policy.integrations.iter().map(|i| i.name.as_str()).collect();
-        eprintln!(
-            "error: no integration `{name}` in the policy (retire needs its sink and path: put it back to retire it); known: {}",
-            known.join(", ")
-        );
-        return Err(Exit::Usage);
-    }
+    known(
+        &policy,
+        name,
+        " (retire needs its sink and path: put it back to retire it)",
+    )?;
     let engine = engine(policy, clock)?;
     let Some(i) = engine.policy().integration(name).cloned() else {
         return Err(Exit::Usage);
@@ -572,11 +491,7 @@ async fn passes(cli: &Cli, clock: SharedClock, mode: Mode, output: Output) -> Re
                 policy.integrations.iter().map(|i| i.name.clone()).collect()
             } else {
                 for n in names {
-                    if policy.integration(n).is_none() {
-                        let known: Vec<&str> = policy.integrations.iter().map(|i| i.name.as_str()).collect();
-                        eprintln!("error: no integration `{n}` in the policy; known: {}", known.join(", "));
-                        return Err(Exit::Usage);
-                    }
+                    known(&policy, n, "")?;
                 }
                 names.iter().cloned().collect()
             };
@@ -692,444 +607,4 @@ async fn daemon(cli: &Cli, shutdown_timeout: &str) -> Exit {
         .notifier(crate::notify::Notifier::from_env())
         .run(control)
         .await
-}
-
-/// The checks of `validate`: `ok`, `WARN` or `FAIL`, what, and the detail;
-/// printed as they come (text), or kept for the JSON document.
-struct Checks {
-    failed: bool,
-    json: bool,
-    entries: Vec<serde_json::Value>,
-}
-
-impl Checks {
-    fn new(output: Output) -> Self {
-        Self {
-            failed: false,
-            json: output == Output::Json,
-            entries: vec![],
-        }
-    }
-
-    fn record(&mut self, status: &str, what: &str, detail: &str) {
-        if self.json {
-            self.entries
-                .push(serde_json::json!({ "name": what, "status": status, "detail": detail }));
-        } else {
-            let tag = match status {
-                "ok" => "ok  ",
-                "warn" => "WARN",
-                _ => "FAIL",
-            };
-            println!("{tag}  {what}: {detail}");
-        }
-    }
-
-    /// Passed.
-    fn ok(&mut self, what: &str, detail: &str) {
-        self.record("ok", what, detail);
-    }
-
-    /// Not a failure, but something to act on soon.
-    fn warn(&mut self, what: &str, detail: &str) {
-        self.record("warn", what, detail);
-    }
-
-    fn check(&mut self, what: &str, result: Result<String, String>) {
-        match result {
-            Ok(detail) => self.ok(what, &detail),
-            Err(e) => {
-                self.failed = true;
-                self.record("fail", what, &e);
-            }
-        }
-    }
-
-    /// The JSON document (`docs/output.schema.json`), when asked for.
-    fn finish(self, path: &std::path::Path, online: bool, at: chrono::DateTime<chrono::Utc>) -> Exit {
-        if self.json {
-            let doc = serde_json::json!({
-                "version": 1,
-                "command": "validate",
-                "at": crate::text::rfc3339(at),
-                "ok": !self.failed,
-                "policy": path.display().to_string(),
-                "online": online,
-                "checks": self.entries,
-            });
-            let mut out = std::io::stdout().lock();
-            let _ = serde_json::to_writer_pretty(&mut out, &doc);
-            let _ = writeln!(out);
-        }
-        Exit::from_failure(self.failed)
-    }
-}
-
-/// How far `validate` goes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Depth {
-    /// The policy alone (`--policy-only`).
-    PolicyOnly,
-    /// The policy and every secret it refers to (the default).
-    Secrets,
-    /// All that, and Mixpanel and every sink (`--online`).
-    Online,
-}
-
-impl Depth {
-    fn of(online: bool, policy_only: bool) -> Self {
-        match (online, policy_only) {
-            (true, _) => Depth::Online,
-            (false, true) => Depth::PolicyOnly,
-            (false, false) => Depth::Secrets,
-        }
-    }
-}
-
-async fn validate(
-    cli: &Cli,
-    depth: Depth,
-    accept_unexplained: bool,
-    output: Output,
-    clock: SharedClock,
-) -> Result<Exit, Exit> {
-    let online = depth == Depth::Online;
-    let path = config_path(cli.config());
-    let policy = load_policy(cli)?;
-    let mut checks = Checks::new(output);
-    let summary = format!(
-        "OK ({} integration(s), {} sink(s), namespace `{}`)",
-        policy.integrations.len(),
-        policy.sinks.len(),
-        policy.namespace
-    );
-    if checks.json {
-        checks.ok(&format!("policy {}", path.display()), &summary);
-    } else {
-        println!("policy {}: {summary}", path.display());
-    }
-    if depth == Depth::PolicyOnly {
-        let detail = "not read (--policy-only): `validate` without it reads them";
-        if checks.json {
-            checks.warn("secrets", detail);
-        } else {
-            println!("secrets: {detail}");
-        }
-    } else {
-        check_secrets(&path, &policy, &mut checks)?;
-    }
-    if !online {
-        return Ok(checks.finish(&path, online, clock.now()));
-    }
-    let engine = engine(policy, clock.clone())?;
-    let client = engine.client();
-    let me = client.me().await.map_err(|e| e.to_string());
-    checks.check(
-        &format!("mixpanel {}", client.base_url()),
-        me.clone().and_then(|me| rotator_role(client, &me)),
-    );
-    if let Ok(me) = &me {
-        checks.check("mixpanel regions", regions(client, me));
-    }
-    if let Some(audit) = &engine.policy().audit_path {
-        let writable = engine.audit_check();
-        checks.check(&format!("audit {}", audit.display()), writable);
-    }
-    let accounts = client.list_accounts().await;
-    checks.check(
-        "mixpanel list service accounts",
-        accounts
-            .as_ref()
-            .map(|a| format!("{} service account(s) listed", a.len()))
-            .map_err(|e| e.to_string()),
-    );
-    if let Ok(accounts) = &accounts {
-        own_expiry(&engine, accounts, clock.now(), &mut checks);
-    }
-    for i in &engine.policy().integrations {
-        let seen = (me.as_ref().ok(), accounts.as_deref().ok());
-        integration_checks(&engine, i, seen, accept_unexplained, &mut checks).await;
-    }
-    Ok(checks.finish(&path, online, clock.now()))
-}
-
-/// When the rotator's own account expires: it never rotates itself, so a
-/// person must replace it in time (README, "The rotator's own credential").
-fn own_expiry(
-    engine: &Engine,
-    accounts: &[crate::mixpanel::ServiceAccount],
-    now: chrono::DateTime<chrono::Utc>,
-    checks: &mut Checks,
-) {
-    let me = &engine.policy().mixpanel.username;
-    let what = "the rotator's own account";
-    let Some(own) = accounts.iter().find(|a| &a.username == me) else {
-        checks.warn(
-            what,
-            &format!(
-                "`{me}` is not in the list of service accounts (a user, not a service account?): its expiry is unknown"
-            ),
-        );
-        return;
-    };
-    match own.expires {
-        None => checks.ok(
-            what,
-            &format!("`{me}` does not expire (give it an expiry, and replace it before then)"),
-        ),
-        Some(t) if t <= crate::clock::after(now, chrono::Duration::days(30)) => checks.warn(
-            what,
-            &format!(
-                "`{me}` expires at {} ({}): create its replacement now (README, \"The rotator's own credential\")",
-                crate::text::rfc3339(t),
-                crate::text::relative(t, now)
-            ),
-        ),
-        Some(t) => checks.ok(what, &format!("`{me}` expires at {}", crate::text::rfc3339(t))),
-    }
-}
-
-/// `validate --online` for one integration: its sink and mirrors, its
-/// explicit projects, whether a pass could rotate it.
-async fn integration_checks(
-    engine: &Engine,
-    i: &crate::policy::Integration,
-    (me, accounts): (Option<&crate::mixpanel::Me>, Option<&[crate::mixpanel::ServiceAccount]>),
-    accept_unexplained: bool,
-    checks: &mut Checks,
-) {
-    if let Some(sink) = engine.sink(&i.sink) {
-        let health = sink.healthcheck(&i.path).await.map_err(|e| e.to_string());
-        checks.check(&format!("{}: {}", i.name, sink.describe()), health);
-    }
-    for m in &i.mirrors {
-        let Some(mirror) = engine.sink(&m.sink) else { continue };
-        let health = mirror.healthcheck(&m.path).await.map_err(|e| e.to_string());
-        checks.check(
-            &format!("{}: mirror {} path `{}`", i.name, mirror.describe(), m.path),
-            health,
-        );
-    }
-    if let (Some(me), crate::policy::ProjectsSpec::Explicit(grants)) = (me, &i.projects) {
-        checks.check(
-            &format!("{}: projects", i.name),
-            explicit_projects(engine.client(), me, i, grants),
-        );
-    }
-    if let Some(accounts) = accounts {
-        let (readiness, elsewhere) = readiness(engine, i, accounts).await;
-        checks.check(&format!("{}: rotation readiness", i.name), readiness);
-        let what = format!("{}: accounts other rotators may publish", i.name);
-        for w in elsewhere {
-            if accept_unexplained {
-                checks.warn(&what, &w);
-            } else {
-                checks.check(
-                    &what,
-                    Err(format!(
-                        "{w} (if they are this rotator's own leftovers: `validate --online --accept-unexplained`)"
-                    )),
-                );
-            }
-        }
-    }
-}
-
-/// Reads every secret the policy refers to (present, readable, not empty,
-/// bounded), without printing any: the first run should not be the first
-/// read. An error names the key, as policy errors do.
-fn check_secrets(path: &std::path::Path, policy: &Policy, checks: &mut Checks) -> Result<(), Exit> {
-    let refs = policy.secret_refs();
-    let errors: Vec<_> = refs.iter().filter_map(|(key, r)| r.resolve(key).err()).collect();
-    if errors.is_empty() {
-        let detail = format!("{} reference(s) resolve (present, readable, not empty)", refs.len());
-        if checks.json {
-            checks.ok("secrets", &detail);
-        } else {
-            println!("secrets: {detail}");
-        }
-        return Ok(());
-    }
-    eprintln!("error: policy {}:", path.display());
-    for e in &errors {
-        eprintln!("  {e}");
-    }
-    Err(Exit::Usage)
-}
-
-/// Whether the rotator's own account may create and delete service accounts.
-fn rotator_role(client: &crate::mixpanel::Client, me: &crate::mixpanel::Me) -> Result<String, String> {
-    let org = client.organization_id();
-    let Some(o) = me.organization(org) else {
-        return Err(format!(
-            "the rotator's account does not belong to organization {org}: check `mixpanel.organization_id`"
-        ));
-    };
-    match &o.role {
-        Some(r) if r.can_manage_accounts() => Ok(format!("authenticated; role `{r}` in organization {org}")),
-        Some(r) => Err(format!(
-            "the rotator's account has role `{r}` in organization {org}; it must be an organization admin or owner to create and delete service accounts"
-        )),
-        None => Err(format!(
-            "Mixpanel reports no role for the rotator's account in organization {org}; it must be an organization admin or owner to create and delete service accounts"
-        )),
-    }
-}
-
-/// Whether every project an integration names exists and is visible to the
-/// rotator's account (a rotation into an unseen project fails after create).
-fn explicit_projects(
-    client: &crate::mixpanel::Client,
-    me: &crate::mixpanel::Me,
-    i: &crate::policy::Integration,
-    grants: &[crate::mixpanel::ProjectGrant],
-) -> Result<String, String> {
-    let visible = me.project_ids(client.organization_id());
-    let unseen: Vec<String> = grants
-        .iter()
-        .filter(|g| !visible.contains(&g.id))
-        .map(|g| g.id.to_string())
-        .collect();
-    if unseen.is_empty() {
-        return Ok(format!("{} project(s), each visible to the rotator", grants.len()));
-    }
-    Err(format!(
-        "`{}` names project(s) {} that do not exist in organization {} or are not visible to the rotator's account: fix the ids, or give the rotator's account access to them",
-        i.key("projects"),
-        unseen.join(", "),
-        client.organization_id()
-    ))
-}
-
-/// The regions the organization's projects are in, and where their calls go.
-fn regions(client: &crate::mixpanel::Client, me: &crate::mixpanel::Me) -> Result<String, String> {
-    let mut by_domain: std::collections::BTreeMap<Option<String>, usize> = std::collections::BTreeMap::new();
-    for (_, d) in me.projects_of(client.organization_id()) {
-        let n = by_domain.entry(d).or_default();
-        *n = n.saturating_add(1);
-    }
-    if by_domain.is_empty() {
-        return Err("GET /me lists no project of the organization: copying memberships is impossible".into());
-    }
-    let mut parts = vec![];
-    for (domain, n) in by_domain {
-        let name = domain.clone().unwrap_or_else(|| "(no domain)".into());
-        let base = client.project_base(domain.as_deref()).map_err(|e| e.to_string())?;
-        parts.push(format!("{name}: {n} project(s), at {base}"));
-    }
-    Ok(parts.join("; "))
-}
-
-/// Whether a pass could work on `i`: the same observation and plan as a
-/// pass; and the unexplained accounts it would delete that another
-/// rotator may publish.
-async fn readiness(
-    engine: &Engine,
-    i: &crate::policy::Integration,
-    accounts: &[crate::mixpanel::ServiceAccount],
-) -> (Result<String, String>, Vec<String>) {
-    let obs = match engine.observe(i, accounts).await {
-        Ok(o) => o,
-        Err(e) => return (Err(e.message()), vec![]),
-    };
-    let plan = engine.decide(i, &obs, Request::default());
-    let elsewhere = crate::rotation::engine::elsewhere_warnings(i, &obs, &plan, engine.now());
-    let readiness = match plan.blocked {
-        Some(b) => Err(b.to_string()),
-        None if obs.published.is_some() => Ok("credential published".into()),
-        None => Ok("nothing published yet; the first pass bootstraps it".into()),
-    };
-    (readiness, elsewhere)
-}
-
-/// How the simulator shapes its answers.
-#[derive(Debug, Clone, Copy)]
-struct Shape {
-    published: bool,
-    /// Base delay and jitter of every answer.
-    latency: (std::time::Duration, std::time::Duration),
-}
-
-async fn simulator(
-    listen: SocketAddr,
-    seed: Seed,
-    allow_non_loopback: bool,
-    secret_file: Option<PathBuf>,
-    shape: Shape,
-) -> Exit {
-    if !listen.ip().is_loopback() && !allow_non_loopback {
-        eprintln!(
-            "error: refusing to serve the simulator on {listen}, which is not a loopback address: anyone who reaches it could use it. Pass --allow-non-loopback if you mean it."
-        );
-        return Exit::Usage;
-    }
-    let clock: SharedClock = Arc::new(SystemClock);
-    let sim = match crate::simulator::Simulator::start(seed, clock, listen).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: cannot listen on {listen}: {e}");
-            return Exit::Failed;
-        }
-    };
-    if shape.published {
-        sim.set_quirks(crate::simulator::Quirks {
-            published_shape: true,
-            ..Default::default()
-        });
-    }
-    sim.set_latency(shape.latency.0, shape.latency.1);
-    let path = secret_file
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("mixpanel-simulator-{}.secret", sim.addr().port())));
-    let admin = sim.admin();
-    if let Err(e) = crate::demo::write_secret_file(&path, &admin.secret) {
-        eprintln!("error: cannot write {}: {e}", path.display());
-        return Exit::Failed;
-    }
-    println!("Mixpanel SIMULATOR (not Mixpanel: an in-memory organization, lost on exit)");
-    println!("listening on {}", sim.base_url());
-    for (domain, url) in sim.region_urls() {
-        println!("region {domain} on {url}");
-    }
-    println!();
-    println!("Point a policy at it:");
-    println!();
-    println!("[mixpanel]");
-    println!("base_url = \"{}\"", sim.base_url());
-    println!("organization_id = {}", sim.organization_id());
-    println!("username = \"{}\"", admin.username);
-    println!("secret = {{ file = \"{}\" }}", path.display());
-    let regions = sim.region_urls_toml();
-    if !regions.is_empty() {
-        println!("{regions}");
-    }
-    println!();
-    if seed == Seed::Demo {
-        for a in sim.accounts() {
-            if a.username.starts_with("etl-legacy") {
-                println!("An account to adopt: adopt = {}   # {}", a.id, a.username);
-            }
-        }
-        println!("Projects: 101 (Web), 102 (Mobile), 103 (Warehouse)");
-    }
-    println!("Ctrl-C stops it.");
-    // SIGINT or SIGTERM (a service manager's, `kill`'s): either way the
-    // secret file goes with the organization it opened.
-    stopped().await;
-    let _ = std::fs::remove_file(&path);
-    Exit::Ok
-}
-
-/// Returns at SIGINT or SIGTERM.
-async fn stopped() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
