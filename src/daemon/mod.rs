@@ -333,12 +333,13 @@ impl Daemon {
         ));
     }
 
-    /// Serves `/metrics`, `/healthz`, `/readyz` when `[server] listen` is set.
+    /// Serves `/metrics`, `/healthz`, `/readyz`, `/startupz` and `POST
+    /// /-/resync` when `[server] listen` is set.
     async fn serve(&self, policy: &Policy) -> Result<Option<TaskGuard>, Exit> {
         let Some(addr) = policy.listen else { return Ok(None) };
         match crate::server::serve(addr, self.metrics.clone(), self.health.clone()).await {
             Ok((local, task)) => {
-                tracing::info!(listen = %local, "Serving /metrics, /healthz, /readyz.");
+                tracing::info!(listen = %local, "Serving /metrics, /healthz, /readyz, /startupz and POST /-/resync.");
                 Ok(Some(TaskGuard(task)))
             }
             Err(e) => {

@@ -67,7 +67,8 @@ fn default_namespace() -> String {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Where `run` serves `/metrics`, `/healthz`, `/readyz` (off when absent).
+    /// Where `run` serves `/metrics`, `/healthz`, `/readyz`, `/startupz` and
+    /// `POST /-/resync` (off when absent).
     pub listen: Option<std::net::SocketAddr>,
     /// A bearer token `POST /-/resync` must carry (`{ file = ... }` or
     /// `{ env = ... }`); without it, whoever reaches the port may ask a

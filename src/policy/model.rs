@@ -81,11 +81,6 @@ impl Integration {
         format!("integrations[{}].{field}", self.index)
     }
 
-    /// The key of one of this integration's mirrors' fields.
-    pub fn mirror_key(&self, mirror: usize, field: &str) -> String {
-        format!("integrations[{}].mirrors[{mirror}].{field}", self.index)
-    }
-
     /// The stable jitter of the schedule slot `slot`: the same integration and
     /// slot always get the same delay, within `[0, jitter)`.
     pub fn jitter_for(&self, slot: DateTime<Utc>) -> Duration {

@@ -40,8 +40,6 @@ const PASS_CONCURRENCY: usize = 512;
 /// as not to hold them all.
 const EARLY_READS: usize = 512;
 
-/// The primaries read with the account list (a small pass), then `None`
-/// for every integration whose primary is read when its turn comes.
 /// Starts `start(input)` for each input, at most PASS_CONCURRENCY at a
 /// time, and hands the outputs to `each` in the inputs' order. Each future
 /// is made only when it starts (a pass's future holds the state of its
@@ -66,6 +64,8 @@ async fn in_order<T, Fut: std::future::Future>(
     }
 }
 
+/// The primaries read with the account list (a small pass), then `None`
+/// for every integration whose primary is read when its turn comes.
 fn early_reads(reads: Vec<PrimaryRead>) -> impl Iterator<Item = Option<PrimaryRead>> {
     reads.into_iter().map(Some).chain(std::iter::repeat_with(|| None))
 }

@@ -254,11 +254,6 @@ impl Simulator {
         )
     }
 
-    /// Adds a project in the main listener's region.
-    pub fn add_project(&self, id: u64, name: &str) {
-        project(&mut self.lock().org, id, name, HOME_REGION);
-    }
-
     /// Deletes an account behind the rotator's back.
     pub fn delete_account(&self, id: u64) -> bool {
         self.lock().org.remove_account(id)

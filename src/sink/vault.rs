@@ -154,13 +154,14 @@ impl std::fmt::Debug for VaultSink {
     }
 }
 
-/// What went wrong, in words, and whether logging in again may help.
 /// A failed Vault call: its HTTP status (`None`: no answer) and what it said.
 struct Described {
     code: Option<u16>,
     text: String,
 }
 
+/// What went wrong, in words (the status decides whether logging in again
+/// may help).
 fn describe(e: &ClientError) -> Described {
     let (code, text) = match e {
         ClientError::APIError { code, errors } => (
