@@ -17,7 +17,7 @@ use super::observe::{Observation, Published};
 use crate::clock::{after, before, span_between};
 use crate::mixpanel::types::{ProjectGrant, Role, ServiceAccount};
 use crate::policy::{Integration, Policy, ProjectsSpec};
-use crate::sink::{Payload, RetiringAccount};
+use crate::sink::RetiringAccount;
 use crate::text::{format_duration, rfc3339};
 
 /// Who the rotator is: what every decision needs besides the integration.
@@ -25,6 +25,9 @@ use crate::text::{format_duration, rfc3339};
 pub struct Scope {
     /// The lineage prefix (`namespace`).
     pub namespace: String,
+    /// Every namespace whose lineage is this rotator's: `namespace`, then
+    /// `previous_namespaces` (made once per policy, not per integration).
+    pub namespaces: Vec<String>,
     /// The organization whose accounts are managed.
     pub organization_id: u64,
     /// The rotator's own username: never adopted, never deleted.
@@ -36,6 +39,7 @@ impl Scope {
     pub fn of(policy: &Policy) -> Self {
         Self {
             namespace: policy.namespace.clone(),
+            namespaces: policy.lineage_namespaces(),
             organization_id: policy.mixpanel.organization_id,
             rotator: policy.mixpanel.username.clone(),
         }
@@ -535,12 +539,9 @@ pub fn maybe_elsewhere<'p>(
         .chain(&plan.delete_later)
         .filter(|d| d.reason == DeleteReason::Orphan && d.rule != Rule::Expired)
         .filter(|d| {
-            let born = obs.lineage.iter().find(|(a, _)| a.id == d.id).map(|(a, ts)| {
-                a.created
-                    .map(|c| obs.mixpanel_clock.local(c))
-                    .map_or(*ts, |c| c.max(*ts))
-            });
-            d.rule == Rule::Unused || born.is_some_and(|b| b > young_since)
+            let born = obs.lineage.iter().find(|(a, _)| a.id == d.id);
+            let last = born.map(|(a, ts)| births(a, *ts, &obs.mixpanel_clock).1);
+            d.rule == Rule::Unused || last.is_some_and(|b| b > young_since)
         })
         .collect()
 }
@@ -604,7 +605,7 @@ pub fn decide(i: &Integration, scope: &Scope, obs: &Observation, now: DateTime<U
 /// account that is not ours, or adopting the rotator itself.
 fn refuse(i: &Integration, scope: &Scope, obs: &Observation) -> Option<Blocked> {
     if let Some(p) = &obs.published
-        && (p.payload.integration != i.name || p.payload.organization_id != scope.organization_id)
+        && !p.payload.is_of(&i.name, scope.organization_id)
     {
         return Some(Blocked::SharedPath(Box::new(SharedPath {
             sink: i.sink.clone(),
@@ -748,25 +749,14 @@ impl Owners<'_> {
         self.obs.all.get(id)
     }
 
-    /// The payload that speaks for the integration: the published one, or,
-    /// while nothing is published at a place the integration just moved to,
-    /// the one its old place holds (carried over by a reload).
-    fn record(&self) -> Option<&Payload> {
-        self.obs
-            .published
-            .as_ref()
-            .map(|p| &p.payload)
-            .or(self.obs.inherited.as_ref())
-    }
-
     fn current_id(&self) -> Option<u64> {
-        self.record().map(|p| p.service_account_id)
+        self.obs.record().map(|p| p.service_account_id)
     }
 
     /// The accounts the payload vouches for: its recorded predecessor, then
     /// its `retiring` entries.
     fn vouched(&self) -> Vec<Vouched> {
-        let Some(p) = self.record() else { return vec![] };
+        let Some(p) = self.obs.record() else { return vec![] };
         let predecessor = p.previous_service_account_id.map(|id| Vouched {
             id,
             not_before: after(p.rotated_at, self.i.grace),
@@ -888,11 +878,7 @@ fn unexplained(
     if let Some(e) = local(a.expires).filter(|e| *e <= now) {
         return (Disposal::of(a, DeleteReason::Orphan, Rule::Expired, e), None);
     }
-    let created = local(a.created);
-    let (first, last) = match created {
-        Some(c) => (ts.min(c), ts.max(c)),
-        None => (ts, ts),
-    };
+    let (first, last) = births(a, ts, clock);
     let settled = after(last, i.orphan_after);
     // An unreadable `last_used` is taken as a use now: kept while unknown.
     let last_used = if a.last_used_unknown {
@@ -916,6 +902,16 @@ fn unexplained(
                 in_use,
             )
         }
+    }
+}
+
+/// A lineage account's birth by its two clocks (its lineage timestamp, the
+/// creating host's; Mixpanel's `created`, read in our time): the earlier and
+/// the later, each used in the direction that keeps the account.
+fn births(a: &ServiceAccount, ts: DateTime<Utc>, clock: &MixpanelClock) -> (DateTime<Utc>, DateTime<Utc>) {
+    match a.created.map(|c| clock.local(c)) {
+        Some(c) => (ts.min(c), ts.max(c)),
+        None => (ts, ts),
     }
 }
 

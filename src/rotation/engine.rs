@@ -199,7 +199,7 @@ impl Engine {
             } else {
                 old.inherited.get(&i.name).cloned()
             };
-            if let Some(p) = payload.filter(|p| p.integration == i.name && p.organization_id == organization) {
+            if let Some(p) = payload.filter(|p| p.is_of(&i.name, organization)) {
                 carried.push(i.name.clone());
                 self.inherited.insert(i.name.clone(), p);
             }
@@ -263,10 +263,7 @@ impl Engine {
 
     /// Reads what the integration's sink has published, and builds its observation.
     pub async fn observe(&self, i: &Integration, accounts: &[ServiceAccount]) -> Result<Observation, StepError> {
-        let accounts = Arc::new(Accounts::in_namespaces(
-            &self.ctx.policy.lineage_namespaces(),
-            accounts.to_vec(),
-        ));
+        let accounts = Arc::new(Accounts::in_namespaces(&self.ctx.scope.namespaces, accounts.to_vec()));
         let published = self.read_primary(i).await?;
         Ok(self.observation(i, &accounts, &self.adopters(&accounts), None, published))
     }
@@ -280,10 +277,7 @@ impl Engine {
         claims: &Claims,
         published: Option<(Payload, Version)>,
     ) -> Observation {
-        let accounts = Arc::new(Accounts::in_namespaces(
-            &self.ctx.policy.lineage_namespaces(),
-            accounts.to_vec(),
-        ));
+        let accounts = Arc::new(Accounts::in_namespaces(&self.ctx.scope.namespaces, accounts.to_vec()));
         self.observation(i, &accounts, &self.adopters(&accounts), Some(claims), published)
     }
 
@@ -340,7 +334,7 @@ impl Engine {
         claims: Option<&Claims>,
         published: Option<(Payload, Version)>,
     ) -> Observation {
-        let mut obs = Observation::in_namespaces(i, &self.ctx.policy.lineage_namespaces(), accounts, published);
+        let mut obs = Observation::in_namespaces(i, &self.ctx.scope.namespaces, accounts, published);
         obs.mixpanel_clock = self.mixpanel_clock();
         if let Some(old) = self.inherited.get(&i.name) {
             obs.inherit(old.clone());
@@ -428,7 +422,7 @@ impl Engine {
             }
         };
         self.check_clock();
-        let accounts = Arc::new(Accounts::in_namespaces(&self.ctx.policy.lineage_namespaces(), accounts));
+        let accounts = Arc::new(Accounts::in_namespaces(&self.ctx.scope.namespaces, accounts));
         let adopters = self.adopters(&accounts);
         let claims = if adopters.is_empty() {
             None
@@ -457,13 +451,16 @@ impl Engine {
     /// metrics, and a warning when deletions judged by `last_used` must
     /// wait for it.
     fn check_clock(&self) {
-        let offset = self.ctx.client.clock_offset();
-        if let Some(m) = &self.ctx.metrics {
-            m.clock_offset(offset);
-        }
         let clock = self.mixpanel_clock();
+        if let Some(m) = &self.ctx.metrics {
+            m.clock_offset(clock.offset);
+        }
         if let Some(problem) = clock.problem() {
-            reported!(warn, offset_seconds = offset.map(|o| o.num_seconds()), "{problem}");
+            reported!(
+                warn,
+                offset_seconds = clock.offset.map(|o| o.num_seconds()),
+                "{problem}"
+            );
         }
     }
 
@@ -739,7 +736,7 @@ impl Engine {
         let read = |i: &'a Integration| async move { (i, Box::pin(self.read_primary(i)).await) };
         in_order(self.ctx.policy.integrations.iter(), read, &mut |(i, read)| {
             if let Ok(Some((p, _))) = read
-                && p.integration == i.name
+                && p.is_of(&i.name, self.ctx.scope.organization_id)
             {
                 if let Some(e) = p.expires {
                     m.expiry(&i.name, e);
@@ -838,12 +835,7 @@ impl Engine {
         opts: &PassOptions,
         report: &mut Report,
     ) -> Option<Payload> {
-        let protected = obs
-            .published
-            .as_ref()
-            .map(|p| &p.payload)
-            .or(obs.inherited.as_ref())
-            .map(|p| p.service_account_id);
+        let protected = obs.record().map(|p| p.service_account_id);
         for d in &plan.delete_now {
             match self.ctx.delete(i, d, protected, None).await {
                 Ok(()) => report.deleted.push(d.clone()),

@@ -106,7 +106,7 @@ impl Held {
     /// load-time check could not see, a symlink made later, a second policy).
     fn foreign(&self, i: &Integration, organization_id: u64) -> Option<SinkError> {
         let Held::Payload(p) = self else { return None };
-        (p.integration != i.name || p.organization_id != organization_id).then(|| {
+        (!p.is_of(&i.name, organization_id)).then(|| {
             SinkError::invalid(format!(
                 "it holds the payload of integration `{}` in organization {}, not `{}`'s: this mirror and that credential's place are one; give the mirror a path of its own. It is left as it is",
                 p.integration, p.organization_id, i.name
@@ -129,7 +129,7 @@ impl Held {
 /// integration's, of this organization (anything else is refused by the
 /// pass, which reports it).
 pub fn copyable<'a>(i: &Integration, organization_id: u64, primary: Option<&'a Payload>) -> Option<&'a Payload> {
-    primary.filter(|p| p.integration == i.name && p.organization_id == organization_id)
+    primary.filter(|p| p.is_of(&i.name, organization_id))
 }
 
 /// The mirrors of `i` when its primary could not be read: each left as it is.

@@ -197,6 +197,13 @@ impl Accounts {
 }
 
 impl Observation {
+    /// The payload that speaks for the integration: the published one, or,
+    /// while nothing is published at a place the integration just moved to,
+    /// the one its old place holds (carried over by a reload).
+    pub fn record(&self) -> Option<&Payload> {
+        self.published.as_ref().map(|p| &p.payload).or(self.inherited.as_ref())
+    }
+
     /// Nothing is published here yet: `old` is what the integration's old
     /// place holds (see [`Observation::inherited`]).
     pub fn inherit(&mut self, old: Payload) {

@@ -41,6 +41,9 @@ pub struct Doomed {
     #[serde(flatten)]
     pub disposal: Disposal,
     pub why: String,
+    /// Of the integration's lineage (found again by `retire` whatever the
+    /// payloads say), rather than named by `adopt` or the payload.
+    pub lineage: bool,
 }
 
 /// An account `retire` leaves alone, and why.
@@ -118,7 +121,7 @@ fn candidates<'a>(i: &Integration, obs: &'a Observation, own: Option<&Payload>) 
 
 /// Whose payload `p` is, when it is not `i`'s in `organization`.
 fn foreign(i: &Integration, organization: u64, p: &Payload) -> Option<String> {
-    (p.integration != i.name || p.organization_id != organization).then(|| {
+    (!p.is_of(&i.name, organization)).then(|| {
         format!(
             "it holds the payload of integration `{}` in organization {}",
             p.integration, p.organization_id
@@ -168,6 +171,7 @@ impl Engine {
                 None => plan.delete.push(Doomed {
                     disposal: Disposal::of(a, DeleteReason::Retired, Rule::Retire, now),
                     why,
+                    lineage: obs.lineage.iter().any(|(l, _)| l.id == a.id),
                 }),
             }
         }
@@ -271,10 +275,10 @@ impl Engine {
             return out;
         }
         for p in out.plan.places.clone() {
-            if let Some(e) = self.remove_place(i, &p).await {
-                out.errors.push(e);
-            } else if p.present && p.foreign.is_none() {
-                out.removed.push(p);
+            match self.remove_place(i, &p).await {
+                Ok(true) => out.removed.push(p),
+                Ok(false) => {}
+                Err(e) => out.errors.push(e),
             }
         }
         if !out.errors.is_empty() {
@@ -287,7 +291,7 @@ impl Engine {
         for d in &out.plan.delete {
             match self.ctx.delete(i, &d.disposal, None, None).await {
                 Ok(()) => out.deleted.push(d.disposal.id),
-                Err(e) if d.why.starts_with("of its lineage") => out.errors.push(e.to_string()),
+                Err(e) if d.lineage => out.errors.push(e.to_string()),
                 // Its payload is gone: say how to find it again.
                 Err(e) => out.errors.push(format!(
                     "{e}; nothing records account {} any more: run `retire` again with `adopt = {}` on `{}`, or delete it in Mixpanel",
@@ -299,16 +303,18 @@ impl Engine {
     }
 
     /// Removes the payload at `p`, unless it is another's (read again at
-    /// the last moment); `Some(error)` when that failed.
-    async fn remove_place(&self, i: &Integration, p: &Place) -> Option<String> {
-        let sink = self.ctx.sinks.get(&p.sink)?;
+    /// the last moment): whether one was removed.
+    async fn remove_place(&self, i: &Integration, p: &Place) -> Result<bool, String> {
+        let Some(sink) = self.ctx.sinks.get(&p.sink) else {
+            return Ok(false);
+        };
         if p.foreign.is_some() || !p.present {
-            return None;
+            return Ok(false);
         }
         if let Ok(Some((now_there, _))) = sink.read_current(&p.path).await
             && let Some(whose) = foreign(i, self.ctx.scope.organization_id, &now_there)
         {
-            return Some(format!(
+            return Err(format!(
                 "integration `{}`: the payload at sink `{}` path `{}` was left: {whose}",
                 i.name, p.sink, p.path
             ));
@@ -319,13 +325,14 @@ impl Engine {
             ..self.ctx.audit_event(&i.name, Action::Remove, outcome)
         };
         match sink.remove(&p.path).await {
-            Ok(_) => {
+            Ok(true) => {
                 self.ctx.audit(event(Outcome::Deleted));
-                None
+                Ok(true)
             }
+            Ok(false) => Ok(false),
             Err(e) => {
                 self.ctx.audit(event(Outcome::Failed));
-                Some(format!(
+                Err(format!(
                     "integration `{}`: removing the payload at sink `{}` path `{}` failed: {e}",
                     i.name, p.sink, p.path
                 ))

@@ -40,6 +40,13 @@ pub struct Payload {
 }
 
 impl Payload {
+    /// Whether this is the payload of `integration` in `organization_id`
+    /// (a place may hold another's: two spellings of one place, a second
+    /// policy): only then may it be acted on, copied or removed.
+    pub fn is_of(&self, integration: &str, organization_id: u64) -> bool {
+        self.integration == integration && self.organization_id == organization_id
+    }
+
     /// The payload as JSON, in a buffer wiped on drop.
     pub fn to_json(&self) -> Result<zeroize::Zeroizing<Vec<u8>>, SinkError> {
         let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(1024));

@@ -154,6 +154,11 @@ impl std::fmt::Debug for VaultSink {
     }
 }
 
+/// Whether the capabilities `caps` allow `capability` (`root` allows all).
+fn grants(caps: &[String], capability: &str) -> bool {
+    caps.iter().any(|x| x == capability || x == "root")
+}
+
 /// A failed Vault call: its HTTP status (`None`: no answer) and what it said.
 struct Described {
     code: Option<u16>,
@@ -441,6 +446,17 @@ impl VaultSink {
         }
     }
 
+    /// The capabilities on `path` of the token in use (a login only if
+    /// there is none yet), and that client.
+    async fn caps_in_use(&self, path: &str) -> Result<(Arc<VaultClient>, Vec<String>), SinkError> {
+        let client = self.logged_in().await?;
+        let mut caps = self
+            .capabilities(&client, &[path.to_string()])
+            .await
+            .map_err(|e| e.context("checking the token"))?;
+        Ok((client, caps.remove(path).unwrap_or_default()))
+    }
+
     /// The token's capabilities on `paths`. The first check on this sink
     /// logs in afresh (proving the login works, for `validate --online`);
     /// later ones, concurrent ones included, use the client in use, and log
@@ -693,15 +709,8 @@ impl Sink for VaultSink {
 
     async fn removable(&self, path: &str) -> Result<String, SinkError> {
         let meta = format!("{}/metadata/{path}", self.config.mount);
-        let client = self.logged_in().await?;
-        let caps = self
-            .capabilities(&client, std::slice::from_ref(&meta))
-            .await
-            .map_err(|e| e.context("checking the token"))?;
-        if caps
-            .get(&meta)
-            .is_some_and(|v| v.iter().any(|x| x == "delete" || x == "root"))
-        {
+        let (_, caps) = self.caps_in_use(&meta).await?;
+        if grants(&caps, "delete") {
             Ok(format!("the token may delete {meta}"))
         } else {
             Err(self.lacks_delete(path))
@@ -712,16 +721,8 @@ impl Sink for VaultSink {
         let data_path = format!("{}/data/{path}", self.config.mount);
         // The client in use (a login only if there is none yet): one
         // capabilities call, not a login per rotation.
-        let client = self.logged_in().await?;
-        let caps = self
-            .capabilities(&client, std::slice::from_ref(&data_path))
-            .await
-            .map_err(|e| e.context("checking the token"))?;
-        let has = |c: &str| {
-            caps.get(&data_path)
-                .is_some_and(|v| v.iter().any(|x| x == c || x == "root"))
-        };
-        let missing: Vec<&str> = ["create", "update"].into_iter().filter(|c| !has(c)).collect();
+        let (client, caps) = self.caps_in_use(&data_path).await?;
+        let missing: Vec<&str> = ["create", "update"].into_iter().filter(|c| !grants(&caps, c)).collect();
         if missing.is_empty() {
             // A broad token passes the capability check on any path: the
             // mount itself must exist before an account is created.
@@ -741,7 +742,7 @@ impl Sink for VaultSink {
             .checked_capabilities(&paths)
             .await
             .map_err(|e| e.context("checking the token"))?;
-        let has = |p: &str, c: &str| caps.get(p).is_some_and(|v| v.iter().any(|x| x == c || x == "root"));
+        let has = |p: &str, c: &str| caps.get(p).is_some_and(|v| grants(v, c));
         let missing: Vec<&str> = ["create", "update", "read"]
             .into_iter()
             .filter(|c| !has(&data_path, c))

@@ -27,6 +27,7 @@ fn integration(extra: &str) -> Integration {
 fn scope() -> Scope {
     Scope {
         namespace: "mpr".into(),
+        namespaces: vec!["mpr".into()],
         organization_id: 1,
         rotator: "rotator".into(),
     }
