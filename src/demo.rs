@@ -44,7 +44,7 @@ fn indent(s: &str) {
 }
 
 /// Runs the demo.
-pub async fn run(grace: &str) -> Exit {
+pub async fn run(grace: HumanDuration) -> Exit {
     match demo(grace).await {
         Ok(()) => Exit::Ok,
         Err(e) => {
@@ -63,13 +63,7 @@ struct Demo {
     legacy: ServiceAccount,
 }
 
-async fn demo(grace: &str) -> Result<(), String> {
-    let grace = HumanDuration::parse(grace)?;
-    if grace.0 > chrono::Duration::hours(1) {
-        return Err(format!(
-            "--grace is {grace}: the demo waits it out, so it may be at most `1h`"
-        ));
-    }
+async fn demo(grace: HumanDuration) -> Result<(), String> {
     let d = Demo::start(grace).await?;
     let engine = d.policy_step()?;
     d.plan_step(&engine).await;

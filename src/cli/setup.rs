@@ -39,3 +39,17 @@ pub(super) fn engine(policy: Policy, clock: SharedClock) -> Result<Engine, Exit>
         Exit::Usage
     })
 }
+
+/// `name` is an integration of `policy`; else the error, with the names
+/// it has (and `why`, when the command has more to say).
+pub(super) fn known(policy: &Policy, name: &str, why: &str) -> Result<(), Exit> {
+    if policy.integration(name).is_some() {
+        return Ok(());
+    }
+    let known: Vec<&str> = policy.integrations.iter().map(|i| i.name.as_str()).collect();
+    eprintln!(
+        "error: no integration `{name}` in the policy{why}; known: {}",
+        known.join(", ")
+    );
+    Err(Exit::Usage)
+}

@@ -73,8 +73,11 @@ fn early_reads(reads: Vec<PrimaryRead>) -> impl Iterator<Item = Option<PrimaryRe
 /// Account id -> (integration, its `adopt` key) of every integration adopting it.
 type Adopters = std::collections::BTreeMap<u64, Vec<(String, String)>>;
 
-/// What one pass reads once and every integration of it shares.
-struct Shared {
+/// One pass: what it was asked, its instant, and what it reads once and
+/// every integration of it shares.
+struct Pass<'a> {
+    opts: &'a PassOptions,
+    now: DateTime<Utc>,
     accounts: Arc<Accounts>,
     adopters: Adopters,
     /// Every primary's claims on accounts, read when some `adopt` names an
@@ -86,7 +89,7 @@ struct Shared {
 }
 
 /// What to do in a pass.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PassOptions {
     /// Integrations to rotate whatever their state (`rotate-now`).
     pub force: BTreeSet<String>,
@@ -103,6 +106,24 @@ pub struct PassOptions {
     /// after that; a rotation past its create runs to its end (published, or
     /// its new account deleted).
     pub stop: Option<CancellationToken>,
+    /// Whether the warnings and errors put in the reports are also logged
+    /// at their level (default); a command that prints its reports logs
+    /// them at debug only, so nothing is shown twice.
+    pub log_reported: bool,
+}
+
+impl Default for PassOptions {
+    fn default() -> Self {
+        Self {
+            force: BTreeSet::new(),
+            revoke_old: false,
+            only: None,
+            dry_run: false,
+            hold_rotation: BTreeSet::new(),
+            stop: None,
+            log_reported: true,
+        }
+    }
 }
 
 impl PassOptions {
@@ -387,6 +408,11 @@ impl Engine {
     /// those before it are done: a caller that renders and drops them holds
     /// a few hundred reports at a time, not one per integration.
     pub async fn pass_each(&self, opts: &PassOptions, each: &mut (dyn FnMut(Report) + Send)) {
+        super::echo::scoped(opts.log_reported, self.pass_scoped(opts, each)).await;
+    }
+
+    /// [`Engine::pass_each`], its reported text logged as `opts` says.
+    async fn pass_scoped(&self, opts: &PassOptions, each: &mut (dyn FnMut(Report) + Send)) {
         let now = self.ctx.clock.now();
         let selected: Vec<&Integration> = self.selected(opts).collect();
         if !opts.dry_run
@@ -430,13 +456,15 @@ impl Engine {
             let known = selected.iter().map(|i| i.name.as_str()).zip(reads.iter()).collect();
             Some(self.claims(&known).await)
         };
-        let shared = Shared {
+        let pass = Pass {
+            opts,
+            now,
             adopters,
             claims,
             accounts,
             cache,
         };
-        self.integrations(selected, reads, &shared, opts, now, each).await;
+        self.integrations(selected, reads, &pass, each).await;
     }
 
     /// Mixpanel's clock against ours, as its recent answers show it.
@@ -471,25 +499,16 @@ impl Engine {
         &self,
         selected: Vec<&Integration>,
         reads: Vec<PrimaryRead>,
-        shared: &Shared,
-        opts: &PassOptions,
-        now: DateTime<Utc>,
+        pass: &Pass<'_>,
         each: &mut (dyn FnMut(Report) + Send),
     ) {
         let inputs = selected.into_iter().zip(early_reads(reads));
-        in_order(inputs, |(i, read)| self.read_and_pass(i, read, shared, opts, now), each).await;
+        in_order(inputs, |(i, read)| self.read_and_pass(i, read, pass), each).await;
     }
 
     /// One integration's pass, reading its primary first unless it was read
     /// with the account list.
-    async fn read_and_pass(
-        &self,
-        i: &Integration,
-        read: Option<PrimaryRead>,
-        shared: &Shared,
-        opts: &PassOptions,
-        now: DateTime<Utc>,
-    ) -> Report {
+    async fn read_and_pass(&self, i: &Integration, read: Option<PrimaryRead>, pass: &Pass<'_>) -> Report {
         // Both boxed, each only while it runs: an integration waiting for
         // its turn or its sink read holds a few hundred bytes, not the
         // kilobytes of a pass's deepest state.
@@ -497,7 +516,7 @@ impl Engine {
             Some(r) => r,
             None => Box::pin(self.read_primary(i)).await,
         };
-        Box::pin(self.integration_pass(i, read, shared, opts, now)).await
+        Box::pin(self.integration_pass(i, read, pass)).await
     }
 
     /// A pass that could not list the accounts: the failure for each
@@ -558,17 +577,10 @@ impl Engine {
         }
     }
 
-    async fn integration_pass(
-        &self,
-        i: &Integration,
-        read: PrimaryRead,
-        shared: &Shared,
-        opts: &PassOptions,
-        now: DateTime<Utc>,
-    ) -> Report {
-        let cache = &shared.cache;
+    async fn integration_pass(&self, i: &Integration, read: PrimaryRead, pass: &Pass<'_>) -> Report {
+        let (opts, now, cache) = (pass.opts, pass.now, &pass.cache);
         let mut report = Report::new(i, now);
-        match read.map(|p| self.observation(i, &shared.accounts, &shared.adopters, shared.claims.as_ref(), p)) {
+        match read.map(|p| self.observation(i, &pass.accounts, &pass.adopters, pass.claims.as_ref(), p)) {
             Err(e) => report.errors.push(e),
             Ok(obs) => {
                 let mut plan = decide(i, &self.ctx.scope, &obs, now, opts.request_for(&i.name));
@@ -592,7 +604,7 @@ impl Engine {
                     Box::pin(self.hold_for_mirrors(i, primary, &mut plan, now, &mut report)).await;
                     // Boxed: a rotation's state is large, and a pass holds one
                     // future per integration (10,000 of them stay small).
-                    changed = Box::pin(self.act(i, &obs, &plan, cache, opts, &mut report)).await;
+                    changed = Box::pin(self.act(i, &obs, &plan, pass, &mut report)).await;
                 }
                 let refused = matches!(
                     plan.blocked.as_deref(),
@@ -831,10 +843,10 @@ impl Engine {
         i: &Integration,
         obs: &Observation,
         plan: &Plan,
-        cache: &MembershipCache,
-        opts: &PassOptions,
+        pass: &Pass<'_>,
         report: &mut Report,
     ) -> Option<Payload> {
+        let opts = pass.opts;
         let protected = obs.record().map(|p| p.service_account_id);
         for d in &plan.delete_now {
             match self.ctx.delete(i, d, protected, None).await {
@@ -850,7 +862,9 @@ impl Engine {
             ));
             return None;
         }
-        let outcome = Rotation::new(&self.ctx, i, obs, rp).run(cache, &report.deleted).await;
+        let outcome = Rotation::new(&self.ctx, i, obs, rp)
+            .run(&pass.cache, &report.deleted)
+            .await;
         report.warnings.extend(outcome.warnings);
         let event = match outcome.result {
             Ok(None) => return outcome.primary, // another instance rotated first: its hooks ran there

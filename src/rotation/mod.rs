@@ -28,7 +28,6 @@ mod rotate;
 pub use decide::{
     Blocked, DeleteReason, Disposal, MembershipSource, Plan, Request, RotateReason, RotationPlan, Rule, Scope, decide,
 };
-pub use echo::log_reported;
 pub use engine::{Engine, PassOptions};
 pub use error::{Cause, Consequence, SetupError, Step, StepError};
 pub use mirror::{MirrorState, MirrorSync, MirrorView};
