@@ -39,6 +39,18 @@ impl KeyError {
     }
 }
 
+/// A value refused, its key named by whoever reads it: what is wrong and
+/// what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<Invalid> for String {
+    fn from(e: Invalid) -> Self {
+        e.0
+    }
+}
+
 /// A duration written as `30s`, `15m`, `24h`, `30d` (or a sum such as `1h30m`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);

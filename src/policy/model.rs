@@ -10,7 +10,6 @@ use chrono::{DateTime, Duration, Utc};
 use super::file::{AdoptRef, MirrorConfig, ProjectsSpec, WebhookConfig};
 use crate::mixpanel::types::Role;
 use crate::sink::SinkConfig;
-use crate::sink::vault::VaultAuth;
 use crate::values::{Schedule, SecretRef};
 
 /// Where to reach Mixpanel, checked.
@@ -133,7 +132,7 @@ impl Policy {
     }
 
     /// Every secret the policy refers to, with its key: the rotator's own
-    /// secret, each Vault sink's login material, each integration's webhook
+    /// secret, each sink's login material, each integration's webhook
     /// URL. For a preflight that reads each without printing it.
     pub fn secret_refs(&self) -> Vec<(String, SecretRef)> {
         let mut refs = vec![("mixpanel.secret".to_string(), self.mixpanel.secret.clone())];
@@ -141,18 +140,8 @@ impl Policy {
             refs.push(("server.resync_token".to_string(), t.clone()));
         }
         for (name, sink) in &self.sinks {
-            if let SinkConfig::Vault(v) = sink {
-                let key = |field: &str| format!("sinks.{name}.auth.{field}");
-                match &v.auth {
-                    VaultAuth::Token { token } => refs.push((key("token"), token.clone())),
-                    VaultAuth::Approle { role_id, secret_id, .. } => {
-                        refs.push((key("role_id"), role_id.clone()));
-                        refs.push((key("secret_id"), secret_id.clone()));
-                    }
-                    VaultAuth::Kubernetes { jwt_path, .. } => {
-                        refs.push((key("jwt_path"), SecretRef::File(jwt_path.clone())))
-                    }
-                }
+            for (field, r) in sink.backend().secret_refs() {
+                refs.push((format!("sinks.{name}.{field}"), r));
             }
         }
         for i in &self.integrations {

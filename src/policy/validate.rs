@@ -37,10 +37,10 @@ pub(super) fn resolve(
     }
     let mixpanel = mixpanel_settings(&c.mixpanel, &mut errs);
     for (name, sink) in &c.sinks {
-        if let Err(e) = sink.check() {
+        if let Err(e) = sink.backend().check() {
             errs.push(PolicyError::invalid(format!("sinks.{name}.{}", e.key), e.message));
         }
-        if let Some(t) = sink.timeout() {
+        if let Some(t) = sink.backend().timeout() {
             at_most(&format!("sinks.{name}.timeout"), t.0, MAX_REQUEST_TIMEOUT, &mut errs);
         }
     }
@@ -312,6 +312,7 @@ impl Unique {
             ));
             return;
         };
+        let s = s.backend();
         if let Err(msg) = s.check_path(path) {
             errs.push(PolicyError::invalid(path_key, msg));
         }

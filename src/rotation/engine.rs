@@ -187,7 +187,7 @@ impl Engine {
         let p = &self.ctx.policy;
         p.integrations
             .iter()
-            .filter_map(|i| Some((i.name.clone(), p.sinks.get(&i.sink)?.location(&i.path))))
+            .filter_map(|i| Some((i.name.clone(), p.sinks.get(&i.sink)?.backend().location(&i.path))))
             .collect()
     }
 

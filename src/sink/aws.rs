@@ -24,8 +24,10 @@ use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-use super::contract::{Payload, Sink, SinkError, Version};
-use crate::values::{HumanDuration, KeyError};
+use std::sync::Arc;
+
+use super::contract::{Backend, Payload, Sink, SinkError, Version};
+use crate::values::{HumanDuration, Invalid, KeyError};
 
 const CURRENT: &str = "AWSCURRENT";
 const PENDING: &str = "AWSPENDING";
@@ -53,9 +55,8 @@ pub struct AwsSinkConfig {
     pub timeout: Option<HumanDuration>,
 }
 
-impl AwsSinkConfig {
-    /// Checks the configuration; the error names the field.
-    pub fn check(&self) -> Result<(), KeyError> {
+impl Backend for AwsSinkConfig {
+    fn check(&self) -> Result<(), KeyError> {
         let r = &self.region;
         if r.is_empty()
             || !r
@@ -73,8 +74,8 @@ impl AwsSinkConfig {
         Ok(())
     }
 
-    /// Checks an integration's `path` (the secret's name) for this sink.
-    pub fn check_path(path: &str) -> Result<(), String> {
+    /// The path is the secret's name.
+    fn check_path(&self, path: &str) -> Result<(), Invalid> {
         let ok = !path.is_empty()
             && path.len() <= 512
             && path
@@ -83,10 +84,27 @@ impl AwsSinkConfig {
         if ok {
             Ok(())
         } else {
-            Err(format!(
+            Err(Invalid(format!(
                 "is `{path}`: use a secret name of letters, digits and /_+=.@- (at most 512 characters)"
-            ))
+            )))
         }
+    }
+
+    fn location(&self, path: &str) -> String {
+        super::place::aws(
+            &self.region,
+            self.endpoint_url.as_deref(),
+            self.profile.as_deref(),
+            path,
+        )
+    }
+
+    fn timeout(&self) -> Option<HumanDuration> {
+        self.timeout
+    }
+
+    fn build(&self, name: &str) -> Result<Arc<dyn Sink>, SinkError> {
+        Ok(Arc::new(AwsSink::new(name, self.clone())))
     }
 }
 

@@ -3,12 +3,14 @@
 //! does not depend on any backend.
 
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::mixpanel::types::ProjectGrant;
 use crate::secret::Secret;
+use crate::values::{HumanDuration, Invalid, KeyError, SecretRef};
 
 /// A non-lineage account still to delete once `not_before` has passed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +179,40 @@ impl SinkError {
             detail: format!("{context}: {}", self.detail),
         }
     }
+}
+
+/// The configuration side of a backend (`[sinks.NAME]` of its `type`):
+/// what the policy checks at load, and what builds the [`Sink`]. Each
+/// backend's configuration implements it in the backend's own file; the
+/// backend is registered once, as a variant of `SinkConfig` (in `sink/mod.rs`).
+pub trait Backend: fmt::Debug + Send + Sync {
+    /// Checks the sink's own keys; the error names the key below `[sinks.NAME]`.
+    fn check(&self) -> Result<(), KeyError>;
+
+    /// Checks an integration's `path` for this kind of sink (the caller
+    /// names the key).
+    fn check_path(&self, path: &str) -> Result<(), Invalid>;
+
+    /// Where `path` lands, whatever the sink is called, in one canonical
+    /// spelling (`sink::place`): two integrations must never share one
+    /// (a second sink over the same directory, the same Vault mount, the
+    /// same AWS account and region, is the same place, however written).
+    fn location(&self, path: &str) -> String;
+
+    /// The timeout of one request, when the backend has one.
+    fn timeout(&self) -> Option<HumanDuration> {
+        None
+    }
+
+    /// The secrets the configuration refers to (login material), each with
+    /// its key below `[sinks.NAME]`: a preflight reads each without
+    /// printing it.
+    fn secret_refs(&self) -> Vec<(&'static str, SecretRef)> {
+        Vec::new()
+    }
+
+    /// The sink called `name`.
+    fn build(&self, name: &str) -> Result<Arc<dyn Sink>, SinkError>;
 }
 
 /// The contract every sink implements. `path` is the integration's `path`.

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use rand::Rng as _;
 use serde::Deserialize;
 
-use super::contract::{Payload, Sink, SinkError, Version};
-use crate::values::KeyError;
+use super::contract::{Backend, Payload, Sink, SinkError, Version};
+use crate::values::{Invalid, KeyError};
 
 /// `[sinks.NAME] type = "file"`
 #[derive(Debug, Clone, Deserialize)]
@@ -34,9 +34,8 @@ pub struct FileSinkConfig {
     pub mode: Option<String>,
 }
 
-impl FileSinkConfig {
-    /// Checks the configuration; the error names the field.
-    pub fn check(&self) -> Result<(), KeyError> {
+impl Backend for FileSinkConfig {
+    fn check(&self) -> Result<(), KeyError> {
         if !self.dir.is_absolute() {
             return Err(KeyError::new(
                 "dir",
@@ -46,36 +45,53 @@ impl FileSinkConfig {
         self.file_mode().map(|_| ()).map_err(|m| KeyError::new("mode", m))
     }
 
+    fn check_path(&self, path: &str) -> Result<(), Invalid> {
+        check_path(path)
+    }
+
+    fn location(&self, path: &str) -> String {
+        format!("file {}", super::place::file(&self.dir, path).display())
+    }
+
+    fn build(&self, name: &str) -> Result<Arc<dyn Sink>, SinkError> {
+        Ok(Arc::new(FileSink::new(name, self.clone())))
+    }
+}
+
+impl FileSinkConfig {
     /// The credential files' mode (default 0600).
-    pub fn file_mode(&self) -> Result<u32, String> {
+    pub fn file_mode(&self) -> Result<u32, Invalid> {
         let Some(m) = &self.mode else { return Ok(0o600) };
         let bits = u32::from_str_radix(m.trim_start_matches("0o"), 8)
-            .map_err(|_| format!("is `{m}`: write an octal mode such as \"0600\" or \"0640\""))?;
+            .map_err(|_| Invalid(format!("is `{m}`: write an octal mode such as \"0600\" or \"0640\"")))?;
         if bits & 0o007 != 0 || bits & 0o400 == 0 || bits & 0o111 != 0 || bits > 0o777 {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "is `{m}`: credential files must be readable by their owner, never by others, and not executable (\"0600\" or \"0640\")"
-            ));
+            )));
         }
         Ok(bits)
     }
+}
 
-    /// Checks an integration's `path` for this sink.
-    pub fn check_path(path: &str) -> Result<(), String> {
-        let p = Path::new(path);
-        if path.chars().any(char::is_control) {
-            return Err("contains a control character (a NUL, a newline, ...): use a plain file name".into());
-        }
-        let ok = !path.is_empty()
-            && p.components().all(|c| matches!(c, Component::Normal(_)))
-            && !path.ends_with(".lock")
-            && !path.ends_with('/');
-        if ok {
-            Ok(())
-        } else {
-            Err(format!(
-                "is `{path}`: use a relative file name inside the sink's `dir` (no `..`, no leading `/`, not ending in `.lock`)"
-            ))
-        }
+/// Checks an integration's `path` for a file sink: a relative file name
+/// inside `dir`.
+fn check_path(path: &str) -> Result<(), Invalid> {
+    let p = Path::new(path);
+    if path.chars().any(char::is_control) {
+        return Err(Invalid(
+            "contains a control character (a NUL, a newline, ...): use a plain file name".into(),
+        ));
+    }
+    let ok = !path.is_empty()
+        && p.components().all(|c| matches!(c, Component::Normal(_)))
+        && !path.ends_with(".lock")
+        && !path.ends_with('/');
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid(format!(
+            "is `{path}`: use a relative file name inside the sink's `dir` (no `..`, no leading `/`, not ending in `.lock`)"
+        )))
     }
 }
 
@@ -168,7 +184,7 @@ impl FileSink {
     }
 
     fn target(&self, path: &str) -> Result<PathBuf, SinkError> {
-        FileSinkConfig::check_path(path).map_err(|m| SinkError::invalid(format!("path {m}")))?;
+        check_path(path).map_err(|m| SinkError::invalid(format!("path {m}")))?;
         // The directories of `path` below `dir` are never links either (a
         // link there would take the write out of `dir`); `dir` itself may be
         // one (`/var/run` is). A file name alone costs nothing here.
@@ -928,10 +944,10 @@ mod tests {
 
     #[test]
     fn paths_are_checked() {
-        assert!(FileSinkConfig::check_path("etl.json").is_ok());
-        assert!(FileSinkConfig::check_path("team/etl.json").is_ok());
+        assert!(check_path("etl.json").is_ok());
+        assert!(check_path("team/etl.json").is_ok());
         for bad in ["", "/etc/passwd", "../x", "a/../../x", "x.lock", "dir/"] {
-            assert!(FileSinkConfig::check_path(bad).is_err(), "{bad}");
+            assert!(check_path(bad).is_err(), "{bad}");
         }
     }
 }

@@ -5,9 +5,11 @@
 //! published in between, `publish` fails with [`SinkErrorKind::Conflict`] and
 //! the engine deletes its own new account.
 //!
-//! Adding a backend is one new file (its config struct with `check` and
-//! `check_path`, and its [`Sink`] impl), one [`SinkConfig`] variant, and one
-//! arm in each match below.
+//! A backend is one file: its configuration (`[sinks.NAME]` of its `type`)
+//! implements [`Backend`] (check, location, secret references, build) and
+//! its sink implements [`Sink`]. It is registered once, below: a variant of
+//! [`SinkConfig`] and its arm in [`SinkConfig::backend`]. Nothing else in the
+//! crate names a backend (docs/architecture.md, "Where to add a sink").
 //!
 //! Errors carry a kind and the backend's own words; the sink's name and the
 //! path are added once, by the engine, when it reports them.
@@ -15,6 +17,8 @@
 pub mod aws;
 mod contract;
 pub mod file;
+#[cfg(feature = "testing")]
+pub mod memory;
 pub mod place;
 pub mod vault;
 
@@ -22,11 +26,10 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::values::KeyError;
+pub use self::contract::{Backend, Payload, RetiringAccount, Sink, SinkError, SinkErrorKind, Version};
 
-pub use self::contract::{Payload, RetiringAccount, Sink, SinkError, SinkErrorKind, Version};
-
-/// `[sinks.NAME]`: one variant per backend, chosen by `type`.
+/// `[sinks.NAME]`: one variant per backend, chosen by `type`. The registry
+/// of backends: a new one is a variant here and an arm in [`Self::backend`].
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum SinkConfig {
@@ -36,57 +39,26 @@ pub enum SinkConfig {
     Vault(vault::VaultSinkConfig),
     /// AWS Secrets Manager.
     AwsSecretsManager(aws::AwsSinkConfig),
+    /// A store in the process's memory, for tests (the `testing` feature:
+    /// never in a release or a plain build).
+    #[cfg(feature = "testing")]
+    Memory(memory::MemorySinkConfig),
 }
 
 impl SinkConfig {
-    /// Checks a sink's own keys; the error names the key below `[sinks.NAME]`.
-    pub fn check(&self) -> Result<(), KeyError> {
+    /// The backend's configuration, behind the one contract every backend keeps.
+    pub fn backend(&self) -> &dyn Backend {
         match self {
-            SinkConfig::File(c) => c.check(),
-            SinkConfig::Vault(c) => c.check(),
-            SinkConfig::AwsSecretsManager(c) => c.check(),
-        }
-    }
-
-    /// Where `path` lands, whatever the sink is called, in one canonical
-    /// spelling ([`place`]): two integrations must never share one (a second
-    /// sink over the same directory, the same Vault mount, the same AWS
-    /// account and region, is the same place, however it is written).
-    pub fn location(&self, path: &str) -> String {
-        match self {
-            SinkConfig::File(c) => format!("file {}", place::file(&c.dir, path).display()),
-            SinkConfig::Vault(c) => place::vault(&c.address, c.namespace.as_deref(), &c.mount, path),
-            SinkConfig::AwsSecretsManager(c) => {
-                place::aws(&c.region, c.endpoint_url.as_deref(), c.profile.as_deref(), path)
-            }
-        }
-    }
-
-    /// The sink's request timeout, if it has one.
-    pub fn timeout(&self) -> Option<crate::values::HumanDuration> {
-        match self {
-            SinkConfig::File(_) => None,
-            SinkConfig::Vault(c) => c.timeout,
-            SinkConfig::AwsSecretsManager(c) => c.timeout,
-        }
-    }
-
-    /// Checks an integration's `path` for this kind of sink.
-    pub fn check_path(&self, path: &str) -> Result<(), String> {
-        match self {
-            SinkConfig::File(_) => file::FileSinkConfig::check_path(path),
-            SinkConfig::Vault(_) => vault::VaultSinkConfig::check_path(path),
-            SinkConfig::AwsSecretsManager(_) => aws::AwsSinkConfig::check_path(path),
+            SinkConfig::File(c) => c,
+            SinkConfig::Vault(c) => c,
+            SinkConfig::AwsSecretsManager(c) => c,
+            #[cfg(feature = "testing")]
+            SinkConfig::Memory(c) => c,
         }
     }
 }
 
-/// Builds the sink named `name` from its configuration (the one place that
-/// chooses a backend by type).
+/// Builds the sink named `name` from its configuration.
 pub fn build(name: &str, config: &SinkConfig) -> Result<Arc<dyn Sink>, SinkError> {
-    Ok(match config {
-        SinkConfig::File(c) => Arc::new(file::FileSink::new(name, c.clone())),
-        SinkConfig::Vault(c) => Arc::new(vault::VaultSink::new(name, c.clone())?),
-        SinkConfig::AwsSecretsManager(c) => Arc::new(aws::AwsSink::new(name, c.clone())),
-    })
+    config.backend().build(name)
 }

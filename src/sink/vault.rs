@@ -24,9 +24,9 @@ use vaultrs::api::kv2::requests::{
 use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 
-use super::contract::{Payload, Sink, SinkError, SinkErrorKind, Version};
+use super::contract::{Backend, Payload, Sink, SinkError, SinkErrorKind, Version};
 use crate::secret::Secret;
-use crate::values::{HumanDuration, KeyError, SecretRef};
+use crate::values::{HumanDuration, Invalid, KeyError, SecretRef};
 
 const K8S_JWT: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
@@ -95,9 +95,8 @@ fn k8s_jwt() -> PathBuf {
     PathBuf::from(K8S_JWT)
 }
 
-impl VaultSinkConfig {
-    /// Checks the configuration; the error names the field.
-    pub fn check(&self) -> Result<(), KeyError> {
+impl Backend for VaultSinkConfig {
+    fn check(&self) -> Result<(), KeyError> {
         crate::values::check_url(&self.address).map_err(|m| KeyError::new("address", m))?;
         if self.mount.is_empty() || self.mount.contains("..") {
             return Err(KeyError::new(
@@ -113,10 +112,11 @@ impl VaultSinkConfig {
         Ok(())
     }
 
-    /// Checks an integration's `path` for this sink.
-    pub fn check_path(path: &str) -> Result<(), String> {
+    fn check_path(&self, path: &str) -> Result<(), Invalid> {
         if path.chars().any(char::is_control) {
-            return Err("contains a control character (a NUL, a newline, ...): use a plain KV path".into());
+            return Err(Invalid(
+                "contains a control character (a NUL, a newline, ...): use a plain KV path".into(),
+            ));
         }
         let ok = !path.is_empty()
             && !path.starts_with('/')
@@ -125,10 +125,32 @@ impl VaultSinkConfig {
         if ok {
             Ok(())
         } else {
-            Err(format!(
+            Err(Invalid(format!(
                 "is `{path}`: use a KV path below the mount, e.g. \"mixpanel/etl\""
-            ))
+            )))
         }
+    }
+
+    fn location(&self, path: &str) -> String {
+        super::place::vault(&self.address, self.namespace.as_deref(), &self.mount, path)
+    }
+
+    fn timeout(&self) -> Option<HumanDuration> {
+        self.timeout
+    }
+
+    fn secret_refs(&self) -> Vec<(&'static str, SecretRef)> {
+        match &self.auth {
+            VaultAuth::Token { token } => vec![("auth.token", token.clone())],
+            VaultAuth::Approle { role_id, secret_id, .. } => {
+                vec![("auth.role_id", role_id.clone()), ("auth.secret_id", secret_id.clone())]
+            }
+            VaultAuth::Kubernetes { jwt_path, .. } => vec![("auth.jwt_path", SecretRef::File(jwt_path.clone()))],
+        }
+    }
+
+    fn build(&self, name: &str) -> Result<Arc<dyn Sink>, SinkError> {
+        Ok(Arc::new(VaultSink::new(name, self.clone())?))
     }
 }
 

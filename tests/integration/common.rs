@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use mixpanel_rotator::clock::{ManualClock, SharedClock};
 use mixpanel_rotator::mixpanel::{Client, ClientSettings, Credentials, RetryPolicy};
 use mixpanel_rotator::policy::Policy;
+use mixpanel_rotator::rotation::lineage::new_rotation_id;
 use mixpanel_rotator::rotation::{Engine, PassOptions, Report};
 use mixpanel_rotator::simulator::{Seed, Simulator};
 use tracing_subscriber::fmt::MakeWriter;
@@ -406,4 +407,63 @@ where
             });
         }
     });
+}
+
+/// The sinks a test is tried against: every backend registered in
+/// `mixpanel_rotator::sink::SinkConfig` (a new backend adds its row here).
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    File,
+    Vault,
+    Aws,
+    /// The in-memory store (`type = "memory"`, the `testing` feature).
+    Memory,
+}
+
+pub const ALL: [Backend; 4] = [Backend::File, Backend::Vault, Backend::Aws, Backend::Memory];
+
+/// A server's address or credential from the environment `scripts/test.sh` sets.
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with scripts/test.sh, which starts OpenBao and moto")
+    })
+}
+
+/// `prefix` and a fresh suffix.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &new_rotation_id()[..8])
+}
+
+impl Backend {
+    /// A sink `s` of this kind and a fresh path in it.
+    pub fn sink(self, h: &Harness) -> (String, String) {
+        match self {
+            Backend::File => (
+                format!(
+                    "[sinks.s]\ntype = \"file\"\ndir = \"{}\"\n",
+                    h.dir.path().join("s").display()
+                ),
+                "etl.json".into(),
+            ),
+            Backend::Vault => (
+                format!(
+                    "[sinks.s]\ntype = \"vault\"\naddress = \"{}\"\nmount = \"secret\"\nauth = {{ method = \"token\", token = {{ file = \"{}\" }} }}\n",
+                    env("MPR_TEST_BAO_ADDR"),
+                    env("MPR_TEST_BAO_TOKEN_FILE")
+                ),
+                format!("{}/etl", unique("own")),
+            ),
+            Backend::Aws => (
+                format!(
+                    "[sinks.s]\ntype = \"aws-secrets-manager\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n",
+                    env("MPR_TEST_MOTO_URL")
+                ),
+                unique("mixpanel/own"),
+            ),
+            Backend::Memory => (
+                format!("[sinks.s]\ntype = \"memory\"\nstore = \"{}\"\n", unique("store")),
+                "etl".into(),
+            ),
+        }
+    }
 }

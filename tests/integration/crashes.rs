@@ -13,7 +13,6 @@ use mixpanel_rotator::rotation::lineage::Lineage;
 use mixpanel_rotator::simulator::Seed;
 
 use crate::common::*;
-use crate::ownership::{ALL, Backend};
 
 /// Every boundary a test can crash a rotation at (src/failpoint.rs's users).
 const POINTS: &[&str] = &[

@@ -14,56 +14,6 @@ use mixpanel_rotator::sink::{Payload, RetiringAccount, SinkErrorKind};
 
 use crate::common::*;
 
-/// The sinks a trigger is tried against.
-#[derive(Debug, Clone, Copy)]
-pub enum Backend {
-    File,
-    Vault,
-    Aws,
-}
-
-pub const ALL: [Backend; 3] = [Backend::File, Backend::Vault, Backend::Aws];
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the tests with scripts/test.sh, which starts OpenBao and moto")
-    })
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &new_rotation_id()[..8])
-}
-
-impl Backend {
-    /// A sink `s` of this kind and a fresh path in it.
-    pub fn sink(self, h: &Harness) -> (String, String) {
-        match self {
-            Backend::File => (
-                format!(
-                    "[sinks.s]\ntype = \"file\"\ndir = \"{}\"\n",
-                    h.dir.path().join("s").display()
-                ),
-                "etl.json".into(),
-            ),
-            Backend::Vault => (
-                format!(
-                    "[sinks.s]\ntype = \"vault\"\naddress = \"{}\"\nmount = \"secret\"\nauth = {{ method = \"token\", token = {{ file = \"{}\" }} }}\n",
-                    env("MPR_TEST_BAO_ADDR"),
-                    env("MPR_TEST_BAO_TOKEN_FILE")
-                ),
-                format!("{}/etl", unique("own")),
-            ),
-            Backend::Aws => (
-                format!(
-                    "[sinks.s]\ntype = \"aws-secrets-manager\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n",
-                    env("MPR_TEST_MOTO_URL")
-                ),
-                unique("mixpanel/own"),
-            ),
-        }
-    }
-}
-
 /// The policy of integration `etl` in sink `s` at `path`, adopting `etl-legacy`, plus `extra`.
 fn etl(h: &Harness, backend: Backend, extra: &str) -> (String, String) {
     let (sink, path) = backend.sink(h);
