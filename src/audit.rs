@@ -99,6 +99,21 @@ pub struct Audit {
     file: Mutex<Option<std::fs::File>>,
 }
 
+/// The audit trail cannot be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "cannot open the audit file {} (`audit.path`): {reason}{}",
+    .path.display(),
+    if *.before_change { "; nothing is changed until it can be written" } else { "" }
+)]
+pub struct AuditError {
+    pub path: std::path::PathBuf,
+    /// The system's words (an I/O error).
+    pub reason: String,
+    /// Raised before a change, which therefore did not happen.
+    pub before_change: bool,
+}
+
 impl Audit {
     /// Events go to the log, and to `path` when given.
     pub fn new(path: Option<&Path>) -> Self {
@@ -111,15 +126,14 @@ impl Audit {
     /// Opens the audit file (creating it 0600) if there is one, so that a
     /// command that will mutate fails before its first mutation when the
     /// trail cannot be written: audit is a promise, not a best effort.
-    pub fn ensure_writable(&self) -> Result<(), String> {
+    pub fn ensure_writable(&self) -> Result<(), AuditError> {
         let Some(path) = &self.path else { return Ok(()) };
         let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
-            let f = open(path).map_err(|e| {
-                format!(
-                    "cannot open the audit file {} (`audit.path`): {e}; nothing is changed until it can be written",
-                    path.display()
-                )
+            let f = open(path).map_err(|e| AuditError {
+                path: path.clone(),
+                reason: e.to_string(),
+                before_change: true,
             })?;
             *guard = Some(f);
         }
@@ -129,12 +143,16 @@ impl Audit {
     /// Whether the trail could be written, changing nothing (for
     /// `validate --online`): an existing file is opened for appending (never
     /// created, never narrowed); a missing one needs a writable directory.
-    pub fn check(&self) -> Result<String, String> {
+    pub fn check(&self) -> Result<String, AuditError> {
         use std::os::unix::fs::PermissionsExt as _;
         let Some(path) = &self.path else {
             return Ok("none".into());
         };
-        let fail = |e: std::io::Error| format!("cannot open the audit file {} (`audit.path`): {e}", path.display());
+        let fail = |e: std::io::Error| AuditError {
+            path: path.clone(),
+            reason: e.to_string(),
+            before_change: false,
+        };
         match std::fs::symlink_metadata(path) {
             Ok(_) => {
                 let f = std::fs::OpenOptions::new()

@@ -38,6 +38,8 @@ pub struct HookEvent {
     pub sink: String,
     pub path: String,
     pub error: Option<String>,
+    /// The failure's stable code (`publish.sink.conflict`), as in `-o json`.
+    pub error_code: Option<String>,
 }
 
 impl HookEvent {
@@ -70,10 +72,40 @@ impl HookEvent {
     }
 }
 
+/// Why a hook failed (never undoing the rotation: a warning of the pass).
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    /// The command could not be started.
+    #[error("`on_rotate` {cmd}: cannot start: {source}")]
+    Start { cmd: String, source: std::io::Error },
+    /// Waiting for the command failed.
+    #[error("`on_rotate` {cmd}: {source}")]
+    Wait { cmd: String, source: std::io::Error },
+    /// The command ran past `on_rotate_timeout` and was killed.
+    #[error("`on_rotate` {cmd}: still running after {secs}s; killed (`on_rotate_timeout`)")]
+    TimedOut { cmd: String, secs: u64 },
+    /// The command exited with a failure: its status and the end of its stderr.
+    #[error("`on_rotate` {cmd} exited with {status}: {stderr}")]
+    Exited {
+        cmd: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    /// The webhook's URL (a secret reference) cannot be read.
+    #[error(transparent)]
+    Url(#[from] crate::values::KeyError),
+    /// The request could not be made (the URL is never in it).
+    #[error("webhook of `{integration}`: {detail}")]
+    Send { integration: String, detail: String },
+    /// The webhook answered with an error status.
+    #[error("webhook of `{integration}` answered HTTP {status}")]
+    Status { integration: String, status: u16 },
+}
+
 /// Runs `on_rotate`, if set. The child gets a clean environment: `PATH` and
 /// the `MPR_*` variables below, nothing of the rotator's own (which may hold
 /// its secret).
-pub async fn on_rotate(i: &Integration, ev: &HookEvent) -> Result<(), String> {
+pub async fn on_rotate(i: &Integration, ev: &HookEvent) -> Result<(), HookError> {
     let Some(argv) = &i.on_rotate else { return Ok(()) };
     let Some((cmd, args)) = argv.split_first() else {
         return Ok(());
@@ -82,28 +114,35 @@ pub async fn on_rotate(i: &Integration, ev: &HookEvent) -> Result<(), String> {
         .on_rotate_timeout
         .to_std()
         .unwrap_or(std::time::Duration::from_secs(30));
-    let child = command(cmd, args, ev)
-        .spawn()
-        .map_err(|e| format!("`on_rotate` {cmd}: cannot start: {e}"))?;
+    let cmd_name = || cmd.to_string();
+    let child = command(cmd, args, ev).spawn().map_err(|source| HookError::Start {
+        cmd: cmd_name(),
+        source,
+    })?;
     let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(Ok(o)) => o,
-        Ok(Err(e)) => return Err(format!("`on_rotate` {cmd}: {e}")),
+        Ok(Err(source)) => {
+            return Err(HookError::Wait {
+                cmd: cmd_name(),
+                source,
+            });
+        }
         Err(_) => {
-            return Err(format!(
-                "`on_rotate` {cmd}: still running after {}s; killed (`on_rotate_timeout`)",
-                timeout.as_secs()
-            ));
+            return Err(HookError::TimedOut {
+                cmd: cmd_name(),
+                secs: timeout.as_secs(),
+            });
         }
     };
     if out.status.success() {
         tracing::info!(integration = %i.name, command = %cmd, stdout = %tail(&out.stdout), "on_rotate hook succeeded.");
         Ok(())
     } else {
-        Err(format!(
-            "`on_rotate` {cmd} exited with {}: {}",
-            out.status,
-            tail(&out.stderr)
-        ))
+        Err(HookError::Exited {
+            cmd: cmd_name(),
+            status: out.status,
+            stderr: tail(&out.stderr),
+        })
     }
 }
 
@@ -155,9 +194,13 @@ fn tail(b: &[u8]) -> String {
 }
 
 /// POSTs the event to the integration's webhook, if set.
-pub async fn webhook(i: &Integration, ev: &HookEvent) -> Result<(), String> {
+pub async fn webhook(i: &Integration, ev: &HookEvent) -> Result<(), HookError> {
     let Some(w) = &i.webhook else { return Ok(()) };
-    let url = w.url.resolve(&i.key("webhook.url")).map_err(|e| e.to_string())?;
+    let url = w.url.resolve(&i.key("webhook.url"))?;
+    let failed = |detail: String| HookError::Send {
+        integration: i.name.clone(),
+        detail,
+    };
     let timeout = w
         .timeout
         .map(|t| t.to_std())
@@ -166,8 +209,8 @@ pub async fn webhook(i: &Integration, ev: &HookEvent) -> Result<(), String> {
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .map_err(|e| format!("webhook: {e}"))?;
-    let mut body = serde_json::to_value(ev).map_err(|e| format!("webhook: {e}"))?;
+        .map_err(|e| failed(e.to_string()))?;
+    let mut body = serde_json::to_value(ev).map_err(|e| failed(e.to_string()))?;
     if let Some(o) = body.as_object_mut() {
         o.insert("text".into(), serde_json::Value::String(ev.text()));
     }
@@ -177,14 +220,13 @@ pub async fn webhook(i: &Integration, ev: &HookEvent) -> Result<(), String> {
         .json(&body)
         .send()
         .await
-        .map_err(|e| format!("webhook of `{}`: {}", i.name, e.without_url()))?;
+        .map_err(|e| failed(e.without_url().to_string()))?;
     if resp.status().is_success() {
         Ok(())
     } else {
-        Err(format!(
-            "webhook of `{}` answered HTTP {}",
-            i.name,
-            resp.status().as_u16()
-        ))
+        Err(HookError::Status {
+            integration: i.name.clone(),
+            status: resp.status().as_u16(),
+        })
     }
 }

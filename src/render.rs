@@ -371,19 +371,6 @@ pub fn json_document(command: &str, reports: &[Report], at: DateTime<Utc>) -> se
 }
 
 fn integration_json(r: &Report) -> serde_json::Value {
-    let state = if r.plan.blocked.is_some() {
-        "blocked"
-    } else if r.failed() {
-        "failed"
-    } else if r.rotated.is_some() {
-        "rotated"
-    } else if r.plan.rotate.is_some() {
-        "due"
-    } else if r.current.is_none() {
-        "unpublished"
-    } else {
-        "ok"
-    };
     let next_action = r.plan.next_action().map(|at| {
         let what = if r.plan.next_rotation() == Some(at) {
             "rotate"
@@ -396,7 +383,7 @@ fn integration_json(r: &Report) -> serde_json::Value {
         "name": r.integration,
         "sink": r.sink,
         "path": r.path,
-        "state": state,
+        "state": r.state(),
         "current": r.current.as_ref().map(|c| serde_json::json!({
             "service_account_id": c.service_account_id,
             "username": c.username,
@@ -412,7 +399,9 @@ fn integration_json(r: &Report) -> serde_json::Value {
             "sink": m.sink, "path": m.path, "state": m.state, "rotation_id": m.rotation_id,
         })).collect::<Vec<_>>(),
         "warnings": r.warnings,
-        "errors": r.errors.iter().map(|e| serde_json::json!({ "step": e.step.to_string(), "message": e.to_string() })).collect::<Vec<_>>(),
+        "errors": r.errors.iter().map(|e| serde_json::json!({
+            "code": e.code().to_string(), "step": e.step.to_string(), "message": e.to_string(),
+        })).collect::<Vec<_>>(),
     })
 }
 

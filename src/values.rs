@@ -45,6 +45,18 @@ impl KeyError {
 #[error("{0}")]
 pub struct Invalid(pub String);
 
+impl From<String> for Invalid {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(s: &str) -> Self {
+        Self(s.to_string())
+    }
+}
+
 impl From<Invalid> for String {
     fn from(e: Invalid) -> Self {
         e.0
@@ -57,8 +69,12 @@ pub struct HumanDuration(pub Duration);
 
 impl HumanDuration {
     /// Parses `30s`, `15m`, `24h`, `30d`, `1h30m`.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let err = || format!("`{s}` is not a duration: write a number and a unit, e.g. `30s`, `15m`, `24h`, `30d`");
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let err = || {
+            Invalid(format!(
+                "`{s}` is not a duration: write a number and a unit, e.g. `30s`, `15m`, `24h`, `30d`"
+            ))
+        };
         let s = s.trim();
         if s.is_empty() {
             return Err(err());
@@ -139,7 +155,7 @@ const CRON_FIELDS: [(&str, &[&str]); 5] = [
 /// Names in a cron line, checked field by field before the cron parser sees
 /// them (it rewrites names into numbers first, so `MONDAY` reached the user
 /// as an internal `1DAY`).
-fn check_cron_names(s: &str) -> Result<(), String> {
+fn check_cron_names(s: &str) -> Result<(), Invalid> {
     for ((field, names), value) in CRON_FIELDS.iter().zip(s.split_whitespace()) {
         for word in value
             .split([',', '-', '/'])
@@ -149,12 +165,13 @@ fn check_cron_names(s: &str) -> Result<(), String> {
                 continue;
             }
             return Err(if names.is_empty() {
-                format!("`{s}`: the {field} field `{value}` has `{word}`; write numbers there")
+                format!("`{s}`: the {field} field `{value}` has `{word}`; write numbers there").into()
             } else {
                 format!(
                     "`{s}`: the {field} field `{value}` has `{word}`; write a number or a three-letter name ({})",
                     names.join(", ")
                 )
+                .into()
             });
         }
     }
@@ -163,7 +180,7 @@ fn check_cron_names(s: &str) -> Result<(), String> {
 
 /// Each cron field's numbers within its range (croner's own words for one
 /// out of range are "Component error: Number out of bounds").
-fn check_cron_ranges(s: &str) -> Result<(), String> {
+fn check_cron_ranges(s: &str) -> Result<(), Invalid> {
     const RANGES: [(&str, u32, u32, &str); 5] = [
         ("minute", 0, 59, "minutes are 0 to 59"),
         ("hour", 0, 23, "hours are 0 to 23"),
@@ -185,9 +202,7 @@ fn check_cron_ranges(s: &str) -> Result<(), String> {
                 let digits: String = word.chars().take_while(char::is_ascii_digit).collect();
                 let Ok(n) = digits.parse::<u32>() else { continue };
                 if n < *lo || n > *hi {
-                    return Err(format!(
-                        "`{s}`: the {field} field `{value}` has {n}, out of range: {says}"
-                    ));
+                    return Err(format!("`{s}`: the {field} field `{value}` has {n}, out of range: {says}").into());
                 }
             }
         }
@@ -197,12 +212,12 @@ fn check_cron_ranges(s: &str) -> Result<(), String> {
 
 impl Schedule {
     /// Parses a 5-field cron line; seconds and years are rejected.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
         let fields = s.split_whitespace().count();
         if !s.trim_start().starts_with('@') && fields != 5 {
             return Err(format!(
                 "`{s}` has {fields} fields; write a standard 5-field cron line (minute hour day-of-month month day-of-week), e.g. `0 4 * * MON`"
-            ));
+            ).into());
         }
         if !s.trim_start().starts_with('@') {
             check_cron_names(s)?;
@@ -345,7 +360,7 @@ impl<'de> Visitor<'de> for SecretRefVisitor {
 }
 
 /// Checks a service URL: https, or plain http only to a loopback host; returns it without a trailing slash.
-pub fn check_url(u: &str) -> Result<String, String> {
+pub fn check_url(u: &str) -> Result<String, Invalid> {
     let url = reqwest::Url::parse(u).map_err(|e| format!("is not a URL ({e})"))?;
     if !url.username().is_empty() || url.password().is_some() {
         // Not echoed: it holds a credential.
@@ -361,12 +376,13 @@ pub fn check_url(u: &str) -> Result<String, String> {
         "http" => {
             return Err(format!(
                 "`{u}` uses plain http to a non-loopback host: secrets would cross the network in clear; use https"
-            ));
+            )
+            .into());
         }
-        s => return Err(format!("`{u}` has scheme `{s}`: use https")),
+        s => return Err(format!("`{u}` has scheme `{s}`: use https").into()),
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("`{u}` must not have a query or fragment"));
+        return Err(format!("`{u}` must not have a query or fragment").into());
     }
     Ok(u.trim_end_matches('/').to_string())
 }
@@ -408,20 +424,20 @@ mod tests {
         assert!(Schedule::parse("0 4 * *").is_err());
         assert!(Schedule::parse("61 4 * * *").is_err());
         // Names are explained in cron terms, field by field.
-        let e = Schedule::parse("0 4 * * MONDAY").unwrap_err();
+        let e = Schedule::parse("0 4 * * MONDAY").unwrap_err().0;
         assert!(
             e.contains("the day-of-week field `MONDAY`") && e.contains("MON, TUE") && !e.contains("1DAY"),
             "{e}"
         );
-        let e = Schedule::parse("0 4 * JANUARY MON").unwrap_err();
+        let e = Schedule::parse("0 4 * JANUARY MON").unwrap_err().0;
         assert!(e.contains("the month field `JANUARY`"), "{e}");
-        let e = Schedule::parse("0 four * * *").unwrap_err();
+        let e = Schedule::parse("0 four * * *").unwrap_err().0;
         assert!(e.contains("the hour field `four`") && e.contains("numbers"), "{e}");
         assert!(
             Schedule::parse("0 4 * jan-mar mon-fri").is_ok(),
             "names in ranges, any case"
         );
-        let e = Schedule::parse("61 4 * * *").unwrap_err();
+        let e = Schedule::parse("61 4 * * *").unwrap_err().0;
         assert!(
             e.contains("the minute field `61` has 61, out of range: minutes are 0 to 59"),
             "{e}"

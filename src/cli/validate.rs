@@ -81,10 +81,11 @@ impl Checks {
         self.record(CheckStatus::Warn, what, detail);
     }
 
-    fn check(&mut self, what: &str, result: Result<String, String>) {
+    /// Ok with its detail, or failed with its error.
+    fn check<E: std::fmt::Display>(&mut self, what: &str, result: Result<String, E>) {
         match result {
             Ok(detail) => self.ok(what, &detail),
-            Err(e) => self.record(CheckStatus::Fail, what, &e),
+            Err(e) => self.record(CheckStatus::Fail, what, &e.to_string()),
         }
     }
 

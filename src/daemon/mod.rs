@@ -186,6 +186,17 @@ impl Running {
     }
 }
 
+/// Why the daemon could not load (or reload) its policy.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The policy is invalid: every error, each naming its key.
+    #[error("{}", .0.all().iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Policy(crate::policy::PolicyError),
+    /// The engine could not be set up (a secret, a sink).
+    #[error(transparent)]
+    Setup(#[from] crate::rotation::SetupError),
+}
+
 impl Daemon {
     /// A daemon reading the policy at `config`, on `clock`.
     pub fn new(config: PathBuf, clock: SharedClock) -> Self {
@@ -251,15 +262,13 @@ impl Daemon {
         }
     }
 
-    fn load(&self) -> Result<Engine, String> {
-        let policy = Policy::load(&self.config)
-            .map_err(|e| e.all().iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))?;
+    fn load(&self) -> Result<Engine, LoadError> {
+        let policy = Policy::load(&self.config).map_err(LoadError::Policy)?;
         let policy = Arc::new(policy);
         let engine = match &self.retry {
             Some((api, verify)) => Engine::with_retry(policy.clone(), self.clock.clone(), api.clone(), verify.clone()),
             None => Engine::from_policy(policy.clone(), self.clock.clone()),
-        }
-        .map_err(|e| e.to_string())?;
+        }?;
         Ok(engine.with_metrics(self.metrics.clone()))
     }
 
@@ -351,10 +360,10 @@ impl Daemon {
 
     /// What the endpoints and the watchdog take from `policy`: the resync
     /// token, and the liveness bounds.
-    fn server_settings(&self, policy: &Policy) -> Result<(), String> {
+    fn server_settings(&self, policy: &Policy) -> Result<(), crate::values::KeyError> {
         self.bounds(policy);
         let token = match &policy.resync_token {
-            Some(t) => Some(t.resolve("server.resync_token").map_err(|e| e.to_string())?),
+            Some(t) => Some(t.resolve("server.resync_token")?),
             None => None,
         };
         *self.health.resync_token.lock().unwrap_or_else(|e| e.into_inner()) = token;
@@ -591,7 +600,7 @@ impl Daemon {
         let wake = idle.then(|| state.wake_at(now));
         self.progress.send_modify(|p| {
             p.reloads = p.reloads.saturating_add(1);
-            p.reload_error = error;
+            p.reload_error = error.map(|e| e.to_string());
             p.wake_at = wake;
         });
     }

@@ -112,6 +112,42 @@ impl MixpanelError {
         }
     }
 
+    /// What kind of failure this is, as a stable snake_case word (the last
+    /// part of an error's code in `-o json`: `list_accounts.mixpanel.unauthorized`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            MixpanelError::Api { status, .. } => match status {
+                401 => "unauthorized",
+                403 => "forbidden",
+                404 => "not_found",
+                429 => "rate_limited",
+                408 | 500.. => "unavailable",
+                _ => "rejected",
+            },
+            MixpanelError::RetryAfterTooLong { .. } => "rate_limited",
+            MixpanelError::Transport { .. } => "unreachable",
+            MixpanelError::Redirect { .. } => "redirect",
+            MixpanelError::Decode { .. } => "bad_answer",
+            MixpanelError::UnknownRegion { .. } => "unknown_region",
+            MixpanelError::Setup(_) => "setup",
+        }
+    }
+
+    /// Every word [`MixpanelError::code`] may answer.
+    pub const CODES: [&'static str; 11] = [
+        "unauthorized",
+        "forbidden",
+        "not_found",
+        "rate_limited",
+        "unavailable",
+        "rejected",
+        "unreachable",
+        "redirect",
+        "bad_answer",
+        "unknown_region",
+        "setup",
+    ];
+
     /// The HTTP status, when there was one.
     pub fn status(&self) -> Option<u16> {
         match self {

@@ -103,12 +103,12 @@ impl Context {
     }
 
     /// Whether the audit trail can be written (checked before any mutation).
-    pub fn audit_writable(&self) -> Result<(), String> {
+    pub fn audit_writable(&self) -> Result<(), crate::audit::AuditError> {
         self.audit.ensure_writable()
     }
 
     /// Whether the audit trail could be written, changing nothing.
-    pub fn audit_check(&self) -> Result<String, String> {
+    pub fn audit_check(&self) -> Result<String, crate::audit::AuditError> {
         self.audit.check()
     }
 

@@ -264,6 +264,33 @@ pub enum Blocked {
     NothingToCopy { adopt_key: String, projects_key: String },
 }
 
+impl Blocked {
+    /// What blocks, as a stable snake_case word (the last part of an
+    /// error's code in `-o json`: `copy_memberships.blocked.adopt_not_found`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Blocked::SharedPath(_) => "shared_path",
+            Blocked::ForeignCurrent { .. } => "foreign_current",
+            Blocked::AdoptShared { .. } => "adopt_shared",
+            Blocked::AdoptClaimed { .. } => "adopt_claimed",
+            Blocked::OwnAccountAdopted { .. } => "own_account_adopted",
+            Blocked::AdoptNotFound { .. } => "adopt_not_found",
+            Blocked::NothingToCopy { .. } => "nothing_to_copy",
+        }
+    }
+
+    /// Every word [`Blocked::code`] may answer.
+    pub const CODES: [&'static str; 7] = [
+        "shared_path",
+        "foreign_current",
+        "adopt_shared",
+        "adopt_claimed",
+        "own_account_adopted",
+        "adopt_not_found",
+        "nothing_to_copy",
+    ];
+}
+
 /// An optional addition to a message, boxed (errors stay small).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct Hint(pub Option<Box<String>>);

@@ -249,13 +249,13 @@ impl Engine {
     }
 
     /// Whether the `[audit] path` can be appended to (no path: nothing to write).
-    pub fn audit_writable(&self) -> Result<(), String> {
+    pub fn audit_writable(&self) -> Result<(), crate::audit::AuditError> {
         self.ctx.audit_writable()
     }
 
     /// Whether the `[audit] path` could be appended to, changing nothing
     /// (`validate --online`).
-    pub fn audit_check(&self) -> Result<String, String> {
+    pub fn audit_check(&self) -> Result<String, crate::audit::AuditError> {
         self.ctx.audit_check()
     }
 
@@ -977,6 +977,7 @@ fn rotated_event(i: &Integration, r: &Rotated) -> HookEvent {
         sink: i.sink.clone(),
         path: i.path.clone(),
         error: None,
+        error_code: None,
     }
 }
 
@@ -993,5 +994,6 @@ fn failed_event(i: &Integration, kind: EventKind, current: Option<&CurrentView>,
         sink: i.sink.clone(),
         path: i.path.clone(),
         error: Some(e.for_webhook()),
+        error_code: Some(e.code().to_string()),
     }
 }

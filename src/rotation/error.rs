@@ -47,6 +47,45 @@ impl Step {
     }
 }
 
+impl Step {
+    /// Every step.
+    pub const ALL: [Step; 13] = [
+        Step::ListAccounts,
+        Step::ReadSink,
+        Step::SinkCheck,
+        Step::CopyMemberships,
+        Step::Create,
+        Step::ReadBack,
+        Step::Verify,
+        Step::Publish,
+        Step::Delete,
+        Step::CheckAccounts,
+        Step::AddMemberships,
+        Step::Audit,
+        Step::Mirror,
+    ];
+
+    /// The step as a stable snake_case word (the first part of an error's
+    /// code in `-o json`).
+    pub fn code(self) -> &'static str {
+        match self {
+            Step::ListAccounts => "list_accounts",
+            Step::ReadSink => "read_sink",
+            Step::SinkCheck => "sink_check",
+            Step::CopyMemberships => "copy_memberships",
+            Step::Create => "create",
+            Step::ReadBack => "read_back",
+            Step::Verify => "verify",
+            Step::Publish => "publish",
+            Step::Delete => "delete",
+            Step::CheckAccounts => "check_accounts",
+            Step::AddMemberships => "add_memberships",
+            Step::Audit => "audit",
+            Step::Mirror => "mirror",
+        }
+    }
+}
+
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -169,7 +208,7 @@ pub enum Cause {
     },
     /// The audit trail cannot be written.
     #[error("{0}")]
-    Audit(String),
+    Audit(crate::audit::AuditError),
     /// The published account was about to be deleted (the last line of defence).
     #[error("refused to delete account {id} because it is the published credential")]
     Protected { id: u64 },
@@ -184,7 +223,73 @@ fn used(u: &InUse) -> String {
     }
 }
 
+/// A failure's stable code: `{step}.{cause}`, where the cause is
+/// `mixpanel.{kind}`, `sink.{kind}`, `blocked.{what}`, or one word of the
+/// rotator's own (`delete.protected`). What scripts and the
+/// Troubleshooting page match on; the human message may change, the code
+/// does not (docs/output.schema.json lists every part).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode {
+    pub step: Step,
+    /// `mixpanel`, `sink` or `blocked`, when the cause is one of theirs.
+    pub source: Option<&'static str>,
+    pub kind: &'static str,
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.source {
+            Some(source) => write!(f, "{}.{source}.{}", self.step.code(), self.kind),
+            None => write!(f, "{}.{}", self.step.code(), self.kind),
+        }
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl Cause {
+    /// The cause part of the failure's code: its source (if another
+    /// system's) and its kind.
+    pub fn code(&self) -> (Option<&'static str>, &'static str) {
+        match self {
+            Cause::Mixpanel(e)
+            | Cause::Account { source: e, .. }
+            | Cause::Project { source: e, .. }
+            | Cause::AddMemberships { source: e, .. }
+            | Cause::Delete { source: e, .. } => (Some("mixpanel"), e.code()),
+            Cause::Sink { source, .. } => (Some("sink"), source.kind.code()),
+            Cause::Blocked(b) => (Some("blocked"), b.code()),
+            Cause::MembershipsMissing { .. } => (None, "memberships_missing"),
+            Cause::WrongOrganization { .. } => (None, "wrong_organization"),
+            Cause::NotAccepted { .. } => (None, "not_accepted"),
+            Cause::InUseElsewhere(_) => (None, "in_use_elsewhere"),
+            Cause::StaleMirror { .. } => (None, "stale_mirror"),
+            Cause::UnexpectedCreate { .. } => (None, "unexpected_create"),
+            Cause::TooSlow { .. } => (None, "too_slow"),
+            Cause::NoProjectsVisible { .. } => (None, "no_projects_visible"),
+            Cause::Audit(_) => (None, "audit_unwritable"),
+            Cause::Protected { .. } => (None, "protected"),
+        }
+    }
+
+    /// Every word of the rotator's own causes ([`Cause::code`] without a source).
+    pub const OWN_CODES: [&'static str; 10] = [
+        "memberships_missing",
+        "wrong_organization",
+        "not_accepted",
+        "in_use_elsewhere",
+        "stale_mirror",
+        "unexpected_create",
+        "too_slow",
+        "no_projects_visible",
+        "audit_unwritable",
+        "protected",
+    ];
+
     /// The same cause without any Mixpanel server text.
     pub fn without_server_text(&self) -> Self {
         let quiet = MixpanelError::without_server_text;
@@ -337,6 +442,16 @@ impl StepError {
         crate::text::mask_credentials(&quiet.to_string())
     }
 
+    /// The failure's stable code (`publish.sink.conflict`).
+    pub fn code(&self) -> ErrorCode {
+        let (source, kind) = self.cause.code();
+        ErrorCode {
+            step: self.step,
+            source,
+            kind,
+        }
+    }
+
     /// The cause and its consequence, without the integration and step.
     pub fn message(&self) -> String {
         match &self.consequence {
@@ -349,9 +464,10 @@ impl StepError {
 impl Serialize for StepError {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct as _;
-        let mut st = s.serialize_struct("StepError", 3)?;
+        let mut st = s.serialize_struct("StepError", 4)?;
         st.serialize_field("integration", &self.integration)?;
         st.serialize_field("step", &self.step)?;
+        st.serialize_field("code", &self.code())?;
         st.serialize_field("message", &self.message())?;
         st.end()
     }

@@ -29,7 +29,7 @@ pub use decide::{
     Blocked, DeleteReason, Disposal, MembershipSource, Plan, Request, RotateReason, RotationPlan, Rule, Scope, decide,
 };
 pub use engine::{Engine, PassOptions};
-pub use error::{Cause, Consequence, SetupError, Step, StepError};
+pub use error::{Cause, Consequence, ErrorCode, SetupError, Step, StepError};
 pub use mirror::{MirrorState, MirrorSync, MirrorView};
 pub use observe::{MembershipCache, Observation};
-pub use report::{CurrentView, Report, Rotated};
+pub use report::{CurrentView, Report, Rotated, State};

@@ -68,6 +68,24 @@ pub struct Rotated {
     pub duration_seconds: f64,
 }
 
+/// An integration's state after a pass, in one word (`state` in `-o json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Published, nothing due.
+    Ok,
+    /// A rotation is due (a plan, or a pass that did not rotate).
+    Due,
+    /// Rotated in this pass.
+    Rotated,
+    /// Nothing published yet, nothing due.
+    Unpublished,
+    /// The pass failed for it.
+    Failed,
+    /// Nothing is done until a person acts ([`super::decide::Blocked`]).
+    Blocked,
+}
+
 /// One integration's outcome of a pass.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -91,6 +109,23 @@ pub struct Report {
 }
 
 impl Report {
+    /// The integration's state after this pass.
+    pub fn state(&self) -> State {
+        if self.plan.blocked.is_some() {
+            State::Blocked
+        } else if self.failed() {
+            State::Failed
+        } else if self.rotated.is_some() {
+            State::Rotated
+        } else if self.plan.rotate.is_some() {
+            State::Due
+        } else if self.current.is_none() {
+            State::Unpublished
+        } else {
+            State::Ok
+        }
+    }
+
     /// An empty report for `i`, at `at`.
     pub fn new(i: &Integration, at: DateTime<Utc>) -> Self {
         Self {

@@ -113,6 +113,31 @@ pub enum SinkErrorKind {
     Invalid,
 }
 
+impl SinkErrorKind {
+    /// The kind as a stable snake_case word (the last part of an error's
+    /// code in `-o json`: `publish.sink.conflict`).
+    pub fn code(self) -> &'static str {
+        match self {
+            SinkErrorKind::Conflict => "conflict",
+            SinkErrorKind::NotFound => "not_found",
+            SinkErrorKind::Denied => "denied",
+            SinkErrorKind::Unavailable => "unavailable",
+            SinkErrorKind::Corrupt => "corrupt",
+            SinkErrorKind::Invalid => "invalid",
+        }
+    }
+
+    /// Every kind.
+    pub const ALL: [SinkErrorKind; 6] = [
+        SinkErrorKind::Conflict,
+        SinkErrorKind::NotFound,
+        SinkErrorKind::Denied,
+        SinkErrorKind::Unavailable,
+        SinkErrorKind::Corrupt,
+        SinkErrorKind::Invalid,
+    ];
+}
+
 /// A sink failure: its kind and the backend's words (never a secret).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct SinkError {

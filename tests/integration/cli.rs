@@ -665,7 +665,62 @@ async fn json_output_follows_its_schema_and_the_plan_names_what_is_done() {
         assert_eq!(doc["integrations"][0]["current"]["exists"], true, "{args:?}: {doc}");
         assert_eq!(doc["ok"], true, "{args:?}: {doc}");
     }
+
+    // A failure carries its stable code beside the human message.
+    h.sim.inject(mixpanel_rotator::simulator::Fault::always(
+        "GET",
+        "/organizations/1/service-accounts",
+        mixpanel_rotator::simulator::FaultAction::Status(401),
+    ));
+    let o = run(&h, &cfg, &["status", "-o", "json"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    let doc = assert_schema(&stdout(&o));
+    let e = &doc["integrations"][0]["errors"][0];
+    assert_eq!(e["code"], "list_accounts.mixpanel.unauthorized", "{doc}");
+    assert_eq!(e["step"], "listing service accounts", "{doc}");
+    assert!(e["message"].as_str().unwrap().contains("HTTP 401"), "{doc}");
     h.assert_no_secret_leaked(&[]);
+}
+
+/// docs/output.schema.json lists exactly the parts an error code is made
+/// of (the steps, the Mixpanel and sink kinds, what blocks, the rotator's
+/// own causes): a new one cannot be added in the code and forgotten there.
+#[test]
+fn the_schema_lists_every_part_of_every_error_code() {
+    use mixpanel_rotator::mixpanel::MixpanelError;
+    use mixpanel_rotator::rotation::{Blocked, Cause, Step};
+    use mixpanel_rotator::sink::SinkErrorKind;
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/output.schema.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let parts = &schema["$defs"]["error_code"]["x-parts"];
+    let listed = |key: &str| -> Vec<String> {
+        parts[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("x-parts.{key}"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(listed("step"), own(&Step::ALL.map(Step::code)));
+    assert_eq!(listed("mixpanel"), own(&MixpanelError::CODES));
+    assert_eq!(listed("sink"), own(&SinkErrorKind::ALL.map(SinkErrorKind::code)));
+    assert_eq!(listed("blocked"), own(&Blocked::CODES));
+    assert_eq!(listed("own"), own(&Cause::OWN_CODES));
+    // The pattern is made of the same lists.
+    let alt = |v: Vec<String>| v.join("|");
+    let pattern = format!(
+        "^({})\\.(mixpanel\\.({})|sink\\.({})|blocked\\.({})|({}))$",
+        alt(listed("step")),
+        alt(listed("mixpanel")),
+        alt(listed("sink")),
+        alt(listed("blocked")),
+        alt(listed("own"))
+    );
+    assert_eq!(schema["$defs"]["error_code"]["pattern"], pattern.as_str());
 }
 
 /// A warning is printed once: in the report on stdout, not again in the log

@@ -79,6 +79,20 @@ fn blocked() -> Vec<Blocked> {
             adopt_key: "integrations[0].adopt".into(),
             projects_key: "integrations[0].projects".into(),
         },
+        Blocked::AdoptShared {
+            adopt_key: "integrations[1].adopt".into(),
+            other_key: "integrations[0].adopt".into(),
+            id: 1002,
+        },
+        Blocked::AdoptClaimed {
+            adopt_key: "integrations[1].adopt".into(),
+            id: 1005,
+            username: "mpr-etl-20261128T040000Z-7f3a.abc123.mp-service-account".into(),
+            claim: crate::rotation::claims::Claim {
+                integration: "etl".into(),
+                kind: crate::rotation::claims::ClaimKind::Publishes,
+            },
+        },
     ]
 }
 
@@ -162,4 +176,95 @@ fn step_errors_serialize_with_their_message() {
     assert_eq!(v["step"], "create");
     assert_eq!(v["message"], e.message());
     assert!(e.message().ends_with("once `orphan_after` has passed)"));
+}
+
+/// Every failure has a code made of listed parts, every listed part is
+/// made by some failure, and the catalogue's codes are snapshot-tested (a
+/// code is a contract: docs/output.schema.json lists the parts, scripts and
+/// the Troubleshooting page match on them).
+#[test]
+fn every_error_code_is_made_of_listed_parts_and_every_part_occurs() {
+    use std::collections::BTreeSet;
+    let e = |step, cause| StepError::new("etl", step, cause);
+    let mut extra = catalogue();
+    let stale = Cause::StaleMirror {
+        id: 1001,
+        mirrors: "sink `local` path `etl.json`".into(),
+    };
+    extra.push(e(Step::Delete, stale));
+    extra.push(e(
+        Step::Audit,
+        Cause::Audit(crate::audit::AuditError {
+            path: "/var/log/x".into(),
+            reason: "Permission denied (os error 13)".into(),
+            before_change: true,
+        }),
+    ));
+    extra.push(e(Step::Verify, Cause::WrongOrganization { organization: 1 }));
+    let steps: BTreeSet<&str> = Step::ALL.iter().map(|s| s.code()).collect();
+    let sink_kinds: BTreeSet<&str> = crate::sink::SinkErrorKind::ALL.iter().map(|k| k.code()).collect();
+    let (mut own, mut blocked_seen) = (BTreeSet::new(), BTreeSet::new());
+    for err in &extra {
+        let code = err.code();
+        assert!(steps.contains(code.step.code()), "{code}");
+        match code.source {
+            Some("mixpanel") => assert!(MixpanelError::CODES.contains(&code.kind), "{code}"),
+            Some("sink") => assert!(sink_kinds.contains(code.kind), "{code}"),
+            Some("blocked") => assert!(blocked_seen.insert(code.kind) || Blocked::CODES.contains(&code.kind)),
+            Some(other) => panic!("{code}: unknown source {other}"),
+            None => {
+                own.insert(code.kind);
+            }
+        }
+        let text = code.to_string();
+        assert!(
+            text.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.'),
+            "{text}"
+        );
+    }
+    assert_eq!(own, Cause::OWN_CODES.into_iter().collect(), "Cause::OWN_CODES");
+    assert_eq!(blocked_seen, Blocked::CODES.into_iter().collect(), "Blocked::CODES");
+    let redirect = MixpanelError::Redirect {
+        endpoint: "x",
+        status: 301,
+        location: String::new(),
+    };
+    let decode = MixpanelError::Decode {
+        endpoint: "x",
+        status: 200,
+        detail: String::new(),
+    };
+    let wait = MixpanelError::RetryAfterTooLong {
+        endpoint: "x",
+        status: 429,
+        wait: std::time::Duration::from_secs(600),
+        max: std::time::Duration::from_secs(60),
+    };
+    let mixpanel: BTreeSet<&str> = [
+        api(401),
+        api(403),
+        api(404),
+        api(429),
+        api(500),
+        api(400),
+        transport(),
+        redirect,
+        decode,
+        wait,
+        MixpanelError::UnknownRegion { domain: "x".into() },
+        MixpanelError::Setup("x".into()),
+    ]
+    .iter()
+    .map(MixpanelError::code)
+    .collect();
+    assert_eq!(
+        mixpanel,
+        MixpanelError::CODES.into_iter().collect(),
+        "MixpanelError::CODES"
+    );
+    let codes: Vec<String> = catalogue()
+        .iter()
+        .map(|e| format!("{}  {}", e.code(), e.step))
+        .collect();
+    insta::assert_snapshot!("error_codes", codes.join("\n"));
 }
