@@ -13,7 +13,7 @@ use serde::Serialize;
 /// The mutating call an audit event records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Action {
+pub(crate) enum Action {
     /// A service account was created.
     Create,
     /// A service account was deleted.
@@ -31,7 +31,7 @@ pub enum Action {
 /// How the call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Created,
     Deleted,
     /// A delete found the account already gone.
@@ -43,7 +43,7 @@ pub enum Outcome {
 
 impl Action {
     /// The name used in logs and the audit file.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Action::Create => "create",
             Action::Delete => "delete",
@@ -57,7 +57,7 @@ impl Action {
 
 impl Outcome {
     /// The name used in logs and the audit file.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Created => "created",
             Outcome::Deleted => "deleted",
@@ -71,28 +71,28 @@ impl Outcome {
 
 /// One mutating call and its outcome.
 #[derive(Debug, Clone, Serialize)]
-pub struct AuditEvent<'a> {
-    pub at: DateTime<Utc>,
-    pub integration: &'a str,
+pub(crate) struct AuditEvent<'a> {
+    pub(crate) at: DateTime<Utc>,
+    pub(crate) integration: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rotation_id: Option<&'a str>,
-    pub action: Action,
+    pub(crate) rotation_id: Option<&'a str>,
+    pub(crate) action: Action,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub account_id: Option<u64>,
+    pub(crate) account_id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub previous_account_id: Option<u64>,
+    pub(crate) previous_account_id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub username: Option<&'a str>,
+    pub(crate) username: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    pub outcome: Outcome,
+    pub(crate) reason: Option<String>,
+    pub(crate) outcome: Outcome,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
+    pub(crate) detail: Option<String>,
 }
 
 /// Where audit events go.
 #[derive(Debug, Default)]
-pub struct Audit {
+pub(crate) struct Audit {
     path: Option<PathBuf>,
     /// Opened on the first event, so read-only commands (`plan`, `status`)
     /// neither create the file nor need to be allowed to write it.
@@ -107,16 +107,16 @@ pub struct Audit {
     if *.before_change { "; nothing is changed until it can be written" } else { "" }
 )]
 pub struct AuditError {
-    pub path: std::path::PathBuf,
+    pub(crate) path: std::path::PathBuf,
     /// The system's words (an I/O error).
-    pub reason: String,
+    pub(crate) reason: String,
     /// Raised before a change, which therefore did not happen.
-    pub before_change: bool,
+    pub(crate) before_change: bool,
 }
 
 impl Audit {
     /// Events go to the log, and to `path` when given.
-    pub fn new(path: Option<&Path>) -> Self {
+    pub(crate) fn new(path: Option<&Path>) -> Self {
         Self {
             path: path.map(Path::to_path_buf),
             file: Mutex::new(None),
@@ -126,7 +126,7 @@ impl Audit {
     /// Opens the audit file (creating it 0600) if there is one, so that a
     /// command that will mutate fails before its first mutation when the
     /// trail cannot be written: audit is a promise, not a best effort.
-    pub fn ensure_writable(&self) -> Result<(), AuditError> {
+    pub(crate) fn ensure_writable(&self) -> Result<(), AuditError> {
         let Some(path) = &self.path else { return Ok(()) };
         let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
@@ -143,7 +143,7 @@ impl Audit {
     /// Whether the trail could be written, changing nothing (for
     /// `validate --online`): an existing file is opened for appending (never
     /// created, never narrowed); a missing one needs a writable directory.
-    pub fn check(&self) -> Result<String, AuditError> {
+    pub(crate) fn check(&self) -> Result<String, AuditError> {
         use std::os::unix::fs::PermissionsExt as _;
         let Some(path) = &self.path else {
             return Ok("none".into());
@@ -186,7 +186,7 @@ impl Audit {
     }
 
     /// Records one event.
-    pub fn record(&self, e: &AuditEvent<'_>) {
+    pub(crate) fn record(&self, e: &AuditEvent<'_>) {
         tracing::info!(
             target: "audit",
             integration = e.integration,

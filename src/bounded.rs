@@ -10,13 +10,13 @@ use std::path::Path;
 use zeroize::Zeroizing;
 
 /// The largest secret (a token, a password, a JWT, a webhook URL): 64 KiB.
-pub const SECRET_MAX: u64 = 64 * 1024;
+pub(crate) const SECRET_MAX: u64 = 64 * 1024;
 /// The largest document (a policy, a stored payload, a CA file, an API answer): 4 MiB.
-pub const DOCUMENT_MAX: u64 = 4 * 1024 * 1024;
+pub(crate) const DOCUMENT_MAX: u64 = 4 * 1024 * 1024;
 
 /// Why a bounded read failed.
 #[derive(Debug)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     /// The file could not be opened or read.
     Io(std::io::Error),
     /// Not a regular file (a device, a FIFO, a directory) where one is required.
@@ -38,7 +38,7 @@ impl fmt::Display for ReadError {
 impl std::error::Error for ReadError {}
 
 /// `n` bytes for people: `64 KiB`, `4 MiB`.
-pub fn size(n: u64) -> String {
+pub(crate) fn size(n: u64) -> String {
     match n {
         n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
         n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
@@ -48,7 +48,7 @@ pub fn size(n: u64) -> String {
 
 /// Reads at most `max` bytes of `path` into a buffer wiped on drop; more is
 /// an error. With `regular_only`, anything but a regular file is refused.
-pub fn read_file(path: &Path, max: u64, regular_only: bool) -> Result<Zeroizing<Vec<u8>>, ReadError> {
+pub(crate) fn read_file(path: &Path, max: u64, regular_only: bool) -> Result<Zeroizing<Vec<u8>>, ReadError> {
     let file = std::fs::File::open(path).map_err(ReadError::Io)?;
     let meta = file.metadata().map_err(ReadError::Io)?;
     read_open(file, &meta, max, regular_only)
@@ -56,7 +56,7 @@ pub fn read_file(path: &Path, max: u64, regular_only: bool) -> Result<Zeroizing<
 
 /// As [`read_file`], for a file the caller opened (its own way) and
 /// `fstat`ed already.
-pub fn read_open(
+pub(crate) fn read_open(
     file: std::fs::File,
     meta: &std::fs::Metadata,
     max: u64,
@@ -76,7 +76,7 @@ pub fn read_open(
 }
 
 /// As [`read_file`], as UTF-8 text.
-pub fn read_text(path: &Path, max: u64, regular_only: bool) -> Result<Zeroizing<String>, ReadError> {
+pub(crate) fn read_text(path: &Path, max: u64, regular_only: bool) -> Result<Zeroizing<String>, ReadError> {
     let bytes = read_file(path, max, regular_only)?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| ReadError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text")))?;
@@ -85,7 +85,7 @@ pub fn read_text(path: &Path, max: u64, regular_only: bool) -> Result<Zeroizing<
 
 /// Why reading an HTTP answer failed.
 #[derive(Debug)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     /// The connection failed while reading.
     Transport(reqwest::Error),
     /// More than the cap.
@@ -96,7 +96,7 @@ pub enum BodyError {
 const PREALLOCATE_MAX: u64 = 8 * 1024 * 1024;
 
 /// Reads at most `max` bytes of an HTTP answer; more is an error.
-pub async fn read_body(mut resp: reqwest::Response, max: u64) -> Result<Zeroizing<Vec<u8>>, BodyError> {
+pub(crate) async fn read_body(mut resp: reqwest::Response, max: u64) -> Result<Zeroizing<Vec<u8>>, BodyError> {
     if resp.content_length().is_some_and(|n| n > max) {
         return Err(BodyError::TooLarge { max });
     }
@@ -116,7 +116,7 @@ pub async fn read_body(mut resp: reqwest::Response, max: u64) -> Result<Zeroizin
 }
 
 /// Whether this process may create files in `dir`, asked without writing.
-pub fn writable_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn writable_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt as _;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.

@@ -10,7 +10,7 @@ use chrono::{DateTime, Duration, Utc};
 use tokio::sync::watch;
 
 /// A future that completes at a time of a [`Clock`].
-pub type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(crate) type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A source of the current time, and of waiting for a later one.
 pub trait Clock: Send + Sync {
@@ -78,7 +78,7 @@ impl Clock for ManualClock {
 
 /// `t + d`, saturating at the ends of the calendar: a hostile date (a
 /// payload's, Mixpanel's) or a long duration never panics.
-pub fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+pub(crate) fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     t.checked_add_signed(d).unwrap_or(if d < Duration::zero() {
         DateTime::<Utc>::MIN_UTC
     } else {
@@ -87,7 +87,7 @@ pub fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 }
 
 /// `t - d`, saturating at the ends of the calendar.
-pub fn before(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+pub(crate) fn before(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     t.checked_sub_signed(d).unwrap_or(if d < Duration::zero() {
         DateTime::<Utc>::MAX_UTC
     } else {
@@ -96,7 +96,7 @@ pub fn before(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 }
 
 /// `a - b` for durations, saturating.
-pub fn span_between(a: Duration, b: Duration) -> Duration {
+pub(crate) fn span_between(a: Duration, b: Duration) -> Duration {
     a.checked_sub(&b).unwrap_or(if b < Duration::zero() {
         Duration::MAX
     } else {
@@ -110,7 +110,7 @@ pub type SharedClock = Arc<dyn Clock>;
 /// Another clock, set ahead (or behind) by an adjustable amount: the
 /// simulator's, to play a Mixpanel whose clock disagrees with the rotator's.
 #[derive(Clone)]
-pub struct SkewedClock {
+pub(crate) struct SkewedClock {
     inner: SharedClock,
     /// The skew, in milliseconds (positive: ahead of `inner`).
     skew_ms: Arc<std::sync::atomic::AtomicI64>,
@@ -118,7 +118,7 @@ pub struct SkewedClock {
 
 impl SkewedClock {
     /// `inner`, not skewed yet.
-    pub fn new(inner: SharedClock) -> Self {
+    pub(crate) fn new(inner: SharedClock) -> Self {
         Self {
             inner,
             skew_ms: Arc::new(std::sync::atomic::AtomicI64::new(0)),
@@ -126,7 +126,7 @@ impl SkewedClock {
     }
 
     /// Sets the skew (positive: ahead of the inner clock).
-    pub fn set_skew(&self, skew: Duration) {
+    pub(crate) fn set_skew(&self, skew: Duration) {
         self.skew_ms
             .store(skew.num_milliseconds(), std::sync::atomic::Ordering::Relaxed);
     }

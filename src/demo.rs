@@ -17,7 +17,7 @@ use crate::simulator::{Seed, Simulator};
 use crate::values::HumanDuration;
 
 /// Writes a secret to a new file readable only by its owner.
-pub fn write_secret_file(path: &Path, secret: &Secret) -> std::io::Result<()> {
+pub(crate) fn write_secret_file(path: &Path, secret: &Secret) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -44,7 +44,7 @@ fn indent(s: &str) {
 }
 
 /// Runs the demo.
-pub async fn run(grace: HumanDuration) -> Exit {
+pub(crate) async fn run(grace: HumanDuration) -> Exit {
     match demo(grace).await {
         Ok(()) => Exit::Ok,
         Err(e) => {

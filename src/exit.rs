@@ -14,7 +14,7 @@ pub enum Exit {
 
 impl Exit {
     /// `Failed` if `failed`, else `Ok`.
-    pub fn from_failure(failed: bool) -> Self {
+    pub(crate) fn from_failure(failed: bool) -> Self {
         if failed { Exit::Failed } else { Exit::Ok }
     }
 }

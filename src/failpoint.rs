@@ -95,11 +95,11 @@ pub fn arm_from_env() {}
 
 /// What a blocking step returns when it "dies" at a point (the async side
 /// then stops for good).
-pub const CRASHED: &str = "crashed at a failpoint";
+pub(crate) const CRASHED: &str = "crashed at a failpoint";
 
 /// A place a test may crash the rotation at: when armed, never returns.
 #[cfg(feature = "failpoints")]
-pub async fn point(name: &str, integration: &str) {
+pub(crate) async fn point(name: &str, integration: &str) {
     if tripped(name, integration) {
         std::future::pending::<()>().await;
     }
@@ -108,7 +108,7 @@ pub async fn point(name: &str, integration: &str) {
 /// A place a test may crash the rotation at (not compiled in: nothing).
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
-pub async fn point(_name: &str, _integration: &str) {}
+pub(crate) async fn point(_name: &str, _integration: &str) {}
 
 /// Whether a test armed `name` here (not compiled in: never).
 #[cfg(not(feature = "failpoints"))]

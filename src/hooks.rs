@@ -14,7 +14,7 @@ use crate::text::rfc3339;
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum EventKind {
+pub(crate) enum EventKind {
     /// A new credential was published.
     Rotated,
     /// A rotation failed; the published credential is still valid for a while.
@@ -27,24 +27,24 @@ pub enum EventKind {
 
 /// The facts a hook gets (never the secret).
 #[derive(Debug, Clone, Serialize)]
-pub struct HookEvent {
-    pub event: EventKind,
-    pub integration: String,
-    pub rotation_id: Option<String>,
-    pub service_account_id: Option<u64>,
-    pub username: Option<String>,
-    pub previous_service_account_id: Option<u64>,
-    pub expires: Option<DateTime<Utc>>,
-    pub sink: String,
-    pub path: String,
-    pub error: Option<String>,
+pub(crate) struct HookEvent {
+    pub(crate) event: EventKind,
+    pub(crate) integration: String,
+    pub(crate) rotation_id: Option<String>,
+    pub(crate) service_account_id: Option<u64>,
+    pub(crate) username: Option<String>,
+    pub(crate) previous_service_account_id: Option<u64>,
+    pub(crate) expires: Option<DateTime<Utc>>,
+    pub(crate) sink: String,
+    pub(crate) path: String,
+    pub(crate) error: Option<String>,
     /// The failure's stable code (`publish.sink.conflict`), as in `-o json`.
-    pub error_code: Option<String>,
+    pub(crate) error_code: Option<String>,
 }
 
 impl HookEvent {
     /// A one-line summary, for Slack's `text`.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let exp = self.expires.map(rfc3339).unwrap_or_else(|| "unknown".into());
         match self.event {
             EventKind::Rotated => format!(
@@ -74,7 +74,7 @@ impl HookEvent {
 
 /// Why a hook failed (never undoing the rotation: a warning of the pass).
 #[derive(Debug, thiserror::Error)]
-pub enum HookError {
+pub(crate) enum HookError {
     /// The command could not be started.
     #[error("`on_rotate` {cmd}: cannot start: {source}")]
     Start { cmd: String, source: std::io::Error },
@@ -105,7 +105,7 @@ pub enum HookError {
 /// Runs `on_rotate`, if set. The child gets a clean environment: `PATH` and
 /// the `MPR_*` variables below, nothing of the rotator's own (which may hold
 /// its secret).
-pub async fn on_rotate(i: &Integration, ev: &HookEvent) -> Result<(), HookError> {
+pub(crate) async fn on_rotate(i: &Integration, ev: &HookEvent) -> Result<(), HookError> {
     let Some(argv) = &i.on_rotate else { return Ok(()) };
     let Some((cmd, args)) = argv.split_first() else {
         return Ok(());
@@ -194,7 +194,7 @@ fn tail(b: &[u8]) -> String {
 }
 
 /// POSTs the event to the integration's webhook, if set.
-pub async fn webhook(i: &Integration, ev: &HookEvent) -> Result<(), HookError> {
+pub(crate) async fn webhook(i: &Integration, ev: &HookEvent) -> Result<(), HookError> {
     let Some(w) = &i.webhook else { return Ok(()) };
     let url = w.url.resolve(&i.key("webhook.url"))?;
     let failed = |detail: String| HookError::Send {

@@ -33,7 +33,7 @@ fn shared_tls() -> Option<&'static rustls::ClientConfig> {
 
 /// A client builder for talking to `urls`: no TLS when they are all
 /// `http://`, else the shared TLS configuration.
-pub fn builder<'a>(urls: impl IntoIterator<Item = &'a str>) -> reqwest::ClientBuilder {
+pub(crate) fn builder<'a>(urls: impl IntoIterator<Item = &'a str>) -> reqwest::ClientBuilder {
     let b = reqwest::Client::builder();
     if urls.into_iter().all(|u| u.starts_with("http://")) {
         return b.tls_certs_only(Vec::new());

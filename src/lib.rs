@@ -9,22 +9,23 @@
 //! dependencies go.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 // Input never reaches a panic: dates and numbers are computed with checked or
 // saturating operations, slices with `get` (see clock::after, clock::before).
 #![cfg_attr(not(test), deny(clippy::arithmetic_side_effects, clippy::indexing_slicing))]
 
 // Leaves: they import nothing of the crate (or only each other, downwards).
-pub mod audit;
-pub mod bounded;
+pub(crate) mod audit;
+pub(crate) mod bounded;
 pub mod clock;
 pub mod exit;
 pub mod failpoint;
-pub mod http;
+pub(crate) mod http;
 pub mod metrics;
-pub mod notify;
+pub(crate) mod notify;
 pub mod secret;
-pub mod text;
+pub(crate) mod text;
 pub mod values;
 
 // The outside world.
@@ -32,7 +33,7 @@ pub mod mixpanel;
 pub mod sink;
 
 // The policy, and what the rotation engine calls out to.
-pub mod hooks;
+pub(crate) mod hooks;
 pub mod policy;
 
 // The engine.
@@ -40,7 +41,7 @@ pub mod rotation;
 
 // Around the engine.
 pub mod daemon;
-pub mod demo;
+pub(crate) mod demo;
 pub mod render;
 pub mod server;
 pub mod simulator;

@@ -167,7 +167,7 @@ impl Metrics {
     /// Removes every series of the integrations not in `names`, and of the
     /// mirrors not in `mirrors` (a reload dropped them): a gauge left behind
     /// would keep an alert firing for something that no longer exists.
-    pub fn keep_only(&self, names: &BTreeSet<&str>, mirrors: &BTreeSet<(&str, &str, &str)>) {
+    pub(crate) fn keep_only(&self, names: &BTreeSet<&str>, mirrors: &BTreeSet<(&str, &str, &str)>) {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         let gone: Vec<String> = known
             .0
@@ -214,14 +214,14 @@ impl Metrics {
     }
 
     /// A credential file of `integration` had its mode set back.
-    pub fn mode_repaired(&self, integration: &str) {
+    pub(crate) fn mode_repaired(&self, integration: &str) {
         self.modes_repaired
             .get_or_create(&labels(&[("integration", integration)]))
             .inc();
     }
 
     /// A due deletion of `integration` waited for a stale mirror.
-    pub fn held_by_mirror(&self, integration: &str) {
+    pub(crate) fn held_by_mirror(&self, integration: &str) {
         self.held_by_mirror
             .get_or_create(&labels(&[("integration", integration)]))
             .inc();
@@ -229,7 +229,7 @@ impl Metrics {
 
     /// How many lineage accounts in use `integration` keeps because its sink
     /// does not publish them (another rotator's, most likely).
-    pub fn in_use_elsewhere(&self, integration: &str, count: usize) {
+    pub(crate) fn in_use_elsewhere(&self, integration: &str, count: usize) {
         self.in_use_elsewhere
             .get_or_create(&labels(&[("integration", integration)]))
             .set(i64::try_from(count).unwrap_or(i64::MAX));
@@ -265,14 +265,14 @@ impl Metrics {
     }
 
     /// One Mixpanel API answer (`status` 0: no answer).
-    pub fn api_request(&self, endpoint: &str, status: u16) {
+    pub(crate) fn api_request(&self, endpoint: &str, status: u16) {
         self.api_requests
             .get_or_create(&labels(&[("endpoint", endpoint), ("status", &status.to_string())]))
             .inc();
     }
 
     /// A pass over one integration finished, with or without an error.
-    pub fn pass(&self, integration: &str, ok: bool) {
+    pub(crate) fn pass(&self, integration: &str, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.passes
             .get_or_create(&labels(&[("integration", integration), ("result", result)]))
@@ -280,7 +280,7 @@ impl Metrics {
     }
 
     /// A rotation ended: published (`success`) or failed.
-    pub fn rotation(&self, integration: &str, success: bool) {
+    pub(crate) fn rotation(&self, integration: &str, success: bool) {
         let result = if success { "success" } else { "failure" };
         self.rotations
             .get_or_create(&labels(&[("integration", integration), ("result", result)]))
@@ -295,14 +295,14 @@ impl Metrics {
     }
 
     /// An old account was deleted, for `reason` (`retiring`, `orphan`, `revoked`).
-    pub fn deleted(&self, integration: &str, reason: &str) {
+    pub(crate) fn deleted(&self, integration: &str, reason: &str) {
         self.deleted
             .get_or_create(&labels(&[("integration", integration), ("reason", reason)]))
             .inc();
     }
 
     /// A rotation published after `seconds`, at `at`.
-    pub fn rotation_done(&self, integration: &str, seconds: f64, at: DateTime<Utc>) {
+    pub(crate) fn rotation_done(&self, integration: &str, seconds: f64, at: DateTime<Utc>) {
         self.rotation_duration.observe(seconds);
         self.last_success
             .get_or_create(&labels(&[("integration", integration)]))
@@ -325,7 +325,7 @@ impl Metrics {
     }
 
     /// A hook (`on_rotate`, `webhook`) failed.
-    pub fn hook_failure(&self, integration: &str, hook: &str) {
+    pub(crate) fn hook_failure(&self, integration: &str, hook: &str) {
         self.hook_failures
             .get_or_create(&labels(&[("integration", integration), ("hook", hook)]))
             .inc();
@@ -351,7 +351,7 @@ impl Metrics {
     }
 
     /// A policy reload was applied (`ok`) or rejected.
-    pub fn reload(&self, ok: bool) {
+    pub(crate) fn reload(&self, ok: bool) {
         if ok {
             self.reloads.inc()
         } else {

@@ -8,14 +8,14 @@ use std::time::Duration;
 
 /// Where notifications go, and how often the watchdog wants to hear from us.
 #[derive(Debug, Clone, Default)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     socket: Option<String>,
     watchdog: Option<Duration>,
 }
 
 impl Notifier {
     /// From `$NOTIFY_SOCKET`, `$WATCHDOG_USEC` and `$WATCHDOG_PID`.
-    pub fn from_env() -> Self {
+    pub(crate) fn from_env() -> Self {
         Self {
             socket: std::env::var_os("NOTIFY_SOCKET").map(|s| s.to_string_lossy().into_owned()),
             watchdog: watchdog_from_env(),
@@ -23,12 +23,12 @@ impl Notifier {
     }
 
     /// Half of `$WATCHDOG_USEC`, when the watchdog is on for this process.
-    pub fn watchdog_interval(&self) -> Option<Duration> {
+    pub(crate) fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog
     }
 
     /// Sends `state` (e.g. `"READY=1\nSTATUS=..."`) to the service manager.
-    pub fn notify(&self, state: &str) {
+    pub(crate) fn notify(&self, state: &str) {
         let Some(target) = &self.socket else { return };
         let result = UnixDatagram::unbound().and_then(|sock| {
             // Never block the caller: a service manager that does not drain its
@@ -63,7 +63,7 @@ fn watchdog_from_env() -> Option<Duration> {
 }
 
 /// A `STATUS=` line: one line, no control characters.
-pub fn status_line(s: &str) -> String {
+pub(crate) fn status_line(s: &str) -> String {
     let clean: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     format!("STATUS={clean}")
 }

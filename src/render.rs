@@ -217,7 +217,7 @@ fn retire_outcome(s: &mut String, integration: &str, done: Option<&crate::rotati
 }
 
 /// `reconcile` / `rotate-now` output: what was done.
-pub fn outcome_text(reports: &[Report]) -> String {
+pub(crate) fn outcome_text(reports: &[Report]) -> String {
     let mut s = String::new();
     for r in reports {
         match &r.rotated {
@@ -360,7 +360,7 @@ fn status_row(r: &Report) -> [String; 9] {
 /// published account, when it next acts, the actions planned or performed
 /// (accounts by id; a planned create by its username pattern), warnings and
 /// errors. Never a secret.
-pub fn json_document(command: &str, reports: &[Report], at: DateTime<Utc>) -> serde_json::Value {
+pub(crate) fn json_document(command: &str, reports: &[Report], at: DateTime<Utc>) -> serde_json::Value {
     serde_json::json!({
         "version": 1,
         "command": command,

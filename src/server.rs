@@ -19,7 +19,7 @@ use crate::policy::MAX_INTEGRATION_NAME;
 
 /// The most integration names a resync request may queue (a bound on what
 /// anyone who reaches the port can make the daemon hold).
-pub const MAX_RESYNC_QUEUE: usize = 100_000;
+pub(crate) const MAX_RESYNC_QUEUE: usize = 100_000;
 
 /// The largest `POST /-/resync` body: one name per line.
 const MAX_RESYNC_BODY: usize = 4 << 20;
@@ -28,13 +28,13 @@ const MAX_RESYNC_BODY: usize = 4 << 20;
 #[derive(Debug, Default)]
 pub struct Health {
     /// The last pass reached Mixpanel and every sink.
-    pub ready: AtomicBool,
+    pub(crate) ready: AtomicBool,
     /// Every mirror has been up to date at least once since the start.
     pub started: AtomicBool,
     /// Integrations asked to be re-read (`POST /-/resync`), not yet taken.
     pub resync: Resync,
     /// Whether the daemon's loop is making progress.
-    pub liveness: Liveness,
+    pub(crate) liveness: Liveness,
     /// The bearer token `POST /-/resync` must carry (`[server] resync_token`).
     pub resync_token: Mutex<Option<crate::secret::Secret>>,
 }
@@ -46,7 +46,7 @@ pub struct Health {
 /// and the systemd watchdog is no longer fed. Monotonic time: not the
 /// injected clock, since what is measured is this process's own progress.
 #[derive(Debug)]
-pub struct Liveness {
+pub(crate) struct Liveness {
     origin: std::time::Instant,
     /// Milliseconds since `origin`: the last beat.
     last_beat: AtomicU64,
@@ -82,26 +82,26 @@ impl Liveness {
     }
 
     /// The bounds of the policy in force.
-    pub fn configure(&self, stall: std::time::Duration, pass_every: std::time::Duration) {
+    pub(crate) fn configure(&self, stall: std::time::Duration, pass_every: std::time::Duration) {
         let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         self.stall_ms.store(ms(stall), Ordering::SeqCst);
         self.pass_every_ms.store(ms(pass_every), Ordering::SeqCst);
     }
 
     /// Progress: one integration done, or the loop came round.
-    pub fn beat(&self) {
+    pub(crate) fn beat(&self) {
         self.last_beat.store(self.now_ms(), Ordering::SeqCst);
     }
 
     /// A pass or a mirror sync starts.
-    pub fn busy(&self) {
+    pub(crate) fn busy(&self) {
         let now = self.now_ms();
         self.last_beat.store(now, Ordering::SeqCst);
         self.busy_since.store(now, Ordering::SeqCst);
     }
 
     /// It ended.
-    pub fn idle(&self) {
+    pub(crate) fn idle(&self) {
         let now = self.now_ms();
         self.last_beat.store(now, Ordering::SeqCst);
         self.busy_since.store(u64::MAX, Ordering::SeqCst);
@@ -110,17 +110,17 @@ impl Liveness {
     /// The loop came round (woke up, with or without work): it is not stuck
     /// in a sleep either, whatever is due (integrations in a long backoff
     /// make no pass for a while, and that is not being stuck).
-    pub fn came_round(&self) {
+    pub(crate) fn came_round(&self) {
         self.last_round.store(self.now_ms(), Ordering::SeqCst);
     }
 
     /// Stopping has begun.
-    pub fn stopping(&self) {
+    pub(crate) fn stopping(&self) {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
     /// Why the loop counts as stuck, if it does.
-    pub fn stuck(&self) -> Option<String> {
+    pub(crate) fn stuck(&self) -> Option<String> {
         let now = self.now_ms();
         let stall = self.stall_ms.load(Ordering::SeqCst);
         let busy = self.busy_since.load(Ordering::SeqCst) != u64::MAX;
@@ -138,7 +138,7 @@ impl Liveness {
     }
 
     /// Whether the systemd watchdog may be fed.
-    pub fn feeds_watchdog(&self) -> bool {
+    pub(crate) fn feeds_watchdog(&self) -> bool {
         !self.stopping.load(Ordering::SeqCst) && self.stuck().is_none()
     }
 }
@@ -151,7 +151,7 @@ pub struct Resync {
     names: Mutex<BTreeSet<String>>,
     /// Notified once per request that queued something (a permit is kept
     /// while the daemon is busy, so none is lost).
-    pub notify: tokio::sync::Notify,
+    pub(crate) notify: tokio::sync::Notify,
 }
 
 impl Resync {
@@ -335,7 +335,7 @@ pub async fn serve(
 
 /// Where a process on this host reaches a daemon listening on `listen`:
 /// the loopback address of its family when it listens on every address.
-pub fn local_address(listen: SocketAddr) -> SocketAddr {
+pub(crate) fn local_address(listen: SocketAddr) -> SocketAddr {
     let ip = match listen.ip() {
         IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -404,7 +404,7 @@ fn local_client(url: &str) -> Option<reqwest::Client> {
 
 /// Whether a daemon answers `/healthz` on `listen` (the policy's `[server]
 /// listen`) from this host: where one runs, it will act on the policy it has.
-pub async fn daemon_answers(listen: SocketAddr) -> Option<SocketAddr> {
+pub(crate) async fn daemon_answers(listen: SocketAddr) -> Option<SocketAddr> {
     let addr = local_address(listen);
     let url = format!("http://{addr}/healthz");
     let client = local_client(&url)?;

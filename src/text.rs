@@ -5,12 +5,12 @@
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 
 /// A time as RFC 3339 in whole seconds, `2026-11-28T04:00:00Z`.
-pub fn rfc3339(t: DateTime<Utc>) -> String {
+pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 /// Formats a duration the way the policy writes it (`30d`, `1h30m`, `0s`).
-pub fn format_duration(d: Duration) -> String {
+pub(crate) fn format_duration(d: Duration) -> String {
     let secs = d.num_seconds();
     if secs == 0 {
         return "0s".into();
@@ -31,7 +31,7 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// "in 3d4h" / "2h ago", for people (to the minute beyond an hour).
-pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+pub(crate) fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let d = t.signed_duration_since(now);
     let rounded = if d.num_seconds().unsigned_abs() > 3600 {
         Duration::minutes(d.num_minutes())
@@ -48,7 +48,7 @@ pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
 /// What a server said, fit to print: its first non-empty line, with every
 /// credential-looking run masked, cut to 200 characters. A server's error
 /// text may echo a token, so it is never shown whole.
-pub fn server_text(s: &str) -> String {
+pub(crate) fn server_text(s: &str) -> String {
     let line = s.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default();
     let masked = mask_credentials(line);
     match masked.char_indices().nth(200) {
@@ -61,7 +61,7 @@ pub fn server_text(s: &str) -> String {
 /// alphabets tokens use (letters, digits, `-_+/=.~`) that mix two of lower
 /// case, upper case (past the first character) and digits, or 32 or more of
 /// them whatever they hold.
-pub fn mask_credentials(s: &str) -> String {
+pub(crate) fn mask_credentials(s: &str) -> String {
     let token_char = |c: char| c.is_ascii_alphanumeric() || "-_+/=.~".contains(c);
     let mut out = String::with_capacity(s.len());
     let mut run = String::new();
@@ -91,7 +91,7 @@ pub fn mask_credentials(s: &str) -> String {
 }
 
 /// Every error of `e`'s `source()` chain, `: `-separated.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut next = e.source();
     while let Some(s) = next {

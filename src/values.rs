@@ -24,14 +24,14 @@ use crate::text::format_duration;
 #[error("`{key}` {message}")]
 pub struct KeyError {
     /// The key, e.g. `mixpanel.secret`.
-    pub key: String,
+    pub(crate) key: String,
     /// What is wrong and what to do.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl KeyError {
     /// An error about `key`.
-    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             message: message.into(),
@@ -69,7 +69,7 @@ pub struct HumanDuration(pub Duration);
 
 impl HumanDuration {
     /// Parses `30s`, `15m`, `24h`, `30d`, `1h30m`.
-    pub fn parse(s: &str) -> Result<Self, Invalid> {
+    pub(crate) fn parse(s: &str) -> Result<Self, Invalid> {
         let err = || {
             Invalid(format!(
                 "`{s}` is not a duration: write a number and a unit, e.g. `30s`, `15m`, `24h`, `30d`"
@@ -105,7 +105,7 @@ impl HumanDuration {
     }
 
     /// As a `std::time::Duration` (never negative).
-    pub fn to_std(self) -> std::time::Duration {
+    pub(crate) fn to_std(self) -> std::time::Duration {
         self.0.to_std().unwrap_or_default()
     }
 }
@@ -212,7 +212,7 @@ fn check_cron_ranges(s: &str) -> Result<(), Invalid> {
 
 impl Schedule {
     /// Parses a 5-field cron line; seconds and years are rejected.
-    pub fn parse(s: &str) -> Result<Self, Invalid> {
+    pub(crate) fn parse(s: &str) -> Result<Self, Invalid> {
         let fields = s.split_whitespace().count();
         if !s.trim_start().starts_with('@') && fields != 5 {
             return Err(format!(
@@ -241,7 +241,7 @@ impl Schedule {
     }
 
     /// The first slot strictly after `t`.
-    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.cron.find_next_occurrence(&t, false).ok()
     }
 }
@@ -267,7 +267,7 @@ pub enum SecretRef {
 
 impl SecretRef {
     /// Reads the secret. `key` names the configuration key in errors.
-    pub fn resolve(&self, key: &str) -> Result<Secret, KeyError> {
+    pub(crate) fn resolve(&self, key: &str) -> Result<Secret, KeyError> {
         let value = self.read().map_err(|m| KeyError::new(key, m))?;
         let trimmed = value.strip_suffix('\n').unwrap_or(&value);
         let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
@@ -360,7 +360,7 @@ impl<'de> Visitor<'de> for SecretRefVisitor {
 }
 
 /// Checks a service URL: https, or plain http only to a loopback host; returns it without a trailing slash.
-pub fn check_url(u: &str) -> Result<String, Invalid> {
+pub(crate) fn check_url(u: &str) -> Result<String, Invalid> {
     let url = reqwest::Url::parse(u).map_err(|e| format!("is not a URL ({e})"))?;
     if !url.username().is_empty() || url.password().is_some() {
         // Not echoed: it holds a credential.

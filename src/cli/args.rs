@@ -10,7 +10,7 @@ use crate::values::HumanDuration;
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum Output {
+pub(crate) enum Output {
     /// For people.
     #[default]
     Text,
@@ -23,16 +23,16 @@ pub enum Output {
 pub struct OutputArgs {
     /// Output format: text, or the versioned JSON document (docs/output.schema.json).
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
-    pub output: Output,
+    pub(crate) output: Output,
 }
 
 /// A value parser's refusal: the text clap prints after the option's name.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct BadValue(String);
+pub(crate) struct BadValue(String);
 
 /// `20ms`, `1.5s`: from 0 to 60 seconds (the simulator's latency).
-pub fn delay(s: &str) -> Result<Duration, BadValue> {
+pub(crate) fn delay(s: &str) -> Result<Duration, BadValue> {
     let (n, unit) = if let Some(n) = s.strip_suffix("ms") {
         (n, 0.001)
     } else if let Some(n) = s.strip_suffix('s') {
@@ -53,7 +53,7 @@ pub fn delay(s: &str) -> Result<Duration, BadValue> {
 }
 
 /// A duration of at most an hour (`30s`, `5m`): what a command waits out.
-pub fn at_most_an_hour(s: &str) -> Result<HumanDuration, BadValue> {
+pub(crate) fn at_most_an_hour(s: &str) -> Result<HumanDuration, BadValue> {
     let d = HumanDuration::parse(s).map_err(|e| BadValue(e.to_string()))?;
     if d.0 > chrono::Duration::hours(1) {
         return Err(BadValue(format!("`{s}` is longer than `1h`, the most it may be")));

@@ -16,9 +16,8 @@ mod setup;
 mod simulator;
 mod validate;
 
-pub use args::{Output, OutputArgs};
+pub(crate) use args::{Output, OutputArgs};
 pub use logging::{LogFormat, init_tracing};
-pub use validate::{Check, CheckStatus};
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::exit::Exit;
@@ -40,7 +39,7 @@ pub struct Cli {
     /// Policy file [default: $MIXPANEL_ROTATOR_CONFIG, else /etc/mixpanel-rotator/policy.toml]
     /// (for the commands that read a policy; before or after the command)
     #[arg(short = 'c', long, global = true, value_name = "PATH")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Log format (logs go to stderr).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -48,6 +47,7 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "info", value_name = "FILTER")]
     pub log_level: String,
     #[command(subcommand)]
+    /// The command to run.
     pub command: Command,
 }
 
@@ -76,11 +76,13 @@ pub enum Command {
         /// leftovers (a warning, not a failure).
         #[arg(long, requires = "online")]
         accept_unexplained: bool,
+        #[expect(missing_docs, reason = "flattened: `-o` documents itself")]
         #[command(flatten)]
         output: OutputArgs,
     },
     /// Show what a pass would do now, without changing anything.
     Plan {
+        #[expect(missing_docs, reason = "flattened: `-o` documents itself")]
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -99,11 +101,13 @@ pub enum Command {
         /// memberships, what it would delete) and change nothing.
         #[arg(long)]
         dry_run: bool,
+        #[expect(missing_docs, reason = "flattened: `-o` documents itself")]
         #[command(flatten)]
         output: OutputArgs,
     },
     /// Run one reconcile pass over every integration, then exit (cron job, systemd timer).
     Reconcile {
+        #[expect(missing_docs, reason = "flattened: `-o` documents itself")]
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -112,6 +116,7 @@ pub enum Command {
         /// The same as `-o json`.
         #[arg(long, hide = true)]
         json: bool,
+        #[expect(missing_docs, reason = "flattened: `-o` documents itself")]
         #[command(flatten)]
         output: OutputArgs,
     },

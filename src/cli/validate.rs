@@ -13,7 +13,7 @@ use crate::rotation::{Engine, Request};
 /// How a check of `validate` came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum CheckStatus {
+pub(crate) enum CheckStatus {
     /// Passed.
     Ok,
     /// Not a failure, but something to act on soon.
@@ -35,10 +35,10 @@ impl CheckStatus {
 
 /// One check of `validate`: what was checked, how it came out, and why.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Check {
-    pub name: String,
-    pub status: CheckStatus,
-    pub detail: String,
+pub(crate) struct Check {
+    pub(crate) name: String,
+    pub(crate) status: CheckStatus,
+    pub(crate) detail: String,
 }
 
 /// The checks of `validate`: printed as they come (text), or kept for the

@@ -1,16 +1,16 @@
 //! `run`: the long-lived loop over the reconcile engine.
 //!
-//! Each integration has a due time ([`scheduler`]); the loop sleeps on the
+//! Each integration has a due time (`scheduler`); the loop sleeps on the
 //! injected clock until the earliest one (no polling), runs a pass over the
 //! integrations that are due, and schedules them again from what the pass
 //! planned. It is driven from outside through a [`Control`]: cancelling its
 //! shutdown token stops it (the step in flight finishes, bounded by the
 //! shutdown timeout), a message on its reload channel reloads the policy.
-//! [`signals`] maps SIGTERM/SIGINT and SIGHUP to those; tests drive them
+//! `signals` maps SIGTERM/SIGINT and SIGHUP to those; tests drive them
 //! directly, in-process, under a manual clock.
 
-pub mod scheduler;
-pub mod signals;
+pub(crate) mod scheduler;
+pub(crate) mod signals;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -36,9 +36,9 @@ use crate::text::rfc3339;
 #[derive(Debug)]
 pub struct Control {
     /// Cancelled: finish the step in flight and exit.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     /// A message: reload the policy.
-    pub reload: mpsc::Receiver<()>,
+    pub(crate) reload: mpsc::Receiver<()>,
 }
 
 /// The other end of a [`Control`]: what a signal handler (or a test) uses.
@@ -76,7 +76,7 @@ async fn prime_gauges(engine: &Engine) {
 
 /// Aborts a task when dropped.
 #[derive(Debug)]
-pub struct TaskGuard(pub tokio::task::JoinHandle<()>);
+pub(crate) struct TaskGuard(pub tokio::task::JoinHandle<()>);
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {
@@ -102,7 +102,7 @@ pub struct Progress {
     /// Mirror syncs between passes completed.
     pub mirror_syncs: u64,
     /// What the last of them did.
-    pub mirrors: Vec<MirrorSync>,
+    pub(crate) mirrors: Vec<MirrorSync>,
 }
 
 /// The daemon, before it runs.
@@ -136,7 +136,7 @@ struct Running {
 /// The least time between two passes asked by `POST /-/resync` (requests in
 /// between are merged into the next): whoever reaches the port cannot make
 /// the daemon do more than a pass this often.
-pub const RESYNC_REQUEST_SPACING: chrono::Duration = chrono::Duration::seconds(10);
+pub(crate) const RESYNC_REQUEST_SPACING: chrono::Duration = chrono::Duration::seconds(10);
 
 impl Running {
     fn new(engine: Engine, now: DateTime<Utc>) -> Self {
@@ -188,7 +188,7 @@ impl Running {
 
 /// Why the daemon could not load (or reload) its policy.
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+pub(crate) enum LoadError {
     /// The policy is invalid: every error, each naming its key.
     #[error("{}", .0.all().iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Policy(crate::policy::PolicyError),
@@ -226,7 +226,7 @@ impl Daemon {
     }
 
     /// Where to send systemd notifications.
-    pub fn notifier(mut self, n: Notifier) -> Self {
+    pub(crate) fn notifier(mut self, n: Notifier) -> Self {
         self.notifier = n;
         self
     }

@@ -11,16 +11,16 @@ use crate::policy::Policy;
 use crate::rotation::Report;
 
 /// First retry delay after a failure; doubled each time.
-pub const BACKOFF_BASE: Duration = Duration::seconds(30);
+pub(crate) const BACKOFF_BASE: Duration = Duration::seconds(30);
 /// Longest retry delay.
-pub const BACKOFF_CAP: Duration = Duration::hours(1);
+pub(crate) const BACKOFF_CAP: Duration = Duration::hours(1);
 /// Shortest sleep between passes.
-pub const MIN_SLEEP: Duration = Duration::seconds(1);
+pub(crate) const MIN_SLEEP: Duration = Duration::seconds(1);
 
 /// The delay before retry number `failures` (1-based): 30s doubling to 1h,
 /// spread by ±20% with `jitter` in [0, 1) so failing integrations do not
 /// retry in step; never above the cap.
-pub fn backoff(failures: u32, jitter: f64) -> Duration {
+pub(crate) fn backoff(failures: u32, jitter: f64) -> Duration {
     let exp = BACKOFF_BASE
         .num_seconds()
         .saturating_mul(1i64 << failures.saturating_sub(1).min(20));
@@ -31,18 +31,19 @@ pub fn backoff(failures: u32, jitter: f64) -> Duration {
 
 /// How the daemon paces passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timing {
+pub(crate) struct Timing {
     /// A pass at least this often (`[daemon] resync_interval`).
-    pub resync: Duration,
+    pub(crate) resync: Duration,
     /// This instance's own delay after each rotation deadline (a random part
     /// of `[daemon] spread`, fixed per process): replicas sharing a primary
     /// wake one after the other, and the later ones see the first's publish.
-    pub offset: Duration,
+    pub(crate) offset: Duration,
 }
 
 impl Timing {
     /// A resync interval, and no offset.
-    pub fn resync(resync: Duration) -> Self {
+    #[cfg(test)]
+    pub(crate) fn resync(resync: Duration) -> Self {
         Self {
             resync,
             offset: Duration::zero(),
@@ -55,7 +56,13 @@ impl Timing {
 /// integration backs off, but never past its own next deadline (an
 /// account in use elsewhere, reported at every pass, must not delay its
 /// rotations and deletions).
-pub fn next_due(report: &Report, now: DateTime<Utc>, failures: u32, timing: &Timing, jitter: f64) -> DateTime<Utc> {
+pub(crate) fn next_due(
+    report: &Report,
+    now: DateTime<Utc>,
+    failures: u32,
+    timing: &Timing,
+    jitter: f64,
+) -> DateTime<Utc> {
     let rotation = report.plan.next_rotation().map(|t| after(t, timing.offset));
     let deletion = report.plan.delete_later.iter().filter_map(|d| d.due).min();
     let next = [rotation, deletion].into_iter().flatten().min();
@@ -84,7 +91,7 @@ struct Slot {
 
 /// Due times of every integration.
 #[derive(Debug, Default)]
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     slots: BTreeMap<String, Slot>,
 }
 
@@ -92,7 +99,7 @@ impl Scheduler {
     /// Every integration of `policy` due at `now` (the daemon passes its
     /// start plus its share of `spread`); integrations no longer in the
     /// policy are forgotten, known ones keep their failure count.
-    pub fn reset(&mut self, policy: &Policy, now: DateTime<Utc>) {
+    pub(crate) fn reset(&mut self, policy: &Policy, now: DateTime<Utc>) {
         let names: BTreeSet<&str> = policy.integrations.iter().map(|i| i.name.as_str()).collect();
         self.slots.retain(|k, _| names.contains(k.as_str()));
         for n in names {
@@ -109,7 +116,7 @@ impl Scheduler {
 
     /// Of `due`, the integrations still in failure backoff at `now`: a pass
     /// now (a resync asked over HTTP) must not start their rotation.
-    pub fn backing_off(&self, due: &BTreeSet<String>, now: DateTime<Utc>) -> BTreeSet<String> {
+    pub(crate) fn backing_off(&self, due: &BTreeSet<String>, now: DateTime<Utc>) -> BTreeSet<String> {
         due.iter()
             .filter(|n| self.slots.get(*n).and_then(|s| s.retry_at).is_some_and(|r| r > now))
             .cloned()
@@ -117,7 +124,7 @@ impl Scheduler {
     }
 
     /// The integrations due at `now`.
-    pub fn due(&self, now: DateTime<Utc>) -> BTreeSet<String> {
+    pub(crate) fn due(&self, now: DateTime<Utc>) -> BTreeSet<String> {
         self.slots
             .iter()
             .filter(|(_, s)| s.due <= now)
@@ -126,13 +133,13 @@ impl Scheduler {
     }
 
     /// The earliest due time.
-    pub fn next_wake(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_wake(&self) -> Option<DateTime<Utc>> {
         self.slots.values().map(|s| s.due).min()
     }
 
     /// When to wake up next, seen from `now`: the earliest due time, at least
     /// [`MIN_SLEEP`] and at most `resync` away.
-    pub fn wake_at(&self, now: DateTime<Utc>, resync: Duration) -> DateTime<Utc> {
+    pub(crate) fn wake_at(&self, now: DateTime<Utc>, resync: Duration) -> DateTime<Utc> {
         let wake = self.next_wake().unwrap_or(after(now, resync));
         after(
             now,
@@ -142,7 +149,7 @@ impl Scheduler {
 
     /// Records a pass's reports; those of `held` (in backoff, only
     /// re-read) keep their failure count and are due when their backoff ends.
-    pub fn update(&mut self, reports: &[Report], now: DateTime<Utc>, timing: &Timing, held: &BTreeSet<String>) {
+    pub(crate) fn update(&mut self, reports: &[Report], now: DateTime<Utc>, timing: &Timing, held: &BTreeSet<String>) {
         for r in reports {
             let slot = self.slots.entry(r.integration.clone()).or_insert(Slot {
                 due: now,
@@ -162,7 +169,7 @@ impl Scheduler {
 
     /// Makes each of `names` this scheduler knows due at `at` at the latest;
     /// how many it knew.
-    pub fn hurry<'a>(&mut self, names: impl IntoIterator<Item = &'a str>, at: DateTime<Utc>) -> usize {
+    pub(crate) fn hurry<'a>(&mut self, names: impl IntoIterator<Item = &'a str>, at: DateTime<Utc>) -> usize {
         let mut known = 0usize;
         for n in names {
             if let Some(slot) = self.slots.get_mut(n) {
@@ -174,12 +181,13 @@ impl Scheduler {
     }
 
     /// When `integration` is next due.
-    pub fn due_of(&self, integration: &str) -> Option<DateTime<Utc>> {
+    #[cfg(test)]
+    pub(crate) fn due_of(&self, integration: &str) -> Option<DateTime<Utc>> {
         self.slots.get(integration).map(|s| s.due)
     }
 
     /// Every integration's due time.
-    pub fn due_times(&self) -> BTreeMap<String, DateTime<Utc>> {
+    pub(crate) fn due_times(&self) -> BTreeMap<String, DateTime<Utc>> {
         self.slots.iter().map(|(k, s)| (k.clone(), s.due)).collect()
     }
 }

@@ -8,7 +8,7 @@ use super::{Control, Handle, TaskGuard};
 
 /// Installs the handlers and returns the daemon's [`Control`]; the handlers
 /// stop with the returned guard.
-pub fn install() -> std::io::Result<(Control, TaskGuard)> {
+pub(crate) fn install() -> std::io::Result<(Control, TaskGuard)> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;

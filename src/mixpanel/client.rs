@@ -30,7 +30,9 @@ use crate::text::error_chain;
 /// A service account's credentials.
 #[derive(Clone, Debug)]
 pub struct Credentials {
+    /// The service account's username (`...mp-service-account`).
     pub username: String,
+    /// Its secret.
     pub secret: Secret,
 }
 
@@ -62,7 +64,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The delay before retry number `attempt` (1-based): full jitter over a
     /// capped exponential, or the server's `Retry-After` when it gave one.
-    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    pub(crate) fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         if let Some(ra) = retry_after {
             return ra.min(self.max_retry_after);
         }
@@ -85,9 +87,9 @@ pub struct ProjectHosts {
     /// `mixpanel.region` was set: a project on a known Mixpanel domain is
     /// reached at `https://{domain}/api/app`. Off (`mixpanel.base_url`): at
     /// the base URL, unless `urls` maps its domain.
-    pub regional: bool,
+    pub(crate) regional: bool,
     /// Domain -> API base (`mixpanel.region_urls`), before anything else.
-    pub urls: std::collections::BTreeMap<String, String>,
+    pub(crate) urls: std::collections::BTreeMap<String, String>,
 }
 
 /// Everything a client needs.
@@ -95,10 +97,15 @@ pub struct ProjectHosts {
 pub struct ClientSettings {
     /// API base including `/api/app`, no trailing slash.
     pub base_url: String,
+    /// The organization every call is about.
     pub organization_id: u64,
+    /// The rotator's own account.
     pub credentials: Credentials,
+    /// Requests in flight at once, per API host.
     pub max_concurrency: usize,
+    /// Timeout of one request.
     pub timeout: Duration,
+    /// How failed reads and deletes are retried.
     pub retry: RetryPolicy,
 }
 
@@ -184,7 +191,7 @@ impl Client {
     }
 
     /// Sends project-scoped calls to each project's region (see [`ProjectHosts`]).
-    pub fn with_project_hosts(mut self, hosts: ProjectHosts) -> Result<Self, MixpanelError> {
+    pub(crate) fn with_project_hosts(mut self, hosts: ProjectHosts) -> Result<Self, MixpanelError> {
         // A client built for an `http://` base has no TLS: rebuilt when a
         // region may be reached over https (one built for https has it).
         let https_region = hosts.regional || hosts.urls.values().any(|u| !u.starts_with("http://"));
@@ -199,14 +206,14 @@ impl Client {
     }
 
     /// Reads the time from `clock` (a `Retry-After` date).
-    pub fn with_clock(mut self, clock: crate::clock::SharedClock) -> Self {
+    pub(crate) fn with_clock(mut self, clock: crate::clock::SharedClock) -> Self {
         self.clock = clock;
         self
     }
 
     /// The API base of a project hosted at `domain` (as `/me` reports it;
     /// `None`: the organization's base URL).
-    pub fn project_base(&self, domain: Option<&str>) -> Result<String, MixpanelError> {
+    pub(crate) fn project_base(&self, domain: Option<&str>) -> Result<String, MixpanelError> {
         let Some(d) = domain.map(str::trim).filter(|d| !d.is_empty()) else {
             return Ok(self.base_url.to_string());
         };
@@ -227,14 +234,14 @@ impl Client {
     }
 
     /// Counts every request in `metrics` (`api_requests_total{endpoint,status}`).
-    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+    pub(crate) fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
     }
 
     /// The same client (pool, limit, retries) acting as another account:
     /// used to prove a new credential works.
-    pub fn with_credentials(&self, c: &Credentials) -> Result<Self, MixpanelError> {
+    pub(crate) fn with_credentials(&self, c: &Credentials) -> Result<Self, MixpanelError> {
         Ok(Self {
             auth: auth_header(c)?,
             username: Arc::from(c.username.as_str()),
@@ -256,23 +263,23 @@ impl Client {
 
     /// Mixpanel's clock minus ours, from the `Date` of its recent answers
     /// (`None`: no answer carried one yet).
-    pub fn clock_offset(&self) -> Option<chrono::Duration> {
+    pub(crate) fn clock_offset(&self) -> Option<chrono::Duration> {
         self.server_clock.offset()
     }
 
     /// How far apart the offsets of Mixpanel's recent answers are (a clock
     /// that jumped shows here first).
-    pub fn clock_spread(&self) -> chrono::Duration {
+    pub(crate) fn clock_spread(&self) -> chrono::Duration {
         self.server_clock.spread()
     }
 
     /// The organization this client manages.
-    pub fn organization_id(&self) -> u64 {
+    pub(crate) fn organization_id(&self) -> u64 {
         self.org
     }
 
     /// The API base URL.
-    pub fn base_url(&self) -> &str {
+    pub(crate) fn base_url(&self) -> &str {
         &self.base_url
     }
 

@@ -6,14 +6,19 @@ pub enum MixpanelError {
     /// Mixpanel answered with an error status (`{"status":"error","error":..}`).
     #[error("Mixpanel {endpoint} answered HTTP {status}{}{}", said(.message), hint(*.status))]
     Api {
+        /// The endpoint called (`create-service-account`).
         endpoint: &'static str,
+        /// The HTTP status.
         status: u16,
+        /// What the server said, cut to one masked line (may be empty).
         message: String,
     },
     /// No usable answer: connection refused or dropped, timeout.
     #[error("Mixpanel {endpoint}: no answer ({detail}); check the network path to the API host and `mixpanel.timeout`")]
     Transport {
+        /// The endpoint called.
         endpoint: &'static str,
+        /// What failed (connect, timeout, reset).
         detail: String,
         /// The connection could not be opened: the request was certainly not applied.
         connect: bool,
@@ -23,15 +28,21 @@ pub enum MixpanelError {
         "Mixpanel {endpoint} answered HTTP {status} redirecting to {location}: redirects are not followed; check `mixpanel.region` / `mixpanel.base_url`"
     )]
     Redirect {
+        /// The endpoint called.
         endpoint: &'static str,
+        /// The redirect's status.
         status: u16,
+        /// Where it pointed.
         location: String,
     },
     /// A success status with a body that does not parse.
     #[error("Mixpanel {endpoint} answered HTTP {status} with an unexpected body: {detail}")]
     Decode {
+        /// The endpoint called.
         endpoint: &'static str,
+        /// The success status that came with it.
         status: u16,
+        /// What could not be decoded (never the body itself).
         detail: String,
     },
     /// Mixpanel asked to wait longer than the rotator waits (`Retry-After`):
@@ -41,16 +52,23 @@ pub enum MixpanelError {
         .wait.as_secs(), .max.as_secs()
     )]
     RetryAfterTooLong {
+        /// The endpoint called.
         endpoint: &'static str,
+        /// The status (429 or 503).
         status: u16,
+        /// How long Mixpanel asked to wait.
         wait: std::time::Duration,
+        /// The longest wait for one call.
         max: std::time::Duration,
     },
     /// A project is hosted on a domain that is not a known Mixpanel API host.
     #[error(
         "a project is hosted at `{domain}` (its `domain` in GET /me), which is not a Mixpanel API host this rotator knows (mixpanel.com, eu.mixpanel.com, in.mixpanel.com): map it to its API base in `mixpanel.region_urls`"
     )]
-    UnknownRegion { domain: String },
+    UnknownRegion {
+        /// The project's `domain`, as `/me` gives it.
+        domain: String,
+    },
     /// The client could not be built (TLS setup).
     #[error("cannot set up the HTTP client: {0}")]
     Setup(String),
@@ -80,7 +98,7 @@ fn hint(status: u16) -> &'static str {
 
 impl MixpanelError {
     /// Whether retrying the same request may succeed (408, 429, 5xx, transport).
-    pub fn retryable(&self) -> bool {
+    pub(crate) fn retryable(&self) -> bool {
         match self {
             MixpanelError::Api { status, .. } => matches!(status, 408 | 429) || *status >= 500,
             MixpanelError::Transport { .. } => true,
@@ -90,7 +108,7 @@ impl MixpanelError {
 
     /// Whether the request may have been applied even though it failed
     /// (a dropped connection, a timeout, a 5xx, an unreadable 2xx).
-    pub fn maybe_applied(&self) -> bool {
+    pub(crate) fn maybe_applied(&self) -> bool {
         match self {
             MixpanelError::Api { status, .. } => *status >= 500 || *status == 408,
             MixpanelError::Transport { connect, .. } => !connect,
@@ -101,7 +119,7 @@ impl MixpanelError {
 
     /// The same error without the server's own words (for a webhook, which
     /// leaves the machine).
-    pub fn without_server_text(&self) -> Self {
+    pub(crate) fn without_server_text(&self) -> Self {
         match self {
             MixpanelError::Api { endpoint, status, .. } => MixpanelError::Api {
                 endpoint,
@@ -149,7 +167,7 @@ impl MixpanelError {
     ];
 
     /// The HTTP status, when there was one.
-    pub fn status(&self) -> Option<u16> {
+    pub(crate) fn status(&self) -> Option<u16> {
         match self {
             MixpanelError::Api { status, .. }
             | MixpanelError::Redirect { status, .. }

@@ -11,13 +11,13 @@ use std::marker::PhantomData;
 use std::sync::Mutex;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// A timestamp as Mixpanel writes it: RFC 3339 with an offset, or without
 /// one (read as UTC), with `T` or a space, with or without fractions.
-pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
     let s = s.trim();
     // The form Mixpanel sends most (no offset), without chrono's format
     // interpreter: a list of 10,000 accounts has 30,000 timestamps.
@@ -77,7 +77,7 @@ fn naive_fast(s: &str) -> Option<NaiveDateTime> {
 
 /// What an optional timestamp field held.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stamp {
+pub(crate) enum Stamp {
     /// Absent or `null`.
     None,
     At(DateTime<Utc>),
@@ -87,7 +87,7 @@ pub enum Stamp {
 
 impl Stamp {
     /// Reads the value of field `field` (for the warning).
-    pub fn of(field: &'static str, v: Option<&Value>) -> Self {
+    pub(crate) fn of(field: &'static str, v: Option<&Value>) -> Self {
         match v {
             None | Some(Value::Null) => Stamp::None,
             Some(Value::String(s)) => match parse_timestamp(s) {
@@ -105,7 +105,7 @@ impl Stamp {
     }
 
     /// The time, if there is one.
-    pub fn at(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn at(&self) -> Option<DateTime<Utc>> {
         match self {
             Stamp::At(t) => Some(*t),
             Stamp::None | Stamp::Unreadable => None,
@@ -128,7 +128,7 @@ fn warn_once(field: &'static str, value: &str) {
 }
 
 /// An id: a JSON number, or a string of digits.
-pub fn id_of(v: Option<&Value>) -> Option<u64> {
+pub(crate) fn id_of(v: Option<&Value>) -> Option<u64> {
     match v? {
         Value::Number(n) => n.as_u64(),
         Value::String(s) => s.trim().parse().ok(),
@@ -137,24 +137,18 @@ pub fn id_of(v: Option<&Value>) -> Option<u64> {
 }
 
 /// A string, if the value is one.
-pub fn string_of(v: Option<&Value>) -> Option<String> {
+pub(crate) fn string_of(v: Option<&Value>) -> Option<String> {
     v?.as_str().map(str::to_string)
 }
 
-/// `#[serde(deserialize_with = "id")]`: an id as a number or a numeric string.
-pub fn id<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    let v = Value::deserialize(d)?;
-    id_of(Some(&v)).ok_or_else(|| de::Error::custom("not an id (a number or a string of digits)"))
-}
-
-/// As [`id`], for an optional id (`null`, absent or unreadable: `None`).
-pub fn opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+/// `#[serde(deserialize_with = "opt_id")]`: an optional id (`null`, absent or unreadable: `None`).
+pub(crate) fn opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     let v = Value::deserialize(d)?;
     Ok(id_of(Some(&v)))
 }
 
 /// As a string, or `None` for `null` or any other type.
-pub fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+pub(crate) fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let v = Value::deserialize(d)?;
     Ok(string_of(Some(&v)))
 }

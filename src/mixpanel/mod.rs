@@ -2,7 +2,7 @@
 //! with retries, a concurrency limit and no redirects, and its errors.
 
 pub mod client;
-pub mod error;
+pub(crate) mod error;
 pub mod lenient;
 pub mod server_clock;
 pub mod types;

@@ -17,11 +17,11 @@ const SAMPLES: usize = 7;
 
 /// Below this, an offset is the noise of `Date`'s one-second resolution
 /// and of the round trip: taken as none.
-pub const NOISE: Duration = Duration::seconds(2);
+pub(crate) const NOISE: Duration = Duration::seconds(2);
 
 /// The estimate of Mixpanel's clock offset (Mixpanel minus ours).
 #[derive(Debug, Default)]
-pub struct ServerClock {
+pub(crate) struct ServerClock {
     /// Offsets in milliseconds, oldest first.
     samples: Mutex<VecDeque<i64>>,
 }
@@ -31,7 +31,7 @@ impl ServerClock {
     /// clock read `local`. `Date` is truncated to the second, and the answer
     /// took its time to arrive: a sample is up to a second and a round trip
     /// low, well within [`NOISE`] and the rules' margins.
-    pub fn record(&self, date: &str, local: DateTime<Utc>) {
+    pub(crate) fn record(&self, date: &str, local: DateTime<Utc>) {
         let Ok(at) = DateTime::parse_from_rfc2822(date.trim()) else {
             return;
         };
@@ -46,7 +46,7 @@ impl ServerClock {
     /// The median offset of the recent answers (Mixpanel's clock minus
     /// ours), zero when within [`NOISE`]; `None` before any answer carried
     /// a readable `Date`.
-    pub fn offset(&self) -> Option<Duration> {
+    pub(crate) fn offset(&self) -> Option<Duration> {
         let v = self.sorted();
         let median = *v.get(v.len() / 2)?;
         let d = Duration::milliseconds(median);
@@ -56,7 +56,7 @@ impl ServerClock {
     /// How far apart the recent answers' offsets are: a clock that jumped
     /// (ours or Mixpanel's) shows at its first answer, long before the
     /// median moves.
-    pub fn spread(&self) -> Duration {
+    pub(crate) fn spread(&self) -> Duration {
         let v = self.sorted();
         match (v.first(), v.last()) {
             (Some(lo), Some(hi)) => Duration::milliseconds(hi.saturating_sub(*lo)),

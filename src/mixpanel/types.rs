@@ -12,15 +12,19 @@ use crate::secret::Secret;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Owns the organization or project.
     Owner,
+    /// Administers it.
     Admin,
+    /// Reads and analyzes data.
     Analyst,
+    /// Reads data only.
     Consumer,
 }
 
 impl Role {
     /// The role as Mixpanel writes it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Role::Owner => "owner",
             Role::Admin => "admin",
@@ -30,7 +34,7 @@ impl Role {
     }
 
     /// Whether this organization role may create, delete and re-assign service accounts.
-    pub fn can_manage_accounts(self) -> bool {
+    pub(crate) fn can_manage_accounts(self) -> bool {
         matches!(self, Role::Owner | Role::Admin)
     }
 }
@@ -48,19 +52,26 @@ impl fmt::Display for Role {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "serde_json::Value")]
 pub struct ServiceAccount {
+    /// The account's id.
     pub id: u64,
+    /// Its username (`name.suffix.mp-service-account`).
     pub username: String,
     // The published description has no nullable fields, so absent values
     // are left out when serialising.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When it last authenticated, if Mixpanel knows.
     pub last_used: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When it expires (`None`: never).
     pub expires: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The user who created it.
     pub creator: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When it was created.
     pub created: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The user record behind it.
     pub user: Option<u64>,
     /// Mixpanel sent a `last_used` this client cannot read: whether the
     /// account is in use is unknown, so it is taken as in use.
@@ -92,7 +103,7 @@ impl TryFrom<serde_json::Value> for ServiceAccount {
 
 impl ServiceAccount {
     /// The username without Mixpanel's `.xxxxxx.mp-service-account` suffix.
-    pub fn base_username(&self) -> &str {
+    pub(crate) fn base_username(&self) -> &str {
         strip_mixpanel_suffix(&self.username)
     }
 }
@@ -111,9 +122,13 @@ pub fn strip_mixpanel_suffix(username: &str) -> &str {
 /// plans let organizations define their own, by name).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ProjectRole {
+    /// Owns the project.
     Owner,
+    /// Administers it.
     Admin,
+    /// Reads and analyzes its data.
     Analyst,
+    /// Reads its data only.
     Consumer,
     /// A role outside the four, as Mixpanel names it.
     Custom(String),
@@ -121,7 +136,7 @@ pub enum ProjectRole {
 
 impl ProjectRole {
     /// Reads a role name: the four known ones (any case), else a custom one.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
         let t = s.trim();
         if t.is_empty() || t.len() > 64 || t.chars().any(char::is_control) {
             return Err(format!(
@@ -139,7 +154,7 @@ impl ProjectRole {
     }
 
     /// The role as Mixpanel writes it.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             ProjectRole::Owner => "owner",
             ProjectRole::Admin => "admin",
@@ -163,7 +178,7 @@ impl ProjectRole {
     /// Whether holding this role gives at least the access of `want`: a
     /// known role covers itself and the known roles below it; a custom
     /// role covers only itself.
-    pub fn covers(&self, want: &ProjectRole) -> bool {
+    pub(crate) fn covers(&self, want: &ProjectRole) -> bool {
         match (self.rank(), want.rank()) {
             (Some(have), Some(want)) => have >= want,
             _ => self == want,
@@ -171,7 +186,7 @@ impl ProjectRole {
     }
 
     /// Whether this is a custom role.
-    pub fn is_custom(&self) -> bool {
+    pub(crate) fn is_custom(&self) -> bool {
         matches!(self, ProjectRole::Custom(_))
     }
 }
@@ -210,13 +225,15 @@ impl<'de> Deserialize<'de> for ProjectRole {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectGrant {
+    /// The project's id.
     pub id: u64,
+    /// The role in it.
     pub role: ProjectRole,
 }
 
 /// A list of grants for people: `[101 analyst, 102 admin]`.
 #[derive(Debug, Clone, Copy)]
-pub struct Grants<'a>(pub &'a [ProjectGrant]);
+pub(crate) struct Grants<'a>(pub &'a [ProjectGrant]);
 
 impl fmt::Display for Grants<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -235,12 +252,16 @@ impl fmt::Display for Grants<'_> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateServiceAccount {
+    /// The new account's username (Mixpanel adds its suffix).
     pub username: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    /// Its organization role.
     pub role: Option<Role>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    /// When it expires (`None`: never).
     pub expires: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    /// Project memberships given at creation.
     pub projects: Option<Vec<ProjectGrant>>,
 }
 
@@ -248,15 +269,17 @@ pub struct CreateServiceAccount {
 #[derive(Debug, Deserialize)]
 pub struct CreatedServiceAccount {
     #[serde(flatten)]
-    pub account: ServiceAccount,
-    pub token: Secret,
+    pub(crate) account: ServiceAccount,
+    pub(crate) token: Secret,
 }
 
 /// Body of `POST .../service-accounts/add-to-project`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddToProjects {
+    /// The memberships to add.
     pub projects: Vec<ProjectGrant>,
+    /// The accounts to add them to.
     pub service_account_ids: Vec<u64>,
 }
 
@@ -264,7 +287,9 @@ pub struct AddToProjects {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectRemoval {
+    /// The project's id.
     pub id: u64,
+    /// The accounts to remove from it.
     pub service_account_ids: Vec<u64>,
 }
 
@@ -272,6 +297,7 @@ pub struct ProjectRemoval {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RemoveFromProjects {
+    /// The projects and the accounts to remove from each.
     pub projects: Vec<ProjectRemoval>,
 }
 
@@ -332,8 +358,10 @@ impl<'de> Deserialize<'de> for TargetType {
 #[serde(try_from = "serde_json::Value")]
 pub struct ProjectMember {
     #[serde(flatten)]
+    /// The member account.
     pub account: ServiceAccount,
-    pub role: ProjectRole,
+    pub(crate) role: ProjectRole,
+    /// How it became a member.
     pub target_type: TargetType,
 }
 
@@ -356,7 +384,7 @@ impl TryFrom<serde_json::Value> for ProjectMember {
 /// manage service accounts; anything else (`"member"`, `"no role"`,
 /// `"billing admin"`) may not.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OrgRole {
+pub(crate) enum OrgRole {
     Owner,
     Admin,
     Other(String),
@@ -364,7 +392,7 @@ pub enum OrgRole {
 
 impl OrgRole {
     /// Whether this role may create, delete and re-assign service accounts.
-    pub fn can_manage_accounts(&self) -> bool {
+    pub(crate) fn can_manage_accounts(&self) -> bool {
         matches!(self, OrgRole::Owner | OrgRole::Admin)
     }
 }
@@ -398,13 +426,13 @@ impl<'de> Deserialize<'de> for OrgRole {
 
 /// An organization as listed by `GET /me`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MeOrganization {
+pub(crate) struct MeOrganization {
     #[serde(default, deserialize_with = "super::lenient::opt_id")]
-    pub id: Option<u64>,
+    pub(crate) id: Option<u64>,
     #[serde(default, deserialize_with = "super::lenient::opt_string")]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     #[serde(default, deserialize_with = "opt_org_role")]
-    pub role: Option<OrgRole>,
+    pub(crate) role: Option<OrgRole>,
 }
 
 fn opt_org_role<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<OrgRole>, D::Error> {
@@ -417,30 +445,30 @@ fn opt_org_role<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<OrgRole
 
 /// A project as listed by `GET /me`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MeProject {
+pub(crate) struct MeProject {
     #[serde(default, deserialize_with = "super::lenient::opt_string")]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     #[serde(default, deserialize_with = "super::lenient::opt_id")]
-    pub organization_id: Option<u64>,
+    pub(crate) organization_id: Option<u64>,
     /// The project's regional host, e.g. `eu.mixpanel.com`.
     #[serde(default, deserialize_with = "super::lenient::opt_string")]
-    pub domain: Option<String>,
+    pub(crate) domain: Option<String>,
 }
 
 /// `GET /me`: what the calling account can see.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Me {
     #[serde(default)]
-    pub organizations: BTreeMap<String, MeOrganization>,
+    pub(crate) organizations: BTreeMap<String, MeOrganization>,
     #[serde(default)]
-    pub projects: BTreeMap<String, MeProject>,
+    pub(crate) projects: BTreeMap<String, MeProject>,
     #[serde(default, deserialize_with = "super::lenient::opt_string")]
-    pub user_email: Option<String>,
+    pub(crate) user_email: Option<String>,
 }
 
 impl Me {
     /// The organization `org`, as the caller sees it.
-    pub fn organization(&self, org: u64) -> Option<&MeOrganization> {
+    pub(crate) fn organization(&self, org: u64) -> Option<&MeOrganization> {
         self.organizations
             .iter()
             .find(|(k, o)| o.id == Some(org) || **k == org.to_string())
@@ -448,12 +476,12 @@ impl Me {
     }
 
     /// Whether the caller belongs to organization `org`.
-    pub fn sees(&self, org: u64) -> bool {
+    pub(crate) fn sees(&self, org: u64) -> bool {
         self.organization(org).is_some()
     }
 
     /// The projects of organization `org` that the caller sees: id and domain.
-    pub fn projects_of(&self, org: u64) -> Vec<(u64, Option<String>)> {
+    pub(crate) fn projects_of(&self, org: u64) -> Vec<(u64, Option<String>)> {
         let mut out: Vec<(u64, Option<String>)> = self
             .projects
             .iter()

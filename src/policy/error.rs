@@ -10,13 +10,20 @@ pub enum PolicyError {
     /// The file could not be read.
     #[error("cannot read policy {path}: {source}{}", io_hint(source))]
     Io {
+        /// The policy file.
         path: PathBuf,
         #[source]
+        /// Why it could not be read.
         source: std::io::Error,
     },
     /// The file is not valid TOML, or a value has the wrong type or an unknown key.
     #[error("`{key}`: {message}")]
-    Parse { key: String, message: String },
+    Parse {
+        /// The key, as far as the parser knows it.
+        key: String,
+        /// What is wrong (never a value that could be a secret).
+        message: String,
+    },
     /// A value is well-formed but not acceptable.
     #[error(transparent)]
     Invalid(#[from] KeyError),
@@ -44,7 +51,7 @@ impl PolicyError {
     }
 
     /// Every individual error (flattening [`PolicyError::Many`]).
-    pub fn all(&self) -> Vec<&PolicyError> {
+    pub(crate) fn all(&self) -> Vec<&PolicyError> {
         match self {
             PolicyError::Many(v) => v.iter().flat_map(|e| e.all()).collect(),
             e => vec![e],

@@ -25,38 +25,42 @@ use crate::values::{HumanDuration, Schedule, SecretRef};
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Format version; this build reads `1`.
-    pub version: u32,
+    #[expect(
+        dead_code,
+        reason = "checked on the raw document, with its own message; declared so that unknown keys are refused"
+    )]
+    pub(crate) version: u32,
     /// Lineage prefix of every account this rotator creates (default `mpr`):
     /// 1-16 lowercase letters and digits; two rotators sharing an
     /// organization need different namespaces.
     #[serde(default = "default_namespace")]
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// Namespaces this rotator used before `namespace` (after changing it):
     /// their lineage accounts are still this rotator's, so the ones the
     /// sinks publish or vouch for are rotated and retired as before, not
     /// left behind. New accounts always use `namespace`.
     #[serde(default)]
-    pub previous_namespaces: Vec<String>,
+    pub(crate) previous_namespaces: Vec<String>,
     /// How to reach Mixpanel.
-    pub mixpanel: MixpanelConfig,
+    pub(crate) mixpanel: MixpanelConfig,
     /// Settings every integration inherits.
     #[serde(default)]
-    pub defaults: DefaultsConfig,
+    pub(crate) defaults: DefaultsConfig,
     /// Named places to publish credentials.
     #[serde(default)]
-    pub sinks: BTreeMap<String, SinkConfig>,
+    pub(crate) sinks: BTreeMap<String, SinkConfig>,
     /// The managed integrations.
     #[serde(default)]
-    pub integrations: Vec<IntegrationConfig>,
+    pub(crate) integrations: Vec<IntegrationConfig>,
     /// The HTTP endpoints of `run` (metrics, health).
     #[serde(default)]
-    pub server: ServerConfig,
+    pub(crate) server: ServerConfig,
     /// The scheduler of `run`.
     #[serde(default)]
-    pub daemon: DaemonConfig,
+    pub(crate) daemon: DaemonConfig,
     /// The audit trail.
     #[serde(default)]
-    pub audit: AuditConfig,
+    pub(crate) audit: AuditConfig,
 }
 
 fn default_namespace() -> String {
@@ -66,81 +70,81 @@ fn default_namespace() -> String {
 /// `[server]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ServerConfig {
+pub(crate) struct ServerConfig {
     /// Where `run` serves `/metrics`, `/healthz`, `/readyz`, `/startupz` and
     /// `POST /-/resync` (off when absent).
-    pub listen: Option<std::net::SocketAddr>,
+    pub(crate) listen: Option<std::net::SocketAddr>,
     /// A bearer token `POST /-/resync` must carry (`{ file = ... }` or
     /// `{ env = ... }`); without it, whoever reaches the port may ask a
     /// re-read (harmless: at most one pass per 10 s, no rotation beyond the
     /// schedule).
-    pub resync_token: Option<SecretRef>,
+    pub(crate) resync_token: Option<SecretRef>,
 }
 
 /// `[daemon]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DaemonConfig {
+pub(crate) struct DaemonConfig {
     /// How often `run` makes a full pass even when nothing is due, to notice
     /// changes made behind its back (default `10m`, at least `10s`).
-    pub resync_interval: Option<HumanDuration>,
+    pub(crate) resync_interval: Option<HumanDuration>,
     /// Each instance waits a random part of this (fixed per process) after
     /// a rotation falls due, so that replicas sharing a primary do not all
     /// rotate at once: the later ones see the first one's publish (default
     /// `30s`, at most `1h`).
-    pub spread: Option<HumanDuration>,
+    pub(crate) spread: Option<HumanDuration>,
     /// How often `run` brings the integrations' `mirrors` up to date from
     /// their primaries, between passes: one primary read and one read per
     /// mirror, no Mixpanel call (default `1m`, from `5s` to `1h`).
-    pub mirror_interval: Option<HumanDuration>,
+    pub(crate) mirror_interval: Option<HumanDuration>,
     /// How long a pass or a mirror sync may go without finishing one
     /// integration before the daemon counts itself stuck: `/readyz` answers
     /// 503 and the systemd watchdog is no longer fed, so systemd restarts
     /// it (default `15m`, from `10s` to `1d`; longer than
     /// `mixpanel.verify_timeout` and every `on_rotate_timeout`).
-    pub stall_timeout: Option<HumanDuration>,
+    pub(crate) stall_timeout: Option<HumanDuration>,
 }
 
 /// `[audit]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AuditConfig {
+pub(crate) struct AuditConfig {
     /// Also append every audit event to this file, as JSON lines (mode 0600).
-    pub path: Option<PathBuf>,
+    pub(crate) path: Option<PathBuf>,
 }
 
 /// `[mixpanel]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MixpanelConfig {
+pub(crate) struct MixpanelConfig {
     /// `us`, `eu` or `in` (exclusive with `base_url`).
-    pub region: Option<Region>,
+    pub(crate) region: Option<Region>,
     /// The API base including `/api/app` (https; http only to a loopback host).
-    pub base_url: Option<String>,
+    pub(crate) base_url: Option<String>,
     /// The organization whose service accounts are managed.
-    pub organization_id: u64,
+    pub(crate) organization_id: u64,
     /// The rotator's own service account (organization admin or owner).
-    pub username: String,
+    pub(crate) username: String,
     /// Its secret, by reference.
-    pub secret: SecretRef,
+    pub(crate) secret: SecretRef,
     /// Concurrent requests to the Mixpanel host (default 3, 1-32).
     #[serde(default = "default_max_concurrency")]
-    pub max_concurrency: usize,
+    pub(crate) max_concurrency: usize,
     /// Timeout of one HTTP request (default `30s`).
     #[serde(default = "default_timeout")]
-    pub timeout: HumanDuration,
+    pub(crate) timeout: HumanDuration,
     /// The API base of each region, by the `domain` `GET /me` gives its
     /// projects, e.g. `{ "eu.mixpanel.com" = "https://proxy.internal/eu/api/app" }`.
     /// Project-scoped calls go to their project's region: with `region`, to
     /// `https://{domain}/api/app` for Mixpanel's own domains; with
     /// `base_url`, to `base_url` unless the domain is mapped here.
     #[serde(default)]
-    pub region_urls: BTreeMap<String, String>,
+    pub(crate) region_urls: BTreeMap<String, String>,
     /// How long to keep trying a new credential (`GET /me` with it, with
     /// capped backoff) before giving up and deleting the new account
     /// (default `60s`, `1s` to `10m`; never more than half of `orphan_after`).
     #[serde(default = "default_verify_timeout")]
-    pub verify_timeout: HumanDuration,
+    pub(crate) verify_timeout: HumanDuration,
 }
 
 fn default_verify_timeout() -> HumanDuration {
@@ -162,7 +166,7 @@ macro_rules! overridable {
         /// `[defaults]`: every key can be overridden per integration.
         #[derive(Debug, Default, Deserialize)]
         #[serde(deny_unknown_fields)]
-        pub struct DefaultsConfig {
+        pub(crate) struct DefaultsConfig {
             $( $(#[$meta])* pub $field: Option<$ty>, )*
         }
 
@@ -170,31 +174,31 @@ macro_rules! overridable {
         /// `[defaults]` may be set here too, for this integration alone.
         #[derive(Debug, Deserialize)]
         #[serde(deny_unknown_fields)]
-        pub struct IntegrationConfig {
+        pub(crate) struct IntegrationConfig {
             /// Unique name; part of every lineage username (1-32 lowercase
             /// letters, digits, single dashes).
-            pub name: String,
+            pub(crate) name: String,
             /// Which `[sinks.NAME]` receives the credential.
-            pub sink: String,
+            pub(crate) sink: String,
             /// KV path, secret name or file name inside the sink.
-            pub path: String,
+            pub(crate) path: String,
             /// The account in use today (id, or username with or without
             /// Mixpanel's suffix), taken over when nothing is published yet.
-            pub adopt: Option<AdoptRef>,
+            pub(crate) adopt: Option<AdoptRef>,
             /// A command run after each successful publish: an argv list, no shell.
-            pub on_rotate: Option<Vec<String>>,
+            pub(crate) on_rotate: Option<Vec<String>>,
             /// Local copies of the credential (a pod's `emptyDir`, say):
             /// written from the primary (`sink` and `path`) after each
             /// publish and brought up to date at every pass. They are never
             /// read to decide anything.
             #[serde(default)]
-            pub mirrors: Vec<MirrorConfig>,
+            pub(crate) mirrors: Vec<MirrorConfig>,
             $( $(#[$meta])* pub $field: Option<$ty>, )*
         }
 
         impl IntegrationConfig {
             /// Whether it sets none of the keys of `[defaults]`.
-            pub fn overrides_nothing(&self) -> bool {
+            pub(crate) fn overrides_nothing(&self) -> bool {
                 $( self.$field.is_none() && )* true
             }
         }
@@ -252,9 +256,9 @@ pub struct MirrorConfig {
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// The URL, by reference.
-    pub url: SecretRef,
+    pub(crate) url: SecretRef,
     /// Timeout of one POST (default `10s`).
-    pub timeout: Option<HumanDuration>,
+    pub(crate) timeout: Option<HumanDuration>,
 }
 
 /// Which Mixpanel data-residency region's API host to use.
@@ -271,7 +275,7 @@ pub enum Region {
 
 impl Region {
     /// The API base URL of the region (including `/api/app`).
-    pub fn base_url(self) -> &'static str {
+    pub(crate) fn base_url(self) -> &'static str {
         match self {
             Region::Us => "https://mixpanel.com/api/app",
             Region::Eu => "https://eu.mixpanel.com/api/app",

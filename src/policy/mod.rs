@@ -3,16 +3,16 @@
 //!
 //! - [`file`]: the file as written (serde; unknown keys are errors, every
 //!   error carries the key's path);
-//! - [`validate`]: the cross-checks, and each integration's effective
+//! - `validate`: the cross-checks, and each integration's effective
 //!   settings (defaults overridden per integration);
-//! - [`model`]: the resolved [`Policy`] and [`Integration`];
-//! - [`error`]: the errors ([`PolicyError`]);
+//! - `model`: the resolved [`Policy`] and [`Integration`];
+//! - `error`: the errors ([`PolicyError`]);
 //! - this module: finding and loading the file.
 //!
 //! Every error names the key, e.g. `` `integrations[1].ttl` ``.
 
 mod error;
-pub mod file;
+pub(crate) mod file;
 mod model;
 mod sections;
 mod validate;
@@ -22,14 +22,14 @@ use std::path::{Path, PathBuf};
 pub use self::error::PolicyError;
 pub use self::file::{AdoptRef, MirrorConfig, PolicyConfig, ProjectsSpec, Region, WebhookConfig};
 pub use self::model::{Integration, MixpanelSettings, Policy, Settings};
-pub use self::validate::MAX_INTEGRATION_NAME;
+pub(crate) use self::validate::MAX_INTEGRATION_NAME;
 
 /// Where the policy is read from when neither `--config` nor
 /// `MIXPANEL_ROTATOR_CONFIG` says otherwise.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/mixpanel-rotator/policy.toml";
+pub(crate) const DEFAULT_CONFIG_PATH: &str = "/etc/mixpanel-rotator/policy.toml";
 
 /// Which config file to read: `--config`, else `MIXPANEL_ROTATOR_CONFIG`, else the default.
-pub fn config_path(flag: Option<&Path>) -> PathBuf {
+pub(crate) fn config_path(flag: Option<&Path>) -> PathBuf {
     if let Some(p) = flag {
         return p.to_path_buf();
     }
@@ -41,7 +41,7 @@ pub fn config_path(flag: Option<&Path>) -> PathBuf {
 
 impl Policy {
     /// Reads and checks the policy file.
-    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, PolicyError> {
         use crate::bounded::{DOCUMENT_MAX, ReadError, read_text};
         let text = read_text(path, DOCUMENT_MAX, false).map_err(|e| PolicyError::Io {
             path: path.to_path_buf(),
@@ -98,7 +98,7 @@ impl Policy {
     }
 
     /// Cross-checks a parsed policy and resolves every integration.
-    pub fn from_config(c: PolicyConfig) -> Result<Self, PolicyError> {
+    pub(crate) fn from_config(c: PolicyConfig) -> Result<Self, PolicyError> {
         let count = c.integrations.len();
         validate::resolve(c, count, std::iter::empty())
     }

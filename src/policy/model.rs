@@ -17,15 +17,17 @@ use crate::values::{Schedule, SecretRef};
 pub struct MixpanelSettings {
     /// API base, without a trailing slash.
     pub base_url: String,
-    pub organization_id: u64,
-    pub username: String,
+    pub(crate) organization_id: u64,
+    pub(crate) username: String,
+    /// `mixpanel.secret`: the rotator's own secret, by reference.
     pub secret: SecretRef,
+    /// `mixpanel.max_concurrency`: requests in flight per API host.
     pub max_concurrency: usize,
-    pub timeout: std::time::Duration,
+    pub(crate) timeout: std::time::Duration,
     /// Where project-scoped calls go.
-    pub project_hosts: crate::mixpanel::ProjectHosts,
+    pub(crate) project_hosts: crate::mixpanel::ProjectHosts,
     /// How long to keep trying a new credential.
-    pub verify_timeout: std::time::Duration,
+    pub(crate) verify_timeout: std::time::Duration,
 }
 
 /// One integration with every default applied. Its inherited settings
@@ -35,35 +37,45 @@ pub struct MixpanelSettings {
 #[derive(Debug, Clone)]
 pub struct Integration {
     /// Position in `[[integrations]]` (for error messages naming keys).
-    pub index: usize,
+    pub(crate) index: usize,
+    /// `name`: unique, part of every lineage username.
     pub name: String,
+    /// `sink`: the `[sinks.NAME]` of the primary.
     pub sink: String,
-    pub path: String,
-    pub adopt: Option<AdoptRef>,
-    pub on_rotate: Option<Vec<String>>,
+    pub(crate) path: String,
+    pub(crate) adopt: Option<AdoptRef>,
+    pub(crate) on_rotate: Option<Vec<String>>,
     /// Copies of the credential written from the primary (`sink`, `path`).
     pub mirrors: Vec<MirrorConfig>,
-    pub settings: Arc<Settings>,
+    pub(crate) settings: Arc<Settings>,
 }
 
 /// The keys of `[defaults]`, as one integration has them (its own value,
 /// else the default's, else the built-in default).
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// `role`: the organization role of new accounts.
     pub role: Role,
+    /// `projects`: the memberships of new accounts (a list, or copied).
     pub projects: ProjectsSpec,
+    /// `ttl`: how long a new account lives.
     pub ttl: Duration,
+    /// `renew_before`: rotate when the published account expires within this.
     pub renew_before: Duration,
+    /// `schedule`: cron slots at which to rotate anyway.
     pub schedule: Option<Schedule>,
+    /// `jitter`: a stable random delay added to each slot.
     pub jitter: Duration,
+    /// `grace`: how long the previous account is kept after a rotation.
     pub grace: Duration,
+    /// `orphan_after`: when an unpublished lineage account counts as a leftover.
     pub orphan_after: Duration,
     /// Drain-aware deletion (`None`: delete when `grace` ends).
-    pub delete_when_idle: Option<Duration>,
+    pub(crate) delete_when_idle: Option<Duration>,
     /// Hard cap of drain-aware deletion.
-    pub max_grace: Duration,
-    pub on_rotate_timeout: Duration,
-    pub webhook: Option<WebhookConfig>,
+    pub(crate) max_grace: Duration,
+    pub(crate) on_rotate_timeout: Duration,
+    pub(crate) webhook: Option<WebhookConfig>,
 }
 
 impl std::ops::Deref for Integration {
@@ -76,13 +88,13 @@ impl std::ops::Deref for Integration {
 
 impl Integration {
     /// The policy key of one of this integration's fields.
-    pub fn key(&self, field: &str) -> String {
+    pub(crate) fn key(&self, field: &str) -> String {
         format!("integrations[{}].{field}", self.index)
     }
 
     /// The stable jitter of the schedule slot `slot`: the same integration and
     /// slot always get the same delay, within `[0, jitter)`.
-    pub fn jitter_for(&self, slot: DateTime<Utc>) -> Duration {
+    pub(crate) fn jitter_for(&self, slot: DateTime<Utc>) -> Duration {
         let span = self.jitter.num_seconds();
         if span <= 0 {
             return Duration::zero();
@@ -100,32 +112,36 @@ impl Integration {
 /// A loaded, checked policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
+    /// `namespace`: the first part of every lineage username.
     pub namespace: String,
     /// `previous_namespaces`: lineages that are still this rotator's.
-    pub previous_namespaces: Vec<String>,
+    pub(crate) previous_namespaces: Vec<String>,
     /// `[server] listen`.
     pub listen: Option<std::net::SocketAddr>,
     /// `[server] resync_token`.
-    pub resync_token: Option<SecretRef>,
+    pub(crate) resync_token: Option<SecretRef>,
     /// `[daemon] resync_interval` (default 10 minutes).
-    pub resync_interval: Duration,
+    pub(crate) resync_interval: Duration,
     /// `[daemon] spread` (default 30 seconds).
-    pub spread: Duration,
+    pub(crate) spread: Duration,
     /// `[daemon] mirror_interval` (default 1 minute).
     pub mirror_interval: Duration,
     /// `[daemon] stall_timeout` (default 15 minutes).
-    pub stall_timeout: Duration,
+    pub(crate) stall_timeout: Duration,
     /// `[audit] path`.
-    pub audit_path: Option<PathBuf>,
+    pub(crate) audit_path: Option<PathBuf>,
+    /// `[mixpanel]`.
     pub mixpanel: MixpanelSettings,
+    /// `[sinks.NAME]`, by name.
     pub sinks: BTreeMap<String, SinkConfig>,
+    /// `[[integrations]]`, in the policy's order.
     pub integrations: Vec<Integration>,
 }
 
 impl Policy {
     /// Every namespace whose lineage accounts are this rotator's: the
     /// current one first.
-    pub fn lineage_namespaces(&self) -> Vec<String> {
+    pub(crate) fn lineage_namespaces(&self) -> Vec<String> {
         std::iter::once(self.namespace.clone())
             .chain(self.previous_namespaces.iter().cloned())
             .collect()
@@ -134,7 +150,7 @@ impl Policy {
     /// Every secret the policy refers to, with its key: the rotator's own
     /// secret, each sink's login material, each integration's webhook
     /// URL. For a preflight that reads each without printing it.
-    pub fn secret_refs(&self) -> Vec<(String, SecretRef)> {
+    pub(crate) fn secret_refs(&self) -> Vec<(String, SecretRef)> {
         let mut refs = vec![("mixpanel.secret".to_string(), self.mixpanel.secret.clone())];
         if let Some(t) = &self.resync_token {
             refs.push(("server.resync_token".to_string(), t.clone()));

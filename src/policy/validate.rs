@@ -328,24 +328,24 @@ impl Unique {
 }
 
 /// The longest `ttl`: ten years. `renew_before` and `grace` are shorter than it.
-pub const MAX_TTL: Duration = Duration::days(3650);
+pub(crate) const MAX_TTL: Duration = Duration::days(3650);
 
 /// The longest integration name (bytes; it becomes part of account usernames).
-pub const MAX_INTEGRATION_NAME: usize = 32;
+pub(crate) const MAX_INTEGRATION_NAME: usize = 32;
 /// The longest `orphan_after`.
-pub const MAX_ORPHAN_AFTER: Duration = Duration::days(30);
+pub(crate) const MAX_ORPHAN_AFTER: Duration = Duration::days(30);
 /// The longest `jitter` of a schedule slot.
-pub const MAX_JITTER: Duration = Duration::days(30);
+pub(crate) const MAX_JITTER: Duration = Duration::days(30);
 /// The longest `delete_when_idle` and `max_grace`.
-pub const MAX_DRAIN: Duration = Duration::days(365);
+pub(crate) const MAX_DRAIN: Duration = Duration::days(365);
 /// The longest `on_rotate_timeout`.
-pub const MAX_HOOK_TIMEOUT: Duration = Duration::hours(1);
+pub(crate) const MAX_HOOK_TIMEOUT: Duration = Duration::hours(1);
 /// The longest timeout of one request (`mixpanel.timeout`, a webhook's, a sink's).
-pub const MAX_REQUEST_TIMEOUT: Duration = Duration::minutes(10);
+pub(crate) const MAX_REQUEST_TIMEOUT: Duration = Duration::minutes(10);
 /// The longest `[daemon] spread` and `[daemon] mirror_interval`.
-pub const MAX_SPREAD: Duration = Duration::hours(1);
+pub(crate) const MAX_SPREAD: Duration = Duration::hours(1);
 /// The longest `[daemon] resync_interval`.
-pub const MAX_RESYNC: Duration = Duration::days(30);
+pub(crate) const MAX_RESYNC: Duration = Duration::days(30);
 
 /// Every duration has an upper bound: beyond it the dates it makes are
 /// meaningless (and would overflow the calendar).

@@ -22,7 +22,7 @@ use crate::sink::Payload;
 /// How an integration claims an account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ClaimKind {
+pub(crate) enum ClaimKind {
     /// Its primary publishes it: its consumers use it now.
     Publishes,
     /// Its primary records it as the predecessor of the published one.
@@ -47,8 +47,8 @@ impl fmt::Display for ClaimKind {
 /// One integration's claim on an account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Claim {
-    pub integration: String,
-    pub kind: ClaimKind,
+    pub(crate) integration: String,
+    pub(crate) kind: ClaimKind,
 }
 
 impl fmt::Display for Claim {
@@ -59,7 +59,7 @@ impl fmt::Display for Claim {
 
 /// The claims of the policy's primaries on accounts, as read in one pass.
 #[derive(Debug, Default)]
-pub struct Claims {
+pub(crate) struct Claims {
     by_account: HashMap<u64, Vec<Claim>>,
     /// Integrations whose primary could not be read: their claims are unknown.
     unread: Vec<String>,
@@ -68,7 +68,7 @@ pub struct Claims {
 impl Claims {
     /// Records what `integration`'s primary holds (a payload naming another
     /// integration is not its claim: that integration is blocked anyway).
-    pub fn add(&mut self, integration: &str, payload: &Payload) {
+    pub(crate) fn add(&mut self, integration: &str, payload: &Payload) {
         if payload.integration != integration {
             return;
         }
@@ -88,18 +88,18 @@ impl Claims {
     }
 
     /// Records that `integration`'s primary could not be read.
-    pub fn unread(&mut self, integration: &str) {
+    pub(crate) fn unread(&mut self, integration: &str) {
         self.unread.push(integration.to_string());
     }
 
     /// The integrations other than `except` whose primary could not be read.
-    pub fn unknown_besides(&self, except: &str) -> Vec<String> {
+    pub(crate) fn unknown_besides(&self, except: &str) -> Vec<String> {
         self.unread.iter().filter(|n| *n != except).cloned().collect()
     }
 
     /// A claim on `a` by an integration other than `except`: its primary's,
     /// or its lineage's.
-    pub fn other(&self, policy: &Policy, a: &ServiceAccount, except: &str) -> Option<Claim> {
+    pub(crate) fn other(&self, policy: &Policy, a: &ServiceAccount, except: &str) -> Option<Claim> {
         self.by_account
             .get(&a.id)
             .and_then(|v| v.iter().find(|c| c.integration != except).cloned())
@@ -109,7 +109,7 @@ impl Claims {
 
 /// The claim of another integration of the policy whose lineage `a`'s
 /// username is.
-pub fn lineage_claim(policy: &Policy, a: &ServiceAccount, except: &str) -> Option<Claim> {
+pub(crate) fn lineage_claim(policy: &Policy, a: &ServiceAccount, except: &str) -> Option<Claim> {
     policy.lineage_namespaces().iter().find_map(|ns| {
         let name = integration_of(ns, &a.username)?;
         if name == except || policy.integration(name).is_none() {

@@ -16,15 +16,15 @@ use crate::policy::{Integration, Policy, PolicyError};
 use crate::sink::{self, Sink, SinkError};
 
 /// The services of a pass.
-pub struct Context {
-    pub policy: Arc<Policy>,
-    pub scope: Scope,
-    pub client: Client,
-    pub sinks: BTreeMap<String, Arc<dyn Sink>>,
-    pub clock: SharedClock,
+pub(crate) struct Context {
+    pub(crate) policy: Arc<Policy>,
+    pub(crate) scope: Scope,
+    pub(crate) client: Client,
+    pub(crate) sinks: BTreeMap<String, Arc<dyn Sink>>,
+    pub(crate) clock: SharedClock,
     /// How long to keep trying a new credential before giving up.
-    pub verify_retry: RetryPolicy,
-    pub metrics: Option<Arc<Metrics>>,
+    pub(crate) verify_retry: RetryPolicy,
+    pub(crate) metrics: Option<Arc<Metrics>>,
     audit: Audit,
 }
 
@@ -38,7 +38,7 @@ impl fmt::Debug for Context {
 
 impl Context {
     /// Reads the rotator's secret, sets up the client and every sink.
-    pub fn new(
+    pub(crate) fn new(
         policy: Arc<Policy>,
         clock: SharedClock,
         api: RetryPolicy,
@@ -80,7 +80,7 @@ impl Context {
     }
 
     /// The integration's sink, or why there is none.
-    pub fn sink_for(&self, i: &Integration) -> Result<&Arc<dyn Sink>, Cause> {
+    pub(crate) fn sink_for(&self, i: &Integration) -> Result<&Arc<dyn Sink>, Cause> {
         // Policy validation guarantees every integration's sink exists.
         self.sinks.get(&i.sink).ok_or_else(|| Cause::Sink {
             sink: format!("sink `{}`", i.sink),
@@ -90,7 +90,7 @@ impl Context {
     }
 
     /// A sink failure of `i`, with the sink's name and the path (added here, once).
-    pub fn sink_cause(&self, i: &Integration, source: SinkError) -> Cause {
+    pub(crate) fn sink_cause(&self, i: &Integration, source: SinkError) -> Cause {
         Cause::Sink {
             sink: self
                 .sinks
@@ -103,22 +103,22 @@ impl Context {
     }
 
     /// Whether the audit trail can be written (checked before any mutation).
-    pub fn audit_writable(&self) -> Result<(), crate::audit::AuditError> {
+    pub(crate) fn audit_writable(&self) -> Result<(), crate::audit::AuditError> {
         self.audit.ensure_writable()
     }
 
     /// Whether the audit trail could be written, changing nothing.
-    pub fn audit_check(&self) -> Result<String, crate::audit::AuditError> {
+    pub(crate) fn audit_check(&self) -> Result<String, crate::audit::AuditError> {
         self.audit.check()
     }
 
     /// Writes one audit event.
-    pub fn audit(&self, e: AuditEvent<'_>) {
+    pub(crate) fn audit(&self, e: AuditEvent<'_>) {
         self.audit.record(&e);
     }
 
     /// An audit event of `integration`, now; callers fill in the rest.
-    pub fn audit_event<'a>(&self, integration: &'a str, action: Action, outcome: Outcome) -> AuditEvent<'a> {
+    pub(crate) fn audit_event<'a>(&self, integration: &'a str, action: Action, outcome: Outcome) -> AuditEvent<'a> {
         AuditEvent {
             at: self.clock.now(),
             integration,

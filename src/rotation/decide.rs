@@ -12,7 +12,7 @@ use std::fmt;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Serialize, Serializer};
 
-pub use super::observe::{MAX_CLOCK_OFFSET, MixpanelClock};
+pub(crate) use super::observe::MixpanelClock;
 use super::observe::{Observation, Published};
 use crate::clock::{after, before, span_between};
 use crate::mixpanel::types::{ProjectGrant, Role, ServiceAccount};
@@ -24,14 +24,14 @@ use crate::text::{format_duration, rfc3339};
 #[derive(Debug, Clone)]
 pub struct Scope {
     /// The lineage prefix (`namespace`).
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// Every namespace whose lineage is this rotator's: `namespace`, then
     /// `previous_namespaces` (made once per policy, not per integration).
-    pub namespaces: Vec<String>,
+    pub(crate) namespaces: Vec<String>,
     /// The organization whose accounts are managed.
-    pub organization_id: u64,
+    pub(crate) organization_id: u64,
     /// The rotator's own username: never adopted, never deleted.
-    pub rotator: String,
+    pub(crate) rotator: String,
 }
 
 impl Scope {
@@ -50,9 +50,9 @@ impl Scope {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Request {
     /// Rotate whatever the state.
-    pub force: bool,
+    pub(crate) force: bool,
     /// With `force`: delete the superseded accounts as soon as the new one is published.
-    pub revoke_old: bool,
+    pub(crate) revoke_old: bool,
 }
 
 /// Why a rotation happens.
@@ -66,11 +66,20 @@ pub enum RotateReason {
     /// The published account no longer exists in Mixpanel.
     CurrentMissing,
     /// The published account has expired.
-    Expired { expires: DateTime<Utc> },
+    Expired {
+        /// When it expired.
+        expires: DateTime<Utc>,
+    },
     /// The published account expires within `renew_before`.
-    ExpiresSoon { expires: DateTime<Utc> },
+    ExpiresSoon {
+        /// When it expires.
+        expires: DateTime<Utc>,
+    },
     /// A `schedule` slot (plus its jitter) has passed since the last rotation.
-    Scheduled { slot: DateTime<Utc> },
+    Scheduled {
+        /// The slot that passed.
+        slot: DateTime<Utc>,
+    },
 }
 
 impl fmt::Display for RotateReason {
@@ -108,7 +117,7 @@ pub enum DeleteReason {
 
 impl DeleteReason {
     /// The name used in output, metrics and the audit trail.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DeleteReason::Retiring => "retiring",
             DeleteReason::Orphan => "orphan",
@@ -155,7 +164,7 @@ pub enum Rule {
 impl Rule {
     /// Whether a deletion by this rule is judged by Mixpanel's `last_used`
     /// (or its other timestamps) against our clock.
-    pub fn rests_on_last_used(self) -> bool {
+    pub(crate) fn rests_on_last_used(self) -> bool {
         matches!(self, Rule::Idle | Rule::NeverUsed | Rule::Unused | Rule::Expired)
     }
 }
@@ -165,7 +174,7 @@ impl Rule {
 /// two minutes, or half of `orphan_after` if shorter, so that a consumer's
 /// use always has at least half of `orphan_after` to show before a
 /// never-used account may be deleted.
-pub fn own_use_window(i: &Integration) -> Duration {
+pub(crate) fn own_use_window(i: &Integration) -> Duration {
     i.orphan_after
         .checked_div(2)
         .unwrap_or_default()
@@ -175,19 +184,22 @@ pub fn own_use_window(i: &Integration) -> Duration {
 /// An account this integration owns that is not current, and when it goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Disposal {
+    /// The account's id.
     pub id: u64,
-    pub username: String,
+    pub(crate) username: String,
+    /// Why it goes.
     pub reason: DeleteReason,
+    /// The rule that sets when.
     pub rule: Rule,
     /// When it may be deleted; `None`: not while the integration is blocked.
     pub due: Option<DateTime<Utc>>,
     /// The evidence of use: Mixpanel's `last_used` of the account, as observed.
-    pub last_used: Option<DateTime<Utc>>,
+    pub(crate) last_used: Option<DateTime<Utc>>,
 }
 
 impl Disposal {
     /// A deletion of `a` for `reason` by `rule`, due at `due`.
-    pub fn of(a: &ServiceAccount, reason: DeleteReason, rule: Rule, due: DateTime<Utc>) -> Self {
+    pub(crate) fn of(a: &ServiceAccount, reason: DeleteReason, rule: Rule, due: DateTime<Utc>) -> Self {
         Self {
             id: a.id,
             username: a.username.clone(),
@@ -215,10 +227,15 @@ pub enum Blocked {
         "sink `{sink}` path `{path}` publishes account {id} ({username}), which is neither of this integration's lineage nor the account `{adopt_key}` names: the rotator never copies from, replaces or deletes an account it does not own. Restore the payload, or set `{adopt_key}` to that account if it is this integration's{hint}. Nothing is rotated or deleted"
     )]
     ForeignCurrent {
+        /// The sink's name.
         sink: String,
+        /// The path in it.
         path: String,
+        /// The account published there.
         id: u64,
+        /// Its username.
         username: String,
+        /// The key of this integration's `adopt`.
         adopt_key: String,
         /// What else may explain it (a changed `namespace`), or nothing.
         hint: Hint,
@@ -228,8 +245,11 @@ pub enum Blocked {
         "`{adopt_key}` and `{other_key}` name the same account ({id}): each account belongs to one integration; adopt it in one of them only. Nothing is rotated or deleted"
     )]
     AdoptShared {
+        /// The key of this integration's `adopt`.
         adopt_key: String,
+        /// The other integration's `adopt` key.
         other_key: String,
+        /// The account both name.
         id: u64,
     },
     /// `adopt` names an account another integration publishes, vouches for
@@ -238,30 +258,47 @@ pub enum Blocked {
         "`{adopt_key}` names account {id} ({username}), and {claim}: each account belongs to one integration, and this one must never delete it. Remove `{adopt_key}` (or point it at the account this integration really uses). Nothing is rotated or deleted"
     )]
     AdoptClaimed {
+        /// The key of this integration's `adopt`.
         adopt_key: String,
+        /// The account it names.
         id: u64,
+        /// Its username.
         username: String,
+        /// Whose it is, and how.
         claim: super::claims::Claim,
     },
     /// `adopt` names the rotator's own account.
     #[error(
         "`{adopt_key}` names the rotator's own account ({username}): adopting it would delete the rotator's credential after `grace`; adopt the account the integration uses"
     )]
-    OwnAccountAdopted { adopt_key: String, username: String },
+    OwnAccountAdopted {
+        /// The key of this integration's `adopt`.
+        adopt_key: String,
+        /// The rotator's username.
+        username: String,
+    },
     /// Nothing is published and `adopt` matches no account.
     #[error(
         "nothing is published yet and `{adopt_key}` = {adopt} matches no account of the organization: fix `adopt`, or list the memberships in `{projects_key}`"
     )]
     AdoptNotFound {
+        /// The key of this integration's `adopt`.
         adopt_key: String,
+        /// What `adopt` says.
         adopt: String,
+        /// The key of this integration's `projects`.
         projects_key: String,
     },
     /// Nothing is published, `projects = "copy"`, and there is no `adopt`.
     #[error(
         "nothing is published yet and `{projects_key}` is \"copy\", so there is nothing to copy from: set `{adopt_key}` to the account in use today, or list the memberships in `{projects_key}`"
     )]
-    NothingToCopy { adopt_key: String, projects_key: String },
+    NothingToCopy {
+        /// The key of this integration's `adopt`.
+        adopt_key: String,
+        /// The key of this integration's `projects`.
+        projects_key: String,
+    },
 }
 
 impl Blocked {
@@ -307,20 +344,21 @@ impl fmt::Display for Hint {
     "sink `{sink}` path `{path}` holds the credential of integration `{found_integration}` in organization {found_organization}, not `{integration}` in {organization}: two integrations or policies share this path; give `{integration}` a path of its own (`{path_key}`). Nothing is rotated or deleted"
 )]
 pub struct SharedPath {
-    pub sink: String,
-    pub path: String,
-    pub path_key: String,
-    pub integration: String,
-    pub organization: u64,
+    pub(crate) sink: String,
+    pub(crate) path: String,
+    pub(crate) path_key: String,
+    pub(crate) integration: String,
+    pub(crate) organization: u64,
+    /// The integration named in the payload found there.
     pub found_integration: String,
-    pub found_organization: u64,
+    pub(crate) found_organization: u64,
 }
 
 /// An account by id and username.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AccountRef {
-    pub id: u64,
-    pub username: String,
+    pub(crate) id: u64,
+    pub(crate) username: String,
 }
 
 impl AccountRef {
@@ -337,14 +375,28 @@ impl AccountRef {
 #[serde(tag = "from", rename_all = "snake_case")]
 pub enum MembershipSource {
     /// The policy's explicit `projects` list.
-    Explicit { grants: Vec<ProjectGrant> },
+    Explicit {
+        /// The memberships.
+        grants: Vec<ProjectGrant>,
+    },
     /// The individual grants of this account (the published or adopted one).
-    CopyFrom { account: AccountRef },
+    CopyFrom {
+        /// The account copied from.
+        account: AccountRef,
+    },
     /// The published account is gone: the memberships recorded at the last rotation.
-    Recorded { gone: u64, grants: Vec<ProjectGrant> },
+    Recorded {
+        /// The published account that no longer exists.
+        gone: u64,
+        /// The memberships its payload recorded.
+        grants: Vec<ProjectGrant>,
+    },
     /// Nothing is published and `adopt` is gone or unset (a wiped primary):
     /// the individual grants of the newest account of the lineage.
-    Newest { account: AccountRef },
+    Newest {
+        /// The account copied from.
+        account: AccountRef,
+    },
 }
 
 fn duration_text<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -354,33 +406,33 @@ fn duration_text<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 /// The rotation a pass makes, and everything it must know.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RotationPlan {
-    pub reason: RotateReason,
+    pub(crate) reason: RotateReason,
     /// The new account's memberships.
-    pub memberships: MembershipSource,
+    pub(crate) memberships: MembershipSource,
     /// The account the new one replaces (the published or adopted one).
-    pub replaces: Option<AccountRef>,
+    pub(crate) replaces: Option<AccountRef>,
     /// The new account's username, `{namespace}-{integration}-<timestamp>-<hex>`.
-    pub username_pattern: String,
-    pub role: Role,
+    pub(crate) username_pattern: String,
+    pub(crate) role: Role,
     #[serde(serialize_with = "duration_text")]
-    pub ttl: Duration,
+    pub(crate) ttl: Duration,
     #[serde(serialize_with = "duration_text")]
-    pub grace: Duration,
+    pub(crate) grace: Duration,
     /// Entries of the payload's `retiring` list carried into the next payload.
-    pub carried: Vec<RetiringAccount>,
+    pub(crate) carried: Vec<RetiringAccount>,
     /// The replaced account, when it is not a lineage account (an adopted
     /// one): the next payload remembers it, or it would never be deleted.
-    pub remember: Option<u64>,
+    pub(crate) remember: Option<u64>,
     /// `--revoke-old` was asked: the next payload's entries are due at once.
-    pub revoke_old: bool,
+    pub(crate) revoke_old: bool,
     /// `--revoke-old`: delete these as soon as the new account is published.
-    pub revoke: Vec<Disposal>,
+    pub(crate) revoke: Vec<Disposal>,
 }
 
 impl RotationPlan {
     /// The next payload's `retiring` list for a publish at `at`, leaving out
     /// what this pass has deleted already.
-    pub fn retiring(&self, at: DateTime<Utc>, deleted: &[Disposal]) -> Vec<RetiringAccount> {
+    pub(crate) fn retiring(&self, at: DateTime<Utc>, deleted: &[Disposal]) -> Vec<RetiringAccount> {
         let revoking = self.revoke_old;
         let mut out: Vec<RetiringAccount> = self
             .carried
@@ -401,27 +453,27 @@ impl RotationPlan {
 
 /// The next schedule slot after the last rotation, and when it fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Slot {
-    pub slot: DateTime<Utc>,
+pub(crate) struct Slot {
+    pub(crate) slot: DateTime<Utc>,
     /// The slot plus its jitter.
-    pub fires_at: DateTime<Utc>,
+    pub(crate) fires_at: DateTime<Utc>,
 }
 
 /// When the published credential is next due for rotation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Deadlines {
+pub(crate) struct Deadlines {
     /// The published account's expiry (the earlier of Mixpanel's and the payload's).
-    pub expires: Option<DateTime<Utc>>,
+    pub(crate) expires: Option<DateTime<Utc>>,
     /// `expires` minus `renew_before`.
-    pub renew_at: Option<DateTime<Utc>>,
+    pub(crate) renew_at: Option<DateTime<Utc>>,
     /// The next schedule slot after the last rotation.
-    pub slot: Option<Slot>,
+    pub(crate) slot: Option<Slot>,
 }
 
 impl Deadlines {
     /// The deadlines of a credential that expires at `expires` and was
     /// rotated at `rotated_at`: the rule for "when is the next rotation".
-    pub fn of(i: &Integration, expires: Option<DateTime<Utc>>, rotated_at: DateTime<Utc>) -> Self {
+    pub(crate) fn of(i: &Integration, expires: Option<DateTime<Utc>>, rotated_at: DateTime<Utc>) -> Self {
         let slot = i
             .schedule
             .as_ref()
@@ -438,7 +490,7 @@ impl Deadlines {
     }
 
     /// The earliest of `renew_at` and the slot's firing time.
-    pub fn next_rotation(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_rotation(&self) -> Option<DateTime<Utc>> {
         [self.renew_at, self.slot.map(|s| s.fires_at)]
             .into_iter()
             .flatten()
@@ -446,7 +498,7 @@ impl Deadlines {
     }
 
     /// Whether the credential is within `renew_before` of its expiry at `now`.
-    pub fn in_renewal(&self, now: DateTime<Utc>) -> bool {
+    pub(crate) fn in_renewal(&self, now: DateTime<Utc>) -> bool {
         self.renew_at.is_some_and(|r| r <= now)
     }
 }
@@ -461,28 +513,28 @@ pub struct Plan {
     /// The rotation to make now, if any.
     pub rotate: Option<Box<RotationPlan>>,
     /// When the published credential is due (empty when nothing is published).
-    pub deadlines: Deadlines,
+    pub(crate) deadlines: Deadlines,
     /// Nothing may be done until a person acts (the message says what to do).
-    pub blocked: Option<Box<Blocked>>,
+    pub(crate) blocked: Option<Box<Blocked>>,
     /// Lineage accounts neither published here nor vouched for, yet in use: kept, and reported.
     pub in_use: Vec<InUse>,
     /// Accounts the payload names that the rotator does not own: reported, never acted on.
-    pub ignored: Vec<Ignored>,
+    pub(crate) ignored: Vec<Ignored>,
     /// Deletions that rest on Mixpanel's `last_used` wait: its clock's
     /// offset from ours is unknown or larger than [`MAX_CLOCK_OFFSET`].
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub clock_held: Option<ClockHeld>,
+    pub(crate) clock_held: Option<ClockHeld>,
 }
 
 /// Why deletions judged by `last_used` wait in this pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ClockHeld {
+pub(crate) struct ClockHeld {
     #[serde(skip)]
-    pub clock: MixpanelClock,
+    pub(crate) clock: MixpanelClock,
     /// Mixpanel's clock minus ours, in seconds (`None`: unknown).
-    pub offset_seconds: Option<i64>,
+    pub(crate) offset_seconds: Option<i64>,
     /// How many deletions wait for it.
-    pub held: usize,
+    pub(crate) held: usize,
 }
 
 /// A lineage account in use that this integration's sink neither publishes
@@ -490,21 +542,22 @@ pub struct ClockHeld {
 /// integration publishes it elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InUse {
+    /// The account's id.
     pub id: u64,
-    pub username: String,
+    pub(crate) username: String,
     /// Mixpanel's `last_used` (the time of the pass when Mixpanel sent one
     /// that could not be read: taken as in use).
     pub last_used: DateTime<Utc>,
     /// Whether Mixpanel's `last_used` could not be read.
-    pub last_used_unknown: bool,
+    pub(crate) last_used_unknown: bool,
     /// When it is deleted if nobody uses it again (`last_used` + `grace`).
-    pub idle_at: DateTime<Utc>,
+    pub(crate) idle_at: DateTime<Utc>,
 }
 
 /// Why an account named by the payload is not the rotator's to delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum NotOwned {
+pub(crate) enum NotOwned {
     /// It is the rotator's own account.
     Rotator,
     /// It is neither of this integration's lineage nor the account `adopt` names.
@@ -513,17 +566,17 @@ pub enum NotOwned {
 
 /// An account named by the payload (in `field`) that is not the rotator's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Ignored {
-    pub id: u64,
-    pub username: String,
+pub(crate) struct Ignored {
+    pub(crate) id: u64,
+    pub(crate) username: String,
     /// `previous_service_account_id` or `retiring`.
-    pub field: &'static str,
-    pub why: NotOwned,
+    pub(crate) field: &'static str,
+    pub(crate) why: NotOwned,
 }
 
 impl Plan {
     /// When the next rotation is due, if none is due now.
-    pub fn next_rotation(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_rotation(&self) -> Option<DateTime<Utc>> {
         if self.rotate.is_some() || self.blocked.is_some() {
             return None;
         }
@@ -531,7 +584,7 @@ impl Plan {
     }
 
     /// When something is next due: a rotation or a deletion.
-    pub fn next_action(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_action(&self) -> Option<DateTime<Utc>> {
         self.delete_later
             .iter()
             .filter_map(|d| d.due)
@@ -540,7 +593,7 @@ impl Plan {
     }
 
     /// The accounts waiting for deletion (now or later) for `reason`.
-    pub fn pending(&self, reason: DeleteReason) -> usize {
+    pub(crate) fn pending(&self, reason: DeleteReason) -> usize {
         self.delete_now
             .iter()
             .chain(&self.delete_later)
@@ -554,7 +607,7 @@ impl Plan {
 /// than `orphan_after` + `grace`, or used after their own verification.
 /// The idle rule keeps those in use; one whose consumer has not used it yet
 /// cannot be told from a leftover, so a pre-flight names them.
-pub fn maybe_elsewhere<'p>(
+pub(crate) fn maybe_elsewhere<'p>(
     i: &Integration,
     obs: &Observation,
     plan: &'p Plan,
@@ -693,7 +746,7 @@ fn refuse(i: &Integration, scope: &Scope, obs: &Observation) -> Option<Blocked> 
 
 impl Scope {
     /// Whether `a` is the rotator's own account.
-    pub fn is_rotator(&self, a: &ServiceAccount) -> bool {
+    pub(crate) fn is_rotator(&self, a: &ServiceAccount) -> bool {
         a.username == self.rotator || a.base_username() == self.rotator
     }
 }

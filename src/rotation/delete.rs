@@ -9,7 +9,7 @@ use crate::policy::Integration;
 
 impl Context {
     /// Deletes the account of `d`, refusing `protected` (the published one).
-    pub async fn delete(
+    pub(crate) async fn delete(
         &self,
         i: &Integration,
         d: &Disposal,

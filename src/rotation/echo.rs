@@ -21,7 +21,7 @@ pub(super) async fn scoped<F: std::future::Future>(log_reported: bool, fut: F) -
 }
 
 /// Whether reported warnings and errors are logged at their level.
-pub fn logs_reported() -> bool {
+pub(crate) fn logs_reported() -> bool {
     LOG_REPORTED.try_with(|on| *on).unwrap_or(true)
 }
 

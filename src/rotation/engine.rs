@@ -132,7 +132,7 @@ impl PassOptions {
     }
 
     /// What was asked for integration `name`.
-    pub fn request_for(&self, name: &str) -> Request {
+    pub(crate) fn request_for(&self, name: &str) -> Request {
         let force = self.force.contains(name);
         Request {
             force,
@@ -151,7 +151,7 @@ pub struct Engine {
 }
 
 /// How long to keep retrying the verification of a new credential by default.
-pub fn default_verify_retry() -> RetryPolicy {
+pub(crate) fn default_verify_retry() -> RetryPolicy {
     // Bounded by `mixpanel.verify_timeout` (default 60 s) rather than a count.
     RetryPolicy {
         max_attempts: 1000,
@@ -183,7 +183,7 @@ impl Engine {
     }
 
     /// Where this policy puts each integration's primary, in canonical form.
-    pub fn primary_places(&self) -> std::collections::BTreeMap<String, String> {
+    pub(crate) fn primary_places(&self) -> std::collections::BTreeMap<String, String> {
         let p = &self.ctx.policy;
         p.integrations
             .iter()
@@ -197,7 +197,7 @@ impl Engine {
     /// serves becomes an unexplained account (it is replaced by the first
     /// rotation at the new place, then deleted after `grace`). Returns the
     /// integrations carried over.
-    pub async fn carry_over(&mut self, old: &Engine) -> Vec<String> {
+    pub(crate) async fn carry_over(&mut self, old: &Engine) -> Vec<String> {
         let (before, now) = (old.primary_places(), self.primary_places());
         let organization = self.ctx.scope.organization_id;
         let mut carried = vec![];
@@ -239,7 +239,7 @@ impl Engine {
     }
 
     /// The time, by the engine's clock.
-    pub fn now(&self) -> DateTime<Utc> {
+    pub(crate) fn now(&self) -> DateTime<Utc> {
         self.ctx.clock.now()
     }
 
@@ -248,19 +248,14 @@ impl Engine {
         &self.ctx.policy
     }
 
-    /// Whether the `[audit] path` can be appended to (no path: nothing to write).
-    pub fn audit_writable(&self) -> Result<(), crate::audit::AuditError> {
-        self.ctx.audit_writable()
-    }
-
     /// Whether the `[audit] path` could be appended to, changing nothing
     /// (`validate --online`).
-    pub fn audit_check(&self) -> Result<String, crate::audit::AuditError> {
+    pub(crate) fn audit_check(&self) -> Result<String, crate::audit::AuditError> {
         self.ctx.audit_check()
     }
 
     /// The Mixpanel client.
-    pub fn client(&self) -> &Client {
+    pub(crate) fn client(&self) -> &Client {
         &self.ctx.client
     }
 
@@ -270,7 +265,7 @@ impl Engine {
     }
 
     /// Runs the sink's healthcheck for one integration; `None` when healthy.
-    pub async fn sink_check(&self, integration: &str) -> Option<StepError> {
+    pub(crate) async fn sink_check(&self, integration: &str) -> Option<StepError> {
         let i = self.ctx.policy.integration(integration)?;
         let fail = |cause| Some(StepError::new(&i.name, Step::SinkCheck, cause));
         match self.ctx.sink_for(i) {
@@ -283,7 +278,7 @@ impl Engine {
     }
 
     /// Reads what the integration's sink has published, and builds its observation.
-    pub async fn observe(&self, i: &Integration, accounts: &[ServiceAccount]) -> Result<Observation, StepError> {
+    pub(crate) async fn observe(&self, i: &Integration, accounts: &[ServiceAccount]) -> Result<Observation, StepError> {
         let accounts = Arc::new(Accounts::in_namespaces(&self.ctx.scope.namespaces, accounts.to_vec()));
         let published = self.read_primary(i).await?;
         Ok(self.observation(i, &accounts, &self.adopters(&accounts), None, published))
@@ -407,7 +402,7 @@ impl Engine {
     /// [`Engine::pass`], handing each report to `each` as soon as it and
     /// those before it are done: a caller that renders and drops them holds
     /// a few hundred reports at a time, not one per integration.
-    pub async fn pass_each(&self, opts: &PassOptions, each: &mut (dyn FnMut(Report) + Send)) {
+    pub(crate) async fn pass_each(&self, opts: &PassOptions, each: &mut (dyn FnMut(Report) + Send)) {
         super::echo::scoped(opts.log_reported, self.pass_scoped(opts, each)).await;
     }
 
@@ -743,7 +738,7 @@ impl Engine {
     /// rotation), set from the primaries alone, with no Mixpanel call: at a
     /// daemon's start, before its first pass (which waits its share of
     /// `spread`), so a restart does not look like an outage on dashboards.
-    pub async fn prime_gauges<'a>(&'a self) {
+    pub(crate) async fn prime_gauges<'a>(&'a self) {
         let Some(m) = &self.ctx.metrics else { return };
         let read = |i: &'a Integration| async move { (i, Box::pin(self.read_primary(i)).await) };
         in_order(self.ctx.policy.integrations.iter(), read, &mut |(i, read)| {
@@ -950,7 +945,7 @@ impl Engine {
 /// What a pre-flight (`plan`, `status`, `validate --online`) says of each
 /// unexplained lineage account another rotator may publish
 /// ([`super::decide::maybe_elsewhere`]).
-pub fn elsewhere_warnings(i: &Integration, obs: &Observation, plan: &Plan, now: DateTime<Utc>) -> Vec<String> {
+pub(crate) fn elsewhere_warnings(i: &Integration, obs: &Observation, plan: &Plan, now: DateTime<Utc>) -> Vec<String> {
     super::decide::maybe_elsewhere(i, obs, plan, now)
         .into_iter()
         .map(|d| {

@@ -17,24 +17,37 @@ use crate::text::{format_duration, rfc3339};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
+    /// `GET` of the organization's service accounts.
     ListAccounts,
+    /// Reading what the primary publishes.
     ReadSink,
+    /// Checking, before any create, that the sink would take a publish.
     SinkCheck,
+    /// Reading the memberships to give the new account.
     CopyMemberships,
+    /// Creating the new account.
     Create,
+    /// Reading the new account and its memberships back.
     ReadBack,
+    /// Authenticating with the new credential.
     Verify,
+    /// Publishing it (compare-and-swap).
     Publish,
+    /// Deleting an old account.
     Delete,
+    /// Checking the integration's accounts against what is published.
     CheckAccounts,
+    /// Adding the memberships the new account lacks.
     AddMemberships,
+    /// Opening the audit trail.
     Audit,
+    /// Bringing a mirror up to date.
     Mirror,
 }
 
 impl Step {
     /// Whether the step belongs to a rotation (as opposed to observing or deleting).
-    pub fn is_rotation(self) -> bool {
+    pub(crate) fn is_rotation(self) -> bool {
         matches!(
             self,
             Step::CopyMemberships | Step::Create | Step::ReadBack | Step::AddMemberships | Step::Verify | Step::Publish
@@ -42,7 +55,7 @@ impl Step {
     }
 
     /// Whether failing at this step means Mixpanel or a sink could not be reached or read.
-    pub fn is_observation(self) -> bool {
+    pub(crate) fn is_observation(self) -> bool {
         matches!(self, Step::ListAccounts | Step::ReadSink)
     }
 }
@@ -108,7 +121,7 @@ impl fmt::Display for Step {
 
 impl Blocked {
     /// The step a blocked integration reports as failed.
-    pub fn step(&self) -> Step {
+    pub(crate) fn step(&self) -> Step {
         match self {
             Blocked::SharedPath(_) | Blocked::ForeignCurrent { .. } => Step::ReadSink,
             _ => Step::CopyMemberships,
@@ -124,16 +137,28 @@ pub enum Cause {
     Mixpanel(MixpanelError),
     /// A Mixpanel call about one account failed.
     #[error("account {id}: {source}")]
-    Account { id: u64, source: MixpanelError },
+    Account {
+        /// The account.
+        id: u64,
+        /// Mixpanel's failure.
+        source: MixpanelError,
+    },
     /// A Mixpanel call about one project failed.
     #[error("project {id}: {source}")]
-    Project { id: u64, source: MixpanelError },
+    Project {
+        /// The project.
+        id: u64,
+        /// Mixpanel's failure.
+        source: MixpanelError,
+    },
     /// A sink operation failed.
     #[error("{sink} path `{path}`: {source}")]
     Sink {
         /// The sink as [`crate::sink::Sink::describe`] says it.
         sink: String,
+        /// The path in the sink.
         path: String,
+        /// The sink's failure.
         source: SinkError,
     },
     /// Nothing may be done until the policy or the sink is fixed.
@@ -142,33 +167,50 @@ pub enum Cause {
     /// Adding the missing memberships failed.
     #[error("adding memberships {} to account {account}: {source}", Grants(.missing))]
     AddMemberships {
+        /// The new account.
         account: u64,
+        /// The memberships it lacks.
         missing: Vec<ProjectGrant>,
+        /// Mixpanel's failure.
         source: MixpanelError,
     },
     /// Memberships are still missing after the repair.
     #[error("account {account} still lacks memberships {} after repair", Grants(.missing))]
-    MembershipsMissing { account: u64, missing: Vec<ProjectGrant> },
+    MembershipsMissing {
+        /// The new account.
+        account: u64,
+        /// The memberships it still lacks.
+        missing: Vec<ProjectGrant>,
+    },
     /// The new credential authenticates but does not see the organization.
     #[error("the new credential works but does not see organization {organization}")]
-    WrongOrganization { organization: u64 },
+    WrongOrganization {
+        /// The organization it should see.
+        organization: u64,
+    },
     /// The new credential was still refused after every attempt.
     #[error(
         "{last} (GET /me with the new credential, {attempts} attempts over {}; Mixpanel may take longer to accept a new account: raise `mixpanel.verify_timeout`)",
         format_duration(*.over)
     )]
     NotAccepted {
+        /// How many times it was tried.
         attempts: u32,
         /// From the first attempt to the last answer.
         over: chrono::Duration,
+        /// The last refusal.
         last: Box<Cause>,
     },
     /// Deleting an old account failed.
     #[error("account {id} ({username}, {reason}): {source}; the next pass tries again")]
     Delete {
+        /// The account.
         id: u64,
+        /// Its username.
         username: String,
+        /// Why it was to go.
         reason: DeleteReason,
+        /// Mixpanel's failure.
         source: MixpanelError,
     },
     /// A lineage account in use that this integration's sink neither publishes nor vouches for.
@@ -182,19 +224,33 @@ pub enum Cause {
     #[error(
         "account {id} was deleted at its bound (`max_grace` past its due time) although mirror {mirrors} still does not hold the current credential: consumers reading that mirror may now fail. Fix the mirror (see its own error) so it holds the primary's payload"
     )]
-    StaleMirror { id: u64, mirrors: String },
+    StaleMirror {
+        /// The account deleted.
+        id: u64,
+        /// The mirrors still behind, in words.
+        mirrors: String,
+    },
     /// Mixpanel answered a create with an account that is not the one asked for.
     #[error(
         "Mixpanel answered the create of `{asked}` with account {id} ({username}), which is not a new account of that name: nothing is done with it"
     )]
-    UnexpectedCreate { asked: String, id: u64, username: String },
+    UnexpectedCreate {
+        /// The username asked for.
+        asked: String,
+        /// The account Mixpanel answered with.
+        id: u64,
+        /// Its username.
+        username: String,
+    },
     /// The rotation ran past its publish deadline.
     #[error(
         "the rotation took {}, past its publish deadline ({} after its create, three quarters of `orphan_after`): another rotator may already treat the new account as an orphan, so it is not published. If Mixpanel is this slow, raise `orphan_after`",
         format_duration(*.took), format_duration(*.deadline)
     )]
     TooSlow {
+        /// How long the rotation took.
         took: chrono::Duration,
+        /// Its publish deadline.
         deadline: chrono::Duration,
     },
     /// Copy mode, and `/me` shows no project to copy from.
@@ -202,8 +258,11 @@ pub enum Cause {
         "Mixpanel's GET /me lists no project of organization {organization} for the rotator's account, so the memberships of account {account} cannot be copied (an empty copy is never published): check that the rotator's account is an organization admin or owner, or list the projects in `{key}`"
     )]
     NoProjectsVisible {
+        /// The organization.
         organization: u64,
+        /// The account whose memberships were to be copied.
         account: u64,
+        /// The `projects` key to set instead.
         key: String,
     },
     /// The audit trail cannot be written.
@@ -211,7 +270,10 @@ pub enum Cause {
     Audit(crate::audit::AuditError),
     /// The published account was about to be deleted (the last line of defence).
     #[error("refused to delete account {id} because it is the published credential")]
-    Protected { id: u64 },
+    Protected {
+        /// The published account.
+        id: u64,
+    },
 }
 
 /// The evidence of use, in words.
@@ -230,10 +292,10 @@ fn used(u: &InUse) -> String {
 /// does not (docs/output.schema.json lists every part).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ErrorCode {
-    pub step: Step,
+    pub(crate) step: Step,
     /// `mixpanel`, `sink` or `blocked`, when the cause is one of theirs.
-    pub source: Option<&'static str>,
-    pub kind: &'static str,
+    pub(crate) source: Option<&'static str>,
+    pub(crate) kind: &'static str,
 }
 
 impl fmt::Display for ErrorCode {
@@ -291,7 +353,7 @@ impl Cause {
     ];
 
     /// The same cause without any Mixpanel server text.
-    pub fn without_server_text(&self) -> Self {
+    pub(crate) fn without_server_text(&self) -> Self {
         let quiet = MixpanelError::without_server_text;
         match self {
             Cause::Mixpanel(e) => Cause::Mixpanel(quiet(e)),
@@ -351,17 +413,41 @@ pub enum Consequence {
     /// Create failed and the account was not created.
     NotCreated,
     /// Create failed, yet the account had been created; it was found and deleted.
-    StrayDeleted { id: u64 },
+    StrayDeleted {
+        /// The account.
+        id: u64,
+    },
     /// As `StrayDeleted`, but deleting it failed.
-    StrayDeleteFailed { id: u64, error: String },
+    StrayDeleteFailed {
+        /// The account.
+        id: u64,
+        /// Why deleting it failed.
+        error: String,
+    },
     /// Whether create took effect could not be checked.
-    Unchecked { error: String },
+    Unchecked {
+        /// Why it could not be checked.
+        error: String,
+    },
     /// The new account was deleted: nothing changed.
-    NewDeleted { id: u64 },
+    NewDeleted {
+        /// The new account.
+        id: u64,
+    },
     /// Deleting the new account failed: the next pass deletes it as an orphan.
-    NewDeleteFailed { id: u64, error: String },
+    NewDeleteFailed {
+        /// The new account.
+        id: u64,
+        /// Why deleting it failed.
+        error: String,
+    },
     /// The publish may have landed (the sink could not be read back): the new account is kept.
-    NewKept { id: u64, read_error: String },
+    NewKept {
+        /// The new account.
+        id: u64,
+        /// Why the sink could not be read back.
+        read_error: String,
+    },
     /// A mirror failed: it keeps what it held, nothing else was touched.
     MirrorLeft,
 }
@@ -408,15 +494,18 @@ impl fmt::Display for Consequence {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("integration `{integration}`: {step} failed: {}", self.message())]
 pub struct StepError {
-    pub integration: String,
+    pub(crate) integration: String,
+    /// The step it failed at.
     pub step: Step,
+    /// Why.
     pub cause: Cause,
+    /// What was done about it, if anything.
     pub consequence: Option<Consequence>,
 }
 
 impl StepError {
     /// A failure of `integration` at `step`.
-    pub fn new(integration: &str, step: Step, cause: Cause) -> Self {
+    pub(crate) fn new(integration: &str, step: Step, cause: Cause) -> Self {
         Self {
             integration: integration.to_string(),
             step,
@@ -426,14 +515,14 @@ impl StepError {
     }
 
     /// The same failure, with what was done about it.
-    pub fn then(mut self, consequence: Consequence) -> Self {
+    pub(crate) fn then(mut self, consequence: Consequence) -> Self {
         self.consequence = Some(consequence);
         self
     }
 
     /// The failure as a webhook may carry it off the machine: no Mixpanel
     /// server text, and credential-looking runs masked in what remains.
-    pub fn for_webhook(&self) -> String {
+    pub(crate) fn for_webhook(&self) -> String {
         let quiet = Self {
             cause: self.cause.without_server_text(),
             consequence: None,
@@ -477,13 +566,18 @@ impl Serialize for StepError {
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error(transparent)]
+    /// The policy refers to something that cannot be read.
     Policy(#[from] PolicyError),
     #[error(transparent)]
+    /// The Mixpanel client cannot be set up.
     Mixpanel(#[from] MixpanelError),
     #[error("sink `{name}`: {source}")]
+    /// A sink cannot be set up.
     Sink {
+        /// The sink's name.
         name: String,
         #[source]
+        /// Why.
         source: SinkError,
     },
 }

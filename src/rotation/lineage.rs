@@ -51,7 +51,7 @@ impl Lineage {
 /// The integration whose lineage `username` has the shape of, under
 /// `namespace` (the part between `{namespace}-` and `-{timestamp}-{hex}`);
 /// [`Lineage::parse`] still decides whether it is one.
-pub fn integration_of<'a>(namespace: &str, username: &'a str) -> Option<&'a str> {
+pub(crate) fn integration_of<'a>(namespace: &str, username: &'a str) -> Option<&'a str> {
     let base = strip_mixpanel_suffix(username);
     let rest = base.strip_prefix(namespace)?.strip_prefix('-')?;
     // `-` + 16 timestamp characters + `-` + 4 hex digits.

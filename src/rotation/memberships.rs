@@ -11,7 +11,7 @@ use crate::policy::Integration;
 
 /// The memberships a new account gets from `source`; team and
 /// organization grants cannot be copied and become warnings.
-pub async fn desired(
+pub(crate) async fn desired(
     ctx: &Context,
     i: &Integration,
     source: &MembershipSource,

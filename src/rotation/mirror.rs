@@ -37,7 +37,7 @@ pub enum MirrorState {
 
 impl MirrorState {
     /// The state as `status` prints it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             MirrorState::InSync => "in sync",
             MirrorState::Updated => "updated",
@@ -58,8 +58,9 @@ impl MirrorState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MirrorView {
     /// The mirror's sink, by name.
-    pub sink: String,
-    pub path: String,
+    pub(crate) sink: String,
+    pub(crate) path: String,
+    /// Whether it holds the primary's payload.
     pub state: MirrorState,
     /// The rotation the mirror holds, when it holds one.
     pub rotation_id: Option<String>,
@@ -80,8 +81,10 @@ impl MirrorView {
 /// What bringing an integration's mirrors up to date came to.
 #[derive(Debug, Clone, Default)]
 pub struct MirrorSync {
-    pub integration: String,
+    pub(crate) integration: String,
+    /// Each mirror, as found or written.
     pub views: Vec<MirrorView>,
+    /// The mirrors that failed.
     pub errors: Vec<StepError>,
 }
 
@@ -128,7 +131,7 @@ impl Held {
 /// The payload mirrors may copy from what the primary holds: this
 /// integration's, of this organization (anything else is refused by the
 /// pass, which reports it).
-pub fn copyable<'a>(i: &Integration, organization_id: u64, primary: Option<&'a Payload>) -> Option<&'a Payload> {
+pub(crate) fn copyable<'a>(i: &Integration, organization_id: u64, primary: Option<&'a Payload>) -> Option<&'a Payload> {
     primary.filter(|p| p.is_of(&i.name, organization_id))
 }
 

@@ -1,28 +1,28 @@
 //! The reconcile engine. For each integration a pass observes (the sink and
 //! the shared account list, [`observe`]), decides (pure: the whole [`Plan`],
-//! [`decide`]), and acts: it deletes what is due ([`delete`]) and makes the
-//! planned rotation, one step at a time ([`rotate`]). Running a pass twice
+//! [`decide`](mod@decide)), and acts: it deletes what is due (`delete`) and makes the
+//! planned rotation, one step at a time (`rotate`). Running a pass twice
 //! does no harm; no local state is kept.
 //!
 //! - [`engine`]: the engine, a pass, and what it reports to metrics and hooks;
 //! - [`error`]: typed failures ([`Step`], [`Cause`], [`Consequence`]);
-//! - [`report`]: what a pass did ([`Report`]);
+//! - `report`: what a pass did ([`Report`]);
 //! - [`lineage`]: the usernames this rotator owns;
-//! - [`mirror`]: copies of the credential, written from the primary.
+//! - `mirror`: copies of the credential, written from the primary.
 
-pub mod claims;
+pub(crate) mod claims;
 mod context;
 pub mod decide;
 mod delete;
-pub mod echo;
+pub(crate) mod echo;
 pub mod engine;
 pub mod error;
 pub mod lineage;
 mod memberships;
-pub mod mirror;
+pub(crate) mod mirror;
 pub mod observe;
-pub mod report;
-pub mod retire;
+pub(crate) mod report;
+pub(crate) mod retire;
 mod rotate;
 
 pub use decide::{

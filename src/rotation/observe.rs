@@ -17,7 +17,7 @@ use crate::sink::{Payload, Version};
 
 /// The largest disagreement between Mixpanel's clock and ours under which
 /// `last_used` is trusted to say an account is idle.
-pub const MAX_CLOCK_OFFSET: Duration = Duration::minutes(2);
+pub(crate) const MAX_CLOCK_OFFSET: Duration = Duration::minutes(2);
 
 /// Mixpanel's clock as a pass sees it: its offset from ours (Mixpanel's
 /// minus ours), from the `Date` of its answers. Mixpanel's timestamps
@@ -25,18 +25,18 @@ pub const MAX_CLOCK_OFFSET: Duration = Duration::minutes(2);
 /// offset off; when it is unknown or larger than [`MAX_CLOCK_OFFSET`], no
 /// deletion rests on `last_used` (the idle rules wait).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MixpanelClock {
+pub(crate) struct MixpanelClock {
     /// `None`: no answer carried a readable `Date`.
-    pub offset: Option<Duration>,
+    pub(crate) offset: Option<Duration>,
     /// How far apart the recent answers' offsets are: beyond
     /// [`MAX_CLOCK_OFFSET`], a clock jumped and the offset is not trusted
     /// until the answers agree again.
-    pub spread: Duration,
+    pub(crate) spread: Duration,
 }
 
 impl MixpanelClock {
     /// A Mixpanel whose clock agrees with ours.
-    pub fn agreeing() -> Self {
+    pub(crate) fn agreeing() -> Self {
         Self {
             offset: Some(Duration::zero()),
             spread: Duration::zero(),
@@ -45,18 +45,18 @@ impl MixpanelClock {
 
     /// The offset, when it is known, steady, and small enough to judge
     /// idleness by.
-    pub fn trusted(&self) -> Option<Duration> {
+    pub(crate) fn trusted(&self) -> Option<Duration> {
         self.offset
             .filter(|o| o.abs() <= MAX_CLOCK_OFFSET && self.spread <= MAX_CLOCK_OFFSET)
     }
 
     /// A Mixpanel timestamp in our time (the offset taken off, when known).
-    pub fn local(&self, t: DateTime<Utc>) -> DateTime<Utc> {
+    pub(crate) fn local(&self, t: DateTime<Utc>) -> DateTime<Utc> {
         crate::clock::before(t, self.offset.unwrap_or_default())
     }
 
     /// What is wrong with it, and what to do; `None` when it is trusted.
-    pub fn problem(&self) -> Option<String> {
+    pub(crate) fn problem(&self) -> Option<String> {
         if self.trusted().is_some() {
             return None;
         }
@@ -84,43 +84,43 @@ impl MixpanelClock {
 
 /// The published payload and the version it was read at.
 #[derive(Debug, Clone)]
-pub struct Published {
-    pub payload: Payload,
-    pub version: Version,
+pub(crate) struct Published {
+    pub(crate) payload: Payload,
+    pub(crate) version: Version,
 }
 
 /// One integration's view of the world at the start of a pass.
 #[derive(Debug, Clone)]
 pub struct Observation {
     /// What the sink holds.
-    pub published: Option<Published>,
+    pub(crate) published: Option<Published>,
     /// The published account as Mixpanel lists it (`None`: deleted behind our back).
-    pub current: Option<ServiceAccount>,
+    pub(crate) current: Option<ServiceAccount>,
     /// Every account of this integration's lineage, with its lineage timestamp.
-    pub lineage: Vec<(ServiceAccount, DateTime<Utc>)>,
+    pub(crate) lineage: Vec<(ServiceAccount, DateTime<Utc>)>,
     /// The account named by `adopt`, when nothing is published yet (to bootstrap from).
-    pub adopted: Option<ServiceAccount>,
+    pub(crate) adopted: Option<ServiceAccount>,
     /// The account named by `adopt`, whatever is published (one the rotator may delete).
-    pub adopt_target: Option<ServiceAccount>,
+    pub(crate) adopt_target: Option<ServiceAccount>,
     /// The `adopt` key of another integration naming the same account, if any.
-    pub adopt_shared_with: Option<String>,
+    pub(crate) adopt_shared_with: Option<String>,
     /// Another integration's claim on the account `adopt` names (it
     /// publishes it, vouches for it, or has it in its lineage), if any.
-    pub adopt_claimed_by: Option<super::claims::Claim>,
+    pub(crate) adopt_claimed_by: Option<super::claims::Claim>,
     /// Integrations whose primary could not be read, so that their claims
     /// on the account `adopt` names are unknown: it is not deleted.
-    pub adopt_unverified: Vec<String>,
+    pub(crate) adopt_unverified: Vec<String>,
     /// Every account of the organization (to resolve ids in the payload's
     /// `retiring`), indexed once per pass and shared by every integration.
-    pub all: Arc<Accounts>,
+    pub(crate) all: Arc<Accounts>,
     /// Mixpanel's clock against ours, as the pass measured it.
-    pub mixpanel_clock: MixpanelClock,
+    pub(crate) mixpanel_clock: MixpanelClock,
     /// Nothing is published yet, and the integration just moved here (a
     /// reload changed its sink or path): what its old place holds. Its
     /// published account is the one the first rotation here replaces, and
     /// what it vouches for is carried into the new payload: nothing the old
     /// place still serves becomes an unexplained account.
-    pub inherited: Option<Payload>,
+    pub(crate) inherited: Option<Payload>,
 }
 
 /// The organization's accounts as one pass read them, indexed once: by id,
@@ -144,7 +144,7 @@ impl Accounts {
     }
 
     /// Indexes `list` for lineages under any of `namespaces`.
-    pub fn in_namespaces(namespaces: &[String], list: Vec<ServiceAccount>) -> Self {
+    pub(crate) fn in_namespaces(namespaces: &[String], list: Vec<ServiceAccount>) -> Self {
         let mut me = Self {
             list,
             ..Self::default()
@@ -168,13 +168,13 @@ impl Accounts {
     }
 
     /// The account with id `id`.
-    pub fn get(&self, id: u64) -> Option<&ServiceAccount> {
+    pub(crate) fn get(&self, id: u64) -> Option<&ServiceAccount> {
         self.by_id.get(&id).and_then(|n| self.list.get(*n))
     }
 
     /// The account `adopt` names (by id, or by username with or without
     /// Mixpanel's suffix).
-    pub fn resolve(&self, adopt: &AdoptRef) -> Option<&ServiceAccount> {
+    pub(crate) fn resolve(&self, adopt: &AdoptRef) -> Option<&ServiceAccount> {
         match adopt {
             AdoptRef::Id(id) => self.get(*id),
             AdoptRef::Username(u) => {
@@ -200,13 +200,13 @@ impl Observation {
     /// The payload that speaks for the integration: the published one, or,
     /// while nothing is published at a place the integration just moved to,
     /// the one its old place holds (carried over by a reload).
-    pub fn record(&self) -> Option<&Payload> {
+    pub(crate) fn record(&self) -> Option<&Payload> {
         self.published.as_ref().map(|p| &p.payload).or(self.inherited.as_ref())
     }
 
     /// Nothing is published here yet: `old` is what the integration's old
     /// place holds (see [`Observation::inherited`]).
-    pub fn inherit(&mut self, old: Payload) {
+    pub(crate) fn inherit(&mut self, old: Payload) {
         if self.published.is_none() {
             self.current = self.all.get(old.service_account_id).cloned();
             self.inherited = Some(old);
@@ -224,7 +224,7 @@ impl Observation {
     }
 
     /// As [`Observation::new`], with the lineages of every one of `namespaces`.
-    pub fn in_namespaces(
+    pub(crate) fn in_namespaces(
         integration: &Integration,
         namespaces: &[String],
         accounts: &Arc<Accounts>,
@@ -287,7 +287,10 @@ struct Listing {
 impl MembershipCache {
     /// The organization's projects the rotator can see (from `GET /me`),
     /// with the domain of each one's region.
-    pub async fn projects_with_domains(&self, client: &Client) -> Result<Vec<(u64, Option<String>)>, MixpanelError> {
+    pub(crate) async fn projects_with_domains(
+        &self,
+        client: &Client,
+    ) -> Result<Vec<(u64, Option<String>)>, MixpanelError> {
         self.projects
             .get_or_try_init(|| async { Ok(client.me().await?.projects_of(client.organization_id())) })
             .await
@@ -295,7 +298,7 @@ impl MembershipCache {
     }
 
     /// The organization's projects the rotator can see.
-    pub async fn projects(&self, client: &Client) -> Result<Vec<u64>, MixpanelError> {
+    pub(crate) async fn projects(&self, client: &Client) -> Result<Vec<u64>, MixpanelError> {
         Ok(self
             .projects_with_domains(client)
             .await?
@@ -305,7 +308,7 @@ impl MembershipCache {
     }
 
     /// The region's domain of `project` (`None`: not listed by `/me`, or no domain).
-    pub async fn domain_of(&self, client: &Client, project: u64) -> Result<Option<String>, MixpanelError> {
+    pub(crate) async fn domain_of(&self, client: &Client, project: u64) -> Result<Option<String>, MixpanelError> {
         Ok(self
             .projects_with_domains(client)
             .await?
@@ -316,7 +319,11 @@ impl MembershipCache {
 
     /// The members of `project`, read at most once per pass, from its
     /// region (shared, never copied: a project may list thousands).
-    pub async fn members(&self, client: &Client, project: u64) -> Result<Arc<Vec<ProjectMember>>, MixpanelError> {
+    pub(crate) async fn members(
+        &self,
+        client: &Client,
+        project: u64,
+    ) -> Result<Arc<Vec<ProjectMember>>, MixpanelError> {
         let cell = {
             let mut m = self.members.lock().unwrap_or_else(|e| e.into_inner());
             m.entry(project).or_default().clone()
@@ -336,7 +343,7 @@ impl MembershipCache {
     /// which serves every rotation that waited. Rotations of one pass into
     /// one project then share listings instead of each listing every member
     /// (a list that grows with them).
-    pub async fn fresh_members(
+    pub(crate) async fn fresh_members(
         &self,
         client: &Client,
         project: u64,
@@ -372,7 +379,7 @@ impl MembershipCache {
     }
 
     /// Every membership of `account` in the visible projects: (project, row).
-    pub async fn memberships_of(
+    pub(crate) async fn memberships_of(
         &self,
         client: &Client,
         account: u64,

@@ -14,11 +14,12 @@ use crate::policy::Integration;
 /// The published account, as a report shows it (never the secret).
 #[derive(Debug, Clone, Serialize)]
 pub struct CurrentView {
+    /// The account published.
     pub service_account_id: u64,
-    pub username: String,
-    pub expires: Option<DateTime<Utc>>,
-    pub rotated_at: DateTime<Utc>,
-    pub rotation_id: String,
+    pub(crate) username: String,
+    pub(crate) expires: Option<DateTime<Utc>>,
+    pub(crate) rotated_at: DateTime<Utc>,
+    pub(crate) rotation_id: String,
     /// Whether the account still exists in Mixpanel (`None`: Mixpanel was
     /// not reached; the rest is what the sink holds).
     pub exists: Option<bool>,
@@ -26,7 +27,7 @@ pub struct CurrentView {
 
 impl CurrentView {
     /// The published account of an observation, with the expiry the plan uses.
-    pub fn of(obs: &Observation, plan: &Plan) -> Option<Self> {
+    pub(crate) fn of(obs: &Observation, plan: &Plan) -> Option<Self> {
         obs.published.as_ref().map(|p| CurrentView {
             service_account_id: p.payload.service_account_id,
             username: p.payload.username.clone(),
@@ -38,7 +39,7 @@ impl CurrentView {
     }
 
     /// What the sink publishes, when Mixpanel could not be reached.
-    pub fn published(payload: &crate::sink::Payload) -> Self {
+    pub(crate) fn published(payload: &crate::sink::Payload) -> Self {
         CurrentView {
             service_account_id: payload.service_account_id,
             username: payload.username.clone(),
@@ -53,19 +54,25 @@ impl CurrentView {
 /// A completed rotation.
 #[derive(Debug, Clone, Serialize)]
 pub struct Rotated {
+    /// The rotation's id (in the payload, the audit trail and the hooks).
     pub rotation_id: String,
+    /// Why it rotated.
     pub reason: RotateReason,
+    /// The new account.
     pub service_account_id: u64,
+    /// Its username.
     pub username: String,
+    /// When it expires.
     pub expires: Option<DateTime<Utc>>,
-    pub projects: Vec<ProjectGrant>,
+    pub(crate) projects: Vec<ProjectGrant>,
+    /// The account it replaced.
     pub previous_service_account_id: Option<u64>,
     /// When the new credential is due for rotation (same rule as the plan's).
-    pub next_rotation: Option<DateTime<Utc>>,
+    pub(crate) next_rotation: Option<DateTime<Utc>>,
     /// When it was published (the payload's `rotated_at`).
-    pub rotated_at: DateTime<Utc>,
+    pub(crate) rotated_at: DateTime<Utc>,
     /// From the start of the rotation to its publish.
-    pub duration_seconds: f64,
+    pub(crate) duration_seconds: f64,
 }
 
 /// An integration's state after a pass, in one word (`state` in `-o json`).
@@ -89,28 +96,33 @@ pub enum State {
 /// One integration's outcome of a pass.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The integration's name.
     pub integration: String,
-    pub sink: String,
-    pub path: String,
+    pub(crate) sink: String,
+    pub(crate) path: String,
     /// When the pass observed the world and made its plan.
-    pub at: DateTime<Utc>,
+    pub(crate) at: DateTime<Utc>,
+    /// What the primary publishes, if anything.
     pub current: Option<CurrentView>,
+    /// What the pass decided.
     pub plan: Plan,
     /// A dry run's answer to "which memberships would the new account get".
-    pub preview: Option<Vec<ProjectGrant>>,
+    pub(crate) preview: Option<Vec<ProjectGrant>>,
     /// Accounts deleted in this pass.
     pub deleted: Vec<Disposal>,
     /// Boxed: most reports have none, and a pass over 10,000 integrations keeps every report.
     pub rotated: Option<Box<Rotated>>,
     /// Each mirror, after the pass.
     pub mirrors: Vec<MirrorView>,
+    /// What to act on soon; the pass did not fail.
     pub warnings: Vec<String>,
+    /// What failed.
     pub errors: Vec<StepError>,
 }
 
 impl Report {
     /// The integration's state after this pass.
-    pub fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         if self.plan.blocked.is_some() {
             State::Blocked
         } else if self.failed() {
@@ -127,7 +139,7 @@ impl Report {
     }
 
     /// An empty report for `i`, at `at`.
-    pub fn new(i: &Integration, at: DateTime<Utc>) -> Self {
+    pub(crate) fn new(i: &Integration, at: DateTime<Utc>) -> Self {
         Self {
             integration: i.name.clone(),
             sink: i.sink.clone(),
@@ -151,7 +163,7 @@ impl Report {
 
     /// When the integration's credential is next due for rotation: the new
     /// credential's after a rotation, else the plan's.
-    pub fn next_rotation(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_rotation(&self) -> Option<DateTime<Utc>> {
         match &self.rotated {
             Some(r) => r.next_rotation,
             None => self.plan.next_rotation(),

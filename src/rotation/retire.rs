@@ -23,16 +23,16 @@ use crate::sink::{Payload, Version};
 /// A place a payload is published: the primary or a mirror.
 #[derive(Debug, Clone, Serialize)]
 pub struct Place {
-    pub sink: String,
-    pub path: String,
+    pub(crate) sink: String,
+    pub(crate) path: String,
     /// Whether it is a mirror (else the primary).
-    pub mirror: bool,
+    pub(crate) mirror: bool,
     /// Whether something is published there now.
-    pub present: bool,
+    pub(crate) present: bool,
     /// Whose payload it holds, when not this integration's in this
     /// organization: it is left where it is.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub foreign: Option<String>,
+    pub(crate) foreign: Option<String>,
 }
 
 /// An account `retire` deletes, and why it is this integration's.
@@ -40,43 +40,43 @@ pub struct Place {
 pub struct Doomed {
     #[serde(flatten)]
     pub disposal: Disposal,
-    pub why: String,
+    pub(crate) why: String,
     /// Of the integration's lineage (found again by `retire` whatever the
     /// payloads say), rather than named by `adopt` or the payload.
-    pub lineage: bool,
+    pub(crate) lineage: bool,
 }
 
 /// An account `retire` leaves alone, and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct Kept {
     pub id: u64,
-    pub username: String,
+    pub(crate) username: String,
     pub why: String,
 }
 
 /// What `retire` deletes and removes, and what it leaves, with why.
 #[derive(Debug, Clone, Serialize)]
 pub struct RetirePlan {
-    pub integration: String,
-    pub at: DateTime<Utc>,
+    pub(crate) integration: String,
+    pub(crate) at: DateTime<Utc>,
     /// Accounts to delete: the lineage's, the one `adopt` names, and those
     /// the integration's payload vouches for (its predecessor, `retiring`).
     pub delete: Vec<Doomed>,
     /// Accounts left alone, with why (another integration's, the rotator's).
     pub kept: Vec<Kept>,
-    pub places: Vec<Place>,
+    pub(crate) places: Vec<Place>,
     /// Whether each place holding this integration's payload may be
     /// removed, checked before anything is changed.
-    pub checks: Vec<Check>,
+    pub(crate) checks: Vec<Check>,
 }
 
 /// Whether a place's payload may be removed.
 #[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    pub sink: String,
-    pub path: String,
-    pub ok: bool,
-    pub detail: String,
+pub(crate) struct Check {
+    pub(crate) sink: String,
+    pub(crate) path: String,
+    pub(crate) ok: bool,
+    pub(crate) detail: String,
 }
 
 /// What `retire --yes` did.

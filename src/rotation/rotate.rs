@@ -49,9 +49,9 @@ pub(super) struct Rotation<'a> {
 /// was created), what it warned about on the way, and what the primary was
 /// seen to hold last when that changed in this rotation (for the mirrors).
 pub(super) struct RotationOutcome {
-    pub result: Result<Option<Rotated>, StepError>,
-    pub warnings: Vec<String>,
-    pub primary: Option<Payload>,
+    pub(crate) result: Result<Option<Rotated>, StepError>,
+    pub(crate) warnings: Vec<String>,
+    pub(crate) primary: Option<Payload>,
 }
 
 /// The new account between its creation and its publish: the only place its token lives.
@@ -77,7 +77,7 @@ enum Failure {
 
 impl<'a> Rotation<'a> {
     /// A rotation of `i` following `plan`, starting now.
-    pub fn new(ctx: &'a Context, i: &'a Integration, obs: &'a Observation, plan: &'a RotationPlan) -> Self {
+    pub(crate) fn new(ctx: &'a Context, i: &'a Integration, obs: &'a Observation, plan: &'a RotationPlan) -> Self {
         Self {
             ctx,
             i,
@@ -92,7 +92,7 @@ impl<'a> Rotation<'a> {
     }
 
     /// Runs every step, in one span carrying the integration and the rotation id.
-    pub async fn run(mut self, cache: &MembershipCache, deleted: &[Disposal]) -> RotationOutcome {
+    pub(crate) async fn run(mut self, cache: &MembershipCache, deleted: &[Disposal]) -> RotationOutcome {
         let span = tracing::info_span!("rotation", integration = %self.i.name, rotation_id = %self.id);
         let result = self.steps(cache, deleted).instrument(span).await;
         RotationOutcome {

@@ -11,7 +11,7 @@
 mod delay;
 mod server;
 mod shared;
-pub mod state;
+pub(crate) mod state;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -70,10 +70,10 @@ impl Drop for Simulator {
 }
 
 /// The simulated organization's id.
-pub const ORG_ID: u64 = 1;
+pub(crate) const ORG_ID: u64 = 1;
 
 /// The region of the main listener.
-pub const HOME_REGION: &str = "mixpanel.com";
+pub(crate) const HOME_REGION: &str = "mixpanel.com";
 
 /// The EU project of the `demo` seed.
 pub const EU_PROJECT: u64 = 201;
@@ -200,7 +200,7 @@ impl Simulator {
     }
 
     /// Every other region's domain and API base URL.
-    pub fn region_urls(&self) -> Vec<(String, String)> {
+    pub(crate) fn region_urls(&self) -> Vec<(String, String)> {
         self.regions
             .iter()
             .map(|(d, a)| (d.clone(), format!("http://{a}/api/app")))
@@ -212,7 +212,7 @@ impl Simulator {
     }
 
     /// The listening address.
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
@@ -222,7 +222,7 @@ impl Simulator {
     }
 
     /// The simulated organization's id.
-    pub fn organization_id(&self) -> u64 {
+    pub(crate) fn organization_id(&self) -> u64 {
         ORG_ID
     }
 
@@ -313,7 +313,7 @@ impl Simulator {
         self.skewed.set_skew(skew);
     }
 
-    pub fn set_latency(&self, base: std::time::Duration, jitter: std::time::Duration) {
+    pub(crate) fn set_latency(&self, base: std::time::Duration, jitter: std::time::Duration) {
         self.lock().latency = Some((base, jitter)).filter(|(b, j)| !b.is_zero() || !j.is_zero());
     }
 

@@ -14,11 +14,19 @@ pub enum FaultAction {
     /// Answer this status with an error body, without doing anything.
     Status(u16),
     /// Answer this status with this `error` text (a server that echoes too much).
-    Error { status: u16, message: String },
+    Error {
+        /// The HTTP status.
+        status: u16,
+        /// The `error` text.
+        message: String,
+    },
     /// Wait, then handle the request normally.
     Latency(Duration),
     /// Answer 429 with `Retry-After: secs`.
-    RateLimit { retry_after_secs: u64 },
+    RateLimit {
+        /// The `Retry-After` value.
+        retry_after_secs: u64,
+    },
     /// Apply the request, then drop the connection without answering.
     CommitThenDrop,
     /// Wait at the gate until it is opened, then handle the request normally.
@@ -33,8 +41,8 @@ pub struct Gate(Arc<tokio::sync::watch::Sender<GateState>>);
 /// How many requests reached a gate, and whether it is open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GateState {
-    pub arrived: u32,
-    pub open: bool,
+    pub(crate) arrived: u32,
+    pub(crate) open: bool,
 }
 
 impl Gate {
@@ -80,12 +88,12 @@ impl Eq for Gate {}
 /// (`None`: always).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fault {
-    pub method: String,
-    pub path: String,
-    pub action: FaultAction,
-    pub times: Option<u32>,
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) action: FaultAction,
+    pub(crate) times: Option<u32>,
     /// Only requests whose Basic-auth username starts with this (`None`: any).
-    pub caller_prefix: Option<String>,
+    pub(crate) caller_prefix: Option<String>,
 }
 
 impl Fault {
@@ -141,6 +149,7 @@ impl Fault {
 /// One request as the simulator saw it.
 #[derive(Debug, Clone)]
 pub struct LoggedRequest {
+    /// The HTTP method.
     pub method: String,
     /// Path below `/api/app`, without the query.
     pub path: String,
@@ -165,12 +174,12 @@ impl LoggedRequest {
 
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub org: OrgState,
-    pub faults: Vec<Fault>,
-    pub log: Vec<LoggedRequest>,
+    pub(crate) org: OrgState,
+    pub(crate) faults: Vec<Fault>,
+    pub(crate) log: Vec<LoggedRequest>,
     /// Added to every answer: a base delay and a random extra up to the second.
-    pub latency: Option<(std::time::Duration, std::time::Duration)>,
+    pub(crate) latency: Option<(std::time::Duration, std::time::Duration)>,
     /// `Simulator::stop` was called: every request on a connection
     /// still open is dropped unanswered.
-    pub stopped: bool,
+    pub(crate) stopped: bool,
 }

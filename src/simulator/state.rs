@@ -14,18 +14,18 @@ use crate::secret::Secret;
 /// An account of the simulated organization.
 #[derive(Debug, Clone)]
 pub struct SimAccount {
-    pub id: u64,
-    pub username: String,
-    pub token: Secret,
-    pub role: Role,
-    pub expires: Option<DateTime<Utc>>,
-    pub created: DateTime<Utc>,
-    pub last_used: Option<DateTime<Utc>>,
-    pub creator: u64,
-    pub user: u64,
+    pub(crate) id: u64,
+    pub(crate) username: String,
+    pub(crate) token: Secret,
+    pub(crate) role: Role,
+    pub(crate) expires: Option<DateTime<Utc>>,
+    pub(crate) created: DateTime<Utc>,
+    pub(crate) last_used: Option<DateTime<Utc>>,
+    pub(crate) creator: u64,
+    pub(crate) user: u64,
     /// The organization role as `/me` and the account list show it, when
     /// not the role's own name (real organizations have `"no role"`).
-    pub role_label: Option<String>,
+    pub(crate) role_label: Option<String>,
 }
 
 /// How timestamps are written in an answer.
@@ -54,7 +54,7 @@ impl SimAccount {
     /// The account as an answer shows it: the published description's shape
     /// (`published`), or what real Mixpanel sends (every field present,
     /// `null` when unset, the extra fields, timestamps in `stamps`).
-    pub fn json(&self, published: bool, stamps: Stamps) -> Value {
+    pub(crate) fn json(&self, published: bool, stamps: Stamps) -> Value {
         if published {
             return json!(self.public());
         }
@@ -73,7 +73,7 @@ impl SimAccount {
     }
 
     /// The account as the API lists it.
-    pub fn public(&self) -> ServiceAccount {
+    pub(crate) fn public(&self) -> ServiceAccount {
         ServiceAccount {
             id: self.id,
             username: self.username.clone(),
@@ -89,21 +89,21 @@ impl SimAccount {
 
 /// A membership of an account in a project.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SimMembership {
-    pub role: ProjectRole,
-    pub target_type: TargetType,
+pub(crate) struct SimMembership {
+    pub(crate) role: ProjectRole,
+    pub(crate) target_type: TargetType,
 }
 
 /// A project of the simulated organization.
 #[derive(Debug, Clone)]
-pub struct SimProject {
-    pub id: u64,
-    pub name: String,
+pub(crate) struct SimProject {
+    pub(crate) id: u64,
+    pub(crate) name: String,
     /// The region's domain (`mixpanel.com`, `eu.mixpanel.com`): project calls
     /// are answered only by that region's listener.
-    pub domain: String,
+    pub(crate) domain: String,
     /// Memberships by account id.
-    pub members: BTreeMap<u64, SimMembership>,
+    pub(crate) members: BTreeMap<u64, SimMembership>,
 }
 
 /// Behaviours of real Mixpanel that the simulator can imitate on request.
@@ -129,31 +129,31 @@ pub struct Quirks {
 /// The organization and its rules.
 #[derive(Debug)]
 pub struct OrgState {
-    pub org_id: u64,
-    pub org_name: String,
-    pub next_id: u64,
-    pub accounts: BTreeMap<u64, SimAccount>,
-    pub projects: BTreeMap<u64, SimProject>,
-    pub quirks: Quirks,
+    pub(crate) org_id: u64,
+    pub(crate) org_name: String,
+    pub(crate) next_id: u64,
+    pub(crate) accounts: BTreeMap<u64, SimAccount>,
+    pub(crate) projects: BTreeMap<u64, SimProject>,
+    pub(crate) quirks: Quirks,
     /// Every token ever issued, so tests can search their output for leaks.
-    pub issued: Vec<Secret>,
+    pub(crate) issued: Vec<Secret>,
 }
 
 /// One request, as the organization's rules see it.
 #[derive(Debug, Clone, Copy)]
 pub struct SimRequest<'a> {
-    pub method: &'a str,
+    pub(crate) method: &'a str,
     /// Below `/api/app`.
-    pub path: &'a str,
-    pub body: &'a [u8],
+    pub(crate) path: &'a str,
+    pub(crate) body: &'a [u8],
     /// The domain of the listener that received it (`mixpanel.com`, `eu.mixpanel.com`).
-    pub region: &'a str,
+    pub(crate) region: &'a str,
 }
 
 /// An API answer: status and JSON body.
-pub type Answer = (u16, Value);
+pub(crate) type Answer = (u16, Value);
 
-pub fn error(status: u16, message: impl Into<String>) -> Answer {
+pub(crate) fn error(status: u16, message: impl Into<String>) -> Answer {
     (status, json!({"status": "error", "error": message.into()}))
 }
 
@@ -179,7 +179,7 @@ fn random_hex(len: usize) -> String {
 
 impl OrgState {
     /// An empty organization.
-    pub fn new(org_id: u64, org_name: &str) -> Self {
+    pub(crate) fn new(org_id: u64, org_name: &str) -> Self {
         Self {
             org_id,
             org_name: org_name.into(),
@@ -192,7 +192,7 @@ impl OrgState {
     }
 
     /// Adds an account directly (test set-up); returns it with its token.
-    pub fn insert_account(
+    pub(crate) fn insert_account(
         &mut self,
         base: &str,
         role: Role,
@@ -219,7 +219,7 @@ impl OrgState {
     }
 
     /// Grants `account` a membership in `project`.
-    pub fn grant(&mut self, project: u64, account: u64, role: impl Into<ProjectRole>, target_type: TargetType) {
+    pub(crate) fn grant(&mut self, project: u64, account: u64, role: impl Into<ProjectRole>, target_type: TargetType) {
         let role = role.into();
         if let Some(p) = self.projects.get_mut(&project) {
             p.members.insert(account, SimMembership { role, target_type });
@@ -227,7 +227,7 @@ impl OrgState {
     }
 
     /// Deletes an account and its memberships.
-    pub fn remove_account(&mut self, id: u64) -> bool {
+    pub(crate) fn remove_account(&mut self, id: u64) -> bool {
         for p in self.projects.values_mut() {
             p.members.remove(&id);
         }
@@ -235,7 +235,7 @@ impl OrgState {
     }
 
     /// Checks Basic credentials; returns the caller's id or a 401.
-    pub fn authenticate(&mut self, username: &str, secret: &str, now: DateTime<Utc>) -> Result<u64, Answer> {
+    pub(crate) fn authenticate(&mut self, username: &str, secret: &str, now: DateTime<Utc>) -> Result<u64, Answer> {
         let found = self
             .accounts
             .values_mut()
@@ -282,7 +282,7 @@ impl OrgState {
     }
 
     /// Dispatches one authenticated request. `path` is below `/api/app`.
-    pub fn handle(&mut self, caller: u64, req: &SimRequest<'_>, now: DateTime<Utc>) -> Answer {
+    pub(crate) fn handle(&mut self, caller: u64, req: &SimRequest<'_>, now: DateTime<Utc>) -> Answer {
         match self.route(caller, req, now) {
             Ok(a) | Err(a) => a,
         }
@@ -497,7 +497,7 @@ impl OrgState {
 }
 
 /// The methods a known path accepts (empty: no such path).
-pub fn allowed_methods(segs: &[&str]) -> &'static [&'static str] {
+pub(crate) fn allowed_methods(segs: &[&str]) -> &'static [&'static str] {
     match segs {
         ["me"] => &["GET"],
         ["organizations", _, "service-accounts"] => &["GET", "POST"],

@@ -41,18 +41,18 @@ const PLACEHOLDER_BODY: &str = r#"{"mixpanel_rotator":"no credential published y
 #[serde(deny_unknown_fields)]
 pub struct AwsSinkConfig {
     /// AWS region, e.g. `us-east-1`.
-    pub region: String,
+    pub(crate) region: String,
     /// A named profile from the shared config files (default: the standard chain).
-    pub profile: Option<String>,
+    pub(crate) profile: Option<String>,
     /// Another endpoint (tests, VPC endpoints); https, or http to loopback only.
-    pub endpoint_url: Option<String>,
+    pub(crate) endpoint_url: Option<String>,
     /// KMS key for a secret the rotator creates (default: the account's `aws/secretsmanager` key).
-    pub kms_key_id: Option<String>,
+    pub(crate) kms_key_id: Option<String>,
     /// Tags for a secret the rotator creates.
     #[serde(default)]
-    pub tags: BTreeMap<String, String>,
+    pub(crate) tags: BTreeMap<String, String>,
     /// Timeout of one API call (default `30s`).
-    pub timeout: Option<HumanDuration>,
+    pub(crate) timeout: Option<HumanDuration>,
 }
 
 impl Backend for AwsSinkConfig {
@@ -109,7 +109,7 @@ impl Backend for AwsSinkConfig {
 }
 
 /// An AWS Secrets Manager sink.
-pub struct AwsSink {
+pub(crate) struct AwsSink {
     name: String,
     config: AwsSinkConfig,
     client: OnceCell<Client>,
@@ -189,7 +189,7 @@ fn last_cause(chain: &str) -> &str {
 
 impl AwsSink {
     /// An AWS sink called `name`.
-    pub fn new(name: &str, config: AwsSinkConfig) -> Self {
+    pub(crate) fn new(name: &str, config: AwsSinkConfig) -> Self {
         Self {
             name: name.into(),
             config,

@@ -15,7 +15,9 @@ use crate::values::{HumanDuration, Invalid, KeyError, SecretRef};
 /// A non-lineage account still to delete once `not_before` has passed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetiringAccount {
+    /// The account.
     pub id: u64,
+    /// When it may be deleted.
     pub not_before: DateTime<Utc>,
 }
 
@@ -24,20 +26,32 @@ pub struct RetiringAccount {
 /// rotator reads back (it keeps no local state).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Payload {
+    /// The account's username (Basic auth).
     pub username: String,
     #[serde(serialize_with = "crate::secret::serialize_exposed")]
+    /// Its secret (Basic auth); serialized as is, only into a sink.
     pub secret: Secret,
+    /// The account's id.
     pub service_account_id: u64,
+    /// The organization it belongs to.
     pub organization_id: u64,
+    /// The integration that published it.
     pub integration: String,
+    /// When the account expires.
     pub expires: Option<DateTime<Utc>>,
+    /// When the account was created.
     pub created: DateTime<Utc>,
+    /// When it was published.
     pub rotated_at: DateTime<Utc>,
+    /// The rotation that published it.
     pub rotation_id: String,
+    /// The account it replaced (kept for `grace`).
     pub previous_service_account_id: Option<u64>,
     #[serde(default)]
+    /// The memberships it was given.
     pub projects: Vec<ProjectGrant>,
     #[serde(default)]
+    /// Other accounts still to delete (an adopted one, say).
     pub retiring: Vec<RetiringAccount>,
 }
 
@@ -45,12 +59,12 @@ impl Payload {
     /// Whether this is the payload of `integration` in `organization_id`
     /// (a place may hold another's: two spellings of one place, a second
     /// policy): only then may it be acted on, copied or removed.
-    pub fn is_of(&self, integration: &str, organization_id: u64) -> bool {
+    pub(crate) fn is_of(&self, integration: &str, organization_id: u64) -> bool {
         self.integration == integration && self.organization_id == organization_id
     }
 
     /// The payload as JSON, in a buffer wiped on drop.
-    pub fn to_json(&self) -> Result<zeroize::Zeroizing<Vec<u8>>, SinkError> {
+    pub(crate) fn to_json(&self) -> Result<zeroize::Zeroizing<Vec<u8>>, SinkError> {
         let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(1024));
         serde_json::to_writer_pretty(&mut *buf, self)
             .map_err(|e| SinkError::invalid(format!("cannot encode the payload: {e}")))?;
@@ -59,7 +73,7 @@ impl Payload {
     }
 
     /// Parses a stored payload. The error never echoes the input.
-    pub fn from_json(bytes: &[u8]) -> Result<Self, SinkError> {
+    pub(crate) fn from_json(bytes: &[u8]) -> Result<Self, SinkError> {
         let mut de = serde_json::Deserializer::from_slice(bytes);
         serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let field = e.path().to_string();
@@ -141,8 +155,9 @@ impl SinkErrorKind {
 /// A sink failure: its kind and the backend's words (never a secret).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct SinkError {
+    /// What kind of failure.
     pub kind: SinkErrorKind,
-    pub detail: String,
+    pub(crate) detail: String,
 }
 
 impl fmt::Display for SinkError {
@@ -163,32 +178,32 @@ impl SinkError {
     }
 
     /// [`SinkErrorKind::Conflict`].
-    pub fn conflict(detail: impl Into<String>) -> Self {
+    pub(crate) fn conflict(detail: impl Into<String>) -> Self {
         Self::new(SinkErrorKind::Conflict, detail)
     }
 
     /// [`SinkErrorKind::NotFound`].
-    pub fn not_found(detail: impl Into<String>) -> Self {
+    pub(crate) fn not_found(detail: impl Into<String>) -> Self {
         Self::new(SinkErrorKind::NotFound, detail)
     }
 
     /// [`SinkErrorKind::Denied`].
-    pub fn denied(detail: impl Into<String>) -> Self {
+    pub(crate) fn denied(detail: impl Into<String>) -> Self {
         Self::new(SinkErrorKind::Denied, detail)
     }
 
     /// [`SinkErrorKind::Unavailable`].
-    pub fn unavailable(detail: impl Into<String>) -> Self {
+    pub(crate) fn unavailable(detail: impl Into<String>) -> Self {
         Self::new(SinkErrorKind::Unavailable, detail)
     }
 
     /// [`SinkErrorKind::Corrupt`].
-    pub fn corrupt(detail: impl Into<String>) -> Self {
+    pub(crate) fn corrupt(detail: impl Into<String>) -> Self {
         Self::new(SinkErrorKind::Corrupt, detail)
     }
 
     /// [`SinkErrorKind::Invalid`].
-    pub fn invalid(detail: impl Into<String>) -> Self {
+    pub(crate) fn invalid(detail: impl Into<String>) -> Self {
         Self::new(SinkErrorKind::Invalid, detail)
     }
 
@@ -198,7 +213,7 @@ impl SinkError {
     }
 
     /// The same error with `context` in front of its detail.
-    pub fn context(self, context: impl fmt::Display) -> Self {
+    pub(crate) fn context(self, context: impl fmt::Display) -> Self {
         Self {
             kind: self.kind,
             detail: format!("{context}: {}", self.detail),

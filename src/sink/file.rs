@@ -31,7 +31,7 @@ pub struct FileSinkConfig {
     /// (default) or `"0640"` to let the directory's group (the consumers)
     /// read them. Never readable by others.
     #[serde(default)]
-    pub mode: Option<String>,
+    pub(crate) mode: Option<String>,
 }
 
 impl Backend for FileSinkConfig {
@@ -60,7 +60,7 @@ impl Backend for FileSinkConfig {
 
 impl FileSinkConfig {
     /// The credential files' mode (default 0600).
-    pub fn file_mode(&self) -> Result<u32, Invalid> {
+    pub(crate) fn file_mode(&self) -> Result<u32, Invalid> {
         let Some(m) = &self.mode else { return Ok(0o600) };
         let bits = u32::from_str_radix(m.trim_start_matches("0o"), 8)
             .map_err(|_| Invalid(format!("is `{m}`: write an octal mode such as \"0600\" or \"0640\"")))?;
@@ -97,7 +97,7 @@ fn check_path(path: &str) -> Result<(), Invalid> {
 
 /// A file sink.
 #[derive(Debug)]
-pub struct FileSink {
+pub(crate) struct FileSink {
     name: String,
     config: FileSinkConfig,
     /// The temporary files a dead writer left in each directory, listed
@@ -141,7 +141,7 @@ impl Drop for ReaderDone {
 
 impl FileSink {
     /// A file sink called `name`.
-    pub fn new(name: &str, config: FileSinkConfig) -> Self {
+    pub(crate) fn new(name: &str, config: FileSinkConfig) -> Self {
         Self {
             name: name.into(),
             config,
@@ -652,11 +652,11 @@ impl FileSink {
 }
 
 /// The longest wait for a writers' lock held by another process.
-pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The longest a file operation may take (a stuck network file system):
 /// past it the operation is reported as failed; its thread is left behind.
-pub const FILE_OP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const FILE_OP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SinkError> + Send + 'static,

@@ -14,12 +14,12 @@
 //! Errors carry a kind and the backend's own words; the sink's name and the
 //! path are added once, by the engine, when it reports them.
 
-pub mod aws;
+pub(crate) mod aws;
 mod contract;
-pub mod file;
+pub(crate) mod file;
 #[cfg(feature = "testing")]
 pub mod memory;
-pub mod place;
+pub(crate) mod place;
 pub mod vault;
 
 use std::sync::Arc;

@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 /// normalized (`.` and empty components dropped, `..` taken back), then
 /// the longest part of it that exists resolved through the file system
 /// (symbolic links, as `realpath` does), the rest appended as written.
-pub fn file(dir: &Path, path: &str) -> PathBuf {
+pub(crate) fn file(dir: &Path, path: &str) -> PathBuf {
     let joined = dir.join(path);
     let absolute = if joined.is_absolute() {
         joined
@@ -51,7 +51,7 @@ pub fn file(dir: &Path, path: &str) -> PathBuf {
 /// A URL's scheme, host and port, lowercased, with the scheme's default
 /// port written out and a loopback host written one way (`localhost`,
 /// `127.0.0.1` and `[::1]` are the same server to this host).
-pub fn origin(url: &str) -> String {
+pub(crate) fn origin(url: &str) -> String {
     let Ok(u) = reqwest::Url::parse(url.trim()) else {
         return url.trim().trim_end_matches('/').to_ascii_lowercase();
     };
@@ -71,7 +71,7 @@ pub fn origin(url: &str) -> String {
 }
 
 /// Slash-separated segments, without empty and `.` ones.
-pub fn segments(s: &str) -> String {
+pub(crate) fn segments(s: &str) -> String {
     s.split('/')
         .filter(|x| !x.is_empty() && *x != ".")
         .collect::<Vec<_>>()
@@ -81,7 +81,7 @@ pub fn segments(s: &str) -> String {
 /// A Vault KV v2 path: the server, and the full path from the root
 /// namespace (a namespace is a path prefix: namespace `a` with mount `b`
 /// is mount `a/b` at the root).
-pub fn vault(address: &str, namespace: Option<&str>, mount: &str, path: &str) -> String {
+pub(crate) fn vault(address: &str, namespace: Option<&str>, mount: &str, path: &str) -> String {
     let full = [namespace.unwrap_or(""), mount, "data", path]
         .iter()
         .map(|s| segments(s))
@@ -93,7 +93,7 @@ pub fn vault(address: &str, namespace: Option<&str>, mount: &str, path: &str) ->
 
 /// An AWS secret: its region, the endpoint (none: the region's public one),
 /// the credentials' profile (none: `default`) and its name.
-pub fn aws(region: &str, endpoint: Option<&str>, profile: Option<&str>, name: &str) -> String {
+pub(crate) fn aws(region: &str, endpoint: Option<&str>, profile: Option<&str>, name: &str) -> String {
     let region = region.trim().to_ascii_lowercase();
     let endpoint = endpoint.map_or_else(|| format!("https://secretsmanager.{region}.amazonaws.com:443"), origin);
     let profile = profile.map(str::trim).filter(|p| !p.is_empty()).unwrap_or("default");

@@ -35,18 +35,18 @@ const K8S_JWT: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 #[serde(deny_unknown_fields)]
 pub struct VaultSinkConfig {
     /// Vault's address, e.g. `https://vault.internal:8200` (http only to loopback).
-    pub address: String,
+    pub(crate) address: String,
     /// The KV v2 mount (default `secret`).
     #[serde(default = "default_mount")]
-    pub mount: String,
+    pub(crate) mount: String,
     /// How to log in.
     pub auth: VaultAuth,
     /// Vault Enterprise / OpenBao namespace (sent as `X-Vault-Namespace`).
-    pub namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
     /// PEM file of the CA that signed Vault's certificate.
-    pub ca_cert: Option<PathBuf>,
+    pub(crate) ca_cert: Option<PathBuf>,
     /// Timeout of one request (default `30s`).
-    pub timeout: Option<HumanDuration>,
+    pub(crate) timeout: Option<HumanDuration>,
 }
 
 fn default_mount() -> String {
@@ -155,7 +155,7 @@ impl Backend for VaultSinkConfig {
 }
 
 /// A Vault KV v2 sink.
-pub struct VaultSink {
+pub(crate) struct VaultSink {
     name: String,
     config: VaultSinkConfig,
     /// Logged-in client, created on first use and replaced on re-login.
@@ -246,7 +246,7 @@ fn is_not_found(e: &ClientError) -> bool {
 
 impl VaultSink {
     /// A Vault sink called `name`.
-    pub fn new(name: &str, config: VaultSinkConfig) -> Result<Self, SinkError> {
+    pub(crate) fn new(name: &str, config: VaultSinkConfig) -> Result<Self, SinkError> {
         let timeout = config
             .timeout
             .map(|t| t.to_std())

@@ -397,3 +397,30 @@ async fn one_account_adopted_twice_by_id_and_by_username_blocks_both() {
     }
     assert!(h.sim.requests().iter().all(|q| !q.is_mutating()));
 }
+
+/// A store that stops answering (the in-memory store told to fail, as a
+/// Vault or AWS outage would): the pass fails at its first read with a
+/// stable code, makes no mutating call, and the store keeps what it held.
+#[tokio::test]
+async fn a_store_that_stops_answering_is_read_sink_unavailable_and_nothing_changes() {
+    let h = Harness::new(Seed::Demo).await;
+    let (policy, path) = etl(&h, Backend::Memory, "");
+    let engine = h.engine(&policy);
+    ok(&h.force(&engine, "etl", false).await);
+    let name = policy
+        .split("store = \"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap();
+    let store = mixpanel_rotator::sink::memory::store(name);
+    let before = store.raw(&path).expect("published");
+    store.fail_with(Some(SinkErrorKind::Unavailable));
+    h.sim.clear_requests();
+    let r = h.force(&engine, "etl", false).await;
+    let codes: Vec<String> = r.errors.iter().map(|e| e.code().to_string()).collect();
+    assert_eq!(codes, ["read_sink.sink.unavailable"], "{:?}", r.errors);
+    assert!(h.sim.requests().iter().all(|q| !q.is_mutating()));
+    store.fail_with(None);
+    assert_eq!(store.raw(&path).unwrap(), before);
+    assert_eq!(store.paths(), [path]);
+}
