@@ -109,15 +109,43 @@ pub struct ClientSettings {
     pub retry: RetryPolicy,
 }
 
-/// A Mixpanel API client. Cheap to clone; clones share the connection pool
-/// and the concurrency limit.
+/// Who the client acts as: a username and its `Authorization` header.
+#[derive(Clone)]
+struct Identity {
+    username: Arc<str>,
+    auth: HeaderValue,
+}
+
+impl Identity {
+    fn of(c: &Credentials) -> Result<Self, MixpanelError> {
+        Ok(Self {
+            username: Arc::from(c.username.as_str()),
+            auth: auth_header(c)?,
+        })
+    }
+}
+
+/// Where the rotator's current credential can be read again (its own
+/// payload, `[mixpanel.self]`): after a 401, a client asks it once, and
+/// retries once with what it gives when that is another account (an
+/// instance that missed a self-rotation recovers by itself).
+#[async_trait::async_trait]
+pub(crate) trait CredentialSource: Send + Sync {
+    /// The credential to use now, if one is published.
+    async fn current(&self) -> Option<Credentials>;
+}
+
+/// A Mixpanel API client. Cheap to clone; clones share the connection pool,
+/// the concurrency limit and the identity (switched for every clone at once
+/// when the rotator's own credential is rotated).
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base_url: Arc<str>,
     org: u64,
-    username: Arc<str>,
-    auth: HeaderValue,
+    identity: Arc<std::sync::RwLock<Identity>>,
+    /// Re-read on a 401 (`None`: no `[mixpanel.self]`, or a verifying clone).
+    source: Option<Arc<dyn CredentialSource>>,
     /// One limit per API host (a region's host is another host).
     limits: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>>,
     max_concurrency: usize,
@@ -137,7 +165,7 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("base_url", &self.base_url)
             .field("organization_id", &self.org)
-            .field("username", &self.username)
+            .field("username", &self.username())
             .finish_non_exhaustive()
     }
 }
@@ -178,8 +206,8 @@ impl Client {
             timeout: s.timeout,
             base_url: Arc::from(s.base_url.trim_end_matches('/')),
             org: s.organization_id,
-            username: Arc::from(s.credentials.username.as_str()),
-            auth: auth_header(&s.credentials)?,
+            identity: Arc::new(std::sync::RwLock::new(Identity::of(&s.credentials)?)),
+            source: None,
             limits: Arc::default(),
             max_concurrency: s.max_concurrency.max(1),
             retry: s.retry,
@@ -243,10 +271,56 @@ impl Client {
     /// used to prove a new credential works.
     pub(crate) fn with_credentials(&self, c: &Credentials) -> Result<Self, MixpanelError> {
         Ok(Self {
-            auth: auth_header(c)?,
-            username: Arc::from(c.username.as_str()),
+            identity: Arc::new(std::sync::RwLock::new(Identity::of(c)?)),
+            source: None,
             ..self.clone()
         })
+    }
+
+    /// Re-reads the credential from `source` after a 401 (see [`CredentialSource`]).
+    pub(crate) fn with_credential_source(mut self, source: Arc<dyn CredentialSource>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// The identity in use now.
+    fn identity(&self) -> Identity {
+        self.identity
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The username every call is made as now.
+    pub fn username(&self) -> Arc<str> {
+        self.identity().username
+    }
+
+    /// Acts as `c` from now on, in this client and every clone of it (the
+    /// rotator's own credential was rotated). Whether it changed.
+    pub(crate) fn switch_to(&self, c: &Credentials) -> Result<bool, MixpanelError> {
+        let next = Identity::of(c)?;
+        let mut id = self.identity.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *id.username == *next.username {
+            return Ok(false);
+        }
+        tracing::info!(from = %id.username, to = %next.username, "Mixpanel calls now use the rotator's new credential.");
+        *id = next;
+        Ok(true)
+    }
+
+    /// Reads the credential source (if any) and switches to what it holds:
+    /// at the start of a pass, so that a credential rotated by another
+    /// instance is used before any call. Whether it changed.
+    pub(crate) async fn refresh(&self) -> bool {
+        let Some(source) = &self.source else { return false };
+        match source.current().await {
+            Some(c) => self.switch_to(&c).unwrap_or_else(|e| {
+                tracing::warn!("The rotator's published credential cannot be used: {e}");
+                false
+            }),
+            None => false,
+        }
     }
 
     /// The concurrency limit of the host of `base`.
@@ -376,11 +450,26 @@ impl Client {
         let retries = method == Method::GET || method == Method::DELETE;
         let mut attempt = 0u32;
         let mut waited = Duration::ZERO;
+        let mut refreshed = false;
         loop {
             attempt = attempt.saturating_add(1);
-            let Attempt { result, retry_after } = self.once(base, &method, path, body, endpoint).await;
+            let used = self.identity();
+            let Attempt { result, retry_after } = self.once(base, &method, path, body, endpoint, &used).await;
             match result {
                 Ok(v) => return Ok(v),
+                // Refused: the credential may have been rotated by another
+                // instance (and its old account deleted). Read it again,
+                // once; retry once if it is another account. A 401 is never
+                // applied, so a create or a delete may be retried too.
+                Err(MixpanelError::Api { status: 401, .. })
+                    if !refreshed && (self.username() != used.username || self.refresh().await) =>
+                {
+                    refreshed = true;
+                    tracing::info!(
+                        endpoint,
+                        "Refused with the previous credential; retrying with the rotator's current one."
+                    );
+                }
                 Err(e) if retries && e.retryable() && attempt < self.retry.max_attempts => {
                     let max = self.retry.max_retry_after;
                     if let Some(wait) =
@@ -410,12 +499,13 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
         endpoint: &'static str,
+        identity: &Identity,
     ) -> Attempt<T> {
         // The semaphore is never closed, so acquire only fails if it were; then run unlimited.
         let limit = self.limit_for(base);
         let _permit = limit.acquire().await.ok();
         let started = Instant::now();
-        let resp = match self.send(base, method, path, body, endpoint).await {
+        let resp = match self.send(base, method, path, body, endpoint, identity).await {
             Ok(r) => r,
             Err(e) => {
                 return Attempt {
@@ -474,12 +564,13 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
         endpoint: &'static str,
+        identity: &Identity,
     ) -> Result<reqwest::Response, MixpanelError> {
         let url = format!("{base}{path}");
         let mut req = self
             .http
             .request(method.clone(), &url)
-            .header(AUTHORIZATION, self.auth.clone());
+            .header(AUTHORIZATION, identity.auth.clone());
         if let Some(b) = body {
             req = req.json(b);
         }

@@ -145,6 +145,37 @@ pub(crate) struct MixpanelConfig {
     /// (default `60s`, `1s` to `10m`; never more than half of `orphan_after`).
     #[serde(default = "default_verify_timeout")]
     pub(crate) verify_timeout: HumanDuration,
+    /// `[mixpanel.self]`: the rotator rotates its own account too;
+    /// `username` and `secret` above are then only the seed, used until the
+    /// first self-rotation is published.
+    #[serde(default, rename = "self")]
+    pub(crate) own: Option<SelfConfig>,
+}
+
+/// `[mixpanel.self]`: where the rotator's own credential is published, and
+/// its lifecycle. The same payload as an integration's, rotated by the same
+/// steps (lineage `{namespace}-rotator-...`, organization role `admin`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SelfConfig {
+    /// Which `[sinks.NAME]` holds the rotator's own payload.
+    pub(crate) sink: String,
+    /// Its path there (its own: no integration or mirror may use it).
+    pub(crate) path: String,
+    /// Lifetime of each own account (default `30d`).
+    pub(crate) ttl: Option<HumanDuration>,
+    /// Rotate when the own account expires within this (default: a third of `ttl`).
+    pub(crate) renew_before: Option<HumanDuration>,
+    /// How long the previous own account keeps working (default `1h`); it is
+    /// deleted after that once idle (its `last_used`), so another instance
+    /// still using it is never cut off.
+    pub(crate) grace: Option<HumanDuration>,
+    /// Optional cron schedule (UTC) of routine self-rotations.
+    pub(crate) schedule: Option<Schedule>,
+    /// Delay added to a scheduled slot, up to this (default `0s`).
+    pub(crate) jitter: Option<HumanDuration>,
+    /// Age at which an unpublished own account is deleted (default `15m`).
+    pub(crate) orphan_after: Option<HumanDuration>,
 }
 
 fn default_verify_timeout() -> HumanDuration {

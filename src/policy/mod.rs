@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 pub use self::error::PolicyError;
 pub use self::file::{AdoptRef, MirrorConfig, PolicyConfig, ProjectsSpec, Region, WebhookConfig};
-pub use self::model::{Integration, MixpanelSettings, Policy, Settings};
+pub use self::model::{Integration, MixpanelSettings, Policy, SELF_NAME, Settings};
 pub(crate) use self::validate::MAX_INTEGRATION_NAME;
 
 /// Where the policy is read from when neither `--config` nor

@@ -30,6 +30,15 @@ pub struct MixpanelSettings {
     pub(crate) verify_timeout: std::time::Duration,
 }
 
+/// The name the rotator's own credential goes by (`[mixpanel.self]`): in
+/// reports, metrics (`integration="(rotator)"`), the audit trail and its
+/// payload. Not a valid integration name, so it can be no one else's.
+pub const SELF_NAME: &str = "(rotator)";
+
+/// The lineage of the rotator's own accounts: `{namespace}-rotator-...`
+/// (`rotator` is therefore a reserved integration name).
+pub(crate) const SELF_LINEAGE: &str = "rotator";
+
 /// One integration with every default applied. Its inherited settings
 /// ([`Settings`], read through `Deref`: `i.ttl`) are shared by every
 /// integration that overrides none of them: a policy of 10,000 such
@@ -48,6 +57,8 @@ pub struct Integration {
     /// Copies of the credential written from the primary (`sink`, `path`).
     pub mirrors: Vec<MirrorConfig>,
     pub(crate) settings: Arc<Settings>,
+    /// The rotator's own credential (`[mixpanel.self]`), not an integration.
+    pub(crate) is_self: bool,
 }
 
 /// The keys of `[defaults]`, as one integration has them (its own value,
@@ -89,7 +100,20 @@ impl std::ops::Deref for Integration {
 impl Integration {
     /// The policy key of one of this integration's fields.
     pub(crate) fn key(&self, field: &str) -> String {
+        if self.is_self {
+            return format!("mixpanel.self.{field}");
+        }
         format!("integrations[{}].{field}", self.index)
+    }
+
+    /// Whether this is the rotator's own credential (`[mixpanel.self]`).
+    pub fn is_self(&self) -> bool {
+        self.is_self
+    }
+
+    /// The name in this integration's account usernames.
+    pub(crate) fn lineage_name(&self) -> &str {
+        if self.is_self { SELF_LINEAGE } else { &self.name }
     }
 
     /// The stable jitter of the schedule slot `slot`: the same integration and

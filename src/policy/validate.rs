@@ -8,8 +8,10 @@ use std::sync::Arc;
 use chrono::Duration;
 
 use super::error::PolicyError;
-use super::file::{DaemonConfig, DefaultsConfig, IntegrationConfig, MixpanelConfig, PolicyConfig, ProjectsSpec};
-use super::model::{Integration, MixpanelSettings, Policy, Settings};
+use super::file::{
+    AdoptRef, DaemonConfig, DefaultsConfig, IntegrationConfig, MixpanelConfig, PolicyConfig, ProjectsSpec, SelfConfig,
+};
+use super::model::{Integration, MixpanelSettings, Policy, SELF_LINEAGE, SELF_NAME, Settings};
 use crate::mixpanel::types::{ProjectRole, Role};
 use crate::sink::SinkConfig;
 use crate::text::format_duration;
@@ -36,16 +38,19 @@ pub(super) fn resolve(
         }
     }
     let mixpanel = mixpanel_settings(&c.mixpanel, &mut errs);
-    for (name, sink) in &c.sinks {
-        if let Err(e) = sink.backend().check() {
-            errs.push(PolicyError::invalid(format!("sinks.{name}.{}", e.key), e.message));
-        }
-        if let Some(t) = sink.backend().timeout() {
-            at_most(&format!("sinks.{name}.timeout"), t.0, MAX_REQUEST_TIMEOUT, &mut errs);
-        }
-    }
+    check_sinks(&c.sinks, &mut errs);
     let mut unique = Unique::default();
-    let mut integrations = Vec::with_capacity(count);
+    let mut integrations = Vec::with_capacity(count.saturating_add(1));
+    if let Some(own) = c.mixpanel.own.take() {
+        unique.destination(
+            "mixpanel.self.sink",
+            "mixpanel.self.path",
+            (&own.sink, &own.path),
+            &c.sinks,
+            &mut errs,
+        );
+        integrations.push(resolve_self(own, &c.mixpanel.username, &mut errs));
+    }
     let mut inherited = None;
     for (index, ic) in std::mem::take(&mut c.integrations).into_iter().chain(more).enumerate() {
         unique.check(index, &ic, &c.sinks, &mut errs);
@@ -75,6 +80,18 @@ pub(super) fn resolve(
         sinks: c.sinks,
         integrations,
     })
+}
+
+/// Each sink's own keys, and its timeout.
+fn check_sinks(sinks: &BTreeMap<String, SinkConfig>, errs: &mut Vec<PolicyError>) {
+    for (name, sink) in sinks {
+        if let Err(e) = sink.backend().check() {
+            errs.push(PolicyError::invalid(format!("sinks.{name}.{}", e.key), e.message));
+        }
+        if let Some(t) = sink.backend().timeout() {
+            at_most(&format!("sinks.{name}.timeout"), t.0, MAX_REQUEST_TIMEOUT, errs);
+        }
+    }
 }
 
 /// `[daemon] stall_timeout`: longer than any one step may legitimately
@@ -263,7 +280,12 @@ impl Unique {
         errs: &mut Vec<PolicyError>,
     ) {
         let key = |f: &str| format!("integrations[{i}].{f}");
-        if !is_valid_name(&ic.name, MAX_INTEGRATION_NAME) {
+        if ic.name == SELF_LINEAGE {
+            errs.push(PolicyError::invalid(
+                key("name"),
+                "`rotator` is reserved: it is the lineage of the rotator's own accounts (`[mixpanel.self]`); choose another name",
+            ));
+        } else if !is_valid_name(&ic.name, MAX_INTEGRATION_NAME) {
             errs.push(PolicyError::invalid(
                 key("name"),
                 format!("is `{}`: use 1 to {MAX_INTEGRATION_NAME} lowercase letters, digits and single dashes (it becomes part of account usernames)", ic.name),
@@ -369,11 +391,17 @@ struct Picked {
 }
 
 /// Picks an integration's own value, else the default's, else `fallback`.
-fn pick(i: usize, own: Option<HumanDuration>, def: Option<HumanDuration>, field: &str, fallback: Duration) -> Picked {
+fn pick(
+    prefix: &str,
+    own: Option<HumanDuration>,
+    def: Option<HumanDuration>,
+    field: &str,
+    fallback: Duration,
+) -> Picked {
     match (own, def) {
         (Some(v), _) => Picked {
             value: v.0,
-            from: format!("integrations[{i}].{field}"),
+            from: format!("{prefix}.{field}"),
         },
         (None, Some(v)) => Picked {
             value: v.0,
@@ -399,7 +427,7 @@ struct Durations {
 }
 
 impl Durations {
-    fn pick(i: usize, ic: &IntegrationConfig, d: &DefaultsConfig) -> Self {
+    fn pick(i: &str, ic: &IntegrationConfig, d: &DefaultsConfig) -> Self {
         let ttl = pick(i, ic.ttl, d.ttl, "ttl", Duration::days(30));
         let third = ttl.value.checked_div(3).unwrap_or_default();
         Self {
@@ -517,13 +545,13 @@ fn check_projects(projects: Option<&ProjectsSpec>, key: &dyn Fn(&str) -> String,
 /// The checks of one integration's settings (each error names the key
 /// the value came from); its effective durations and role.
 fn check_integration(
-    index: usize,
+    prefix: &str,
     ic: &IntegrationConfig,
     d: &DefaultsConfig,
     errs: &mut Vec<PolicyError>,
 ) -> (Durations, Role) {
-    let key = |f: &str| format!("integrations[{index}].{f}");
-    let t = Durations::pick(index, ic, d);
+    let key = |f: &str| format!("{prefix}.{f}");
+    let t = Durations::pick(prefix, ic, d);
     t.check(&key, errs);
     check_projects(ic.projects.as_ref().or(d.projects.as_ref()), &key, errs);
     let role = ic.role.or(d.role).unwrap_or(Role::Consumer);
@@ -554,6 +582,61 @@ fn check_integration(
     (t, role)
 }
 
+/// The rotator's own credential (`[mixpanel.self]`) as an integration:
+/// organization role `admin`, memberships copied from the account in use
+/// (the seed, `mixpanel.username`, adopted by the first self-rotation), and
+/// drain-aware deletion of the previous account (`delete_when_idle` =
+/// `grace`): an instance still using it is never cut off.
+fn resolve_self(own: SelfConfig, seed: &str, errs: &mut Vec<PolicyError>) -> Integration {
+    let grace = own.grace.unwrap_or(HumanDuration(Duration::hours(1)));
+    let ic = IntegrationConfig {
+        name: SELF_NAME.to_string(),
+        sink: own.sink,
+        path: own.path,
+        adopt: Some(AdoptRef::Username(seed.to_string())),
+        on_rotate: None,
+        mirrors: Vec::new(),
+        role: Some(Role::Admin),
+        projects: Some(ProjectsSpec::Copy),
+        ttl: own.ttl,
+        renew_before: own.renew_before,
+        schedule: own.schedule,
+        jitter: own.jitter,
+        grace: Some(grace),
+        orphan_after: own.orphan_after,
+        delete_when_idle: Some(grace),
+        max_grace: None,
+        webhook: None,
+        on_rotate_timeout: None,
+    };
+    let (t, role) = check_integration("mixpanel.self", &ic, &DefaultsConfig::default(), errs);
+    let settings = Arc::new(Settings {
+        role,
+        projects: ProjectsSpec::Copy,
+        ttl: t.ttl.value,
+        renew_before: t.renew_before.value,
+        schedule: ic.schedule,
+        jitter: t.jitter.value,
+        grace: t.grace.value,
+        orphan_after: t.orphan_after.value,
+        delete_when_idle: t.delete_when_idle,
+        max_grace: t.max_grace.value,
+        on_rotate_timeout: t.on_rotate_timeout.value,
+        webhook: None,
+    });
+    Integration {
+        index: 0,
+        name: ic.name,
+        sink: ic.sink,
+        path: ic.path,
+        adopt: ic.adopt,
+        on_rotate: None,
+        mirrors: Vec::new(),
+        settings,
+        is_self: true,
+    }
+}
+
 /// One integration resolved; `inherited` is the settings of those that
 /// override nothing (made by the first of them, then shared).
 fn resolve_integration(
@@ -563,7 +646,8 @@ fn resolve_integration(
     inherited: &mut Option<Arc<Settings>>,
     errs: &mut Vec<PolicyError>,
 ) -> Integration {
-    let (t, role) = check_integration(index, &ic, d, errs);
+    let prefix = format!("integrations[{index}]");
+    let (t, role) = check_integration(&prefix, &ic, d, errs);
     let overrides_nothing = ic.overrides_nothing();
     let settings = match inherited {
         Some(shared) if overrides_nothing => shared.clone(),
@@ -597,5 +681,6 @@ fn resolve_integration(
         on_rotate: ic.on_rotate,
         mirrors: ic.mirrors,
         settings,
+        is_self: false,
     }
 }

@@ -111,13 +111,14 @@ impl Claims {
 /// username is.
 pub(crate) fn lineage_claim(policy: &Policy, a: &ServiceAccount, except: &str) -> Option<Claim> {
     policy.lineage_namespaces().iter().find_map(|ns| {
-        let name = integration_of(ns, &a.username)?;
-        if name == except || policy.integration(name).is_none() {
+        let lineage = integration_of(ns, &a.username)?;
+        let owner = policy.integrations.iter().find(|i| i.lineage_name() == lineage)?;
+        if owner.name == except {
             return None;
         }
-        Lineage::new(ns, name).parse(&a.username)?;
+        Lineage::new(ns, lineage).parse(&a.username)?;
         Some(Claim {
-            integration: name.to_string(),
+            integration: owner.name.clone(),
             kind: ClaimKind::Lineage,
         })
     })

@@ -11,9 +11,53 @@ use super::error::{Cause, SetupError};
 use crate::audit::{Action, Audit, AuditEvent, Outcome};
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
+use crate::mixpanel::client::CredentialSource;
 use crate::mixpanel::{Client, ClientSettings, Credentials, RetryPolicy};
-use crate::policy::{Integration, Policy, PolicyError};
+use crate::policy::{Integration, Policy, PolicyError, SELF_NAME};
 use crate::sink::{self, Sink, SinkError};
+
+/// The rotator's own payload (`[mixpanel.self]`), read again after a 401
+/// and at the start of each pass. Only an account of the rotator's own
+/// lineage is taken: a payload edited to name another account is not
+/// used (the self-rotation is blocked by the same rule as an integration's).
+struct OwnCredential {
+    sink: Arc<dyn Sink>,
+    path: String,
+    organization: u64,
+    lineages: Vec<super::lineage::Lineage>,
+}
+
+#[async_trait::async_trait]
+impl CredentialSource for OwnCredential {
+    async fn current(&self) -> Option<Credentials> {
+        let payload = match self.sink.read_current(&self.path).await {
+            Ok(Some((p, _))) => p,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(
+                    "Cannot read the rotator's own credential ({} path `{}`): {e}",
+                    self.sink.describe(),
+                    self.path
+                );
+                return None;
+            }
+        };
+        if !payload.is_of(SELF_NAME, self.organization) {
+            return None;
+        }
+        if !self.lineages.iter().any(|l| l.parse(&payload.username).is_some()) {
+            tracing::warn!(
+                account_id = payload.service_account_id,
+                "The rotator's own payload names an account outside its lineage: not used."
+            );
+            return None;
+        }
+        Some(Credentials {
+            username: payload.username.clone(),
+            secret: payload.secret.clone(),
+        })
+    }
+}
 
 /// The services of a pass.
 pub(crate) struct Context {
@@ -67,6 +111,20 @@ impl Context {
             })?;
             sinks.insert(name.clone(), s);
         }
+        let own = policy.integrations.first().filter(|i| i.is_self());
+        let client = match own.and_then(|i| Some((i, sinks.get(&i.sink)?))) {
+            Some((i, sink)) => client.with_credential_source(Arc::new(OwnCredential {
+                sink: sink.clone(),
+                path: i.path.clone(),
+                organization: m.organization_id,
+                lineages: policy
+                    .lineage_namespaces()
+                    .iter()
+                    .map(|ns| super::lineage::Lineage::new(ns, i.lineage_name()))
+                    .collect(),
+            })),
+            None => client,
+        };
         Ok(Self {
             audit: Audit::new(policy.audit_path.as_deref()),
             scope: Scope::of(&policy),

@@ -721,7 +721,7 @@ fn refuse(i: &Integration, scope: &Scope, obs: &Observation) -> Option<Blocked> 
         let base = crate::mixpanel::types::strip_mixpanel_suffix(&c.username);
         let hint = base
             .split_once('-')
-            .filter(|(ns, _)| super::lineage::Lineage::new(ns, &i.name).parse(&c.username).is_some())
+            .filter(|(ns, _)| super::lineage::Lineage::new(ns, i.lineage_name()).parse(&c.username).is_some())
                 .map(|(ns, _)| {
                 format!(
                     "; it is of this integration's lineage under namespace `{ns}`: if that was this rotator's `namespace`, list it in `previous_namespaces`"
@@ -738,7 +738,9 @@ fn refuse(i: &Integration, scope: &Scope, obs: &Observation) -> Option<Blocked> 
         });
     }
     let a = obs.adopted.as_ref()?;
-    scope.is_rotator(a).then(|| Blocked::OwnAccountAdopted {
+    // The rotator's own credential adopts the account it acts as (the seed):
+    // that is how it takes it over.
+    (scope.is_rotator(a) && !i.is_self()).then(|| Blocked::OwnAccountAdopted {
         adopt_key: i.key("adopt"),
         username: a.username.clone(),
     })
@@ -812,9 +814,11 @@ struct Owners<'a> {
 
 impl Owners<'_> {
     /// Whether the rotator may delete `a`: an account of this integration's
-    /// lineage, or the one `adopt` names; never the rotator's own.
+    /// lineage, or the one `adopt` names; never the rotator's own, except
+    /// by its own credential's rotation (which takes it over: the account
+    /// it acts as is still refused at the delete, until it has switched).
     fn owns(&self, a: &ServiceAccount) -> Result<(), NotOwned> {
-        if self.scope.is_rotator(a) {
+        if self.scope.is_rotator(a) && !self.i.is_self() {
             Err(NotOwned::Rotator)
         } else if self.obs.lineage.iter().any(|(l, _)| l.id == a.id)
             || self.obs.adopt_target.as_ref().is_some_and(|t| t.id == a.id)
@@ -879,7 +883,7 @@ impl Owners<'_> {
         }
         for (a, ts) in &self.obs.lineage {
             let explained = Some(a.id) == self.current_id() || out.disposals.iter().any(|d| d.id == a.id);
-            if explained || self.scope.is_rotator(a) {
+            if explained || (self.scope.is_rotator(a) && !self.i.is_self()) {
                 continue;
             }
             let (d, in_use) = unexplained(self.i, a, *ts, now, &self.obs.mixpanel_clock);
@@ -922,7 +926,7 @@ impl Owners<'_> {
         RotationPlan {
             memberships: memberships(i, obs),
             replaces: replaced.map(AccountRef::of),
-            username_pattern: format!("{}-{}-<timestamp>-<hex>", self.scope.namespace, i.name),
+            username_pattern: format!("{}-{}-<timestamp>-<hex>", self.scope.namespace, i.lineage_name()),
             role: i.role,
             ttl: i.ttl,
             grace: i.grace,

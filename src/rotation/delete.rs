@@ -16,7 +16,10 @@ impl Context {
         protected: Option<u64>,
         rotation_id: Option<&str>,
     ) -> Result<(), StepError> {
-        if Some(d.id) == protected {
+        // Never the published account, nor the one this process acts as.
+        let in_use = self.client.username();
+        let acting_as = d.username == *in_use || crate::mixpanel::types::strip_mixpanel_suffix(&d.username) == &*in_use;
+        if Some(d.id) == protected || acting_as {
             return Err(StepError::new(&i.name, Step::Delete, Cause::Protected { id: d.id }));
         }
         let event = |outcome| AuditEvent {

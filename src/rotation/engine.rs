@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::claims::{Claims, lineage_claim};
 use super::context::Context;
-use super::decide::{Blocked, Deadlines, DeleteReason, Disposal, NotOwned, Plan, Request, Rule, decide};
+use super::decide::{Blocked, Deadlines, DeleteReason, Disposal, NotOwned, Plan, Request, Rule, Scope, decide};
 use super::echo::reported;
 use super::error::{Cause, Consequence, SetupError, Step, StepError};
 use super::memberships::desired;
@@ -78,6 +78,8 @@ type Adopters = std::collections::BTreeMap<u64, Vec<(String, String)>>;
 struct Pass<'a> {
     opts: &'a PassOptions,
     now: DateTime<Utc>,
+    /// Who the rotator is in this pass (the account it acts as).
+    scope: Scope,
     accounts: Arc<Accounts>,
     adopters: Adopters,
     /// Every primary's claims on accounts, read when some `adopt` names an
@@ -377,7 +379,7 @@ impl Engine {
 
     /// The plan for `i` now, as a pass would make it.
     pub fn decide(&self, i: &Integration, obs: &Observation, req: Request) -> Plan {
-        decide(i, &self.ctx.scope, obs, self.ctx.clock.now(), req)
+        decide(i, &self.scope(), obs, self.ctx.clock.now(), req)
     }
 
     /// One reconcile pass over the selected integrations, concurrently (the
@@ -408,6 +410,9 @@ impl Engine {
 
     /// [`Engine::pass_each`], its reported text logged as `opts` says.
     async fn pass_scoped(&self, opts: &PassOptions, each: &mut (dyn FnMut(Report) + Send)) {
+        // The rotator's own credential as published now (another instance
+        // may have rotated it): before any Mixpanel call of this pass.
+        self.ctx.client.refresh().await;
         let now = self.ctx.clock.now();
         let selected: Vec<&Integration> = self.selected(opts).collect();
         if !opts.dry_run
@@ -454,12 +459,22 @@ impl Engine {
         let pass = Pass {
             opts,
             now,
+            scope: self.scope(),
             adopters,
             claims,
             accounts,
             cache,
         };
         self.integrations(selected, reads, &pass, each).await;
+    }
+
+    /// Who the rotator is now: the policy's scope, with the account this
+    /// process acts as (the seed, or its own published credential).
+    fn scope(&self) -> Scope {
+        Scope {
+            rotator: self.ctx.client.username().to_string(),
+            ..self.ctx.scope.clone()
+        }
     }
 
     /// Mixpanel's clock against ours, as its recent answers show it.
@@ -578,7 +593,7 @@ impl Engine {
         match read.map(|p| self.observation(i, &pass.accounts, &pass.adopters, pass.claims.as_ref(), p)) {
             Err(e) => report.errors.push(e),
             Ok(obs) => {
-                let mut plan = decide(i, &self.ctx.scope, &obs, now, opts.request_for(&i.name));
+                let mut plan = decide(i, &pass.scope, &obs, now, opts.request_for(&i.name));
                 if !matches!(plan.blocked.as_deref(), Some(Blocked::SharedPath(_))) {
                     report.current = CurrentView::of(&obs, &plan);
                 }
@@ -864,6 +879,11 @@ impl Engine {
         let event = match outcome.result {
             Ok(None) => return outcome.primary, // another instance rotated first: its hooks ran there
             Ok(Some(rotated)) => {
+                if i.is_self() {
+                    // Published: from now on this process acts as the new
+                    // account (the old one stays valid for `grace`).
+                    self.switch_to_own(outcome.primary.as_ref());
+                }
                 let new_id = rotated.service_account_id;
                 for d in rp.revoke.iter().filter(|d| d.id != new_id) {
                     match self.ctx.delete(i, d, Some(new_id), Some(&rotated.rotation_id)).await {
@@ -890,6 +910,18 @@ impl Engine {
         crate::failpoint::point("before_hooks", &i.name).await;
         self.run_hooks(i, &event, &mut report.warnings).await;
         outcome.primary
+    }
+
+    /// Acts as the rotator's own credential just published.
+    fn switch_to_own(&self, published: Option<&Payload>) {
+        let Some(p) = published else { return };
+        let creds = crate::mixpanel::Credentials {
+            username: p.username.clone(),
+            secret: p.secret.clone(),
+        };
+        if let Err(e) = self.ctx.client.switch_to(&creds) {
+            tracing::error!("The rotator's new credential was published but cannot be used by this process: {e}");
+        }
     }
 
     /// Runs the integration's hooks; a failure is a warning, never an error.

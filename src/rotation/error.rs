@@ -268,8 +268,19 @@ pub enum Cause {
     /// The audit trail cannot be written.
     #[error("{0}")]
     Audit(crate::audit::AuditError),
+    /// The rotator's own credential must be an organization admin's: the
+    /// account it acts as, or its new one, is not.
+    #[error(
+        "account {account} has the organization role `{role}`, not `admin`: the rotator's own credential is rotated only by an admin, into an admin (an owner is never re-created, and nothing else may create an admin). Use an admin service account as `[mixpanel] username`/`secret`"
+    )]
+    NotAdmin {
+        /// The account.
+        account: String,
+        /// Its organization role, as `/me` says it.
+        role: String,
+    },
     /// The published account was about to be deleted (the last line of defence).
-    #[error("refused to delete account {id} because it is the published credential")]
+    #[error("refused to delete account {id} because it is the published credential (or the one this rotator acts as)")]
     Protected {
         /// The published account.
         id: u64,
@@ -335,11 +346,12 @@ impl Cause {
             Cause::NoProjectsVisible { .. } => (None, "no_projects_visible"),
             Cause::Audit(_) => (None, "audit_unwritable"),
             Cause::Protected { .. } => (None, "protected"),
+            Cause::NotAdmin { .. } => (None, "not_admin"),
         }
     }
 
     /// Every word of the rotator's own causes ([`Cause::code`] without a source).
-    pub const OWN_CODES: [&'static str; 10] = [
+    pub const OWN_CODES: [&'static str; 11] = [
         "memberships_missing",
         "wrong_organization",
         "not_accepted",
@@ -350,6 +362,7 @@ impl Cause {
         "no_projects_visible",
         "audit_unwritable",
         "protected",
+        "not_admin",
     ];
 
     /// The same cause without any Mixpanel server text.

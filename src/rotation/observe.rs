@@ -232,14 +232,14 @@ impl Observation {
     ) -> Self {
         let lineages: Vec<Lineage> = namespaces
             .iter()
-            .map(|ns| Lineage::new(ns, &integration.name))
+            .map(|ns| Lineage::new(ns, integration.lineage_name()))
             .collect();
         let published = published.map(|(payload, version)| Published { payload, version });
         let current = published
             .as_ref()
             .and_then(|p| accounts.get(p.payload.service_account_id).cloned());
         let lineage = accounts
-            .lineage_candidates(&integration.name)
+            .lineage_candidates(integration.lineage_name())
             .filter_map(|a| {
                 lineages
                     .iter()

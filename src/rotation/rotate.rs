@@ -22,7 +22,8 @@ use crate::audit::{Action, AuditEvent, Outcome};
 use crate::clock::{after, span_between};
 use crate::failpoint;
 use crate::mixpanel::types::{
-    AddToProjects, CreateServiceAccount, Grants, ProjectGrant, ServiceAccount, TargetType, strip_mixpanel_suffix,
+    AddToProjects, CreateServiceAccount, Grants, OrgRole, ProjectGrant, ServiceAccount, TargetType,
+    strip_mixpanel_suffix,
 };
 use crate::mixpanel::{Credentials, MixpanelError};
 use crate::policy::Integration;
@@ -121,7 +122,10 @@ impl<'a> Rotation<'a> {
         );
         writable?;
         let desired = desired?;
-        if desired.is_empty() {
+        if self.i.is_self() {
+            self.acting_admin().await?;
+        }
+        if desired.is_empty() && !self.i.is_self() {
             self.warnings.push(
                 "the new account has no project memberships (the account it replaces had none that could be copied)"
                     .into(),
@@ -197,7 +201,7 @@ impl<'a> Rotation<'a> {
     /// Creates the account. Create is never retried: when its answer was
     /// lost, the account is looked for by its unique name and deleted.
     async fn create(&mut self, desired: Vec<ProjectGrant>) -> Result<NewAccount, StepError> {
-        let username = Lineage::new(&self.ctx.scope.namespace, &self.i.name).new_username(self.at);
+        let username = Lineage::new(&self.ctx.scope.namespace, self.i.lineage_name()).new_username(self.at);
         let asked = after(self.at, self.plan.ttl);
         let body = CreateServiceAccount {
             username: username.clone(),
@@ -375,6 +379,25 @@ impl<'a> Rotation<'a> {
 
     /// Proves the new credential works: `GET /me` with it, with retries (a
     /// fresh account may take a moment to be accepted).
+    /// The rotator's own credential is rotated only by an organization
+    /// admin (an owner is never re-created as one, and nothing else may
+    /// create an admin): checked with `GET /me`, before anything is created.
+    async fn acting_admin(&self) -> Result<(), StepError> {
+        let org = self.ctx.client.organization_id();
+        let fail = |cause| {
+            self.fail(Step::CopyMemberships, cause)
+                .then(Consequence::NothingCreated)
+        };
+        let me = self.ctx.client.me().await.map_err(|e| fail(Cause::Mixpanel(e)))?;
+        match me.organization(org).and_then(|o| o.role.as_ref()) {
+            Some(OrgRole::Admin) => Ok(()),
+            other => Err(fail(Cause::NotAdmin {
+                account: self.ctx.client.username().to_string(),
+                role: other.map_or_else(|| "none".to_string(), ToString::to_string),
+            })),
+        }
+    }
+
     async fn verify(&self, new: &NewAccount) -> Result<(), Failure> {
         let fail = |cause| Failure::DeleteNew(self.fail(Step::Verify, cause));
         let client = self
@@ -409,6 +432,15 @@ impl<'a> Rotation<'a> {
                 })
             });
             let last = match answer {
+                Ok(me) if self.i.is_self() && me.sees(organization) && !is_admin(&me, organization) => {
+                    return Err(fail(Cause::NotAdmin {
+                        account: new.creds.username.clone(),
+                        role: me
+                            .organization(organization)
+                            .and_then(|o| o.role.as_ref())
+                            .map_or_else(|| "none".to_string(), ToString::to_string),
+                    }));
+                }
                 Ok(me) if me.sees(organization) => {
                     tracing::info!(account_id = new.account.id, "New credential verified.");
                     return Ok(());
@@ -540,4 +572,9 @@ async fn sink_writable(ctx: &Context, i: &Integration) -> Result<(), StepError> 
     let fail = |cause| StepError::new(&i.name, Step::SinkCheck, cause).then(Consequence::NothingCreated);
     let sink = ctx.sink_for(i).map_err(fail)?;
     sink.writable(&i.path).await.map_err(|e| fail(ctx.sink_cause(i, e)))
+}
+
+/// Whether `me` is an admin of organization `org`.
+fn is_admin(me: &crate::mixpanel::Me, org: u64) -> bool {
+    matches!(me.organization(org).and_then(|o| o.role.as_ref()), Some(OrgRole::Admin))
 }

@@ -471,6 +471,19 @@ impl OrgState {
         let projects = req.projects.clone().unwrap_or_default();
         self.check_projects(projects.iter().map(|p| p.id))?;
         let role = req.role.unwrap_or(Role::Consumer);
+        // No account may create one with an organization role above its own
+        // (`Role` orders owner first).
+        if let Some(c) = self.accounts.get(&caller)
+            && role < c.role
+        {
+            return Err(error(
+                403,
+                format!(
+                    "a service account with role {} cannot create one with role {role}",
+                    c.role
+                ),
+            ));
+        }
         let expires = if self.quirks.ignore_expires { None } else { req.expires };
         let mut acct = self.insert_account(base, role, expires, now);
         acct.creator = self.accounts.get(&caller).map(|a| a.user).unwrap_or(42);

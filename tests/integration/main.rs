@@ -14,6 +14,7 @@ mod hooks;
 mod kubernetes;
 mod mirrors;
 mod monitoring;
+mod own;
 mod ownership;
 mod policy_errors;
 mod rotation;

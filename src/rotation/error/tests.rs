@@ -201,6 +201,13 @@ fn every_error_code_is_made_of_listed_parts_and_every_part_occurs() {
         }),
     ));
     extra.push(e(Step::Verify, Cause::WrongOrganization { organization: 1 }));
+    extra.push(e(
+        Step::Verify,
+        Cause::NotAdmin {
+            account: "mpr-rotator-20261128T040000Z-7f3a.abc123.mp-service-account".into(),
+            role: "member".into(),
+        },
+    ));
     let steps: BTreeSet<&str> = Step::ALL.iter().map(|s| s.code()).collect();
     let sink_kinds: BTreeSet<&str> = crate::sink::SinkErrorKind::ALL.iter().map(|k| k.code()).collect();
     let (mut own, mut blocked_seen) = (BTreeSet::new(), BTreeSet::new());
