@@ -25,6 +25,9 @@ struct OwnCredential {
     path: String,
     organization: u64,
     lineages: Vec<super::lineage::Lineage>,
+    clock: SharedClock,
+    /// `[mixpanel] username`/`secret`: used while nothing usable is published.
+    seed: Credentials,
 }
 
 #[async_trait::async_trait]
@@ -32,7 +35,7 @@ impl CredentialSource for OwnCredential {
     async fn current(&self) -> Option<Credentials> {
         let payload = match self.sink.read_current(&self.path).await {
             Ok(Some((p, _))) => p,
-            Ok(None) => return None,
+            Ok(None) => return Some(self.seed.clone()),
             Err(e) => {
                 tracing::warn!(
                     "Cannot read the rotator's own credential ({} path `{}`): {e}",
@@ -44,6 +47,17 @@ impl CredentialSource for OwnCredential {
         };
         if !payload.is_of(SELF_NAME, self.organization) {
             return None;
+        }
+        // An expired one would lock the rotator out: the seed is used
+        // instead (put a new admin account there to recover), and the pass
+        // replaces the expired account.
+        if let Some(e) = payload.expires.filter(|e| *e <= self.clock.now()) {
+            tracing::warn!(
+                account_id = payload.service_account_id,
+                "The rotator's published credential expired at {}: `[mixpanel] username`/`secret` are used instead.",
+                crate::text::rfc3339(e)
+            );
+            return Some(self.seed.clone());
         }
         if !self.lineages.iter().any(|l| l.parse(&payload.username).is_some()) {
             tracing::warn!(
@@ -90,13 +104,14 @@ impl Context {
     ) -> Result<Self, SetupError> {
         let m = &policy.mixpanel;
         let secret = m.secret.resolve("mixpanel.secret").map_err(PolicyError::from)?;
+        let seed = Credentials {
+            username: m.username.clone(),
+            secret,
+        };
         let client = Client::new(ClientSettings {
             base_url: m.base_url.clone(),
             organization_id: m.organization_id,
-            credentials: Credentials {
-                username: m.username.clone(),
-                secret,
-            },
+            credentials: seed.clone(),
             max_concurrency: m.max_concurrency,
             timeout: m.timeout,
             retry: api,
@@ -122,6 +137,8 @@ impl Context {
                     .iter()
                     .map(|ns| super::lineage::Lineage::new(ns, i.lineage_name()))
                     .collect(),
+                clock: clock.clone(),
+                seed,
             })),
             None => client,
         };

@@ -257,7 +257,7 @@ impl Engine {
     }
 
     /// The Mixpanel client.
-    pub(crate) fn client(&self) -> &Client {
+    pub fn client(&self) -> &Client {
         &self.ctx.client
     }
 

@@ -283,6 +283,12 @@ impl Simulator {
             .collect()
     }
 
+    /// Gives `account` an individual membership of `project` (as someone
+    /// in Mixpanel's settings would).
+    pub fn grant(&self, project: u64, account: u64, role: ProjectRole) {
+        self.lock().org.grant(project, account, role, TargetType::Individual);
+    }
+
     /// Programs a fault.
     pub fn inject(&self, fault: Fault) {
         self.lock().faults.push(fault);

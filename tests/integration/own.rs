@@ -141,3 +141,192 @@ fn seed_then_two_self_rotations_on_every_sink() {
         h.assert_no_secret_leaked(&[]);
     });
 }
+
+/// Two instances share the own payload in Vault. One self-rotates and, past
+/// grace, deletes the account the other still acts as: the other's next
+/// call gets a 401, re-reads the payload once, and succeeds with the new
+/// credential; its next pass fails nothing.
+#[tokio::test]
+async fn an_instance_that_missed_a_self_rotation_recovers_on_its_next_call() {
+    let h = Harness::new(Seed::Demo).await;
+    let (policy, path) = with_self(&h, Backend::Vault, "grace = \"1h\"\n");
+    let a = h.engine(&policy);
+    let b = h.engine(&policy);
+    pass(&a, &PassOptions::default()).await;
+    pass(&b, &PassOptions::default()).await;
+    let first = own_payload(&a, &path).await;
+    assert_eq!(
+        *b.client().username(),
+        first.username,
+        "b took the published credential"
+    );
+
+    pass(&a, &force_self()).await;
+    let second = own_payload(&a, &path).await;
+    h.clock.advance(Duration::minutes(130));
+    pass(&a, &PassOptions::default()).await;
+    assert!(
+        h.sim.account(first.service_account_id).is_none(),
+        "a deleted the first own account"
+    );
+
+    // b still acts as the deleted account: refused once, then the new one.
+    assert_eq!(*b.client().username(), first.username);
+    h.sim.clear_requests();
+    b.client().list_accounts().await.expect("recovered");
+    let statuses: Vec<(Option<u16>, Option<String>)> =
+        h.sim.requests().into_iter().map(|r| (r.status, r.caller)).collect();
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    assert_eq!(statuses[0].0, Some(401));
+    assert_eq!(statuses[1], (Some(200), Some(second.username.clone())));
+    assert_eq!(*b.client().username(), second.username);
+    pass(&b, &PassOptions::default()).await;
+    h.assert_no_secret_leaked(&[]);
+}
+
+/// A payload edited to name an account the rotator does not own (whoever
+/// can write the sink): the credential is not taken, nothing is deleted,
+/// only the self-rotation is blocked; the integrations go on.
+#[tokio::test]
+async fn a_hostile_own_payload_deletes_nothing_and_blocks_only_the_self_rotation() {
+    let h = Harness::new(Seed::Demo).await;
+    let (policy, path) = with_self(&h, Backend::File, "grace = \"1h\"\n");
+    let engine = h.engine(&policy);
+    pass(&engine, &PassOptions::default()).await;
+    let mine = own_payload(&engine, &path).await;
+    let (other, secret) = h.sim.add_account(
+        "someone-elses-bot",
+        mixpanel_rotator::mixpanel::types::Role::Admin,
+        None,
+        &[],
+    );
+    let sink = engine.sink("s").unwrap();
+    let (mut p, version) = sink.read_current(&path).await.unwrap().unwrap();
+    p.username = other.username.clone();
+    p.service_account_id = other.id;
+    p.secret = secret.secret;
+    sink.publish(&path, &p, Some(&version)).await.unwrap();
+    let before: Vec<u64> = h.sim.accounts().iter().map(|a| a.id).collect();
+
+    h.clock.advance(Duration::hours(2));
+    let reports = engine
+        .pass(&PassOptions {
+            force: [SELF_NAME.to_string(), "etl".to_string()].into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        *engine.client().username(),
+        mine.username,
+        "the edited credential is not used"
+    );
+    let own = &reports[0];
+    let codes: Vec<String> = own.errors.iter().map(|e| e.code().to_string()).collect();
+    assert_eq!(codes, ["read_sink.blocked.foreign_current"], "{:#?}", own.errors);
+    assert!(
+        reports[1].errors.is_empty() && reports[1].rotated.is_some(),
+        "{:#?}",
+        reports[1]
+    );
+    for id in &before {
+        assert!(h.sim.account(*id).is_some(), "account {id} was deleted");
+    }
+}
+
+/// A crash (the pass dropped at a failpoint, as SIGKILL) at every step of
+/// a self-rotation, for every sink; then a restarted process: its credential
+/// in the sink authenticates, exactly one own account is left, nothing else
+/// was touched, the next pass completes.
+#[tokio::test]
+async fn a_crash_at_every_step_of_a_self_rotation_leaves_a_working_own_credential() {
+    // One after the other: failpoints are armed per integration name, and
+    // every case's own credential is `(rotator)`.
+    for backend in ALL {
+        for point in CRASH_POINTS {
+            own_crash(backend, point).await;
+        }
+    }
+}
+
+async fn own_crash(backend: Backend, point: &'static str) {
+    use mixpanel_rotator::failpoint;
+    use mixpanel_rotator::rotation::lineage::Lineage;
+    let case = format!("{backend:?} at {point}");
+    let h = Harness::new(Seed::Demo).await;
+    let foreign = [
+        h.sim
+            .add_account(
+                "someone-elses-bot",
+                mixpanel_rotator::mixpanel::types::Role::Admin,
+                None,
+                &[],
+            )
+            .0
+            .id,
+        h.accounts_with_prefix("etl-legacy")[0].id,
+    ];
+    // The seed has an individual grant: copied to each own account, so the
+    // membership steps are crossed too.
+    let seed = h
+        .sim
+        .accounts()
+        .into_iter()
+        .find(|a| a.username == h.sim.admin().username)
+        .unwrap();
+    h.sim
+        .grant(101, seed.id, mixpanel_rotator::mixpanel::types::ProjectRole::Analyst);
+    let (sink, path) = backend.sink(&h);
+    let policy = format!("{sink}\n[mixpanel.self]\nsink = \"s\"\npath = \"{path}\"\norphan_after = \"1m\"\n");
+    let engine = h.engine(&policy);
+    ok(&h.pass(&engine).await);
+    // Something for the pass to delete first: a leftover of an earlier crash.
+    let stale = Lineage::new("mpr", "rotator").new_username(t(START) - Duration::hours(1));
+    h.sim
+        .add_account(&stale, mixpanel_rotator::mixpanel::types::Role::Admin, None, &[]);
+    h.clock.advance(Duration::minutes(2));
+    let mut trip = failpoint::arm(point, SELF_NAME);
+    let opts = force_self();
+    tokio::select! {
+        _ = engine.pass(&opts) => panic!("{case}: the failpoint was never reached"),
+        () = trip.hit() => {}
+    }
+    drop(trip);
+    drop(engine);
+
+    let engine = h.engine(&policy);
+    let last = h.settle(&engine).await;
+    let dir = matches!(backend, Backend::File).then(|| h.dir.path().join("s"));
+    let s = Settled {
+        case: &case,
+        sink: "s",
+        path: &path,
+        lineage: "mpr-rotator-",
+        others: &foreign,
+        dir,
+    };
+    h.assert_settled(&engine, &last, s).await;
+    // The process acts as what the sink holds, with the seed's grant.
+    let own = own_payload(&engine, &path).await;
+    assert_eq!(*engine.client().username(), own.username, "{case}");
+    assert!(
+        h.sim
+            .memberships(own.service_account_id)
+            .iter()
+            .any(|(p, _, _)| *p == 101),
+        "{case}: the seed's grant was copied"
+    );
+}
+
+const CRASH_POINTS: &[&str] = &[
+    "before_delete",
+    "after_delete",
+    "after_create",
+    "after_member_list",
+    "after_memberships",
+    "after_verify",
+    "before_publish",
+    "publish_before_cas",
+    "publish_after_cas",
+    "after_publish",
+    "before_hooks",
+];
