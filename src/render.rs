@@ -381,6 +381,7 @@ fn integration_json(r: &Report) -> serde_json::Value {
     });
     serde_json::json!({
         "name": r.integration,
+        "self": r.integration == crate::policy::SELF_NAME,
         "sink": r.sink,
         "path": r.path,
         "state": r.state(),

@@ -89,11 +89,15 @@ pub enum Command {
     /// Rotate the named integrations now (for a leaked or suspect credential).
     RotateNow {
         /// Integrations to rotate.
-        #[arg(value_name = "NAME", required_unless_present = "all", conflicts_with = "all")]
+        #[arg(value_name = "NAME", required_unless_present_any = ["all", "own"], conflicts_with = "all")]
         names: Vec<String>,
-        /// Rotate every integration.
+        /// Rotate every integration (not the rotator's own credential: `--self`).
         #[arg(long)]
         all: bool,
+        /// Rotate the rotator's own credential (`[mixpanel.self]`), with or
+        /// without integrations.
+        #[arg(long = "self", id = "own")]
+        own: bool,
         /// Delete the old account as soon as the new one is published, without waiting for `grace`.
         #[arg(long)]
         revoke_old: bool,
@@ -196,6 +200,7 @@ pub async fn run(cli: Cli) -> Exit {
         Command::RotateNow {
             names,
             all,
+            own,
             revoke_old,
             dry_run,
             output,
@@ -203,6 +208,7 @@ pub async fn run(cli: Cli) -> Exit {
             let mode = Mode::RotateNow {
                 names,
                 all,
+                own,
                 revoke_old,
                 dry_run,
             };

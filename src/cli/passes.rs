@@ -20,6 +20,8 @@ pub(super) enum Mode {
     RotateNow {
         names: Vec<String>,
         all: bool,
+        /// `--self`: the rotator's own credential.
+        own: bool,
         revoke_old: bool,
         dry_run: bool,
     },
@@ -51,18 +53,33 @@ impl Mode {
             Mode::RotateNow {
                 names,
                 all,
+                own,
                 revoke_old,
                 dry_run,
             } => {
                 opts.dry_run = *dry_run;
-                let selected: BTreeSet<String> = if *all {
-                    policy.integrations.iter().map(|i| i.name.clone()).collect()
+                let mut selected: BTreeSet<String> = if *all {
+                    policy
+                        .integrations
+                        .iter()
+                        .filter(|i| !i.is_self())
+                        .map(|i| i.name.clone())
+                        .collect()
                 } else {
                     for n in names {
                         known(policy, n, "")?;
                     }
                     names.iter().cloned().collect()
                 };
+                if *own {
+                    if !policy.own().is_some() {
+                        eprintln!(
+                            "error: --self: the policy has no `[mixpanel.self]`, so the rotator does not rotate its own credential (README, \"The rotator's own credential\")"
+                        );
+                        return Err(Exit::Usage);
+                    }
+                    selected.insert(crate::policy::SELF_NAME.to_string());
+                }
                 opts.force = selected.clone();
                 opts.only = Some(selected);
                 opts.revoke_old = *revoke_old;

@@ -166,10 +166,13 @@ pub(super) async fn validate(
     }
     let engine = engine(policy, clock.clone())?;
     let client = engine.client();
+    // With `[mixpanel.self]`: as the published own credential, if any.
+    client.refresh().await;
+    let own = engine.policy().own().is_some();
     let me = client.me().await.map_err(|e| e.to_string());
     checks.check(
         &format!("mixpanel {}", client.base_url()),
-        me.clone().and_then(|me| rotator_role(client, &me)),
+        me.clone().and_then(|me| rotator_role(client, &me, own)),
     );
     if let Ok(me) = &me {
         checks.check("mixpanel regions", regions(client, me));
@@ -204,9 +207,9 @@ fn own_expiry(
     now: chrono::DateTime<chrono::Utc>,
     checks: &mut Checks,
 ) {
-    let me = &engine.policy().mixpanel.username;
+    let me = &*engine.client().username();
     let what = "the rotator's own account";
-    let Some(own) = accounts.iter().find(|a| &a.username == me) else {
+    let Some(own) = accounts.iter().find(|a| a.username == me) else {
         checks.warn(
             what,
             &format!(
@@ -215,6 +218,18 @@ fn own_expiry(
         );
         return;
     };
+    if engine.policy().own().is_some() {
+        let seed = me == engine.policy().mixpanel.username;
+        let detail = match (seed, own.expires) {
+            (true, _) => format!("`{me}` is the seed: the first pass replaces it (`[mixpanel.self]`)"),
+            (false, Some(t)) => format!(
+                "`{me}`, rotated by this rotator (`[mixpanel.self]`), expires at {}",
+                crate::text::rfc3339(t)
+            ),
+            (false, None) => format!("`{me}`, rotated by this rotator (`[mixpanel.self]`)"),
+        };
+        return checks.ok(what, &detail);
+    }
     match own.expires {
         None => checks.ok(
             what,
@@ -301,7 +316,7 @@ fn check_secrets(path: &std::path::Path, policy: &Policy, checks: &mut Checks) -
 }
 
 /// Whether the rotator's own account may create and delete service accounts.
-fn rotator_role(client: &crate::mixpanel::Client, me: &crate::mixpanel::Me) -> Result<String, String> {
+fn rotator_role(client: &crate::mixpanel::Client, me: &crate::mixpanel::Me, own: bool) -> Result<String, String> {
     let org = client.organization_id();
     let Some(o) = me.organization(org) else {
         return Err(format!(
@@ -309,6 +324,9 @@ fn rotator_role(client: &crate::mixpanel::Client, me: &crate::mixpanel::Me) -> R
         ));
     };
     match &o.role {
+        Some(r) if own && *r != crate::mixpanel::types::OrgRole::Admin => Err(format!(
+            "the rotator's account has role `{r}` in organization {org}; with `[mixpanel.self]` it must be an organization admin (an owner is never re-created as its successor)"
+        )),
         Some(r) if r.can_manage_accounts() => Ok(format!("authenticated; role `{r}` in organization {org}")),
         Some(r) => Err(format!(
             "the rotator's account has role `{r}` in organization {org}; it must be an organization admin or owner to create and delete service accounts"

@@ -51,7 +51,7 @@ impl PolicyError {
     }
 
     /// Every individual error (flattening [`PolicyError::Many`]).
-    pub(crate) fn all(&self) -> Vec<&PolicyError> {
+    pub fn all(&self) -> Vec<&PolicyError> {
         match self {
             PolicyError::Many(v) => v.iter().flat_map(|e| e.all()).collect(),
             e => vec![e],

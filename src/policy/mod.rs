@@ -103,6 +103,12 @@ impl Policy {
         validate::resolve(c, count, std::iter::empty())
     }
 
+    /// The rotator's own credential (`[mixpanel.self]`), if it rotates it:
+    /// always the first of `integrations`.
+    pub fn own(&self) -> Option<&Integration> {
+        self.integrations.first().filter(|i| i.is_self())
+    }
+
     /// The integration called `name`.
     pub fn integration(&self, name: &str) -> Option<&Integration> {
         self.integrations.iter().find(|i| i.name == name)

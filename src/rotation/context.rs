@@ -126,7 +126,7 @@ impl Context {
             })?;
             sinks.insert(name.clone(), s);
         }
-        let own = policy.integrations.first().filter(|i| i.is_self());
+        let own = policy.own();
         let client = match own.and_then(|i| Some((i, sinks.get(&i.sink)?))) {
             Some((i, sink)) => client.with_credential_source(Arc::new(OwnCredential {
                 sink: sink.clone(),

@@ -534,7 +534,7 @@ async fn bare(args: &[&str]) -> Output {
 }
 
 /// Checks `doc` against docs/output.schema.json with the venv's jsonschema.
-fn assert_schema(doc: &str) -> serde_json::Value {
+pub fn assert_schema(doc: &str) -> serde_json::Value {
     use std::io::Write as _;
     let python = std::env::var("MPR_TEST_PYTHON")
         .unwrap_or_else(|_| panic!("MPR_TEST_PYTHON is not set: run the tests with scripts/test.sh"));

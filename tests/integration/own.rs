@@ -330,3 +330,93 @@ const CRASH_POINTS: &[&str] = &[
     "after_publish",
     "before_hooks",
 ];
+
+/// The command line: `rotate-now --self` (and its refusal without
+/// `[mixpanel.self]`), the own row in `status -o json` (`"self": true`,
+/// schema-checked), and `validate --online` passing without a warning
+/// about the rotator's own account.
+#[tokio::test]
+async fn the_command_line_rotates_and_shows_the_own_credential() {
+    let h = Harness::realtime(Seed::Demo).await;
+    let (text, path) = with_self(&h, Backend::File, "");
+    let cfg = h.policy_file(&text);
+    let out = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let o = h.run_bin(&cfg, &["rotate-now", "--self", "-o", "json"], &[]).await;
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        out(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let doc = crate::cli::assert_schema(&out(&o));
+    let rows = doc["integrations"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "only the own credential: {doc}");
+    assert_eq!(
+        (rows[0]["name"].as_str(), rows[0]["self"].as_bool()),
+        (Some(SELF_NAME), Some(true))
+    );
+    assert_eq!(rows[0]["state"], "rotated");
+    let own = std::fs::read_to_string(h.dir.path().join("s").join(&path)).unwrap();
+    assert!(own.contains("\"mpr-rotator-"), "{own}");
+
+    let o = h.run_bin(&cfg, &["status", "-o", "json"], &[]).await;
+    let doc = crate::cli::assert_schema(&out(&o));
+    assert_eq!(doc["integrations"][0]["self"], true, "{doc}");
+    assert_eq!(doc["integrations"][1]["self"], false, "{doc}");
+    let o = h.run_bin(&cfg, &["status"], &[]).await;
+    assert!(out(&o).contains(SELF_NAME), "{}", out(&o));
+
+    let o = h.run_bin(&cfg, &["validate", "--online", "-o", "json"], &[]).await;
+    let doc = crate::cli::assert_schema(&out(&o));
+    let own_check = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "the rotator's own account")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(own_check["status"], "ok", "{doc}");
+    assert!(
+        own_check["detail"]
+            .as_str()
+            .unwrap()
+            .contains("rotated by this rotator"),
+        "{doc}"
+    );
+
+    let plain = h.policy_file("[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nprojects = [{ id = 101, role = \"analyst\" }]\n");
+    let o = h.run_bin(&plain, &["rotate-now", "--self"], &[]).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no `[mixpanel.self]`"));
+    h.assert_no_secret_leaked(&[]);
+}
+
+/// `[mixpanel.self]` gets a place of its own, and `rotator` is reserved.
+#[tokio::test]
+async fn the_own_place_and_lineage_are_refused_to_anyone_else() {
+    let h = Harness::new(Seed::Demo).await;
+    let err = |rest: &str| {
+        mixpanel_rotator::policy::Policy::parse(&h.policy(rest))
+            .unwrap_err()
+            .all()
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let shared = err("[mixpanel.self]\nsink = \"local\"\npath = \"own.json\"\n\
+         [[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"./own.json\"\nadopt = 5\n");
+    assert!(
+        shared.contains("`integrations[0].path`") && shared.contains("mixpanel.self.path"),
+        "{shared}"
+    );
+    let mirror = err("[mixpanel.self]\nsink = \"local\"\npath = \"own.json\"\n\
+         [[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nadopt = 5\nmirrors = [{ sink = \"local\", path = \"own.json\" }]\n");
+    assert!(mirror.contains("mirrors[0].path"), "{mirror}");
+    let reserved = err("[[integrations]]\nname = \"rotator\"\nsink = \"local\"\npath = \"r.json\"\nadopt = 5\n");
+    assert!(reserved.contains("`rotator` is reserved"), "{reserved}");
+    let keys =
+        err("[mixpanel.self]\nsink = \"local\"\npath = \"own.json\"\nttl = \"1h\"\ngrace = \"2h\"\nrole = \"owner\"\n");
+    assert!(keys.contains("mixpanel.self"), "{keys}");
+}
