@@ -72,7 +72,7 @@ impl Mode {
                     names.iter().cloned().collect()
                 };
                 if *own {
-                    if !policy.own().is_some() {
+                    if policy.own().is_none() {
                         eprintln!(
                             "error: --self: the policy has no `[mixpanel.self]`, so the rotator does not rotate its own credential (README, \"The rotator's own credential\")"
                         );

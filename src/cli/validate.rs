@@ -182,13 +182,7 @@ pub(super) async fn validate(
         checks.check(&format!("audit {}", audit.display()), writable);
     }
     let accounts = client.list_accounts().await;
-    checks.check(
-        "mixpanel list service accounts",
-        accounts
-            .as_ref()
-            .map(|a| format!("{} service account(s) listed", a.len()))
-            .map_err(|e| e.to_string()),
-    );
+    checks.check("mixpanel list service accounts", listed(&accounts));
     if let Ok(accounts) = &accounts {
         own_expiry(&engine, accounts, clock.now(), &mut checks);
     }
@@ -199,8 +193,19 @@ pub(super) async fn validate(
     Ok(checks.finish(path, online, clock.now()))
 }
 
-/// When the rotator's own account expires: it never rotates itself, so a
-/// person must replace it in time (README, "The rotator's own credential").
+/// The account listing, as a check.
+fn listed(
+    accounts: &Result<Vec<crate::mixpanel::ServiceAccount>, crate::mixpanel::MixpanelError>,
+) -> Result<String, String> {
+    accounts
+        .as_ref()
+        .map(|a| format!("{} service account(s) listed", a.len()))
+        .map_err(|e| e.to_string())
+}
+
+/// When the rotator's own account expires. With `[mixpanel.self]` the
+/// rotator replaces it; without, a person must, in time (README, "The
+/// rotator's own credential").
 fn own_expiry(
     engine: &Engine,
     accounts: &[crate::mixpanel::ServiceAccount],
