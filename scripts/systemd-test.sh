@@ -61,6 +61,12 @@ projects = [{ id = 101, role = "consumer" }]
 type = "file"
 dir = "/run/mixpanel-rotator"
 mode = "0640"
+[sinks.state]
+type = "file"
+dir = "/var/lib/mixpanel-rotator"
+[mixpanel.self]
+sink = "state"
+path = "rotator.json"
 [server]
 listen = "127.0.0.1:$port"
 [daemon]
@@ -117,6 +123,11 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
 step "mixpanel-rotator.service: its Install: lines, verbatim"
 run_install systemd/mixpanel-rotator.service
 wait_for 30 "etl published in /run/mixpanel-rotator" inside test -s /run/mixpanel-rotator/etl.json
+wait_for 30 "the rotator's own credential in /var/lib/mixpanel-rotator" inside test -s /var/lib/mixpanel-rotator/rotator.json
+own=$(inside stat -c '%a %U' /var/lib/mixpanel-rotator/rotator.json /var/lib/mixpanel-rotator | tr '\n' ' ')
+[ "$own" = "600 mixpanel-rotator 700 mixpanel-rotator " ] || fail "the own credential and its directory are '$own', not 600/700 mixpanel-rotator"
+grep -q '"username": "mpr-rotator-' "$work/root/var/lib/mixpanel-rotator/rotator.json" || fail "the own credential is not of the rotator's lineage"
+echo "the rotator's own credential: rotated, in /var/lib/mixpanel-rotator (0600 in 0700)"
 [ "$(inside systemctl is-active mixpanel-rotator.service)" = active ] || fail "not active"
 [ "$(prop mixpanel-rotator.service SubState)" = running ] || fail "not running"
 status_text=$(prop mixpanel-rotator.service StatusText)
@@ -306,7 +317,7 @@ for what in "passwd mixpanel-rotator" "group mixpanel-rotator-config" "group mix
 done
 for f in /etc/mixpanel-rotator /usr/local/bin/mixpanel-rotator /usr/local/share/man/man1/mixpanel-rotator.1 \
   /usr/local/share/man/man1/mixpanel-rotator-run.1 /usr/local/share/doc/mixpanel-rotator \
-  /run/mixpanel-rotator/etl.json /run/mixpanel-rotator/etl2.json; do
+  /run/mixpanel-rotator/etl.json /run/mixpanel-rotator/etl2.json /var/lib/mixpanel-rotator; do
   if inside test -e "$f"; then fail "left after uninstall: $f"; fi
 done
 echo "retired etl and etl2; no unit, user, group, file or payload left"

@@ -197,7 +197,12 @@ fn the_deployment_shares_a_vault_primary_and_mirrors_it_into_each_pod() {
             i.name
         );
     }
-    let etl = &policy.integrations[0];
+    let own = policy.own().expect("the rotator rotates its own credential");
+    assert!(
+        matches!(policy.sinks.get(&own.sink), Some(SinkConfig::Vault(_))),
+        "the own credential is shared by the replicas"
+    );
+    let etl = policy.integration("etl").unwrap();
     assert_eq!(etl.mirrors.len(), 1);
     let dir = match policy.sinks.get(&etl.mirrors[0].sink) {
         Some(SinkConfig::File(f)) => f.dir.clone(),
