@@ -15,6 +15,12 @@ pub(super) async fn retire(config: &Path, clock: SharedClock, name: &str, yes: b
         name,
         " (retire needs its sink and path: put it back to retire it)",
     )?;
+    if policy.integration(name).is_some_and(|i| i.is_self()) {
+        eprintln!(
+            "error: `{name}` is the rotator's own credential: it is not retired (its accounts are the ones this rotator acts as). To stop rotating it, remove `[mixpanel.self]` and set `[mixpanel] username`/`secret` to the account in its payload; delete the others in Mixpanel's settings"
+        );
+        return Err(Exit::Usage);
+    }
     let engine = engine(policy, clock)?;
     let Some(i) = engine.policy().integration(name).cloned() else {
         return Err(Exit::Usage);

@@ -330,6 +330,7 @@ impl Daemon {
         // replicas started together (a new Deployment) do not all bootstrap.
         let first = crate::clock::after(now, self.timing(state.policy()).offset);
         state.sched.reset(state.engine.policy(), first);
+        self.progress.send_modify(|p| p.wake_at = Some(first));
         self.health.started.store(!state.has_mirrors(), Ordering::SeqCst);
         tracing::info!(
             integrations = state.policy().integrations.len(),

@@ -41,7 +41,7 @@ pub(crate) fn config_path(flag: Option<&Path>) -> PathBuf {
 
 impl Policy {
     /// Reads and checks the policy file.
-    pub(crate) fn load(path: &Path) -> Result<Self, PolicyError> {
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
         use crate::bounded::{DOCUMENT_MAX, ReadError, read_text};
         let text = read_text(path, DOCUMENT_MAX, false).map_err(|e| PolicyError::Io {
             path: path.to_path_buf(),

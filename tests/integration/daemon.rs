@@ -331,9 +331,14 @@ struct InProcess {
 
 impl InProcess {
     fn start(h: &Harness, config: &Path, shutdown_timeout: Duration) -> Self {
+        Self::start_with_share(h, config, shutdown_timeout, 0.0)
+    }
+
+    /// As [`InProcess::start`], taking `share` of `[daemon] spread` (a replica).
+    fn start_with_share(h: &Harness, config: &Path, shutdown_timeout: Duration, share: f64) -> Self {
         let daemon = daemon::Daemon::new(config.to_path_buf(), Arc::new(h.clock.clone()))
             .retry(fast_retry(), fast_retry())
-            .spread_share(0.0)
+            .spread_share(share)
             .shutdown_timeout(shutdown_timeout);
         let (progress, metrics, health) = (daemon.progress(), daemon.metrics(), daemon.health());
         let (control, handle) = Control::new();
@@ -353,6 +358,15 @@ impl InProcess {
         match tokio::time::timeout(Duration::from_secs(20), wait).await {
             Ok(Ok(p)) => p.clone(),
             _ => panic!("the daemon did not complete pass {n}"),
+        }
+    }
+
+    /// Waits until the daemon sleeps, with a wake-up time (a hang guard).
+    async fn idle(&mut self) -> Progress {
+        let wait = self.progress.wait_for(|p| p.wake_at.is_some());
+        match tokio::time::timeout(Duration::from_secs(20), wait).await {
+            Ok(Ok(p)) => p.clone(),
+            _ => panic!("the daemon never went idle"),
         }
     }
 
@@ -383,6 +397,12 @@ impl InProcess {
             .expect("the daemon stops")
             .expect("the daemon task does not panic")
     }
+}
+
+/// The sink `s` of the policy at `cfg`.
+fn policy_sink(cfg: &Path) -> mixpanel_rotator::sink::SinkConfig {
+    let p = mixpanel_rotator::policy::Policy::load(cfg).unwrap();
+    p.sinks.get("s").unwrap().clone()
 }
 
 fn etl_policy(h: &Harness, extra: &str) -> String {
@@ -1003,4 +1023,93 @@ async fn gauges_exist_from_the_start_and_leave_with_their_integration() {
     assert_eq!(d.wait_exit(10).await, Some(0));
     h.record(d.log_text());
     h.assert_no_secret_leaked(&[]);
+}
+
+/// Two daemons share the rotator's own credential in Vault
+/// (`[mixpanel.self]`) for several of its lifetimes: each self-rotation is
+/// made once (compare-and-swap), both act as the credential in the payload
+/// after their next pass, the previous own accounts go, and no pass of
+/// either daemon fails.
+#[tokio::test]
+async fn two_daemons_share_the_rotators_own_credential_and_no_pass_fails() {
+    use mixpanel_rotator::policy::SELF_NAME;
+    let h = Harness::new(Seed::Demo).await;
+    let (sink, path) = Backend::Vault.sink(&h);
+    let text = format!(
+        "{sink}\n[mixpanel.self]\nsink = \"s\"\npath = \"{path}\"\nttl = \"6h\"\nrenew_before = \"2h\"\ngrace = \"30m\"\n{}",
+        etl_policy(&h, "").replace("[daemon]\n", "[daemon]\nspread = \"2m\"\n")
+    );
+    let cfg = h.policy_file(&text);
+    // Replicas: each its own share of `spread`.
+    let mut a = InProcess::start_with_share(&h, &cfg, Duration::from_secs(5), 0.1);
+    let mut b = InProcess::start_with_share(&h, &cfg, Duration::from_secs(5), 0.7);
+    let mut seen = vec![];
+    let start = h.clock_now();
+    let mut own_accounts = std::collections::BTreeSet::new();
+    while h.clock_now() - start < Span::hours(15) {
+        let (pa, pb) = (a.idle().await, b.idle().await);
+        let wake = [pa.wake_at, pb.wake_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("an idle daemon");
+        h.clock.set(wake.max(h.clock_now()));
+        if pa.wake_at.is_some_and(|w| w <= wake) {
+            seen.push(a.passes(pa.passes + 1).await);
+        }
+        if pb.wake_at.is_some_and(|w| w <= wake) {
+            seen.push(b.passes(pb.passes + 1).await);
+        }
+        let own = h
+            .sim
+            .accounts()
+            .into_iter()
+            .filter(|x| x.username.starts_with("mpr-rotator-"))
+            .map(|x| x.id)
+            .collect::<Vec<_>>();
+        assert!(own.len() <= 2, "at most the own account and its predecessor: {own:?}");
+        own_accounts.extend(own);
+    }
+    // Both replicas are due at the same renewal instant (the spread delays
+    // only their first pass): they race, and the compare-and-swap decides;
+    // the loser deletes its new account and reports the conflict. Nothing
+    // else may fail.
+    let mut races = 0;
+    for p in &seen {
+        for r in &p.reports {
+            for e in &r.errors {
+                assert_eq!(e.code().to_string(), "publish.sink.conflict", "{}: {e}", r.integration);
+                races += 1;
+            }
+        }
+    }
+    assert!(races <= own_accounts.len() * 2, "{races} races lost");
+    assert!(
+        own_accounts.len() >= 3,
+        "several self-rotations in 15h of a 6h ttl: {own_accounts:?}"
+    );
+    let seed = h.sim.admin().username;
+    assert!(
+        h.sim.accounts().iter().all(|x| x.username != seed),
+        "the seed was deleted"
+    );
+    assert!(
+        seen.iter()
+            .any(|p| p.reports.iter().any(|r| r.integration == SELF_NAME))
+    );
+    // Both end with a clean pass, and the published own account exists.
+    eprintln!(
+        "{races} races lost, {} own accounts, {} passes",
+        own_accounts.len(),
+        seen.len()
+    );
+    let sink = mixpanel_rotator::sink::build("s", &policy_sink(&cfg)).unwrap();
+    let (own, _) = sink.read_current(&path).await.unwrap().unwrap();
+    for (d, name) in [(&a, "a"), (&b, "b")] {
+        let last = d.progress.borrow().reports.clone();
+        assert!(last.iter().all(|r| r.errors.is_empty()), "{name}: {last:#?}");
+    }
+    assert!(h.sim.account(own.service_account_id).is_some());
+    a.stop().await;
+    b.stop().await;
 }

@@ -385,6 +385,10 @@ async fn the_command_line_rotates_and_shows_the_own_credential() {
         "{doc}"
     );
 
+    let o = h.run_bin(&cfg, &["retire", SELF_NAME], &[]).await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is the rotator's own credential"));
+
     let plain = h.policy_file("[[integrations]]\nname = \"etl\"\nsink = \"local\"\npath = \"etl.json\"\nprojects = [{ id = 101, role = \"analyst\" }]\n");
     let o = h.run_bin(&plain, &["rotate-now", "--self"], &[]).await;
     assert_eq!(o.status.code(), Some(2));
