@@ -341,6 +341,18 @@ async fn the_command_line_rotates_and_shows_the_own_credential() {
     let (text, path) = with_self(&h, Backend::File, "");
     let cfg = h.policy_file(&text);
     let out = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    h.sim.clear_requests();
+    let o = h.run_bin(&cfg, &["rotate-now", "--self", "--dry-run"], &[]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out(&o).contains(SELF_NAME) && out(&o).contains("mpr-rotator-<timestamp>"),
+        "{}",
+        out(&o)
+    );
+    assert!(
+        h.sim.requests().iter().all(|q| !q.is_mutating()),
+        "--dry-run changed something"
+    );
     let o = h.run_bin(&cfg, &["rotate-now", "--self", "-o", "json"], &[]).await;
     assert_eq!(
         o.status.code(),
@@ -423,4 +435,70 @@ async fn the_own_place_and_lineage_are_refused_to_anyone_else() {
     let keys =
         err("[mixpanel.self]\nsink = \"local\"\npath = \"own.json\"\nttl = \"1h\"\ngrace = \"2h\"\nrole = \"owner\"\n");
     assert!(keys.contains("mixpanel.self"), "{keys}");
+}
+
+/// `rotate-now --self --revoke-old` (a leaked own credential): the new own
+/// account is published and used, and the old one is deleted at once.
+#[tokio::test]
+async fn revoke_old_deletes_the_previous_own_account_at_once() {
+    let h = Harness::new(Seed::Demo).await;
+    let (policy, path) = with_self(&h, Backend::Memory, "");
+    let engine = h.engine(&policy);
+    pass(&engine, &PassOptions::default()).await;
+    let first = own_payload(&engine, &path).await;
+    let r = pass(
+        &engine,
+        &PassOptions {
+            revoke_old: true,
+            ..force_self()
+        },
+    )
+    .await;
+    let second = own_payload(&engine, &path).await;
+    assert!(
+        r[0].deleted.iter().any(|d| d.id == first.service_account_id),
+        "{:#?}",
+        r[0]
+    );
+    assert!(h.sim.account(first.service_account_id).is_none());
+    assert_eq!(*engine.client().username(), second.username);
+    h.sim.clear_requests();
+    pass(&engine, &PassOptions::default()).await;
+    assert!(callers(&h).iter().all(|c| *c == second.username));
+}
+
+/// An owner (or any non-admin) as the account in use: the own credential
+/// is not rotated (an owner is never re-created as its successor), nothing
+/// is created, the integrations go on.
+#[tokio::test]
+async fn an_owner_seed_is_reported_and_not_rotated() {
+    use mixpanel_rotator::mixpanel::types::Role;
+    let h = Harness::new(Seed::Demo).await;
+    let (owner, creds) = h.sim.add_account("owner-bot", Role::Owner, None, &[]);
+    std::fs::write(h.dir.path().join("owner.secret"), creds.secret.expose()).unwrap();
+    let (text, _) = with_self(&h, Backend::File, "");
+    let full = h
+        .policy(&text)
+        .replace(&h.sim.admin().username, &owner.username)
+        .replace("admin.secret", "owner.secret");
+    let engine = Engine::with_retry(
+        std::sync::Arc::new(mixpanel_rotator::policy::Policy::parse(&full).unwrap()),
+        std::sync::Arc::new(h.clock.clone()),
+        fast_retry(),
+        fast_retry(),
+    )
+    .unwrap();
+    h.sim.clear_requests();
+    let reports = engine.pass(&PassOptions::default()).await;
+    let codes: Vec<String> = reports[0].errors.iter().map(|e| e.code().to_string()).collect();
+    assert_eq!(codes, ["copy_memberships.not_admin"], "{:#?}", reports[0]);
+    assert!(reports[0].errors[0].to_string().contains("role `owner`"));
+    assert!(
+        h.sim.accounts().iter().all(|a| !a.username.starts_with("mpr-rotator-")),
+        "nothing created"
+    );
+    assert!(
+        reports[1].errors.is_empty() && reports[1].rotated.is_some(),
+        "etl goes on"
+    );
 }

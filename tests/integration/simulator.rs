@@ -274,3 +274,33 @@ async fn redirects_are_not_followed_and_faults_run_out() {
         .is_ok()
     );
 }
+
+/// No account may create one with an organization role above its own; a
+/// deleted account's secret stops authenticating at once.
+#[tokio::test]
+async fn creates_are_bounded_by_the_creators_role_and_deleted_secrets_fail_at_once() {
+    let h = Harness::new(Seed::Demo).await;
+    let admin = h.client_for(&json!({"username": h.sim.admin().username, "secret": h.sim.admin().secret.expose()}));
+    let ask = |role| CreateServiceAccount {
+        username: "made".into(),
+        role: Some(role),
+        expires: Some(h.clock_now() + Duration::days(1)),
+        projects: None,
+    };
+    match admin.create_account(&ask(Role::Owner)).await {
+        Err(MixpanelError::Api { status: 403, .. }) => {}
+        other => panic!("an admin created an owner: {other:?}"),
+    }
+    admin
+        .create_account(&ask(Role::Admin))
+        .await
+        .expect("an admin creates an admin");
+    let (analyst, creds) = h.sim.add_account("analyst-bot", Role::Analyst, None, &[]);
+    let as_analyst = h.client_for(&json!({"username": analyst.username, "secret": creds.secret.expose()}));
+    as_analyst.me().await.expect("it authenticates");
+    assert!(h.sim.delete_account(analyst.id));
+    match as_analyst.me().await {
+        Err(MixpanelError::Api { status: 401, .. }) => {}
+        other => panic!("a deleted account authenticated: {other:?}"),
+    }
+}
