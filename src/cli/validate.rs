@@ -160,6 +160,7 @@ pub(super) async fn validate(
         }
     } else {
         check_secrets(path, &policy, &mut checks)?;
+        own_durable(&policy, &mut checks);
     }
     if !online {
         return Ok(checks.finish(path, online, clock.now()));
@@ -318,6 +319,27 @@ fn check_secrets(path: &std::path::Path, policy: &Policy, checks: &mut Checks) -
         eprintln!("  {e}");
     }
     Err(Exit::Usage)
+}
+
+/// The rotator's own credential (`[mixpanel.self]`) must outlive a reboot:
+/// once the seed is deleted, its payload is the only copy.
+fn own_durable(policy: &Policy, checks: &mut Checks) {
+    let Some(own) = policy.own() else { return };
+    let Some(sink) = policy.sinks.get(&own.sink) else {
+        return;
+    };
+    let what = "mixpanel.self.sink";
+    match sink.backend().durable() {
+        Ok(()) => checks.ok(what, &format!("`{}` keeps the rotator's own credential across restarts", own.sink)),
+        Err(e) => checks.record(
+            CheckStatus::Fail,
+            what,
+            &format!(
+                "`{}` would lose the rotator's own credential, its only copy once the seed is deleted: {e}; keep it on disk (the systemd units' /var/lib/mixpanel-rotator) or in Vault or AWS",
+                own.sink
+            ),
+        ),
+    }
 }
 
 /// Whether the rotator's own account may create and delete service accounts.

@@ -253,6 +253,13 @@ pub trait Backend: fmt::Debug + Send + Sync {
 
     /// The sink called `name`.
     fn build(&self, name: &str) -> Result<Arc<dyn Sink>, SinkError>;
+
+    /// Whether what it stores outlives a reboot of this host (the
+    /// rotator's own credential must: once its seed is deleted it is the
+    /// only copy). Asked of the machine, so not at policy load.
+    fn durable(&self) -> Result<(), Invalid> {
+        Ok(())
+    }
 }
 
 /// The contract every sink implements. `path` is the integration's `path`.

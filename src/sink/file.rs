@@ -56,6 +56,36 @@ impl Backend for FileSinkConfig {
     fn build(&self, name: &str) -> Result<Arc<dyn Sink>, SinkError> {
         Ok(Arc::new(FileSink::new(name, self.clone())))
     }
+
+    /// Not on a memory file system (tmpfs, ramfs: `/run`, `/tmp` on many
+    /// hosts), judged at the directory or, before it exists, its nearest
+    /// existing parent.
+    fn durable(&self) -> Result<(), Invalid> {
+        const TMPFS: i64 = 0x0102_1994;
+        const RAMFS: i64 = 0x8584_58f6;
+        let Some(dir) = self.dir.ancestors().find(|d| d.exists()) else {
+            return Ok(());
+        };
+        let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+            return Ok(());
+        };
+        // SAFETY: `c` is a NUL-terminated path and `fs` a zeroed statfs that
+        // the call fills in; nothing else is touched.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::statfs(c.as_ptr(), &mut fs) } != 0 {
+            return Ok(());
+        }
+        #[allow(clippy::unnecessary_cast, reason = "f_type's width differs between targets")]
+        let kind = fs.f_type as i64;
+        if kind == TMPFS || kind == RAMFS {
+            return Err(Invalid(format!(
+                "{} is on a memory file system (tmpfs): its files are lost at reboot",
+                dir.display()
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl FileSinkConfig {

@@ -47,6 +47,10 @@ impl Backend for MemorySinkConfig {
         format!("memory {}/{path}", self.store)
     }
 
+    fn durable(&self) -> Result<(), Invalid> {
+        Err(Invalid("a memory store lives and dies with the process".into()))
+    }
+
     fn build(&self, name: &str) -> Result<Arc<dyn Sink>, SinkError> {
         Ok(Arc::new(MemorySink {
             name: name.to_string(),

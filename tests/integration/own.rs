@@ -502,3 +502,26 @@ async fn an_owner_seed_is_reported_and_not_rotated() {
         "etl goes on"
     );
 }
+
+/// The own credential is the only copy once the seed is deleted: `validate`
+/// refuses a sink that loses it at reboot (a directory on tmpfs, such as
+/// /dev/shm; the in-memory store), and passes one on disk.
+#[tokio::test]
+async fn validate_refuses_an_own_sink_that_does_not_survive_a_reboot() {
+    let h = Harness::realtime(Seed::Demo).await;
+    let shm = tempfile::tempdir_in("/dev/shm").expect("/dev/shm is a tmpfs on Linux");
+    let volatile = h.policy_file(&format!(
+        "[sinks.shm]\ntype = \"file\"\ndir = \"{}\"\n[mixpanel.self]\nsink = \"shm\"\npath = \"rotator.json\"\n",
+        shm.path().join("state").display()
+    ));
+    let o = h.run_bin(&volatile, &["validate"], &[]).await;
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("mixpanel.self.sink") && text.contains("memory file system"),
+        "{text}"
+    );
+    let durable = h.policy_file("[mixpanel.self]\nsink = \"local\"\npath = \"rotator.json\"\n");
+    let o = h.run_bin(&durable, &["validate"], &[]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
+}
