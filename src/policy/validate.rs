@@ -49,7 +49,8 @@ pub(super) fn resolve(
             &c.sinks,
             &mut errs,
         );
-        integrations.push(resolve_self(own, &c.mixpanel.username, &mut errs));
+        let webhook = c.defaults.webhook.clone();
+        integrations.push(resolve_self(own, &c.mixpanel.username, webhook, &mut errs));
     }
     let mut inherited = None;
     for (index, ic) in std::mem::take(&mut c.integrations).into_iter().chain(more).enumerate() {
@@ -587,7 +588,13 @@ fn check_integration(
 /// (the seed, `mixpanel.username`, adopted by the first self-rotation), and
 /// drain-aware deletion of the previous account (`delete_when_idle` =
 /// `grace`): an instance still using it is never cut off.
-fn resolve_self(own: SelfConfig, seed: &str, errs: &mut Vec<PolicyError>) -> Integration {
+/// `[defaults] webhook` is told of its rotations and failures too.
+fn resolve_self(
+    own: SelfConfig,
+    seed: &str,
+    webhook: Option<super::file::WebhookConfig>,
+    errs: &mut Vec<PolicyError>,
+) -> Integration {
     let grace = own.grace.unwrap_or(HumanDuration(Duration::hours(1)));
     let ic = IntegrationConfig {
         name: SELF_NAME.to_string(),
@@ -622,7 +629,7 @@ fn resolve_self(own: SelfConfig, seed: &str, errs: &mut Vec<PolicyError>) -> Int
         delete_when_idle: t.delete_when_idle,
         max_grace: t.max_grace.value,
         on_rotate_timeout: t.on_rotate_timeout.value,
-        webhook: None,
+        webhook,
     });
     Integration {
         index: 0,
