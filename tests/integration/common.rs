@@ -467,3 +467,9 @@ impl Backend {
         }
     }
 }
+
+/// Held by every test that runs the rotator's own credential in this
+/// process: `cargo test` runs tests as threads of one process, failpoints
+/// are armed per integration name, and every own credential is
+/// `(rotator)`: a crash test's armed point would stop another test's pass.
+pub static OWN_CREDENTIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -1032,6 +1032,7 @@ async fn gauges_exist_from_the_start_and_leave_with_their_integration() {
 /// either daemon fails.
 #[tokio::test]
 async fn two_daemons_share_the_rotators_own_credential_and_no_pass_fails() {
+    let _own = OWN_CREDENTIAL.lock().await;
     use mixpanel_rotator::policy::SELF_NAME;
     let h = Harness::new(Seed::Demo).await;
     let (sink, path) = Backend::Vault.sink(&h);

@@ -62,6 +62,7 @@ fn force_self() -> PassOptions {
 
 #[test]
 fn seed_then_two_self_rotations_on_every_sink() {
+    let _own = OWN_CREDENTIAL.blocking_lock();
     in_parallel(ALL, |backend| async move {
         let h = Harness::new(Seed::Demo).await;
         let seed = h.sim.admin().username;
@@ -148,6 +149,7 @@ fn seed_then_two_self_rotations_on_every_sink() {
 /// credential; its next pass fails nothing.
 #[tokio::test]
 async fn an_instance_that_missed_a_self_rotation_recovers_on_its_next_call() {
+    let _own = OWN_CREDENTIAL.lock().await;
     let h = Harness::new(Seed::Demo).await;
     let (policy, path) = with_self(&h, Backend::Vault, "grace = \"1h\"\n");
     let a = h.engine(&policy);
@@ -189,6 +191,7 @@ async fn an_instance_that_missed_a_self_rotation_recovers_on_its_next_call() {
 /// only the self-rotation is blocked; the integrations go on.
 #[tokio::test]
 async fn a_hostile_own_payload_deletes_nothing_and_blocks_only_the_self_rotation() {
+    let _own = OWN_CREDENTIAL.lock().await;
     let h = Harness::new(Seed::Demo).await;
     let (policy, path) = with_self(&h, Backend::File, "grace = \"1h\"\n");
     let engine = h.engine(&policy);
@@ -239,6 +242,7 @@ async fn a_hostile_own_payload_deletes_nothing_and_blocks_only_the_self_rotation
 /// was touched, the next pass completes.
 #[tokio::test]
 async fn a_crash_at_every_step_of_a_self_rotation_leaves_a_working_own_credential() {
+    let _own = OWN_CREDENTIAL.lock().await;
     // One after the other: failpoints are armed per integration name, and
     // every case's own credential is `(rotator)`.
     for backend in ALL {
@@ -441,6 +445,7 @@ async fn the_own_place_and_lineage_are_refused_to_anyone_else() {
 /// account is published and used, and the old one is deleted at once.
 #[tokio::test]
 async fn revoke_old_deletes_the_previous_own_account_at_once() {
+    let _own = OWN_CREDENTIAL.lock().await;
     let h = Harness::new(Seed::Demo).await;
     let (policy, path) = with_self(&h, Backend::Memory, "");
     let engine = h.engine(&policy);
@@ -472,6 +477,7 @@ async fn revoke_old_deletes_the_previous_own_account_at_once() {
 /// is created, the integrations go on.
 #[tokio::test]
 async fn an_owner_seed_is_reported_and_not_rotated() {
+    let _own = OWN_CREDENTIAL.lock().await;
     use mixpanel_rotator::mixpanel::types::Role;
     let h = Harness::new(Seed::Demo).await;
     let (owner, creds) = h.sim.add_account("owner-bot", Role::Owner, None, &[]);
