@@ -186,6 +186,19 @@ impl Running {
     }
 }
 
+/// The rotator's own credential in a sink that does not outlive a reboot
+/// (a pod's `emptyDir` on tmpfs, `/run`): the daemon runs, but says so at
+/// start, where there is no `validate` before it (a Kubernetes pod).
+fn warn_if_own_volatile(policy: &Policy) {
+    let Some(own) = policy.own() else { return };
+    if let Some(Err(e)) = policy.sinks.get(&own.sink).map(|s| s.backend().durable()) {
+        tracing::error!(
+            sink = %own.sink,
+            "The rotator's own credential (`[mixpanel.self]`) is kept where a reboot loses it ({e}); once the seed is deleted it is the only copy: keep it on disk, in Vault or in AWS."
+        );
+    }
+}
+
 /// Why the daemon could not load (or reload) its policy.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LoadError {
@@ -331,6 +344,7 @@ impl Daemon {
         let first = crate::clock::after(now, self.timing(state.policy()).offset);
         state.sched.reset(state.engine.policy(), first);
         self.progress.send_modify(|p| p.wake_at = Some(first));
+        warn_if_own_volatile(state.policy());
         self.health.started.store(!state.has_mirrors(), Ordering::SeqCst);
         tracing::info!(
             integrations = state.policy().integrations.len(),

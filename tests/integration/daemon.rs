@@ -1114,3 +1114,24 @@ async fn two_daemons_share_the_rotators_own_credential_and_no_pass_fails() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Where no `validate` runs first (a pod), the daemon itself says at start
+/// that the own credential is kept where a reboot loses it.
+#[tokio::test]
+async fn the_daemon_warns_of_an_own_credential_on_tmpfs() {
+    let _own = OWN_CREDENTIAL.lock().await;
+    let h = Harness::new(Seed::Demo).await;
+    let shm = tempfile::tempdir_in("/dev/shm").expect("/dev/shm is a tmpfs on Linux");
+    let cfg = h.policy_file(&format!(
+        "[sinks.shm]\ntype = \"file\"\ndir = \"{}\"\n[mixpanel.self]\nsink = \"shm\"\npath = \"rotator.json\"\n",
+        shm.path().display()
+    ));
+    let mut d = InProcess::start(&h, &cfg, Duration::from_secs(5));
+    d.idle().await;
+    assert!(
+        h.logs.text().contains("is kept where a reboot loses it"),
+        "{}",
+        h.logs.text()
+    );
+    d.stop().await;
+}
