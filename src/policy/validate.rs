@@ -455,6 +455,30 @@ impl Durations {
         }
     }
 
+    /// The settings of an integration with these durations.
+    fn settings(
+        &self,
+        role: Role,
+        projects: ProjectsSpec,
+        schedule: Option<crate::values::Schedule>,
+        webhook: Option<super::file::WebhookConfig>,
+    ) -> Settings {
+        Settings {
+            role,
+            projects,
+            ttl: self.ttl.value,
+            renew_before: self.renew_before.value,
+            schedule,
+            jitter: self.jitter.value,
+            grace: self.grace.value,
+            orphan_after: self.orphan_after.value,
+            delete_when_idle: self.delete_when_idle,
+            max_grace: self.max_grace.value,
+            on_rotate_timeout: self.on_rotate_timeout.value,
+            webhook,
+        }
+    }
+
     /// The relations between durations; `key` names the integration's keys.
     fn check(&self, key: &dyn Fn(&str) -> String, errs: &mut Vec<PolicyError>) {
         let (ttl, rb, grace) = (&self.ttl, &self.renew_before, &self.grace);
@@ -617,20 +641,7 @@ fn resolve_self(
         on_rotate_timeout: None,
     };
     let (t, role) = check_integration("mixpanel.self", &ic, &DefaultsConfig::default(), errs);
-    let settings = Arc::new(Settings {
-        role,
-        projects: ProjectsSpec::Copy,
-        ttl: t.ttl.value,
-        renew_before: t.renew_before.value,
-        schedule: ic.schedule,
-        jitter: t.jitter.value,
-        grace: t.grace.value,
-        orphan_after: t.orphan_after.value,
-        delete_when_idle: t.delete_when_idle,
-        max_grace: t.max_grace.value,
-        on_rotate_timeout: t.on_rotate_timeout.value,
-        webhook,
-    });
+    let settings = Arc::new(t.settings(role, ProjectsSpec::Copy, ic.schedule, webhook));
     Integration {
         index: 0,
         name: ic.name,
@@ -659,20 +670,12 @@ fn resolve_integration(
     let settings = match inherited {
         Some(shared) if overrides_nothing => shared.clone(),
         _ => {
-            let own = Arc::new(Settings {
+            let own = Arc::new(t.settings(
                 role,
-                projects: ic.projects.or_else(|| d.projects.clone()).unwrap_or_default(),
-                ttl: t.ttl.value,
-                renew_before: t.renew_before.value,
-                schedule: ic.schedule.or_else(|| d.schedule.clone()),
-                jitter: t.jitter.value,
-                grace: t.grace.value,
-                orphan_after: t.orphan_after.value,
-                delete_when_idle: t.delete_when_idle,
-                max_grace: t.max_grace.value,
-                on_rotate_timeout: t.on_rotate_timeout.value,
-                webhook: ic.webhook.or_else(|| d.webhook.clone()),
-            });
+                ic.projects.or_else(|| d.projects.clone()).unwrap_or_default(),
+                ic.schedule.or_else(|| d.schedule.clone()),
+                ic.webhook.or_else(|| d.webhook.clone()),
+            ));
             if overrides_nothing {
                 *inherited = Some(own.clone());
             }

@@ -791,8 +791,6 @@ impl Sink for FileSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
-    use chrono::Utc;
 
     /// A file sink `t` writing into `dir`, with `mode`.
     fn sink_in(dir: &Path, mode: Option<&str>) -> FileSink {
@@ -806,23 +804,7 @@ mod tests {
     }
 
     fn payload(rotation: &str) -> Payload {
-        let t = chrono::DateTime::parse_from_rfc3339("2026-11-28T04:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        Payload {
-            username: "mpr-etl-x.abc.mp-service-account".into(),
-            secret: Secret::new("s3cr3t-value"),
-            service_account_id: 7,
-            organization_id: 1,
-            integration: "etl".into(),
-            expires: Some(t),
-            created: t,
-            rotated_at: t,
-            rotation_id: rotation.into(),
-            previous_service_account_id: None,
-            projects: vec![],
-            retiring: vec![],
-        }
+        crate::sink::contract::sample_payload(rotation)
     }
 
     #[tokio::test]

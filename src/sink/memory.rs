@@ -223,26 +223,9 @@ impl Sink for MemorySink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
 
     fn payload(rotation: &str) -> Payload {
-        let t = chrono::DateTime::parse_from_rfc3339("2026-11-28T04:00:00Z")
-            .unwrap()
-            .with_timezone(&chrono::Utc);
-        Payload {
-            username: "mpr-etl-x.abc.mp-service-account".into(),
-            secret: Secret::new("s3cr3t-value"),
-            service_account_id: 7,
-            organization_id: 1,
-            integration: "etl".into(),
-            expires: Some(t),
-            created: t,
-            rotated_at: t,
-            rotation_id: rotation.into(),
-            previous_service_account_id: None,
-            projects: vec![],
-            retiring: vec![],
-        }
+        crate::sink::contract::sample_payload(rotation)
     }
 
     fn sink(store: &str) -> Arc<dyn Sink> {

@@ -15,7 +15,7 @@ use mixpanel_rotator::simulator::Seed;
 use crate::common::*;
 
 /// Every boundary a test can crash a rotation at (src/failpoint.rs's users).
-const POINTS: &[&str] = &[
+pub const POINTS: &[&str] = &[
     "before_delete",
     "after_delete",
     "after_create",

@@ -246,7 +246,7 @@ async fn a_crash_at_every_step_of_a_self_rotation_leaves_a_working_own_credentia
     // One after the other: failpoints are armed per integration name, and
     // every case's own credential is `(rotator)`.
     for backend in ALL {
-        for point in CRASH_POINTS {
+        for point in crate::crashes::POINTS {
             own_crash(backend, point).await;
         }
     }
@@ -320,20 +320,6 @@ async fn own_crash(backend: Backend, point: &'static str) {
         "{case}: the seed's grant was copied"
     );
 }
-
-const CRASH_POINTS: &[&str] = &[
-    "before_delete",
-    "after_delete",
-    "after_create",
-    "after_member_list",
-    "after_memberships",
-    "after_verify",
-    "before_publish",
-    "publish_before_cas",
-    "publish_after_cas",
-    "after_publish",
-    "before_hooks",
-];
 
 /// The command line: `rotate-now --self` (and its refusal without
 /// `[mixpanel.self]`), the own row in `status -o json` (`"self": true`,
