@@ -32,6 +32,10 @@ pub(crate) enum Action {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Outcome {
+    /// Written before the call (write-ahead): a process killed during the
+    /// call, or before its outcome is written, still leaves the call in the
+    /// trail.
+    Started,
     Created,
     Deleted,
     /// A delete found the account already gone.
@@ -59,6 +63,7 @@ impl Outcome {
     /// The name used in logs and the audit file.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
+            Outcome::Started => "started",
             Outcome::Created => "created",
             Outcome::Deleted => "deleted",
             Outcome::AlreadyGone => "already_gone",

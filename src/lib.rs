@@ -24,6 +24,7 @@ pub mod failpoint;
 pub(crate) mod http;
 pub mod metrics;
 pub(crate) mod notify;
+pub mod random;
 pub mod secret;
 pub(crate) mod text;
 pub mod values;

@@ -32,6 +32,25 @@ use crate::rotation::{Engine, MirrorSync, MirrorView, PassOptions, Report};
 use crate::server::Health;
 use crate::text::rfc3339;
 
+/// When an integration is next due after a pass at `now` produced
+/// `report`, by the daemon's own rule (the next rotation or deletion, a
+/// resync at least every `resync`, after `failures` consecutive failures a
+/// capped backoff spread by `jitter` in [0, 1)): for a simulation that
+/// drives the engine itself and must pace it as the daemon would.
+pub fn next_due(
+    report: &Report,
+    now: DateTime<Utc>,
+    failures: u32,
+    resync: chrono::Duration,
+    jitter: f64,
+) -> DateTime<Utc> {
+    let timing = Timing {
+        resync,
+        offset: chrono::Duration::zero(),
+    };
+    scheduler::next_due(report, now, failures, &timing, jitter)
+}
+
 /// How the daemon is told to stop or reload.
 #[derive(Debug)]
 pub struct Control {

@@ -30,6 +30,7 @@ impl Context {
             ..self.audit_event(&i.name, Action::Delete, outcome)
         };
         crate::failpoint::point("before_delete", &i.name).await;
+        self.audit(event(Outcome::Started));
         let deleted = self.client.delete_account(d.id).await;
         crate::failpoint::point("after_delete", &i.name).await;
         match deleted {

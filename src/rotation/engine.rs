@@ -10,7 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::claims::{Claims, lineage_claim};
 use super::context::Context;
-use super::decide::{Blocked, Deadlines, DeleteReason, Disposal, NotOwned, Plan, Request, Rule, Scope, decide};
+use super::decide::{
+    Blocked, Deadlines, DeleteReason, Disposal, NotOwned, Plan, Request, RotateReason, RotationPlan, Rule, Scope,
+    decide,
+};
 use super::echo::reported;
 use super::error::{Cause, Consequence, SetupError, Step, StepError};
 use super::memberships::desired;
@@ -590,7 +593,12 @@ impl Engine {
     async fn integration_pass(&self, i: &Integration, read: PrimaryRead, pass: &Pass<'_>) -> Report {
         let (opts, now, cache) = (pass.opts, pass.now, &pass.cache);
         let mut report = Report::new(i, now);
-        match read.map(|p| self.observation(i, &pass.accounts, &pass.adopters, pass.claims.as_ref(), p)) {
+        let observed = match read.map(|p| self.observation(i, &pass.accounts, &pass.adopters, pass.claims.as_ref(), p))
+        {
+            Ok(obs) => obs.confirm_current(&self.ctx.client, &i.name).await,
+            Err(e) => Err(e),
+        };
+        match observed {
             Err(e) => report.errors.push(e),
             Ok(obs) => {
                 let mut plan = decide(i, &pass.scope, &obs, now, opts.request_for(&i.name));
@@ -872,6 +880,10 @@ impl Engine {
             ));
             return None;
         }
+        if let Some(held) = held_for_leftovers(i, plan, rp, report) {
+            report.warnings.push(held);
+            return None;
+        }
         let outcome = Rotation::new(&self.ctx, i, obs, rp)
             .run(&pass.cache, &report.deleted)
             .await;
@@ -1023,4 +1035,29 @@ fn failed_event(i: &Integration, kind: EventKind, current: Option<&CurrentView>,
         error: Some(e.for_webhook()),
         error_code: Some(e.code().to_string()),
     }
+}
+
+/// Why a due rotation waits: accounts earlier attempts left (orphans) could
+/// not be deleted in this pass (Mixpanel refuses deletes), and another
+/// attempt would leave one more, at every pass, while that lasts. It does
+/// not wait when the credential is missing or expired, when asked for, or
+/// in the last half of `renew_before`.
+fn held_for_leftovers(i: &Integration, plan: &Plan, rp: &RotationPlan, report: &Report) -> Option<String> {
+    let stuck = plan
+        .delete_now
+        .iter()
+        .filter(|d| d.reason == DeleteReason::Orphan && !report.deleted.iter().any(|x| x.id == d.id))
+        .count();
+    let late = |expires: DateTime<Utc>| expires.signed_duration_since(report.at) < i.renew_before / 2;
+    let urgent = match &rp.reason {
+        RotateReason::ExpiresSoon { expires } => late(*expires),
+        RotateReason::Scheduled { .. } => plan.deadlines.expires.is_some_and(late),
+        _ => true,
+    };
+    (stuck > 0 && !urgent).then(|| {
+        format!(
+            "a rotation is due ({}), but {stuck} account(s) earlier attempts left could not be deleted: it waits for them, so a Mixpanel refusing deletes does not collect one more account at every pass (it goes ahead anyway in the last half of `renew_before`)",
+            rp.reason
+        )
+    })
 }

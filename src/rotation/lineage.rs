@@ -29,7 +29,7 @@ impl Lineage {
             "{}{}-{:04x}",
             self.prefix,
             now.format(TS_FORMAT),
-            rand::rng().random::<u16>()
+            crate::random::with(|r| r.random::<u16>())
         )
     }
 
@@ -63,7 +63,7 @@ pub(crate) fn integration_of<'a>(namespace: &str, username: &'a str) -> Option<&
 /// A new rotation id: a random UUID (v4) string, 36 characters, so it also
 /// fits AWS's `ClientRequestToken` (32 to 64 characters).
 pub fn new_rotation_id() -> String {
-    let mut b: [u8; 16] = rand::rng().random();
+    let mut b: [u8; 16] = crate::random::with(|r| r.random());
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();

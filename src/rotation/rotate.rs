@@ -209,9 +209,21 @@ impl<'a> Rotation<'a> {
             expires: Some(asked),
             projects: Some(desired.clone()),
         };
+        self.ctx.audit(AuditEvent {
+            rotation_id: Some(&self.id),
+            username: Some(&username),
+            ..self.ctx.audit_event(&self.i.name, Action::Create, Outcome::Started)
+        });
         let created = match self.ctx.client.create_account(&body).await {
             Ok(c) => c,
             Err(e) => {
+                // Audited whatever came of it: a lost answer may hide an account made.
+                self.ctx.audit(AuditEvent {
+                    rotation_id: Some(&self.id),
+                    username: Some(&username),
+                    detail: Some(e.to_string()),
+                    ..self.ctx.audit_event(&self.i.name, Action::Create, Outcome::Failed)
+                });
                 let err = self.fail(Step::Create, Cause::Mixpanel(e.clone()));
                 return Err(if e.maybe_applied() {
                     err.then(self.recover_lost_create(&username).await)
@@ -229,6 +241,12 @@ impl<'a> Rotation<'a> {
                 id: account.id,
                 username: account.username,
             };
+            self.ctx.audit(AuditEvent {
+                rotation_id: Some(&self.id),
+                username: Some(&username),
+                detail: Some(cause.to_string()),
+                ..self.ctx.audit_event(&self.i.name, Action::Create, Outcome::Failed)
+            });
             return Err(self
                 .fail(Step::Create, cause)
                 .then(self.recover_lost_create(&username).await));
@@ -354,7 +372,21 @@ impl<'a> Rotation<'a> {
             projects: missing.clone(),
             service_account_ids: vec![account],
         };
+        self.ctx.audit(AuditEvent {
+            account_id: Some(account),
+            detail: Some(Grants(&missing).to_string()),
+            ..self
+                .ctx
+                .audit_event(&self.i.name, Action::AddToProject, Outcome::Started)
+        });
         if let Err(source) = self.ctx.client.add_to_projects(&body).await {
+            self.ctx.audit(AuditEvent {
+                account_id: Some(account),
+                detail: Some(source.to_string()),
+                ..self
+                    .ctx
+                    .audit_event(&self.i.name, Action::AddToProject, Outcome::Failed)
+            });
             return Err(self.fail(
                 Step::AddMemberships,
                 Cause::AddMemberships {

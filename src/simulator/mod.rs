@@ -294,6 +294,12 @@ impl Simulator {
         self.lock().faults.push(fault);
     }
 
+    /// Removes the faults equal to `fault`, however many times they have
+    /// left.
+    pub fn remove_fault(&self, fault: &Fault) {
+        self.lock().faults.retain(|f| !f.same_as(fault));
+    }
+
     /// Removes every fault.
     pub fn clear_faults(&self) {
         self.lock().faults.clear();
@@ -310,8 +316,6 @@ impl Simulator {
         self.lock().stopped = true;
     }
 
-    /// Delays every answer by `base` plus a random part of `jitter` (a
-    /// network and a Mixpanel at a distance), on every listener.
     /// Sets Mixpanel's clock ahead of (positive) or behind the clock the
     /// simulator was started with: its timestamps (`created`, `last_used`)
     /// and its answers' `Date` headers follow.
@@ -319,6 +323,8 @@ impl Simulator {
         self.skewed.set_skew(skew);
     }
 
+    /// Delays every answer by `base` plus a random part of `jitter` (a
+    /// network and a Mixpanel at a distance), on every listener.
     pub(crate) fn set_latency(&self, base: std::time::Duration, jitter: std::time::Duration) {
         self.lock().latency = Some((base, jitter)).filter(|(b, j)| !b.is_zero() || !j.is_zero());
     }
@@ -331,6 +337,11 @@ impl Simulator {
     /// The request log.
     pub fn requests(&self) -> Vec<LoggedRequest> {
         self.lock().log.clone()
+    }
+
+    /// The request log, emptied.
+    pub fn take_requests(&self) -> Vec<LoggedRequest> {
+        std::mem::take(&mut self.lock().log)
     }
 
     /// Empties the request log.

@@ -205,6 +205,7 @@ impl Req<'_> {
         let Some((user, secret)) = credentials(headers) else {
             return refused(error(401, "Authentication required"));
         };
+        s.org.settle_uses(now);
         match s.org.authenticate(&user, &secret, now) {
             Err(answer) => refused(answer),
             Ok(caller) => {

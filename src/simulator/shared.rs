@@ -131,6 +131,14 @@ impl Fault {
         self
     }
 
+    /// The same fault, whatever its count left.
+    pub(super) fn same_as(&self, other: &Fault) -> bool {
+        self.method == other.method
+            && self.path == other.path
+            && self.action == other.action
+            && self.caller_prefix == other.caller_prefix
+    }
+
     pub(super) fn matches(&self, method: &str, path: &str, caller: Option<&str>) -> bool {
         if self.method != method || self.times == Some(0) {
             return false;

@@ -21,6 +21,8 @@ pub struct SimAccount {
     pub(crate) expires: Option<DateTime<Utc>>,
     pub(crate) created: DateTime<Utc>,
     pub(crate) last_used: Option<DateTime<Utc>>,
+    /// Uses not shown in `last_used` yet ([`Quirks::last_used_lag`]).
+    pub(crate) pending_uses: Vec<DateTime<Utc>>,
     pub(crate) creator: u64,
     pub(crate) user: u64,
     /// The organization role as `/me` and the account list show it, when
@@ -124,6 +126,12 @@ pub struct Quirks {
     /// unset fields left out, no extra fields) instead of real Mixpanel's:
     /// for the conformance check against that description.
     pub published_shape: bool,
+    /// Leave accounts created less than this long ago out of the account
+    /// list (an eventually consistent list: a fresh account shows up late).
+    pub list_hides_newer_than: Option<chrono::Duration>,
+    /// Show a use in `last_used` only this long after it happened (usage
+    /// statistics updated late).
+    pub last_used_lag: Option<chrono::Duration>,
 }
 
 /// The organization and its rules.
@@ -162,19 +170,16 @@ fn ok(results: Value) -> Answer {
 }
 
 fn random_token(len: usize) -> String {
-    rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
+    crate::random::with(|r| r.sample_iter(&Alphanumeric).take(len).map(char::from).collect())
 }
 
 fn random_hex(len: usize) -> String {
     const HEX: &[u8] = b"0123456789abcdef";
-    let mut r = rand::rng();
-    (0..len)
-        .filter_map(|_| HEX.get(r.random_range(0..HEX.len())).map(|b| char::from(*b)))
-        .collect()
+    crate::random::with(|r| {
+        (0..len)
+            .filter_map(|_| HEX.get(r.random_range(0..HEX.len())).map(|b| char::from(*b)))
+            .collect()
+    })
 }
 
 impl OrgState {
@@ -210,6 +215,7 @@ impl OrgState {
             expires,
             created: now,
             last_used: None,
+            pending_uses: Vec::new(),
             creator: 42,
             user: self.next_id.saturating_add(500_000),
             role_label: None,
@@ -244,7 +250,11 @@ impl OrgState {
             None => Err(error(401, "Invalid credentials")),
             Some(a) if a.expires.is_some_and(|e| e <= now) => Err(error(401, "Service account has expired")),
             Some(a) => {
-                a.last_used = Some(now);
+                if self.quirks.last_used_lag.is_some() {
+                    a.pending_uses.push(now);
+                } else {
+                    a.last_used = Some(now);
+                }
                 Ok(a.id)
             }
         }
@@ -281,6 +291,21 @@ impl OrgState {
         Ok(())
     }
 
+    /// Shows in `last_used` the uses older than [`Quirks::last_used_lag`].
+    pub(crate) fn settle_uses(&mut self, now: DateTime<Utc>) {
+        let lag = self.quirks.last_used_lag.unwrap_or_default();
+        let shown = crate::clock::before(now, lag);
+        for a in self.accounts.values_mut() {
+            if a.pending_uses.is_empty() {
+                continue;
+            }
+            if let Some(latest) = a.pending_uses.iter().filter(|u| **u <= shown).max().copied() {
+                a.last_used = a.last_used.max(Some(latest));
+            }
+            a.pending_uses.retain(|u| *u > shown);
+        }
+    }
+
     /// Dispatches one authenticated request. `path` is below `/api/app`.
     pub(crate) fn handle(&mut self, caller: u64, req: &SimRequest<'_>, now: DateTime<Utc>) -> Answer {
         match self.route(caller, req, now) {
@@ -308,7 +333,7 @@ impl OrgState {
             ("GET", ["me"]) => Ok(self.me(caller)),
             ("GET", ["organizations", org, "service-accounts"]) => {
                 self.check_org(num(org)?)?;
-                Ok(self.list_accounts())
+                Ok(self.list_accounts(now))
             }
             ("POST", ["organizations", org, "service-accounts"]) => {
                 self.check_org(num(org)?)?;
@@ -347,11 +372,13 @@ impl OrgState {
         }
     }
 
-    fn list_accounts(&self) -> Answer {
+    fn list_accounts(&self, now: DateTime<Utc>) -> Answer {
         let published = self.quirks.published_shape;
+        let listed_from = self.quirks.list_hides_newer_than.map(|d| crate::clock::before(now, d));
         ok(Value::Array(
             self.accounts
                 .values()
+                .filter(|a| listed_from.is_none_or(|t| a.created <= t))
                 .map(|a| a.json(published, Stamps::NoOffset))
                 .collect(),
         ))

@@ -75,6 +75,9 @@ struct Inner {
     last: u64,
     /// While set, every operation fails with this kind.
     fault: Option<SinkErrorKind>,
+    /// Publishes still to be raced: just before each, someone else
+    /// rewrites the payload there (same bytes, a new version).
+    races: u32,
 }
 
 impl Store {
@@ -87,6 +90,13 @@ impl Store {
     /// Makes every operation fail with `kind` (`None`: answer again).
     pub fn fail_with(&self, kind: Option<SinkErrorKind>) {
         self.lock().fault = kind;
+    }
+
+    /// Makes the next `n` publishes lose a race: just before each, someone
+    /// else rewrites what the path holds (the same bytes, a new version), so
+    /// a compare-and-swap on the version read before fails with a conflict.
+    pub fn race_next_publishes(&self, n: u32) {
+        self.lock().races = n;
     }
 
     /// What is stored at `path`, as stored (JSON bytes).
@@ -161,6 +171,13 @@ impl MemorySink {
         let mut s = self.store.lock();
         s.answer(&self.store_name)?;
         if let Some(expected) = expected {
+            if s.races > 0 {
+                s.races = s.races.saturating_sub(1);
+                let v = s.next_version();
+                if let Some(entry) = s.entries.get_mut(path) {
+                    entry.1 = v;
+                }
+            }
             let stored = s.entries.get(path).map(|(_, v)| Version(v.to_string()));
             if stored.as_ref() != expected {
                 return Err(SinkError::conflict(format!(

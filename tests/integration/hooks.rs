@@ -113,9 +113,15 @@ async fn hooks_get_the_documented_environment_never_the_secret() {
         .iter()
         .map(|l| (l["action"].as_str().unwrap(), l["outcome"].as_str().unwrap()))
         .collect();
-    assert_eq!(actions, vec![("create", "created"), ("publish", "published")]);
-    assert_eq!(lines[1]["previous_account_id"], p["previous_service_account_id"]);
+    // The create twice: before the call (write-ahead: a process killed
+    // during it leaves it in the trail), and its outcome.
+    assert_eq!(
+        actions,
+        vec![("create", "started"), ("create", "created"), ("publish", "published")]
+    );
+    assert_eq!(lines[2]["previous_account_id"], p["previous_service_account_id"]);
     assert_eq!(lines[0]["rotation_id"], p["rotation_id"]);
+    assert_eq!(lines[1]["rotation_id"], p["rotation_id"]);
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&audit).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
 

@@ -19,4 +19,5 @@ mod ownership;
 mod policy_errors;
 mod rotation;
 mod simulator;
+mod soak;
 mod vault;
