@@ -595,7 +595,7 @@ impl Engine {
         let mut report = Report::new(i, now);
         let observed = match read.map(|p| self.observation(i, &pass.accounts, &pass.adopters, pass.claims.as_ref(), p))
         {
-            Ok(obs) => obs.confirm_current(&self.ctx.client, &i.name).await,
+            Ok(obs) => obs.confirm_current(&self.ctx.client, i, &self.ctx.scope.namespaces).await,
             Err(e) => Err(e),
         };
         match observed {

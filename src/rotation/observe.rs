@@ -219,7 +219,13 @@ impl Observation {
     /// it is asked for by id before it is taken for deleted. Taken from the
     /// list alone, a lagging list made every pass replace the account the
     /// last one published, an account a second.
-    pub(crate) async fn confirm_current(mut self, client: &Client, integration: &str) -> Result<Self, StepError> {
+    pub(crate) async fn confirm_current(
+        mut self,
+        client: &Client,
+        i: &Integration,
+        namespaces: &[String],
+    ) -> Result<Self, StepError> {
+        let integration = i.name.as_str();
         let Some(id) = self
             .published
             .as_ref()
@@ -235,6 +241,15 @@ impl Observation {
                     account_id = id,
                     "The published account is missing from Mixpanel's account list but exists (the list lags); it stays."
                 );
+                // Of the lineage too (the list is where the lineage comes from).
+                let created = namespaces
+                    .iter()
+                    .find_map(|ns| Lineage::new(ns, i.lineage_name()).parse(&a.username));
+                if let Some(t) = created
+                    && !self.lineage.iter().any(|(l, _)| l.id == a.id)
+                {
+                    self.lineage.push((a.clone(), t));
+                }
                 self.current = Some(a);
                 Ok(self)
             }

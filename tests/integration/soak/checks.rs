@@ -83,6 +83,8 @@ pub struct Ledger {
     pub f_unmanaged: Vec<(DateTime<Utc>, Option<DateTime<Utc>>)>,
     /// When the rotator's own credential was first published.
     pub self_published: Option<DateTime<Utc>>,
+    /// When each primary first held a credential.
+    pub first_published: BTreeMap<Source, DateTime<Utc>>,
     pub legacy: u64,
     pub seed_admin: u64,
     pub namespace_tag: String,
@@ -173,6 +175,9 @@ impl Ledger {
                     }
                 }
             }
+            if now_id.is_some() {
+                self.first_published.entry(*src).or_insert(now);
+            }
             if let (Source::Primary(label), Some(id)) = (src, now_id) {
                 if let Some(a) = self.accounts.get_mut(id) {
                     a.published.get_or_insert(now);
@@ -202,7 +207,14 @@ impl Ledger {
             bad.extend(self.deletion(id, now, &snap, revoking));
         }
         self.last = snap;
-        bad.extend(self.served(now));
+        bad.extend(self.tick(now));
+        bad
+    }
+
+    /// The invariants time alone can break (nothing changed since the last
+    /// snapshot): expiry, leaks.
+    pub fn tick(&self, now: DateTime<Utc>) -> Vec<String> {
+        let mut bad = self.served(now);
         bad.extend(self.leaks(now));
         bad
     }
@@ -241,8 +253,9 @@ impl Ledger {
             return bad;
         }
         let left = a.left.get(&primary).copied().or_else(|| {
+            // The adopted account is replaced by the first publish.
             (a.owner == Owner::Legacy)
-                .then(|| self.changed.get(&primary).copied())
+                .then(|| self.first_published.get(&primary).copied())
                 .flatten()
         });
         let Some(left) = left else {

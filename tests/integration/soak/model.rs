@@ -43,14 +43,14 @@ pub const SPECS: &[Spec] = &[
         sink: "shared",
         path: "a",
         grace: h(3),
-        idle: Some((h(1), h(48))),
+        idle: Some((h(2), h(48))),
         orphan_after: m(15),
         mirrored: true,
         optional: false,
-        toml: "ttl = \"{a_ttl}\"\nrenew_before = \"12h\"\ngrace = \"3h\"\ndelete_when_idle = \"1h\"\nmax_grace = \"2d\"\n\
+        toml: "ttl = \"{a_ttl}\"\nrenew_before = \"12h\"\ngrace = \"3h\"\ndelete_when_idle = \"2h\"\nmax_grace = \"2d\"\n\
                projects = [{ id = 101, role = \"analyst\" }]\nmirrors = [{ sink = \"mirror\", path = \"a.json\" }]\n",
-        // Uses every 30 min; re-reads rarely (the idle rule keeps its account).
-        consumers: &[(m(30), h(24))],
+        // Uses every hour; re-reads rarely (the idle rule keeps its account).
+        consumers: &[(h(1), h(24))],
     },
     Spec {
         label: "b",
@@ -64,7 +64,7 @@ pub const SPECS: &[Spec] = &[
         optional: false,
         toml: "schedule = \"{b_schedule}\"\njitter = \"10m\"\nttl = \"3d\"\ngrace = \"1h\"\n\
                projects = [{ id = 102, role = \"consumer\" }]\n",
-        consumers: &[(m(30), m(30)), (h(3), m(30))],
+        consumers: &[(m(45), m(30))],
     },
     Spec {
         label: "c",
@@ -72,14 +72,14 @@ pub const SPECS: &[Spec] = &[
         sink: "shared",
         path: "c",
         grace: h(1),
-        idle: Some((h(2), h(24))),
+        idle: Some((h(3), h(24))),
         orphan_after: m(15),
         mirrored: false,
         optional: false,
-        toml: "ttl = \"2d\"\ngrace = \"1h\"\ndelete_when_idle = \"2h\"\nmax_grace = \"1d\"\n\
+        toml: "ttl = \"2d\"\ngrace = \"1h\"\ndelete_when_idle = \"3h\"\nmax_grace = \"1d\"\n\
                projects = [{ id = 103, role = \"consumer\" }]\n",
         // A consumer that re-reads once a day and uses its credential every 30 min.
-        consumers: &[(m(40), h(24))],
+        consumers: &[(h(1), h(24))],
     },
     Spec {
         label: "d",
@@ -92,21 +92,21 @@ pub const SPECS: &[Spec] = &[
         mirrored: false,
         optional: false,
         toml: "ttl = \"4d\"\ngrace = \"6h\"\nrole = \"analyst\"\nprojects = \"copy\"\nadopt = {legacy}\n",
-        consumers: &[(h(2), h(3))],
+        consumers: &[(h(3), h(3))],
     },
     Spec {
         label: "e",
         renew_before: h(6),
         sink: "shared",
         path: "e",
-        grace: m(30),
+        grace: h(1),
         idle: None,
         orphan_after: m(5),
         mirrored: false,
         optional: false,
-        toml: "ttl = \"1d\"\nrenew_before = \"{e_renew}\"\ngrace = \"30m\"\norphan_after = \"5m\"\n\
+        toml: "ttl = \"1d\"\nrenew_before = \"{e_renew}\"\ngrace = \"1h\"\norphan_after = \"5m\"\n\
                projects = [{ id = 101, role = \"consumer\" }, { id = 102, role = \"consumer\" }]\n",
-        consumers: &[(m(15), m(15))],
+        consumers: &[(m(30), m(30))],
     },
     Spec {
         label: "f",
@@ -124,8 +124,8 @@ pub const SPECS: &[Spec] = &[
 ];
 
 /// `[daemon]` of every instance.
-pub const RESYNC: Duration = Duration::hours(6);
-pub const MIRROR_INTERVAL: Duration = Duration::minutes(30);
+pub const RESYNC: Duration = Duration::hours(12);
+pub const MIRROR_INTERVAL: Duration = Duration::hours(1);
 /// `[mixpanel] verify_timeout`.
 pub const VERIFY_TIMEOUT: Duration = Duration::seconds(30);
 
@@ -204,8 +204,8 @@ ttl = "3d"
 grace = "1h"
 
 [daemon]
-resync_interval = "6h"
-mirror_interval = "30m"
+resync_interval = "12h"
+mirror_interval = "1h"
 
 [audit]
 path = "{dir}/audit-{k}.jsonl"
