@@ -81,7 +81,13 @@ enum Crash {
     Point(&'static str),
     /// While a request to this endpoint is on its way (it never arrives).
     InFlight(&'static str, &'static str),
+    /// Not a crash: paused at a failpoint while another instance rotates
+    /// the same integration, then resumed (two instances interleaved).
+    Overtaken(&'static str),
 }
+
+/// Where an instance is overtaken: between its create and its publish.
+const PAUSES: &[&str] = &["after_create", "after_memberships", "after_verify", "before_publish", "publish_before_cas"];
 
 const POINTS: &[&str] = &[
     "before_delete",
@@ -111,7 +117,7 @@ struct Instance {
     clock: ManualClock,
     /// This host's clock minus the true time.
     skew: Duration,
-    engine: Option<Engine>,
+    engine: Option<Arc<Engine>>,
     variant: Variant,
     /// Due time and consecutive failures, by integration name.
     slots: BTreeMap<String, (DateTime<Utc>, u32)>,
@@ -181,6 +187,8 @@ struct World {
     chaos_at: DateTime<Utc>,
     windows: Vec<(DateTime<Utc>, Undo)>,
     quirks: Quirks,
+    /// Instances that acted during the step besides the one it is of.
+    also_acted: Vec<usize>,
     /// Since when no instance has been up.
     all_down_since: Option<DateTime<Utc>>,
     hasher: std::collections::hash_map::DefaultHasher,
@@ -343,6 +351,7 @@ impl World {
             windows: vec![],
             quirks: Quirks::default(),
             all_down_since: None,
+            also_acted: vec![],
             hasher: Default::default(),
             tail: VecDeque::new(),
             events: 0,
@@ -506,14 +515,19 @@ impl World {
     ) -> Result<(), String> {
         let requests = self.sim.take_requests();
         if let Some(k) = acted {
-            let path = self.dir.path().join(format!("audit-{k}.jsonl"));
+            // Who acted in this step: the instance, and one that overtook it.
             let mut new = String::new();
-            if let Ok(mut f) = std::fs::File::open(&path) {
-                use std::io::{Read as _, Seek as _};
-                f.seek(std::io::SeekFrom::Start(self.instances[k].audit_read)).unwrap();
-                f.read_to_string(&mut new).unwrap();
+            for k in std::iter::once(k).chain(std::mem::take(&mut self.also_acted)) {
+                let path = self.dir.path().join(format!("audit-{k}.jsonl"));
+                let mut text = String::new();
+                if let Ok(mut f) = std::fs::File::open(&path) {
+                    use std::io::{Read as _, Seek as _};
+                    f.seek(std::io::SeekFrom::Start(self.instances[k].audit_read)).unwrap();
+                    f.read_to_string(&mut text).unwrap();
+                }
+                self.instances[k].audit_read += text.len() as u64;
+                new.push_str(&text);
             }
-            self.instances[k].audit_read += new.len() as u64;
             let bad = audit_covers(&requests, &Audited::from_lines(&new));
             if let Some(b) = bad.into_iter().next() {
                 return Err(format!("instance {k}: {b}"));
@@ -616,7 +630,7 @@ impl World {
             .map(|i| (i.name.clone(), (local, 0)))
             .collect();
         let i = &mut self.instances[k];
-        i.engine = Some(engine);
+        i.engine = Some(Arc::new(engine));
         i.variant = v;
         i.slots = slots;
         i.mirror_at = local;
@@ -663,7 +677,7 @@ impl World {
             for n in names {
                 i.slots.insert(n, (local, 0));
             }
-            i.engine = Some(engine);
+            i.engine = Some(Arc::new(engine));
             self.count("reloads");
             self.trace(format!("instance {k} reloads"));
             return (None, false);
@@ -701,26 +715,35 @@ impl World {
     }
 
     /// Runs one pass of instance k over integration `name`, crashing it
+    /// (or pausing it while another instance rotates the same integration)
     /// where told; the report, unless it crashed.
     async fn pass(&mut self, k: usize, name: &str, opts: &PassOptions) -> Option<Report> {
         let label = self.label_of(name);
         let _self_lock = (label == "self").then(|| SELF_PASSES.lock().unwrap_or_else(|e| e.into_inner()));
-        let crash = self.instances[k].crash;
+        let crash = self.instances[k].crash.map(|(c, _)| c);
         let mut trip = None;
         let mut gate = None;
+        let mut resume = None;
         match crash {
-            Some((Crash::Point(p), _)) => trip = Some(mixpanel_rotator::failpoint::arm(p, name)),
-            Some((Crash::InFlight(method, path), _)) => {
+            Some(Crash::Point(p)) => trip = Some(mixpanel_rotator::failpoint::arm(p, name)),
+            Some(Crash::InFlight(method, path)) => {
                 let g = Gate::new();
                 let f = Fault::times(method, path, FaultAction::Hold(g.clone()), 1);
                 self.sim.inject(f.clone());
                 gate = Some((g, f));
             }
-            None => {}
+            // Not the own credential's: the other instance's pass would wait for this one's lock.
+            Some(Crash::Overtaken(p)) if label != "self" => {
+                let (t, r) = mixpanel_rotator::failpoint::arm_pause(p, name);
+                trip = Some(t);
+                resume = Some(r);
+            }
+            _ => {}
         }
-        let engine = self.instances[k].engine.as_ref().unwrap();
-        let pass = engine.pass(opts);
-        let crashed = {
+        let engine = self.instances[k].engine.clone().unwrap();
+        let o = opts.clone();
+        let mut pass = Box::pin(async move { engine.pass(&o).await });
+        let stopped = {
             let hit = async {
                 match (&mut trip, &gate) {
                     (Some(t), _) => t.hit().await,
@@ -730,33 +753,51 @@ impl World {
             };
             tokio::select! {
                 biased;
-                reports = pass => Err(reports),
-                () = hit => Ok(()),
+                reports = &mut pass => Some(reports),
+                () = hit => None,
             }
         };
         drop(trip);
         if let Some((_, f)) = &gate {
             self.sim.remove_fault(f);
         }
-        match crashed {
-            Ok(()) => {
+        let mut reports = match (stopped, resume) {
+            (Some(reports), _) => reports,
+            (None, Some(resume)) => {
+                // Paused: another instance rotates the same integration meanwhile.
+                self.instances[k].crash = None;
+                if let Some(Crash::Overtaken(p)) = crash {
+                    self.trace(format!("instance {k} pauses at {p} in {label}"));
+                }
+                let others: Vec<usize> = (0..self.instances.len())
+                    .filter(|j| *j != k && self.instances[*j].down_until.is_none())
+                    .collect();
+                if !others.is_empty() {
+                    let j = others[self.rng.random_range(0..others.len())];
+                    self.also_acted.push(j);
+                    self.count("interleavings");
+                    Box::pin(self.forced(j, name, false)).await;
+                }
+                resume.go();
+                pass.await
+            }
+            (None, None) => {
+                drop(pass);
                 let how = match crash {
-                    Some((Crash::Point(p), _)) => format!("at {p} in {label}"),
-                    Some((Crash::InFlight(m, p), _)) => format!("with {m} {p} in flight in {label}"),
-                    None => String::new(),
+                    Some(Crash::Point(p)) => format!("at {p} in {label}"),
+                    Some(Crash::InFlight(m, p)) => format!("with {m} {p} in flight in {label}"),
+                    _ => String::new(),
                 };
                 self.crash(k, &how);
-                None
+                return None;
             }
-            Err(mut reports) => {
-                if let Some((c, left)) = self.instances[k].crash {
-                    self.instances[k].crash = (left > 1).then_some((c, left - 1));
-                }
-                let r = reports.pop()?;
-                self.note(k, &r, opts);
-                Some(r)
-            }
+        };
+        if let Some((c, left)) = self.instances[k].crash {
+            self.instances[k].crash = (left > 1).then_some((c, left - 1));
         }
+        let r = reports.pop()?;
+        self.note(k, &r, opts);
+        Some(r)
     }
 
     fn note(&mut self, k: usize, r: &Report, opts: &PassOptions) {
@@ -894,11 +935,13 @@ impl World {
         match roll {
             0..15 => {
                 let Some(k) = self.up() else { return (None, None, false) };
-                let crash = if self.rng.random_bool(0.7) {
-                    Crash::Point(POINTS[self.rng.random_range(0..POINTS.len())])
-                } else {
-                    let (m, p) = ENDPOINTS[self.rng.random_range(0..ENDPOINTS.len())];
-                    Crash::InFlight(m, p)
+                let crash = match self.rng.random_range(0..10) {
+                    0..5 => Crash::Point(POINTS[self.rng.random_range(0..POINTS.len())]),
+                    5..7 => {
+                        let (m, p) = ENDPOINTS[self.rng.random_range(0..ENDPOINTS.len())];
+                        Crash::InFlight(m, p)
+                    }
+                    _ => Crash::Overtaken(PAUSES[self.rng.random_range(0..PAUSES.len())]),
                 };
                 self.instances[k].crash = Some((crash, 5));
                 self.trace(format!("instance {k} will crash: {crash:?}"));
@@ -1046,24 +1089,29 @@ impl World {
         let name = names[self.rng.random_range(0..names.len())].clone();
         let label = self.label_of(&name);
         let revoke_old = self.rng.random_bool(0.25);
-        let local = self.local(k);
-        self.instances[k].clock.set(local);
         if revoke_old {
             self.ledger.revoked.entry(label).or_default().push(self.now);
         }
+        let published_a = self.forced(k, &name, revoke_old).await;
+        (revoke_old.then_some(label), Some(k), published_a)
+    }
+
+    /// A forced rotation of `name` by instance k (`rotate-now`: a command
+    /// beside the daemon, the same policy); whether it published `a`.
+    async fn forced(&mut self, k: usize, name: &str, revoke_old: bool) -> bool {
+        let local = self.local(k);
+        self.instances[k].clock.set(local);
         let opts = PassOptions {
-            only: Some([name.clone()].into()),
-            force: [name.clone()].into(),
+            only: Some([name.to_string()].into()),
+            force: [name.to_string()].into(),
             revoke_old,
             log_reported: false,
             ..Default::default()
         };
         self.count("rotate-now");
-        // A command beside the daemon: its own process, the same policy.
         let crash = self.instances[k].crash.take();
-        let r = self.pass(k, &name, &opts).await;
+        let r = self.pass(k, name, &opts).await;
         self.instances[k].crash = crash;
-        let published_a = r.as_ref().is_some_and(|r| r.rotated.is_some()) && label == "a";
-        (revoke_old.then_some(label), Some(k), published_a)
+        r.is_some_and(|r| r.rotated.is_some()) && self.label_of(name) == "a"
     }
 }
