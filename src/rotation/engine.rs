@@ -595,7 +595,10 @@ impl Engine {
         let mut report = Report::new(i, now);
         let observed = match read.map(|p| self.observation(i, &pass.accounts, &pass.adopters, pass.claims.as_ref(), p))
         {
-            Ok(obs) => obs.confirm_current(&self.ctx.client, i, &self.ctx.scope.namespaces).await,
+            Ok(obs) => {
+                obs.confirm_current(&self.ctx.client, i, &self.ctx.scope.namespaces)
+                    .await
+            }
             Err(e) => Err(e),
         };
         match observed {
@@ -1048,7 +1051,9 @@ fn held_for_leftovers(i: &Integration, plan: &Plan, rp: &RotationPlan, report: &
         .iter()
         .filter(|d| d.reason == DeleteReason::Orphan && !report.deleted.iter().any(|x| x.id == d.id))
         .count();
-    let late = |expires: DateTime<Utc>| expires.signed_duration_since(report.at) < i.renew_before / 2;
+    let late = |expires: DateTime<Utc>| {
+        expires.signed_duration_since(report.at) < i.renew_before.checked_div(2).unwrap_or_default()
+    };
     let urgent = match &rp.reason {
         RotateReason::ExpiresSoon { expires } => late(*expires),
         RotateReason::Scheduled { .. } => plan.deadlines.expires.is_some_and(late),

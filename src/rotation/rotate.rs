@@ -198,6 +198,16 @@ impl<'a> Rotation<'a> {
         }
     }
 
+    /// An audit event of this rotation's create of `username`.
+    fn audit_create(&self, username: &str, outcome: Outcome, detail: Option<String>) {
+        self.ctx.audit(AuditEvent {
+            rotation_id: Some(&self.id),
+            username: Some(username),
+            detail,
+            ..self.ctx.audit_event(&self.i.name, Action::Create, outcome)
+        });
+    }
+
     /// Creates the account. Create is never retried: when its answer was
     /// lost, the account is looked for by its unique name and deleted.
     async fn create(&mut self, desired: Vec<ProjectGrant>) -> Result<NewAccount, StepError> {
@@ -209,21 +219,12 @@ impl<'a> Rotation<'a> {
             expires: Some(asked),
             projects: Some(desired.clone()),
         };
-        self.ctx.audit(AuditEvent {
-            rotation_id: Some(&self.id),
-            username: Some(&username),
-            ..self.ctx.audit_event(&self.i.name, Action::Create, Outcome::Started)
-        });
+        self.audit_create(&username, Outcome::Started, None);
         let created = match self.ctx.client.create_account(&body).await {
             Ok(c) => c,
             Err(e) => {
                 // Audited whatever came of it: a lost answer may hide an account made.
-                self.ctx.audit(AuditEvent {
-                    rotation_id: Some(&self.id),
-                    username: Some(&username),
-                    detail: Some(e.to_string()),
-                    ..self.ctx.audit_event(&self.i.name, Action::Create, Outcome::Failed)
-                });
+                self.audit_create(&username, Outcome::Failed, Some(e.to_string()));
                 let err = self.fail(Step::Create, Cause::Mixpanel(e.clone()));
                 return Err(if e.maybe_applied() {
                     err.then(self.recover_lost_create(&username).await)
@@ -241,12 +242,7 @@ impl<'a> Rotation<'a> {
                 id: account.id,
                 username: account.username,
             };
-            self.ctx.audit(AuditEvent {
-                rotation_id: Some(&self.id),
-                username: Some(&username),
-                detail: Some(cause.to_string()),
-                ..self.ctx.audit_event(&self.i.name, Action::Create, Outcome::Failed)
-            });
+            self.audit_create(&username, Outcome::Failed, Some(cause.to_string()));
             return Err(self
                 .fail(Step::Create, cause)
                 .then(self.recover_lost_create(&username).await));

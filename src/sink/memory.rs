@@ -112,6 +112,12 @@ impl Store {
         s.entries.insert(path.to_string(), (bytes.to_vec().into(), v));
     }
 
+    /// Removes what `path` holds (a store that lost data: a restore from an
+    /// old snapshot); whether it held something.
+    pub fn remove(&self, path: &str) -> bool {
+        self.lock().entries.remove(path).is_some()
+    }
+
     /// The paths stored, sorted.
     pub fn paths(&self) -> Vec<String> {
         let mut p: Vec<String> = self.lock().entries.keys().cloned().collect();

@@ -493,3 +493,138 @@ async fn fault_case(case: &str, fault: Fault) {
     h.assert_settled(&engine, &last, s).await;
     h.assert_no_secret_leaked(&[&faulty]);
 }
+
+/// Found by the deterministic simulation: Mixpanel's account list may leave
+/// out an account created moments ago. Taken from the list alone, the
+/// published account looked deleted, and every pass replaced it (an
+/// account a second, for as long as the list lagged).
+#[tokio::test]
+async fn a_published_account_missing_from_a_lagging_account_list_is_kept() {
+    let h = Harness::new(Seed::Demo).await;
+    h.sim.set_quirks(Quirks {
+        list_hides_newer_than: Some(Duration::minutes(5)),
+        ..Default::default()
+    });
+    let engine = h.engine(EXPLICIT);
+    let r = h.pass(&engine).await;
+    ok(&r);
+    let id = r.rotated.as_ref().unwrap().service_account_id;
+    for _ in 0..3 {
+        h.clock.advance(Duration::seconds(1));
+        let r = h.pass(&engine).await;
+        // Not replaced, and not refused as an account of nobody's lineage either.
+        ok(&r);
+        assert!(r.rotated.is_none(), "asked for by id, the account exists: kept");
+    }
+    assert_eq!(h.payload("etl.json").unwrap()["service_account_id"], id);
+    assert_eq!(lineage_accounts(&h), 1);
+    // Gone for real (missing from the list, 404 by id): replaced.
+    h.sim.delete_account(id);
+    let r = h.pass(&engine).await;
+    ok(&r);
+    assert!(r.rotated.is_some(), "a published account that is gone is replaced");
+}
+
+/// Found by the deterministic simulation: while Mixpanel refused deletes
+/// and a rotation's read-back failed, each failed attempt left its account,
+/// and each left account's deletion deadline brought the next pass (and
+/// attempt) before the failure backoff: one more account every few minutes.
+#[tokio::test]
+async fn a_mixpanel_refusing_deletes_does_not_collect_accounts() {
+    let h = Harness::new(Seed::Demo).await;
+    let engine = h.engine(EXPLICIT);
+    ok(&h.pass(&engine).await);
+    let published = h.payload("etl.json").unwrap()["service_account_id"].clone();
+    // Due (`renew_before` is 10 days of 30), far from urgent.
+    h.clock.advance(Duration::days(20) + Duration::hours(1));
+    h.sim.inject(Fault::always(
+        "GET",
+        "/projects/*/service-accounts",
+        FaultAction::Status(500),
+    ));
+    h.sim.inject(Fault::always(
+        "DELETE",
+        "/organizations/1/service-accounts/*",
+        FaultAction::Status(500),
+    ));
+    let r = h.pass(&engine).await;
+    assert!(r.rotated.is_none() && r.failed(), "{:?}", r.errors);
+    assert_eq!(
+        lineage_accounts(&h),
+        2,
+        "the failed attempt's account could not be deleted"
+    );
+    for _ in 0..3 {
+        h.clock.advance(Duration::minutes(16));
+        let r = h.pass(&engine).await;
+        assert!(r.rotated.is_none());
+        assert!(
+            r.warnings.iter().any(|w| w.contains("could not be deleted: it waits")),
+            "{:?}",
+            r.warnings
+        );
+        assert_eq!(lineage_accounts(&h), 2, "no new attempt while its leftover stays");
+    }
+    assert_eq!(h.payload("etl.json").unwrap()["service_account_id"], published);
+    // Mixpanel answers again: the leftover goes, the rotation goes ahead.
+    h.sim.clear_faults();
+    h.clock.advance(Duration::minutes(16));
+    let r = h.pass(&engine).await;
+    ok(&r);
+    assert_eq!(r.deleted.len(), 1);
+    assert!(r.rotated.is_some());
+}
+
+/// Found by the deterministic simulation: a create that failed was not in
+/// the audit trail (its account may exist: the answer was lost), nor was a
+/// call whose process died before its outcome was written. Every Mixpanel
+/// call that can change the organization is written before it is made.
+#[tokio::test]
+async fn a_mutating_call_is_in_the_audit_trail_before_it_is_made() {
+    let h = Harness::new(Seed::Demo).await;
+    let audit = h.dir.path().join("audit.jsonl");
+    let policy = format!(
+        "[audit]\npath = \"{}\"\n[[integrations]]\nname = \"write-ahead\"\nsink = \"local\"\npath = \"wa.json\"\n\
+         projects = [{{ id = 101, role = \"analyst\" }}]\n",
+        audit.display()
+    );
+    let engine = h.engine(&policy);
+    let lines = || -> Vec<(String, String)> {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|l| {
+                (
+                    l["action"].as_str().unwrap().into(),
+                    l["outcome"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    // A create answered 500: written before, and as failed.
+    h.sim.inject(Fault::once(
+        "POST",
+        "/organizations/1/service-accounts",
+        FaultAction::Status(500),
+    ));
+    assert!(h.pass(&engine).await.failed());
+    assert_eq!(
+        lines(),
+        vec![("create".into(), "started".into()), ("create".into(), "failed".into())]
+    );
+    // The process dies between a delete and its outcome (a leftover of
+    // another rotation, an orphan): the call is in the trail all the same.
+    let name = Lineage::new("mpr", "write-ahead").new_username(h.clock_now());
+    let (orphan, _) = h.sim.add_account(&name, Role::Consumer, None, &[]);
+    h.clock.advance(Duration::minutes(16));
+    let mut trip = mixpanel_rotator::failpoint::arm("after_delete", "write-ahead");
+    let opts = mixpanel_rotator::rotation::PassOptions::default();
+    tokio::select! {
+        _ = engine.pass(&opts) => panic!("the pass stops after its delete"),
+        () = trip.hit() => {}
+    }
+    drop(trip);
+    assert!(h.sim.account(orphan.id).is_none(), "deleted");
+    assert_eq!(lines().last().unwrap(), &("delete".to_string(), "started".to_string()));
+}

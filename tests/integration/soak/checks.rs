@@ -58,8 +58,11 @@ pub struct Acct {
     pub published: Option<DateTime<Utc>>,
     /// When each source stopped serving it.
     pub left: BTreeMap<Source, DateTime<Utc>>,
-    /// The last time a consumer authenticated with it.
-    pub last_use: Option<DateTime<Utc>>,
+    /// The last times consumers authenticated with it (the latest 32).
+    pub uses: std::collections::VecDeque<DateTime<Utc>>,
+    /// Published when its primary was lost: nobody vouches for it since, so
+    /// it may go only once idle (no use for `grace`).
+    pub lost: bool,
 }
 
 /// Clock steps reach 10 minutes; a minute more for the step granularity.
@@ -92,6 +95,26 @@ pub struct Ledger {
 
 pub fn spec(label: &str) -> Option<&'static Spec> {
     SPECS.iter().find(|s| s.label == label)
+}
+
+impl Acct {
+    /// A consumer authenticated with it at `t`.
+    pub fn used(&mut self, t: DateTime<Utc>) {
+        if self.uses.len() == 32 {
+            self.uses.pop_front();
+        }
+        self.uses.push_back(t);
+    }
+
+    /// A use Mixpanel showed (whatever its lag) within `window` before
+    /// `at`: deleting it at `at` by "unused for `window`" cut a consumer off.
+    pub fn used_visibly_within(&self, window: Duration, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.uses
+            .iter()
+            .rev()
+            .find(|u| **u <= at - MAX_LAG && **u > at - window + TOLERANCE)
+            .copied()
+    }
 }
 
 impl Ledger {
@@ -159,7 +182,8 @@ impl Ledger {
                         deleted: None,
                         published: None,
                         left: BTreeMap::new(),
-                        last_use: None,
+                        uses: Default::default(),
+                        lost: false,
                     },
                 );
             }
@@ -169,10 +193,8 @@ impl Ledger {
             let before = self.last.sources.get(src).copied().flatten();
             if before != *now_id {
                 self.changed.insert(*src, now);
-                if let Some(b) = before {
-                    if let Some(a) = self.accounts.get_mut(&b) {
-                        a.left.entry(*src).or_insert(now);
-                    }
+                if let Some(a) = before.and_then(|b| self.accounts.get_mut(&b)) {
+                    a.left.entry(*src).or_insert(now);
                 }
             }
             if now_id.is_some() {
@@ -248,6 +270,21 @@ impl Ledger {
             return vec![];
         };
         let mut bad = vec![];
+        let (grace, idle) = match spec(label) {
+            Some(s) => (s.grace, s.idle),
+            None => (SELF_GRACE, Some((SELF_GRACE, Duration::days(7)))),
+        };
+        if a.lost {
+            // Vouched for by nobody: deleted only once unused for `grace`.
+            if let Some(u) = a.used_visibly_within(grace, now) {
+                bad.push(format!(
+                    "I1: {label}'s account {id}, published when its primary was lost, was deleted {} min after a consumer used it (grace {} min)",
+                    (now - u).num_minutes(),
+                    grace.num_minutes()
+                ));
+            }
+            return bad;
+        }
         if snap.sources.get(&primary).copied().flatten() == Some(id) {
             bad.push(format!("I2: {label}'s published account {id} was deleted"));
             return bad;
@@ -261,10 +298,6 @@ impl Ledger {
         let Some(left) = left else {
             return vec![format!("I1: {label}'s account {id} was deleted though never replaced")];
         };
-        let (grace, idle) = match spec(label) {
-            Some(s) => (s.grace, s.idle),
-            None => (SELF_GRACE, Some((SELF_GRACE, Duration::days(7)))),
-        };
         if now < left + grace - TOLERANCE {
             bad.push(format!(
                 "I1: {label}'s account {id} was deleted {} min after its successor was published (grace {} min)",
@@ -275,13 +308,12 @@ impl Ledger {
         if let Some((idle, max_grace)) = idle
             && now < left + max_grace - TOLERANCE
         {
-            if let Some(u) = a.last_use
-                && now < u + idle - MAX_LAG - TOLERANCE
-            {
+            if let Some(u) = a.used_visibly_within(idle, now) {
                 bad.push(format!(
-                    "I1: {label}'s account {id} was deleted {} min after a consumer used it (delete_when_idle {} min)",
+                    "I1: {label}'s account {id} was deleted {} min after a consumer used it (delete_when_idle {} min; Mixpanel's last_used {:?})",
                     (now - u).num_minutes(),
-                    idle.num_minutes()
+                    idle.num_minutes(),
+                    self.last.accounts.get(&id).and_then(|a| a.last_used).map(|t| (now - t).num_minutes())
                 ));
             }
             for (src, held) in &snap.sources {
@@ -386,11 +418,11 @@ impl Ledger {
         let s = spec(label)?;
         let deleted = a.deleted.unwrap_or(now);
         let excused = match (left, s.idle) {
+            _ if a.lost => a.used_visibly_within(s.grace, deleted).is_none(),
             // Replaced, and the consumer did not re-read within grace.
             (Some(l), None) => deleted >= l + s.grace - TOLERANCE,
             (Some(l), Some((idle, max_grace))) => {
-                deleted >= l + max_grace - TOLERANCE
-                    || a.last_use.is_none_or(|u| deleted >= u + idle - MAX_LAG - TOLERANCE)
+                deleted >= l + max_grace - TOLERANCE || a.used_visibly_within(idle, deleted).is_none()
             }
             (None, _) => false,
         };

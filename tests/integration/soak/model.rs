@@ -22,6 +22,9 @@ pub struct Spec {
     /// The keys of its `[[integrations]]` table besides name, sink, path.
     pub toml: &'static str,
     /// Its consumers: (how often each authenticates, how often it re-reads).
+    /// Each authenticates more often than `grace` minus the longest
+    /// `last_used` lag and the clock tolerance: an account they use is
+    /// always seen in use.
     pub consumers: &'static [(Duration, Duration)],
 }
 
@@ -57,12 +60,12 @@ pub const SPECS: &[Spec] = &[
         renew_before: h(24),
         sink: "shared",
         path: "b",
-        grace: h(1),
+        grace: h(2),
         idle: None,
         orphan_after: m(15),
         mirrored: false,
         optional: false,
-        toml: "schedule = \"{b_schedule}\"\njitter = \"10m\"\nttl = \"3d\"\ngrace = \"1h\"\n\
+        toml: "schedule = \"{b_schedule}\"\njitter = \"10m\"\nttl = \"3d\"\ngrace = \"2h\"\n\
                projects = [{ id = 102, role = \"consumer\" }]\n",
         consumers: &[(m(45), m(30))],
     },
@@ -71,12 +74,12 @@ pub const SPECS: &[Spec] = &[
         renew_before: h(16),
         sink: "shared",
         path: "c",
-        grace: h(1),
+        grace: h(2),
         idle: Some((h(3), h(24))),
         orphan_after: m(15),
         mirrored: false,
         optional: false,
-        toml: "ttl = \"2d\"\ngrace = \"1h\"\ndelete_when_idle = \"3h\"\nmax_grace = \"1d\"\n\
+        toml: "ttl = \"2d\"\ngrace = \"2h\"\ndelete_when_idle = \"3h\"\nmax_grace = \"1d\"\n\
                projects = [{ id = 103, role = \"consumer\" }]\n",
         // A consumer that re-reads once a day and uses its credential every 30 min.
         consumers: &[(h(1), h(24))],
@@ -99,12 +102,12 @@ pub const SPECS: &[Spec] = &[
         renew_before: h(6),
         sink: "shared",
         path: "e",
-        grace: h(1),
+        grace: h(2),
         idle: None,
         orphan_after: m(5),
         mirrored: false,
         optional: false,
-        toml: "ttl = \"1d\"\nrenew_before = \"{e_renew}\"\ngrace = \"1h\"\norphan_after = \"5m\"\n\
+        toml: "ttl = \"1d\"\nrenew_before = \"{e_renew}\"\ngrace = \"2h\"\norphan_after = \"5m\"\n\
                projects = [{ id = 101, role = \"consumer\" }, { id = 102, role = \"consumer\" }]\n",
         consumers: &[(m(30), m(30))],
     },

@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 
 use super::Params;
-use super::checks::{Audited, Ledger, Snapshot, Source, audit_covers, spec};
+use super::checks::{Audited, Ledger, Owner, Snapshot, Source, audit_covers, spec};
 use super::model::{MIRROR_INTERVAL, Place, RESYNC, SPECS, Variant, policy};
 
 const START: &str = "2026-11-28T04:00:00Z";
@@ -87,7 +87,13 @@ enum Crash {
 }
 
 /// Where an instance is overtaken: between its create and its publish.
-const PAUSES: &[&str] = &["after_create", "after_memberships", "after_verify", "before_publish", "publish_before_cas"];
+const PAUSES: &[&str] = &[
+    "after_create",
+    "after_memberships",
+    "after_verify",
+    "before_publish",
+    "publish_before_cas",
+];
 
 const POINTS: &[&str] = &[
     "before_delete",
@@ -240,7 +246,11 @@ pub async fn run(seed: u64, days: u32, n: usize, budget: StdDuration) -> Outcome
     w.teardown();
     if w.verbose {
         for (k, (n, d)) in &w.timing {
-            println!("seed {seed} timing {k}: {n} steps, {:.3} s, {:.3} ms each", d.as_secs_f64(), d.as_secs_f64() * 1000.0 / *n as f64);
+            println!(
+                "seed {seed} timing {k}: {n} steps, {:.3} s, {:.3} ms each",
+                d.as_secs_f64(),
+                d.as_secs_f64() * 1000.0 / *n as f64
+            );
         }
     }
     mixpanel_rotator::random::seed_thread(None);
@@ -870,7 +880,7 @@ impl World {
         match status {
             200 => {
                 if let Some(a) = self.ledger.accounts.get_mut(&id) {
-                    a.last_use = Some(self.now);
+                    a.used(self.now);
                 }
             }
             401 | 403 => {
@@ -943,7 +953,8 @@ impl World {
                     }
                     _ => Crash::Overtaken(PAUSES[self.rng.random_range(0..PAUSES.len())]),
                 };
-                self.instances[k].crash = Some((crash, 5));
+                // Pending until its point is reached, for up to 100 of this instance's passes.
+                self.instances[k].crash = Some((crash, 100));
                 self.trace(format!("instance {k} will crash: {crash:?}"));
             }
             15..37 => self.mixpanel_fault(),
@@ -1003,7 +1014,39 @@ impl World {
                 self.count("policy changes");
                 self.trace(format!("the policy changes: {:?}", self.variant));
             }
-            60..72 => return self.rotate_now().await,
+            60..68 => return self.rotate_now().await,
+            68..72 => {
+                // The store loses a primary (a restore from a snapshot older
+                // than it): what it published becomes an account nobody
+                // vouches for, still in use by its consumers.
+                let present: Vec<&'static str> =
+                    SPECS.iter().filter(|s| self.variant.has(s)).map(|s| s.label).collect();
+                let label = present[self.rng.random_range(0..present.len())];
+                let lost = match spec(label).map(|s| s.sink) {
+                    Some("disk") => std::fs::remove_file(self.dir.path().join("disk/d.json")).is_ok(),
+                    _ => spec(label).is_some_and(|s| self.store.remove(s.path)),
+                };
+                if lost {
+                    // What it published and what it vouched for: nobody vouches for them now.
+                    for a in self.ledger.accounts.values_mut() {
+                        let of = match a.owner {
+                            Owner::Lineage(l) => l,
+                            Owner::Legacy => "d",
+                            _ => continue,
+                        };
+                        if of == label && a.deleted.is_none() {
+                            a.lost = true;
+                        }
+                    }
+                    // Nothing is published until an instance's next pass over it.
+                    self.ledger
+                        .disturbed
+                        .push((self.now, self.now + RESYNC + Duration::hours(1)));
+                    self.count("primaries lost");
+                    self.trace(format!("the primary of {label} is lost"));
+                }
+                return (None, None, false);
+            }
             72..80 => {
                 let hide = minutes(&mut self.rng, 1, 5);
                 let len = minutes(&mut self.rng, 30, 180);
