@@ -33,6 +33,8 @@ pub struct Snapshot {
     pub accounts: BTreeMap<u64, ServiceAccount>,
     /// The account each source serves (`None`: nothing, or unreadable).
     pub sources: BTreeMap<Source, Option<u64>>,
+    /// What each primary's payload vouches for (its predecessor, `retiring`).
+    pub vouches: BTreeMap<Source, BTreeSet<u64>>,
 }
 
 /// Who an account belongs to.
@@ -193,6 +195,19 @@ impl Ledger {
             let before = self.last.sources.get(src).copied().flatten();
             if before != *now_id {
                 self.changed.insert(*src, now);
+                // A replaced credential is vouched for by its successor
+                // (that is what keeps it for `grace`): a publish that wrote
+                // over another's without seeing it lost it.
+                if let (Source::Primary(label), Some(b), Some(_)) = (src, before, now_id)
+                    && revoking != Some(*label)
+                    && !self.accounts.get(&b).is_some_and(|a| a.lost)
+                    && !snap.vouches.get(src).is_some_and(|v| v.contains(&b))
+                {
+                    bad.push(format!(
+                        "I1: {label}'s published account {b} was replaced by {} whose payload does not vouch for it (an update lost)",
+                        now_id.unwrap_or_default()
+                    ));
+                }
                 if let Some(a) = before.and_then(|b| self.accounts.get_mut(&b)) {
                     a.left.entry(*src).or_insert(now);
                 }

@@ -193,6 +193,8 @@ struct World {
     chaos_at: DateTime<Utc>,
     windows: Vec<(DateTime<Utc>, Undo)>,
     quirks: Quirks,
+    /// Violations seen in the middle of a step (an interleaving).
+    interim: Vec<String>,
     /// Instances that acted during the step besides the one it is of.
     also_acted: Vec<usize>,
     /// Since when no instance has been up.
@@ -362,6 +364,7 @@ impl World {
             quirks: Quirks::default(),
             all_down_since: None,
             also_acted: vec![],
+            interim: vec![],
             hasher: Default::default(),
             tail: VecDeque::new(),
             events: 0,
@@ -523,6 +526,9 @@ impl World {
         revoking: Option<&'static str>,
         published_a: bool,
     ) -> Result<(), String> {
+        if let Some(v) = self.interim.drain(..).next() {
+            return Err(v);
+        }
         let requests = self.sim.take_requests();
         if let Some(k) = acted {
             // Who acted in this step: the instance, and one that overtook it.
@@ -587,15 +593,29 @@ impl World {
     fn snapshot(&self) -> Snapshot {
         let accounts = self.sim.accounts().into_iter().map(|a| (a.id, a)).collect();
         let mut sources = BTreeMap::new();
-        let id = |v: Option<serde_json::Value>| v.and_then(|v| v["service_account_id"].as_u64());
-        for s in SPECS {
-            sources.insert(Source::Primary(s.label), id(self.read_source(Source::Primary(s.label))));
+        let mut vouches = BTreeMap::new();
+        let id = |v: &Option<serde_json::Value>| v.as_ref().and_then(|v| v["service_account_id"].as_u64());
+        for label in SPECS.iter().map(|s| s.label).chain(["self"]) {
+            let src = Source::Primary(label);
+            let p = self.read_source(src);
+            sources.insert(src, id(&p));
+            if let Some(p) = p {
+                let retiring = p["retiring"].as_array().into_iter().flatten();
+                let v = retiring
+                    .filter_map(|r| r["service_account_id"].as_u64().or_else(|| r["id"].as_u64()))
+                    .chain(p["previous_service_account_id"].as_u64())
+                    .collect();
+                vouches.insert(src, v);
+            }
         }
-        sources.insert(Source::Primary("self"), id(self.read_source(Source::Primary("self"))));
         for k in 0..self.instances.len() {
-            sources.insert(Source::Mirror(k), id(self.read_source(Source::Mirror(k))));
+            sources.insert(Source::Mirror(k), id(&self.read_source(Source::Mirror(k))));
         }
-        Snapshot { accounts, sources }
+        Snapshot {
+            accounts,
+            sources,
+            vouches,
+        }
     }
 
     fn place(&self, k: usize) -> Place<'_> {
@@ -787,6 +807,10 @@ impl World {
                     self.also_acted.push(j);
                     self.count("interleavings");
                     Box::pin(self.forced(j, name, false)).await;
+                    // Seen (by the world, and by consumers) before the paused one goes on.
+                    let snap = self.snapshot();
+                    let bad = self.ledger.observe(self.now, snap, None);
+                    self.interim.extend(bad);
                 }
                 resume.go();
                 pass.await
