@@ -43,7 +43,10 @@ export MPR_SOAK_SEEDS="${first}..$((last + 1))" MPR_SOAK_DAYS="$days" MPR_SOAK_I
 export MPR_SOAK_TRACE="$trace"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
+# Built first, so that the time below is the simulation's alone.
+cargo test --locked --quiet --test integration --no-run
 status=0
+start=$(date +%s)
 cargo test --locked --quiet --test integration -- soak::search --exact --nocapture >"$out" 2>&1 || status=$?
 summary=$(grep '^soak: ' "$out" | tail -n 1 || true)
 if [ -z "$summary" ]; then
@@ -53,5 +56,6 @@ if [ -z "$summary" ]; then
   exit 1
 fi
 grep -v '^soak: ' "$out" | grep -E '^(seed |  |last events:|replay:)' || true
+echo "ran in $(($(date +%s) - start)) s"
 echo "$summary"
 [ "$status" -eq 0 ] || exit 1

@@ -16,6 +16,7 @@ use super::decide::{
 };
 use super::echo::reported;
 use super::error::{Cause, Consequence, SetupError, Step, StepError};
+use super::lineage::Lineage;
 use super::memberships::desired;
 use super::mirror::{self, MirrorState, MirrorSync, MirrorView};
 use super::observe::{Accounts, MembershipCache, Observation};
@@ -25,7 +26,7 @@ use crate::clock::{SharedClock, after, span_between};
 use crate::hooks::{EventKind, HookEvent};
 use crate::metrics::Metrics;
 use crate::mixpanel::types::ServiceAccount;
-use crate::mixpanel::{Client, RetryPolicy};
+use crate::mixpanel::{Client, MixpanelError, RetryPolicy};
 use crate::policy::{Integration, Policy};
 use crate::sink::{Payload, Sink, Version};
 
@@ -595,10 +596,7 @@ impl Engine {
         let mut report = Report::new(i, now);
         let observed = match read.map(|p| self.observation(i, &pass.accounts, &pass.adopters, pass.claims.as_ref(), p))
         {
-            Ok(obs) => {
-                obs.confirm_current(&self.ctx.client, i, &self.ctx.scope.namespaces)
-                    .await
-            }
+            Ok(obs) => confirm_current(obs, &self.ctx.client, i, &self.ctx.scope.namespaces).await,
             Err(e) => Err(e),
         };
         match observed {
@@ -1065,4 +1063,49 @@ fn held_for_leftovers(i: &Integration, plan: &Plan, rp: &RotationPlan, report: &
             rp.reason
         )
     })
+}
+
+/// Mixpanel's account list may leave out an account created moments ago
+/// (it is eventually consistent): a published account missing from it is
+/// asked for by id before it is taken for deleted. Taken from the list
+/// alone, a lagging list made every pass replace the account the last one
+/// published, an account a second.
+async fn confirm_current(
+    mut obs: Observation,
+    client: &Client,
+    i: &Integration,
+    namespaces: &[String],
+) -> Result<Observation, StepError> {
+    let Some(id) = obs
+        .published
+        .as_ref()
+        .map(|p| p.payload.service_account_id)
+        .filter(|_| obs.current.is_none())
+    else {
+        return Ok(obs);
+    };
+    match client.get_account(id).await {
+        Ok(a) => {
+            tracing::info!(
+                integration = %i.name,
+                account_id = id,
+                "The published account is missing from Mixpanel's account list but exists (the list lags); it stays."
+            );
+            // Of the lineage too (the list is where the lineage comes from).
+            let created = namespaces
+                .iter()
+                .find_map(|ns| Lineage::new(ns, i.lineage_name()).parse(&a.username));
+            if let Some(t) = created
+                && !obs.lineage.iter().any(|(l, _)| l.id == a.id)
+            {
+                obs.lineage.push((a.clone(), t));
+            }
+            obs.current = Some(a);
+            Ok(obs)
+        }
+        Err(MixpanelError::Api { status: 404, .. }) => Ok(obs),
+        Err(e) => {
+            Err(StepError::new(&i.name, Step::ListAccounts, Cause::Mixpanel(e)).then(Consequence::NothingTouched))
+        }
+    }
 }

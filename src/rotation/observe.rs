@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Duration, Utc};
 use tokio::sync::OnceCell;
 
-use super::error::{Cause, Consequence, Step, StepError};
 use super::lineage::Lineage;
 use crate::mixpanel::types::{ProjectMember, ServiceAccount, strip_mixpanel_suffix};
 use crate::mixpanel::{Client, MixpanelError};
@@ -211,53 +210,6 @@ impl Observation {
         if self.published.is_none() {
             self.current = self.all.get(old.service_account_id).cloned();
             self.inherited = Some(old);
-        }
-    }
-
-    /// Mixpanel's account list may leave out an account created moments
-    /// ago (it is eventually consistent): a published account missing from
-    /// it is asked for by id before it is taken for deleted. Taken from the
-    /// list alone, a lagging list made every pass replace the account the
-    /// last one published, an account a second.
-    pub(crate) async fn confirm_current(
-        mut self,
-        client: &Client,
-        i: &Integration,
-        namespaces: &[String],
-    ) -> Result<Self, StepError> {
-        let integration = i.name.as_str();
-        let Some(id) = self
-            .published
-            .as_ref()
-            .map(|p| p.payload.service_account_id)
-            .filter(|_| self.current.is_none())
-        else {
-            return Ok(self);
-        };
-        match client.get_account(id).await {
-            Ok(a) => {
-                tracing::info!(
-                    integration,
-                    account_id = id,
-                    "The published account is missing from Mixpanel's account list but exists (the list lags); it stays."
-                );
-                // Of the lineage too (the list is where the lineage comes from).
-                let created = namespaces
-                    .iter()
-                    .find_map(|ns| Lineage::new(ns, i.lineage_name()).parse(&a.username));
-                if let Some(t) = created
-                    && !self.lineage.iter().any(|(l, _)| l.id == a.id)
-                {
-                    self.lineage.push((a.clone(), t));
-                }
-                self.current = Some(a);
-                Ok(self)
-            }
-            Err(MixpanelError::Api { status: 404, .. }) => Ok(self),
-            Err(e) => {
-                Err(StepError::new(integration, Step::ListAccounts, Cause::Mixpanel(e))
-                    .then(Consequence::NothingTouched))
-            }
         }
     }
 

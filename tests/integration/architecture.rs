@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
         "http",
         "metrics",
         "notify",
+        "random",
         "secret",
         "text",
     ],

@@ -25,7 +25,8 @@ pub struct Params {
     pub seeds: std::ops::Range<u64>,
     pub days: u32,
     pub instances: usize,
-    /// Wall-clock time one seed may take before it counts as hung.
+    /// Wall-clock time one seed may take before it counts as hung (it
+    /// stops the seed only: what a seed does never depends on it).
     pub budget: std::time::Duration,
 }
 
@@ -50,10 +51,17 @@ impl Params {
             days: var("MPR_SOAK_DAYS").map_or(default.days, |d| d.parse().expect("MPR_SOAK_DAYS: a number")),
             instances: var("MPR_SOAK_INSTANCES")
                 .map_or(default.instances, |n| n.parse().expect("MPR_SOAK_INSTANCES: a number")),
-            budget: var("MPR_SOAK_BUDGET_S").map_or(default.budget, |b| {
-                std::time::Duration::from_secs(b.parse().expect("MPR_SOAK_BUDGET_S: seconds"))
-            }),
+            budget: std::time::Duration::ZERO,
         }
+        .with_budget(var("MPR_SOAK_BUDGET_S").map(|b| b.parse().expect("MPR_SOAK_BUDGET_S: seconds")))
+    }
+
+    /// The wall-clock time a seed may take before it counts as hung: as
+    /// given, else `max(300 s, 10 s x days)` (a seed-day takes about 0.5 s).
+    fn with_budget(mut self, secs: Option<u64>) -> Self {
+        let secs = secs.unwrap_or_else(|| (u64::from(self.days) * 10).max(300));
+        self.budget = std::time::Duration::from_secs(secs);
+        self
     }
 }
 
@@ -106,7 +114,7 @@ fn search() {
         seeds: 1..3,
         days: 4,
         instances: 3,
-        budget: std::time::Duration::from_secs(300),
+        budget: std::time::Duration::ZERO,
     });
     // The rotator's own credential is `(rotator)` in every world and in
     // own.rs: failpoints are armed per integration name in this process.

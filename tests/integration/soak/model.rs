@@ -107,7 +107,7 @@ pub const SPECS: &[Spec] = &[
         orphan_after: m(5),
         mirrored: false,
         optional: false,
-        toml: "ttl = \"1d\"\nrenew_before = \"{e_renew}\"\ngrace = \"2h\"\norphan_after = \"5m\"\n\
+        toml: "ttl = \"1d\"\nrenew_before = \"{e_renew}\"\ngrace = \"{e_grace}\"\norphan_after = \"5m\"\n\
                projects = [{ id = 101, role = \"consumer\" }, { id = 102, role = \"consumer\" }]\n",
         consumers: &[(m(30), m(30))],
     },
@@ -138,6 +138,8 @@ pub struct Variant {
     pub a_ttl: &'static str,
     pub b_schedule: &'static str,
     pub e_renew: &'static str,
+    /// Never below the `grace` its `Spec` says (the checks use that).
+    pub e_grace: &'static str,
     pub with_f: bool,
 }
 
@@ -147,6 +149,7 @@ impl Variant {
             a_ttl: "2d",
             b_schedule: "0 */8 * * *",
             e_renew: "6h",
+            e_grace: "2h",
             with_f: false,
         }
     }
@@ -235,6 +238,7 @@ dir = "{dir}/mirror-{k}"
             .replace("{a_ttl}", v.a_ttl)
             .replace("{b_schedule}", v.b_schedule)
             .replace("{e_renew}", v.e_renew)
+            .replace("{e_grace}", v.e_grace)
             .replace("{legacy}", &p.legacy.to_string());
         out.push_str(&format!(
             "\n[[integrations]]\nname = \"{}-{}\"\nsink = \"{}\"\npath = \"{}\"\n{keys}",

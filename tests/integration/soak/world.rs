@@ -1019,7 +1019,7 @@ impl World {
                 self.trace(format!("instance {k}'s clock steps to {} s off", skew.num_seconds()));
             }
             54..60 => {
-                let pick = self.rng.random_range(0..4);
+                let pick = self.rng.random_range(0..5);
                 let with_f = self.variant.with_f;
                 self.variant = self.variant.changed(pick);
                 match (with_f, self.variant.with_f) {
