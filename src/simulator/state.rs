@@ -145,6 +145,8 @@ pub struct OrgState {
     pub(crate) quirks: Quirks,
     /// Every token ever issued, so tests can search their output for leaks.
     pub(crate) issued: Vec<Secret>,
+    /// Some account has uses not shown yet ([`Quirks::last_used_lag`]).
+    pub(crate) uses_pending: bool,
 }
 
 /// One request, as the organization's rules see it.
@@ -193,6 +195,7 @@ impl OrgState {
             projects: BTreeMap::new(),
             quirks: Quirks::default(),
             issued: Vec::new(),
+            uses_pending: false,
         }
     }
 
@@ -252,6 +255,7 @@ impl OrgState {
             Some(a) => {
                 if self.quirks.last_used_lag.is_some() {
                     a.pending_uses.push(now);
+                    self.uses_pending = true;
                 } else {
                     a.last_used = Some(now);
                 }
@@ -293,8 +297,12 @@ impl OrgState {
 
     /// Shows in `last_used` the uses older than [`Quirks::last_used_lag`].
     pub(crate) fn settle_uses(&mut self, now: DateTime<Utc>) {
+        if !self.uses_pending {
+            return;
+        }
         let lag = self.quirks.last_used_lag.unwrap_or_default();
         let shown = crate::clock::before(now, lag);
+        let mut left = false;
         for a in self.accounts.values_mut() {
             if a.pending_uses.is_empty() {
                 continue;
@@ -303,7 +311,9 @@ impl OrgState {
                 a.last_used = a.last_used.max(Some(latest));
             }
             a.pending_uses.retain(|u| *u > shown);
+            left |= !a.pending_uses.is_empty();
         }
+        self.uses_pending = left;
     }
 
     /// Dispatches one authenticated request. `path` is below `/api/app`.

@@ -353,7 +353,9 @@ impl Ledger {
                     .accounts
                     .values()
                     .any(|a| a.published.is_some() && a.left.contains_key(src));
-                if had && !self.disturbed.iter().any(|(_, b)| *b >= now) {
+                // `f` out of the policy: nobody publishes it again until it is back.
+                let unmanaged = *label == "f" && self.f_unmanaged.iter().any(|(_, b)| b.is_none_or(|b| b >= now));
+                if had && !unmanaged && !self.disturbed.iter().any(|(_, b)| *b >= now) {
                     bad.push(format!("I2: {label}'s primary holds nothing after a publish"));
                 }
                 continue;
