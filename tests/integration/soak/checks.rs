@@ -385,7 +385,13 @@ impl Ledger {
     fn leaks(&self, now: DateTime<Utc>) -> Vec<String> {
         let mut bad = vec![];
         let slack = RESYNC + Duration::hours(1) + TOLERANCE;
-        for (id, a) in &self.accounts {
+        // The accounts that exist (the ledger remembers every one ever seen).
+        for (id, a) in self
+            .last
+            .accounts
+            .keys()
+            .filter_map(|id| Some((id, self.accounts.get(id)?)))
+        {
             let Owner::Lineage(label) = a.owner else { continue };
             if a.deleted.is_some() || label == "f" {
                 continue;
@@ -401,7 +407,8 @@ impl Ledger {
                     Some(left) => (*left, *left + max_grace.unwrap_or(grace).max(grace) + slack),
                 },
             };
-            if now > by + self.disturbed_within(from, now) {
+            // Outages add their time (counted only once the deadline passed).
+            if now > by && now > by + self.disturbed_within(from, now) {
                 bad.push(format!(
                     "I4: {label}'s account {id} ({}) is still there {} h after {}",
                     if a.published.is_some() {
@@ -469,8 +476,8 @@ impl Ledger {
         }
         let changed = self.changed.get(&Source::Primary("a")).copied().unwrap_or(since);
         let from = changed.max(since);
-        let deadline = from + MIRROR_INTERVAL + TOLERANCE + self.disturbed_within(from, now);
-        (now > deadline).then(|| {
+        let deadline = from + MIRROR_INTERVAL + TOLERANCE;
+        (now > deadline && now > deadline + self.disturbed_within(from, now)).then(|| {
             format!(
                 "I6: instance {k}'s mirror serves {mirror:?}, the primary {primary:?} for {} min",
                 (now - changed).num_minutes()
