@@ -95,19 +95,8 @@ const PAUSES: &[&str] = &[
     "publish_before_cas",
 ];
 
-const POINTS: &[&str] = &[
-    "before_delete",
-    "after_delete",
-    "after_create",
-    "after_member_list",
-    "after_memberships",
-    "after_verify",
-    "before_publish",
-    "publish_before_cas",
-    "publish_after_cas",
-    "after_publish",
-    "before_hooks",
-];
+/// Every crash point of a rotation: the crash tests' list.
+use crate::crashes::POINTS;
 
 /// The endpoints the rotator calls, as fault patterns.
 const ENDPOINTS: &[(&str, &str)] = &[
